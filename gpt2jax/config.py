@@ -1,0 +1,62 @@
+"""The default configuration; files in ``configs/`` start from it and change what they need.
+
+Every key a run reads is declared here, so a misspelt override is refused by
+ml_collections instead of being silently ignored.
+"""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+
+    config.model = ml_collections.ConfigDict(dict(
+        n_layer=12, n_head=12, n_embd=768, block_size=1024,
+        vocab_size=50257,  # GPT-2's true vocabulary; losses are always over these tokens
+        vocab_multiple=64,  # pad the embedding rows to a multiple of this (50257 -> 50304)
+        dropout=0.0,
+        dtype="float32",  # compute dtype: float32 | bfloat16 | float16 (parameters stay float32)
+        attention="auto",  # auto | xla | cudnn: jax.nn.dot_product_attention's implementation
+        remat="none",  # none | dots | full: activation checkpointing policy per block
+    ))
+
+    config.data = ml_collections.ConfigDict(dict(
+        source="synthetic",  # synthetic | text:GLOB | tfds:NAME[/CONFIG]
+        dir="data",  # prepared token files live in dir/<source slug>
+        val_fraction=0.005,
+        text_key="text",
+        tfds_data_dir="",  # empty: TFDS's own default
+        synthetic_train_tokens=2_000_000,
+        synthetic_val_tokens=100_000,
+        max_tokens=0,  # stop preparing a corpus after this many train tokens; 0 reads it all
+    ))
+
+    config.train = ml_collections.ConfigDict(dict(
+        batch_size=8,  # sequences per optimizer step, over all devices and micro-batches
+        grad_accum_steps=1,  # micro-batches per step: batch_size / grad_accum_steps at a time
+        steps=1000,
+        learning_rate=6e-4,
+        schedule="cosine",  # cosine | wsd | constant, each after a linear warmup
+        warmup_steps=100,
+        min_lr_ratio=0.1,  # cosine and wsd decay to learning_rate * min_lr_ratio
+        decay_fraction=0.2,  # wsd: the last fraction of steps decays
+        weight_decay=0.1,
+        beta1=0.9,
+        beta2=0.95,
+        eps=1e-8,
+        grad_clip=1.0,
+        seed=0,
+        init_from="resume",  # resume (latest checkpoint if any) | scratch
+        log_every=10,
+        eval_every=250,
+        eval_batches=20,
+        checkpoint_every=500,
+        keep_checkpoints=3,
+        tensorboard=False,
+    ))
+
+    config.mesh = ml_collections.ConfigDict(dict(
+        # Device-mesh axis sizes; -1 takes the devices the others leave.
+        data=1, fsdp=-1, tensor=1,
+    ))
+    return config

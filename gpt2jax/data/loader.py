@@ -1,0 +1,123 @@
+"""Prepared token files, memory-mapped, and the batches cut from them.
+
+A training batch is a pure function of (seed, step): resuming needs only the step, and every
+process draws the same global batch and keeps its own rows. Evaluation reads the same evenly
+spaced windows of the val split every time, so evaluations are comparable across a run.
+
+Shape letters: G the global batch, B this process's rows of it, N batches, T block_size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from gpt2jax.data.prepare import META_FILE, SPLIT_FILES, TOKEN_DTYPE, prepare, read_meta, token_settings
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedData:
+    path: Path
+    meta: dict
+    train: np.ndarray  # [train_tokens] uint16, memory-mapped
+    val: np.ndarray  # [val_tokens] uint16, memory-mapped
+
+
+def open_prepared(data_dir: str | Path) -> PreparedData:
+    """Maps a prepared directory's token files; checks their sizes against meta.json, not their hashes."""
+    path = Path(data_dir)
+    meta = read_meta(path)
+    train, val = (np.memmap(path / SPLIT_FILES[split], dtype=TOKEN_DTYPE, mode="r")
+                  for split in ("train", "val"))
+    return PreparedData(path=path, meta=meta, train=train, val=val)
+
+
+def prepared_dir_name(source: str, **prepare_kwargs) -> str:
+    """``<slug of source>-<hash of the settings that decide the tokens>``, e.g. ``synthetic-3f2a9c01d4``."""
+    settings = token_settings(source, **{k: v for k, v in prepare_kwargs.items() if k != "tfds_data_dir"})
+    slug = re.sub(r"[^a-z0-9]+", "-", source.lower()).strip("-")[:48] or "data"
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{slug}-{digest}"
+
+
+def ensure_prepared(source: str, data_root: str | Path, **prepare_kwargs) -> Path:
+    """The prepared directory for source under data_root, preparing it on first use.
+
+    The name hashes the source string and settings, not file contents: after changing the files
+    behind a ``text:`` glob, delete the directory to prepare it again. Processes on one machine
+    wait for each other through a lock file; across machines, prepare's atomic rename keeps one copy.
+    """
+    data_root = Path(data_root)
+    out_dir = data_root / prepared_dir_name(source, **prepare_kwargs)
+    if (out_dir / META_FILE).exists():  # checked without the lock, so a read-only data_root works
+        return out_dir
+    data_root.mkdir(parents=True, exist_ok=True)
+    with open(data_root / f".{out_dir.name}.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        except OSError:
+            pass  # some network filesystems refuse locks; the atomic rename still keeps one copy
+        prepare(source, out_dir, **prepare_kwargs)
+    return out_dir
+
+
+def _local_batch_size(batch_size: int, process_index: int, process_count: int) -> int:
+    if batch_size <= 0 or batch_size % process_count:
+        raise ValueError(f"batch_size {batch_size} must be a positive multiple of the process count "
+                         f"{process_count}.")
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}.")
+    return batch_size // process_count
+
+
+def _check_length(tokens: np.ndarray, block_size: int, split: str) -> None:
+    if len(tokens) < block_size + 1:
+        raise ValueError(f"the {split} split holds {len(tokens)} tokens, fewer than block_size + 1 = "
+                         f"{block_size + 1}; prepare more data or lower block_size.")
+
+
+def _windows(tokens: np.ndarray, starts_B: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    window_BxT1 = np.stack([tokens[start:start + block_size + 1] for start in starts_B]).astype(np.int32)
+    return np.ascontiguousarray(window_BxT1[:, :-1]), np.ascontiguousarray(window_BxT1[:, 1:])
+
+
+def batch_for_step(tokens: np.ndarray, *, seed: int, step: int, batch_size: int, block_size: int,
+                   process_index: int = 0, process_count: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs [b, T], targets [b, T]) int32 for this process, b = batch_size // process_count.
+
+    Window starts are uniform over the token stream, drawn from default_rng([seed, step]) for the
+    whole global batch; this process takes rows [process_index * b, (process_index + 1) * b).
+    """
+    local_batch_size = _local_batch_size(batch_size, process_index, process_count)
+    _check_length(tokens, block_size, "train")
+    if seed < 0 or step < 0:
+        raise ValueError(f"seed and step must be >= 0, got {seed} and {step}.")
+    starts_G = np.random.default_rng([seed, step]).integers(0, len(tokens) - block_size, size=batch_size)
+    starts_B = starts_G[process_index * local_batch_size:(process_index + 1) * local_batch_size]
+    return _windows(tokens, starts_B, block_size)
+
+
+def eval_batches(tokens: np.ndarray, *, batch_size: int, block_size: int, num_batches: int,
+                 process_index: int = 0, process_count: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """num_batches (inputs [b, T], targets [b, T]) int32 batches of fixed, evenly spaced val windows.
+
+    The num_batches * batch_size window starts are spread evenly from the first to the last
+    possible one. A val split shorter than the windows need makes them overlap: the batch count
+    and shapes stay as asked (no recompilation), and every evaluation still reads the same tokens.
+    """
+    local_batch_size = _local_batch_size(batch_size, process_index, process_count)
+    _check_length(tokens, block_size, "val")
+    if num_batches <= 0:
+        raise ValueError(f"num_batches must be positive, got {num_batches}.")
+    last_start = len(tokens) - block_size - 1
+    starts_NxG = np.linspace(0, last_start, num_batches * batch_size).round().astype(np.int64)
+    starts_NxG = starts_NxG.reshape(num_batches, batch_size)
+    starts_NxB = starts_NxG[:, process_index * local_batch_size:(process_index + 1) * local_batch_size]
+    return (_windows(tokens, starts_B, block_size) for starts_B in starts_NxB)

@@ -1,0 +1,230 @@
+"""Parameter, FLOP and device accounting: every count the program prints comes from here.
+
+Conventions (GPT-2 with tied input/output embeddings):
+- ``n_params`` counts every parameter once: token embedding (also the output
+    projection), position embedding, blocks and final LayerNorm.
+- ``n_params_non_embedding`` drops the token and position embeddings, as Kaplan et
+    al. (2020) and Chinchilla's fits do.
+- Training FLOPs per token follow three published recipes: ``6N``, PaLM's
+    ``6N + 12·L·H·Q·T`` (appendix B), and Chinchilla's appendix F.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """The numbers that decide GPT-2's parameter and FLOP counts."""
+
+    n_layer: int
+    n_head: int
+    n_embd: int
+    vocab_size: int
+    block_size: int
+
+    @classmethod
+    def from_config(cls, model_config, *, padded: bool = False) -> "Shape":
+        vocab = padded_vocab_size(model_config.vocab_size, model_config.vocab_multiple) if padded else model_config.vocab_size
+        return cls(model_config.n_layer, model_config.n_head, model_config.n_embd, vocab, model_config.block_size)
+
+
+# OpenAI's four GPT-2 sizes (Radford et al. 2019, Table 2) with their vocabulary and context.
+GPT2_SHAPES: dict[str, Shape] = {
+        "gpt2": Shape(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block_size=1024),
+        "gpt2-medium": Shape(n_layer=24, n_head=16, n_embd=1024, vocab_size=50257, block_size=1024),
+        "gpt2-large": Shape(n_layer=36, n_head=20, n_embd=1280, vocab_size=50257, block_size=1024),
+        "gpt2-xl": Shape(n_layer=48, n_head=25, n_embd=1600, vocab_size=50257, block_size=1024),
+}
+
+
+def padded_vocab_size(vocab_size: int, multiple: int) -> int:
+    """Rounds the vocabulary up to a multiple (50257 -> 50304 for 64): faster matmuls, mesh-divisible rows."""
+    return -(-vocab_size // multiple) * multiple
+
+
+def params_per_block(n_embd: int) -> int:
+    """Two LayerNorms (4d), qkv (3d²+3d), attention out (d²+d), MLP (8d²+5d): 12d² + 13d."""
+    return 12 * n_embd * n_embd + 13 * n_embd
+
+
+def count_params(shape: Shape) -> dict[str, int]:
+    """Parameter counts by component; ``n_params`` is 124,439,808 for GPT-2 small."""
+    token_embedding = shape.vocab_size * shape.n_embd
+    position_embedding = shape.block_size * shape.n_embd
+    blocks = shape.n_layer * params_per_block(shape.n_embd)
+    final_norm = 2 * shape.n_embd
+    non_embedding = blocks + final_norm
+    return {
+            "n_params": token_embedding + position_embedding + non_embedding,
+            "n_params_non_embedding": non_embedding,
+            "token_embedding": token_embedding,
+            "position_embedding": position_embedding,
+    }
+
+
+def flops_per_token_6n(n_params: int) -> float:
+    """Kaplan's and Chinchilla's rule of thumb: 2N forward plus 4N backward per token."""
+    return 6.0 * n_params
+
+
+def flops_per_token_palm(shape: Shape, seq_len: int | None = None) -> float:
+    """PaLM's 6N + 12·L·H·Q·T, as nanoGPT's MFU uses it.
+
+    N excludes the position embedding (a lookup, no matmul) but keeps the token
+    embedding, which the tied output projection multiplies by. H·Q is the model width.
+    """
+    seq_len = shape.block_size if seq_len is None else seq_len
+    counts = count_params(shape)
+    matmul_params = counts["n_params"] - counts["position_embedding"]
+    return 6.0 * matmul_params + 12.0 * shape.n_layer * shape.n_embd * seq_len
+
+
+def flops_per_token_chinchilla(shape: Shape, seq_len: int | None = None) -> float:
+    """Chinchilla's appendix F: forward FLOPs counted op by op, backward twice the forward.
+
+    Per sequence of length T with width d, key size k, H heads, vocabulary V and an
+    MLP of width 4d, divided by T to give a per-token figure.
+    """
+    seq = shape.block_size if seq_len is None else seq_len
+    embeddings = 2 * seq * shape.vocab_size * shape.n_embd
+    logits = 2 * seq * shape.n_embd * shape.vocab_size
+    return flops_per_token_chinchilla_layers(shape, seq) + 3.0 * (embeddings + logits) / seq
+
+
+def flops_per_token_chinchilla_layers(shape: Shape, seq_len: int | None = None) -> float:
+    """Chinchilla's appendix F for the transformer layers alone: the count behind its Table A4.
+
+    Table A4's ratios to 6N (1.03, 1.10, 1.08, 1.04, 1.03, 0.99 at T=2048, V=32000) come out
+    of the attention and MLP terms with N counting the blocks and one vocabulary matrix. The
+    appendix also lists embedding and logit terms, but with them no context or vocabulary
+    reproduces the table; nanoGPT's scaling_laws.ipynb reports the authors confirmed the
+    table leaves them out.
+    """
+    seq = shape.block_size if seq_len is None else seq_len
+    d, heads = shape.n_embd, shape.n_head
+    key_size = d // heads
+    ffw = 4 * d
+    attention = (
+            2 * 3 * seq * d * (key_size * heads)  # q, k, v projections
+            + 2 * seq * seq * (key_size * heads)  # q @ k logits
+            + 3 * heads * seq * seq  # softmax
+            + 2 * seq * seq * (key_size * heads)  # softmax @ v
+            + 2 * seq * (key_size * heads) * d  # output projection
+    )
+    dense = 2 * seq * (d * ffw + d * ffw)
+    return 3.0 * shape.n_layer * (attention + dense) / seq
+
+
+def flops_per_token(shape: Shape, seq_len: int | None = None) -> dict[str, float]:
+    """All three per-token training FLOP estimates, keyed by name."""
+    n_params = count_params(shape)["n_params"]
+    return {
+            "6n": flops_per_token_6n(n_params),
+            "6n_attention": flops_per_token_palm(shape, seq_len),
+            "chinchilla": flops_per_token_chinchilla(shape, seq_len),
+    }
+
+
+# Peak dense throughput in FLOP/s from vendors' datasheets (dense, no sparsity).
+# "bf16" is the tensor-core bf16 (or fp16 where the card has no bf16) peak, "fp32" the
+# plain fp32 peak. Keys are matched against jax's ``device_kind`` by ``device_peak``.
+DEVICE_PEAKS: dict[str, dict[str, float]] = {
+        "h100-sxm": {"bf16": 989e12, "fp32": 67e12, "memory_gib": 80},
+        "h100-pcie": {"bf16": 756e12, "fp32": 51e12, "memory_gib": 80},
+        "h200": {"bf16": 989e12, "fp32": 67e12, "memory_gib": 141},
+        "a100": {"bf16": 312e12, "fp32": 19.5e12, "memory_gib": 80},
+        "rtx-4090": {"bf16": 165.2e12, "fp32": 82.6e12, "memory_gib": 24},
+        # 40.1 TFLOP/s fp32 and fp16-accumulate-fp32 tensor throughput: the ~40 TFLOP/s
+        # the one-GPU-year question assumes.
+        "rtx-4070-ti": {"bf16": 40.1e12, "fp32": 40.1e12, "memory_gib": 12},
+        "v100": {"bf16": 125e12, "fp32": 15.7e12, "memory_gib": 32},
+        "tpu-v4": {"bf16": 275e12, "fp32": 275e12 / 8, "memory_gib": 32},
+        "tpu-v5e": {"bf16": 197e12, "fp32": 197e12 / 8, "memory_gib": 16},
+}
+
+# jax device_kind strings -> table keys, most specific first.
+_DEVICE_KIND_PATTERNS = (
+        ("h100 pcie", "h100-pcie"),
+        ("h100", "h100-sxm"),
+        ("h200", "h200"),
+        ("a100", "a100"),
+        ("4090", "rtx-4090"),
+        ("4070 ti", "rtx-4070-ti"),
+        ("v100", "v100"),
+        ("tpu v4", "tpu-v4"),
+        ("tpu v5 lite", "tpu-v5e"),
+        ("tpu v5e", "tpu-v5e"),
+)
+
+
+def device_key(device_kind: str) -> str | None:
+    """The table key for a jax ``device_kind`` (e.g. "NVIDIA H100 80GB HBM3"), or None."""
+    kind = device_kind.lower()
+    for pattern, key in _DEVICE_KIND_PATTERNS:
+        if pattern in kind:
+            return key
+    return None
+
+
+def device_peak(device, dtype: str = "bf16") -> float | None:
+    """Peak FLOP/s of one jax device for a compute dtype ("bf16" or "fp32").
+
+    A CPU has no datasheet figure: its peak is a float32 matmul measured once.
+    Unknown accelerators give None, so MFU is reported as unknown rather than wrong.
+    """
+    if device.platform == "cpu":
+        return measured_cpu_matmul_peak()
+    key = device_key(device.device_kind)
+    if key is None:
+        return None
+    return DEVICE_PEAKS[key]["bf16" if dtype in ("bf16", "bfloat16", "fp16", "float16") else "fp32"]
+
+
+@functools.cache
+def measured_cpu_matmul_peak(size: int = 1024, repeats: int = 5) -> float:
+    """Best float32 matmul throughput of this host's CPU backend (all cores), in FLOP/s."""
+    import jax
+    import jax.numpy as jnp
+
+    cpu = jax.devices("cpu")[0]
+    a = jax.device_put(jnp.ones((size, size), jnp.float32), cpu)
+    matmul = jax.jit(lambda x: x @ x)
+    matmul(a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best
+
+
+def mesh_peak_flops(devices, dtype: str = "bf16") -> float | None:
+    """Summed peak FLOP/s of the devices a step runs on; None if any is unknown.
+
+    CPU devices (including fake ones from --xla_force_host_platform_device_count) share
+    one host, so they count once, at the host's measured matmul peak.
+    """
+    accelerators = [d for d in devices if d.platform != "cpu"]
+    if not accelerators:
+        return measured_cpu_matmul_peak()
+    peaks = [device_peak(d, dtype) for d in accelerators]
+    return None if None in peaks else float(sum(peaks))
+
+
+def mfu(flops_per_second: float, peak_flops: float | None) -> float | None:
+    """Model FLOPs utilisation: achieved model FLOP/s over the peak of the devices used."""
+    if not peak_flops:
+        return None
+    return flops_per_second / peak_flops
+
+
+def training_memory_bytes(n_params: int) -> int:
+    """Mixed-precision AdamW state: fp32 params, fp32 grads, two fp32 moments (16 B/param).
+
+    Activations come on top and depend on batch, context and remat; see ``sharding``.
+    """
+    return 16 * n_params

@@ -1,0 +1,287 @@
+"""GPT-2 as OpenAI built it, as a Flax NNX module used functionally.
+
+Learned position embeddings, pre-LayerNorm blocks (eps 1e-5), tanh-approximated GELU,
+biases everywhere, a final LayerNorm, and the output projection tied to the token
+embedding. Parameters are float32; ``dtype`` sets the compute precision, with
+LayerNorm statistics, softmax and logits kept in float32.
+
+Shapes in names: B batch, T query length, S key length, D width, H heads, K head
+size, F MLP width, V padded vocabulary, L layers.
+
+Parameters are laid out so that the one sharding table (``sharding.py``) can split
+heads and MLP width: the qkv kernel is D x 3 x H x K and the attention output kernel
+H x K x D. The model itself never names a device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from gpt2jax import flops
+
+PRESETS: dict[str, dict[str, int]] = {
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
+}
+
+REMAT_POLICIES = {
+    "none": None,
+    # Recompute everything in the backward pass: least memory.
+    "full": jax.checkpoint_policies.nothing_saveable,
+    # Keep matmul outputs, recompute the cheap elementwise ops around them.
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+_ATTENTION = {"auto": None, "xla": "xla", "cudnn": "cudnn"}
+
+
+@dataclasses.dataclass(frozen=True)
+class GPTConfig:
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    block_size: int = 1024
+    vocab_size: int = 50257
+    vocab_multiple: int = 64
+    dropout: float = 0.0
+    dtype: str = "float32"
+    attention: Literal["auto", "xla", "cudnn"] = "auto"
+    remat: Literal["none", "full", "dots"] = "none"
+
+    @classmethod
+    def from_config(cls, model_config) -> "GPTConfig":
+        """Builds from the ``model`` part of an ml_collections config, validating it."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        config = cls(**{k: v for k, v in dict(model_config).items() if k in fields})
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}.")
+        if self.dtype not in _DTYPES:
+            raise ValueError(f"model.dtype={self.dtype!r} is not one of {sorted(_DTYPES)}.")
+        if self.attention not in _ATTENTION:
+            raise ValueError(f"model.attention={self.attention!r} is not one of {sorted(_ATTENTION)}.")
+        if self.attention == "cudnn" and self.dtype == "float32":
+            raise ValueError("model.attention='cudnn' needs model.dtype='bfloat16' or 'float16'.")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"model.remat={self.remat!r} is not one of {sorted(REMAT_POLICIES)}.")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout={self.dropout} must be in [0, 1).")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        return flops.padded_vocab_size(self.vocab_size, self.vocab_multiple)
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def compute_dtype(self):
+        return _DTYPES[self.dtype]
+
+
+def _normal(stddev: float):
+    return jax.nn.initializers.normal(stddev)
+
+
+def _dropout(x, rate: float, key):
+    """Inverted dropout with an explicit key, so train steps stay pure functions."""
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+class LayerNorm(nnx.Module):
+    def __init__(self, n_embd: int, dtype):
+        self.scale = nnx.Param(jnp.ones((n_embd,), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((n_embd,), jnp.float32))
+        self.dtype = dtype
+
+    def __call__(self, x_BxTxD):
+        # Statistics in float32 whatever the compute dtype: bf16 variance loses digits.
+        x = x_BxTxD.astype(jnp.float32)
+        mean = x.mean(-1, keepdims=True)
+        var = jnp.square(x - mean).mean(-1, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + 1e-5) * self.scale[...] + self.bias[...]
+        return y.astype(self.dtype)
+
+
+class KVCache(NamedTuple):
+    """Keys and values of one layer for every position up to the cache length."""
+
+    k_BxSxHxK: jax.Array
+    v_BxSxHxK: jax.Array
+
+
+class Attention(nnx.Module):
+    def __init__(self, config: GPTConfig, rngs: nnx.Rngs):
+        d, h, k = config.n_embd, config.n_head, config.head_size
+        residual_std = 0.02 / math.sqrt(2 * config.n_layer)
+        self.qkv_kernel = nnx.Param(_normal(0.02)(rngs.params(), (d, 3, h, k), jnp.float32))
+        self.qkv_bias = nnx.Param(jnp.zeros((3, h, k), jnp.float32))
+        self.out_kernel = nnx.Param(_normal(residual_std)(rngs.params(), (h, k, d), jnp.float32))
+        self.out_bias = nnx.Param(jnp.zeros((d,), jnp.float32))
+        self.config = config
+
+    def __call__(self, x_BxTxD, cache: KVCache | None = None, start=None):
+        dtype = self.config.compute_dtype
+        qkv_BxTx3xHxK = jnp.einsum("btd,dchk->btchk", x_BxTxD, self.qkv_kernel[...].astype(dtype))
+        qkv_BxTx3xHxK = qkv_BxTx3xHxK + self.qkv_bias[...].astype(dtype)
+        q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (qkv_BxTx3xHxK[:, :, i] for i in range(3))
+        if cache is None:
+            out_BxTxHxK = jax.nn.dot_product_attention(
+                q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, is_causal=True,
+                implementation=_ATTENTION[self.config.attention])
+        else:
+            cache = KVCache(
+                jax.lax.dynamic_update_slice(cache.k_BxSxHxK, k_BxTxHxK.astype(cache.k_BxSxHxK.dtype), (0, start, 0, 0)),
+                jax.lax.dynamic_update_slice(cache.v_BxSxHxK, v_BxTxHxK.astype(cache.v_BxSxHxK.dtype), (0, start, 0, 0)),
+            )
+            query_pos_T = start + jnp.arange(x_BxTxD.shape[1])
+            key_pos_S = jnp.arange(cache.k_BxSxHxK.shape[1])
+            mask_TxS = key_pos_S[None, :] <= query_pos_T[:, None]
+            # Decoding attends to a cache longer than the query: the masked XLA path.
+            out_BxTxHxK = jax.nn.dot_product_attention(
+                q_BxTxHxK, cache.k_BxSxHxK.astype(dtype), cache.v_BxSxHxK.astype(dtype),
+                mask=mask_TxS[None, None], implementation="xla")
+        y_BxTxD = jnp.einsum("bthk,hkd->btd", out_BxTxHxK, self.out_kernel[...].astype(dtype))
+        return y_BxTxD + self.out_bias[...].astype(dtype), cache
+
+
+class MLP(nnx.Module):
+    def __init__(self, config: GPTConfig, rngs: nnx.Rngs):
+        d, f = config.n_embd, 4 * config.n_embd
+        residual_std = 0.02 / math.sqrt(2 * config.n_layer)
+        self.fc_kernel = nnx.Param(_normal(0.02)(rngs.params(), (d, f), jnp.float32))
+        self.fc_bias = nnx.Param(jnp.zeros((f,), jnp.float32))
+        self.proj_kernel = nnx.Param(_normal(residual_std)(rngs.params(), (f, d), jnp.float32))
+        self.proj_bias = nnx.Param(jnp.zeros((d,), jnp.float32))
+        self.dtype = config.compute_dtype
+
+    def __call__(self, x_BxTxD):
+        h_BxTxF = x_BxTxD @ self.fc_kernel[...].astype(self.dtype) + self.fc_bias[...].astype(self.dtype)
+        h_BxTxF = jax.nn.gelu(h_BxTxF, approximate=True)
+        return h_BxTxF @ self.proj_kernel[...].astype(self.dtype) + self.proj_bias[...].astype(self.dtype)
+
+
+class Block(nnx.Module):
+    def __init__(self, config: GPTConfig, rngs: nnx.Rngs):
+        self.ln_1 = LayerNorm(config.n_embd, config.compute_dtype)
+        self.attn = Attention(config, rngs)
+        self.ln_2 = LayerNorm(config.n_embd, config.compute_dtype)
+        self.mlp = MLP(config, rngs)
+        self.dropout = config.dropout
+
+    def __call__(self, x_BxTxD, dropout_key=None, cache: KVCache | None = None, start=None):
+        attn_key, mlp_key = jax.random.split(dropout_key) if dropout_key is not None else (None, None)
+        attn_BxTxD, cache = self.attn(self.ln_1(x_BxTxD), cache, start)
+        x_BxTxD = x_BxTxD + _dropout(attn_BxTxD, self.dropout, attn_key)
+        x_BxTxD = x_BxTxD + _dropout(self.mlp(self.ln_2(x_BxTxD)), self.dropout, mlp_key)
+        return x_BxTxD, cache
+
+
+def _block_forward(block: Block, x_BxTxD, dropout_key):
+    return block(x_BxTxD, dropout_key)[0]
+
+
+class GPT(nnx.Module):
+    def __init__(self, config: GPTConfig, *, rngs: nnx.Rngs):
+        config.validate()
+        self.config = config
+        self.wte = nnx.Param(_normal(0.02)(rngs.params(), (config.padded_vocab_size, config.n_embd), jnp.float32))
+        self.wpe = nnx.Param(_normal(0.02)(rngs.params(), (config.block_size, config.n_embd), jnp.float32))
+        self.h = nnx.List([Block(config, rngs) for _ in range(config.n_layer)])
+        self.ln_f = LayerNorm(config.n_embd, config.compute_dtype)
+
+    def _embed(self, tokens_BxT, positions_T, dropout_key):
+        dtype = self.config.compute_dtype
+        x_BxTxD = self.wte[...][tokens_BxT].astype(dtype) + self.wpe[...][positions_T].astype(dtype)
+        return _dropout(x_BxTxD, self.config.dropout, dropout_key)
+
+    def _logits(self, x_BxTxD):
+        """Tied output projection; padding rows of the vocabulary get no probability."""
+        dtype = self.config.compute_dtype
+        logits_BxTxV = jnp.einsum("btd,vd->btv", self.ln_f(x_BxTxD), self.wte[...].astype(dtype),
+                                  preferred_element_type=jnp.float32)
+        is_real_token_V = jnp.arange(self.config.padded_vocab_size) < self.config.vocab_size
+        return jnp.where(is_real_token_V, logits_BxTxV, jnp.finfo(jnp.float32).min)
+
+    def __call__(self, tokens_BxT, *, dropout_key=None):
+        """Float32 logits over the padded vocabulary for every position."""
+        seq_len = tokens_BxT.shape[1]
+        if seq_len > self.config.block_size:
+            raise ValueError(f"sequence length {seq_len} exceeds model.block_size={self.config.block_size}.")
+        keys = [None] * (self.config.n_layer + 1)
+        if dropout_key is not None and self.config.dropout > 0:
+            keys = list(jax.random.split(dropout_key, self.config.n_layer + 1))
+        x_BxTxD = self._embed(tokens_BxT, jnp.arange(seq_len), keys[0])
+        policy = REMAT_POLICIES[self.config.remat]
+        forward = _block_forward if self.config.remat == "none" else nnx.remat(_block_forward, policy=policy)
+        for block, key in zip(self.h, keys[1:]):
+            x_BxTxD = forward(block, x_BxTxD, key)
+        return self._logits(x_BxTxD)
+
+    def init_cache(self, batch_size: int, length: int | None = None) -> list[KVCache]:
+        length = self.config.block_size if length is None else length
+        shape = (batch_size, length, self.config.n_head, self.config.head_size)
+        dtype = self.config.compute_dtype
+        return [KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(self.config.n_layer)]
+
+    def decode(self, tokens_BxT, cache: list[KVCache], start):
+        """Runs T new tokens at positions start..start+T-1 against the cache.
+
+        Returns their logits and the cache with their keys and values written in.
+        """
+        positions_T = start + jnp.arange(tokens_BxT.shape[1])
+        x_BxTxD = self._embed(tokens_BxT, positions_T, None)
+        new_cache = []
+        for block, layer_cache in zip(self.h, cache):
+            x_BxTxD, layer_cache = block(x_BxTxD, None, layer_cache, start)
+            new_cache.append(layer_cache)
+        return self._logits(x_BxTxD), new_cache
+
+
+def preset(name: str) -> dict[str, int]:
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}.")
+    return dict(PRESETS[name])
+
+
+def abstract_model(config: GPTConfig) -> tuple[nnx.GraphDef, nnx.State]:
+    """Graph and parameter shapes without allocating memory (``jax.eval_shape``)."""
+    return nnx.split(nnx.eval_shape(lambda: GPT(config, rngs=nnx.Rngs(0))))
+
+
+def count_model_params(config: GPTConfig) -> int:
+    """Parameters actually created by the module, counted abstractly."""
+    _, params = abstract_model(config)
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+
+
+def token_logprobs(logits_BxTxV, targets_BxT):
+    """log p(target) per position in float32, as logit(target) - logsumexp(logits).
+
+    Never materialises the full log-softmax: the vocabulary axis is the largest
+    activation of a small GPT-2, and this form reads it once forward.
+    """
+    logits_BxTxV = logits_BxTxV.astype(jnp.float32)
+    target_logit_BxT = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
+    return target_logit_BxT - jax.nn.logsumexp(logits_BxTxV, axis=-1)
+
+
+def cross_entropy(logits_BxTxV, targets_BxT):
+    """Mean next-token loss in nats (float32)."""
+    return -token_logprobs(logits_BxTxV, targets_BxT).mean()

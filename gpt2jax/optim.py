@@ -1,0 +1,51 @@
+"""Optax: AdamW with weight decay on matrices only, global-norm clipping, and schedules."""
+
+import jax
+import optax
+
+from gpt2jax.sharding import path_str
+
+
+def learning_rate_schedule(train_config) -> optax.Schedule:
+    """Linear warmup from 0, then cosine, warmup-stable-decay (WSD) or constant.
+
+    Cosine and WSD end at ``learning_rate * min_lr_ratio``. WSD holds the peak rate and
+    decays linearly over the last ``decay_fraction`` of the steps (Hägele et al. 2024).
+    """
+    peak = train_config.learning_rate
+    warmup = train_config.warmup_steps
+    total = train_config.steps
+    floor = peak * train_config.min_lr_ratio
+    if train_config.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total, warmup + 1), floor)
+    if train_config.schedule == "constant":
+        return optax.join_schedules(
+            [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup])
+    if train_config.schedule == "wsd":
+        decay_steps = max(1, round(train_config.decay_fraction * total))
+        stable_end = max(warmup, total - decay_steps)
+        return optax.join_schedules(
+            [optax.linear_schedule(0.0, peak, warmup),
+             optax.constant_schedule(peak),
+             optax.linear_schedule(peak, floor, total - stable_end)],
+            [warmup, stable_end])
+    raise ValueError(f"train.schedule={train_config.schedule!r} is not one of cosine, wsd, constant.")
+
+
+def decay_mask(params):
+    """True for matrices (dense kernels and embeddings), False for biases and LayerNorm."""
+    def is_matrix(path, _):
+        name = path_str(path).rsplit("/", 1)[-1]
+        return name.endswith("kernel") or name in ("wte", "wpe")
+    return jax.tree_util.tree_map_with_path(is_matrix, params)
+
+
+def make_optimizer(train_config) -> optax.GradientTransformation:
+    return optax.chain(
+        optax.clip_by_global_norm(train_config.grad_clip),
+        optax.adamw(
+            learning_rate_schedule(train_config),
+            b1=train_config.beta1, b2=train_config.beta2, eps=train_config.eps,
+            weight_decay=train_config.weight_decay, mask=decay_mask,
+        ),
+    )

@@ -1,0 +1,115 @@
+"""The device mesh and the one table that decides how every parameter is split.
+
+Mesh axes: ``data`` (pure data parallelism: parameters replicated), ``fsdp`` (data
+parallelism with parameters and optimizer state sharded, ZeRO-3 style) and ``tensor``
+(Megatron-style: attention heads and the MLP's hidden width split). The batch is split
+over data x fsdp. Optimizer moments mirror the parameters, so the same table serves
+them: rules match the end of a leaf's path.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# (regex on the path's end, spec). Shapes: wte V x D, wpe T x D, qkv D x 3 x H x K,
+# attention out H x K x D, MLP fc D x F and proj F x D. Anything unmatched (biases of
+# width D, LayerNorms, step counters) is replicated.
+PARTITION_RULES: tuple[tuple[str, P], ...] = (
+    (r"wte$", P("tensor", "fsdp")),
+    (r"wpe$", P(None, "fsdp")),
+    (r"attn/qkv_kernel$", P("fsdp", None, "tensor", None)),
+    (r"attn/qkv_bias$", P(None, "tensor", None)),
+    (r"attn/out_kernel$", P("tensor", None, "fsdp")),
+    (r"mlp/fc_kernel$", P("fsdp", "tensor")),
+    (r"mlp/fc_bias$", P("tensor")),
+    (r"mlp/proj_kernel$", P("tensor", "fsdp")),
+)
+
+
+def path_str(path) -> str:
+    """'h/0/attn/qkv_kernel' for a jax key path (nnx Variable 'value' keys dropped)."""
+    names = []
+    for key in path:
+        name = getattr(key, "key", getattr(key, "name", getattr(key, "idx", None)))
+        if name != "value":
+            names.append(str(name))
+    return "/".join(names)
+
+
+def partition_spec(path: str, shape: tuple[int, ...], mesh: Mesh) -> P:
+    """The table's spec for a leaf, with any axis that does not divide its dimension dropped.
+
+    jit refuses unevenly split arguments, so a dimension the mesh axis does not divide
+    (a custom width, say) stays whole on that axis rather than failing the run.
+    """
+    for pattern, spec in PARTITION_RULES:
+        if re.search(pattern, path) and len(spec) == len(shape):
+            return P(*(axis if axis is None or dim % mesh.shape[axis] == 0 else None
+                       for axis, dim in zip(spec, shape)))
+    return P()
+
+
+def tree_shardings(mesh: Mesh, tree):
+    """NamedShardings for every leaf of a pytree of arrays or ShapeDtypeStructs."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: NamedSharding(mesh, partition_spec(path_str(path), tuple(leaf.shape), mesh)), tree)
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2, leading_unsharded: int = 0) -> NamedSharding:
+    """Batch rows over data x fsdp; ``leading_unsharded`` axes (micro-batches) stay whole."""
+    spec = (None,) * leading_unsharded + (BATCH_AXES,) + (None,) * (ndim - leading_unsharded - 1)
+    return NamedSharding(mesh, P(*spec))
+
+
+def mesh_shape(mesh_config, n_devices: int) -> dict[str, int]:
+    """Axis sizes with one -1 filled in; refuses shapes that do not use every device."""
+    sizes = {axis: int(mesh_config[axis]) for axis in MESH_AXES}
+    unknown = [axis for axis, size in sizes.items() if size == -1]
+    if len(unknown) > 1:
+        raise ValueError(f"at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1, got {sizes}.")
+    if any(size == 0 or size < -1 for size in sizes.values()):
+        raise ValueError(f"mesh axis sizes must be positive or -1, got {sizes}.")
+    known = math.prod(size for size in sizes.values() if size != -1)
+    if unknown:
+        if n_devices % known:
+            raise ValueError(f"mesh {sizes} cannot be filled: {n_devices} devices are not divisible by {known}.")
+        sizes[unknown[0]] = n_devices // known
+    if math.prod(sizes.values()) != n_devices:
+        raise ValueError(
+            f"mesh data x fsdp x tensor = {sizes} uses {math.prod(sizes.values())} devices "
+            f"but there are {n_devices}; make the product equal the device count.")
+    return sizes
+
+
+def make_mesh(mesh_config, devices=None) -> Mesh:
+    devices = jax.devices() if devices is None else devices
+    sizes = mesh_shape(mesh_config, len(devices))
+    device_grid = np.asarray(devices).reshape([sizes[axis] for axis in MESH_AXES])
+    return Mesh(device_grid, MESH_AXES)
+
+
+def validate_layout(mesh: Mesh, model_config, train_config) -> None:
+    """Refuses, before compiling, a batch or model that the mesh cannot split evenly."""
+    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    tensor = mesh.shape["tensor"]
+    if train_config.batch_size % train_config.grad_accum_steps:
+        raise ValueError(
+            f"train.batch_size={train_config.batch_size} is not divisible by "
+            f"train.grad_accum_steps={train_config.grad_accum_steps}.")
+    micro_batch = train_config.batch_size // train_config.grad_accum_steps
+    if micro_batch % batch_shards:
+        raise ValueError(
+            f"the micro-batch of {micro_batch} sequences (train.batch_size / train.grad_accum_steps) "
+            f"is not divisible by mesh data x fsdp = {batch_shards}.")
+    if model_config.n_head % tensor:
+        raise ValueError(f"model.n_head={model_config.n_head} is not divisible by mesh.tensor={tensor}.")
+    if (4 * model_config.n_embd) % tensor:
+        raise ValueError(f"the MLP width {4 * model_config.n_embd} is not divisible by mesh.tensor={tensor}.")

@@ -1,0 +1,400 @@
+"""Tests for gpt2jax.data: tokenizer, synthetic language, sources, prepare and loader (CPU, seconds)."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import math
+import os
+import threading
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+import tensorflow_datasets.testing.mocking  # noqa: F401 (loads tfds.testing.mocking)
+import tiktoken.load
+import tiktoken.registry
+
+from gpt2jax.data import prepare as prepare_module
+from gpt2jax.data.loader import (batch_for_step, ensure_prepared, eval_batches, open_prepared,
+                                 prepared_dir_name)
+from gpt2jax.data.prepare import main, prepare
+from gpt2jax.data.synthetic import SyntheticLanguage
+from gpt2jax.data.tokenizer import EOT_TOKEN_ID, GPT2_VOCAB_SIZE, get_tokenizer
+
+EOT = "<|endoftext|>"
+
+
+def decode(tokens: np.ndarray) -> str:
+    return get_tokenizer().decode(tokens.tolist())
+
+
+def joined(documents: list[str]) -> str:
+    return "".join(document + EOT for document in documents)
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# Tokenizer.
+
+def test_tokenizer_loads_offline_from_packaged_files(monkeypatch):
+    def no_network(url):
+        raise AssertionError(f"tried to download {url}")
+
+    monkeypatch.delenv("TIKTOKEN_CACHE_DIR", raising=False)
+    monkeypatch.setattr(tiktoken.load, "read_file", no_network)
+    monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})  # forget any encoding already loaded
+    get_tokenizer.cache_clear()
+    try:
+        encoding = get_tokenizer()
+        assert encoding.encode("Hello world") == [15496, 995]
+        text = "Déjà vu, 12 345 tokens!\n\nNew paragraph."
+        assert encoding.decode(encoding.encode(text)) == text
+        assert encoding.n_vocab == GPT2_VOCAB_SIZE and encoding.eot_token == EOT_TOKEN_ID
+        assert "TIKTOKEN_CACHE_DIR" not in os.environ
+    finally:
+        get_tokenizer.cache_clear()
+
+
+# Synthetic language.
+
+def binary_entropy(p: float) -> float:
+    return -p * math.log(p) - (1 - p) * math.log(1 - p)
+
+
+def test_entropy_rate_matches_closed_form():
+    # zipf_exponent=0: uniform over the support. A document has Geometric(p) words then one EOT,
+    # so pi(EOT) = p / (1 + p); a word row has entropy h(p) + (1 - p) log S, the EOT row log S.
+    p, support = 0.1, 16
+    language = SyntheticLanguage(num_states=64, support_size=support, zipf_exponent=0.0, end_probability=p)
+    pi_eot = p / (1 + p)
+    expected = (1 - pi_eot) * (binary_entropy(p) + (1 - p) * math.log(support)) + pi_eot * math.log(support)
+    assert language.entropy_rate_nats() == pytest.approx(expected, rel=1e-12)
+    assert language.stationary_distribution()[-1] == pytest.approx(pi_eot, rel=1e-12)
+
+
+def test_generated_tokens_have_the_exact_entropy_rate():
+    language = SyntheticLanguage(num_states=128, support_size=16, zipf_exponent=1.1, end_probability=0.02, seed=3)
+    tokens = language.generate(1_000_000, seed=0)
+    state_of_token = np.full(GPT2_VOCAB_SIZE, -1)
+    state_of_token[language.token_ids] = np.arange(len(language.token_ids))
+    states = state_of_token[tokens]
+    assert (states >= 0).all()
+    num_states = len(language.token_ids)
+    pair_counts = np.bincount(states[:-1] * num_states + states[1:], minlength=num_states**2)
+    pair_counts = pair_counts.reshape(num_states, num_states).astype(np.float64)
+    # A transition the chain cannot make never appears.
+    assert not pair_counts[language.transition_matrix() == 0].any()
+    row_counts = pair_counts.sum(axis=1, keepdims=True)
+    seen = pair_counts > 0
+    empirical = -np.sum(pair_counts[seen] * np.log((pair_counts / row_counts)[seen])) / pair_counts.sum()
+    exact = language.entropy_rate_nats()
+    assert 1.0 < exact < 3.0  # learnable, far from deterministic
+    assert empirical == pytest.approx(exact, abs=0.01)
+    # Document ends occur at the stationary rate.
+    assert np.mean(tokens == EOT_TOKEN_ID) == pytest.approx(language.stationary_distribution()[-1], rel=0.05)
+
+
+def test_generate_is_deterministic_in_the_seed():
+    language = SyntheticLanguage(num_states=64, support_size=8)
+    first = language.generate(20_000, seed=7)
+    assert first.dtype == np.uint16 and first.shape == (20_000,)
+    np.testing.assert_array_equal(first, SyntheticLanguage(num_states=64, support_size=8).generate(20_000, seed=7))
+    assert not np.array_equal(first, language.generate(20_000, seed=8))
+    assert not np.array_equal(first, SyntheticLanguage(num_states=64, support_size=8, seed=1).generate(20_000, seed=7))
+    assert EOT_TOKEN_ID not in language.token_ids[:-1] and len(set(language.token_ids.tolist())) == 65
+
+
+def test_synthetic_options_parse_and_bad_ones_are_refused():
+    language = SyntheticLanguage.from_source("synthetic:num_states=64,zipf_exponent=1.5", seed=2)
+    assert (language.num_states, language.zipf_exponent, language.seed) == (64, 1.5, 2)
+    with pytest.raises(ValueError, match="bad synthetic option"):
+        SyntheticLanguage.from_source("synthetic:states=64", seed=0)
+    with pytest.raises(ValueError, match="support_size"):
+        SyntheticLanguage.from_source("synthetic:num_states=4,support_size=8", seed=0)
+
+
+# prepare: every source.
+
+def test_prepare_synthetic(tmp_path):
+    out = tmp_path / "syn"
+    meta = prepare("synthetic", out, synthetic_train_tokens=50_000, synthetic_val_tokens=5_000, seed=1)
+    language = SyntheticLanguage(seed=1)
+    assert meta["entropy_rate_nats_per_token"] == pytest.approx(language.entropy_rate_nats(), rel=1e-12)
+    assert meta["synthetic"] == language.spec()
+    assert (meta["train_tokens"], meta["val_tokens"]) == (50_000, 5_000)
+    assert (meta["vocab_size"], meta["eot_token_id"], meta["tokenizer"], meta["format_version"]) == (
+        GPT2_VOCAB_SIZE, EOT_TOKEN_ID, "gpt2", 1)
+    assert meta["sha256"] == {"train.bin": sha256(out / "train.bin"), "val.bin": sha256(out / "val.bin")}
+    assert json.loads((out / "meta.json").read_text()) == meta
+    data = open_prepared(out)
+    np.testing.assert_array_equal(data.train, language.generate(50_000, seed=0))
+    assert data.val.dtype == np.uint16 and len(data.val) == 5_000
+    assert not np.array_equal(data.train[:5_000], data.val)  # train and val are independent samples
+    # A second call reuses the directory instead of writing it again.
+    mtime = (out / "train.bin").stat().st_mtime_ns
+    assert prepare("synthetic", out, synthetic_train_tokens=50_000, synthetic_val_tokens=5_000, seed=1) == meta
+    assert (out / "train.bin").stat().st_mtime_ns == mtime
+    with pytest.raises(ValueError, match="seed=1 \\(not 2\\)"):
+        prepare("synthetic", out, synthetic_train_tokens=50_000, synthetic_val_tokens=5_000, seed=2)
+
+
+def make_text_corpus(root) -> list[str]:
+    """Writes .txt, .txt.gz and .jsonl[.gz] files; returns their documents in the order prepare reads them."""
+    root.mkdir()
+    txt = ["First document.\nIt has two lines.\n", "Second document, with a literal <|endoftext|> in it."]
+    txt_gz = "Third document, compressed: café ☕."
+    jsonl = [f"JSON document {i}." for i in range(6)]
+    jsonl_gz = "Last document, from .jsonl.gz."
+    (root / "a.txt").write_text(txt[0])
+    (root / "b.txt").write_text(txt[1])
+    with gzip.open(root / "c.txt.gz", "wt", encoding="utf-8") as file:
+        file.write(txt_gz)
+    lines = [json.dumps({"text": text, "id": i}) for i, text in enumerate(jsonl)]
+    (root / "d.jsonl").write_text("\n".join(lines[:3]) + "\n\n" + "\n".join(lines[3:]) + "\n")  # a blank line
+    with gzip.open(root / "e.jsonl.gz", "wt", encoding="utf-8") as file:
+        file.write(json.dumps({"text": jsonl_gz}) + "\n")
+    return txt + [txt_gz] + jsonl + [jsonl_gz]
+
+
+def test_prepare_text_files(tmp_path):
+    documents = make_text_corpus(tmp_path / "corpus")
+    meta = prepare(f"text:{tmp_path}/corpus/*", tmp_path / "out", val_fraction=0.25)
+    # Documented rule: document i goes to val when i % round(1 / val_fraction) == 1.
+    val = [doc for i, doc in enumerate(documents) if i % 4 == 1]
+    train = [doc for i, doc in enumerate(documents) if i % 4 != 1]
+    data = open_prepared(tmp_path / "out")
+    assert decode(data.train) == joined(train) and decode(data.val) == joined(val)
+    # Every document ends in exactly one separator; the literal "<|endoftext|>" stays plain text.
+    assert np.sum(data.train == EOT_TOKEN_ID) == len(train) and np.sum(data.val == EOT_TOKEN_ID) == len(val)
+    assert meta["val_split"] == "carved from train"
+    assert (meta["train_tokens"], meta["val_tokens"]) == (len(data.train), len(data.val))
+    assert meta["sha256"]["val.bin"] == sha256(tmp_path / "out" / "val.bin")
+
+
+def test_prepare_max_tokens_caps_train_and_val(tmp_path):
+    make_text_corpus(tmp_path / "corpus")
+    meta = prepare(f"text:{tmp_path}/corpus/*", tmp_path / "out", val_fraction=0.5, max_tokens=12)
+    assert (meta["train_tokens"], meta["val_tokens"]) == (12, 6)
+
+
+def test_prepare_tfds_mocked_registered_dataset(tmp_path, monkeypatch):
+    # tfds.testing.mock_data serves tfds.data_source without TensorFlow, but its batched read
+    # (__getitems__) is installed unbound and misses `self`; give it a version that needs none.
+    monkeypatch.setattr(tfds.testing.mocking, "_getitems",
+                        lambda record_keys, generator, serialized=False: [generator[k] for k in record_keys])
+    with tfds.testing.mock_data(num_examples=12):
+        meta = prepare("tfds:tiny_shakespeare", tmp_path / "out", val_fraction=0.25)
+        records = tfds.data_source("tiny_shakespeare", split="train")
+        documents = [records[i]["text"] for i in range(len(records))]
+    # Mocked metadata has no split names, so val is carved from train.
+    assert meta["val_split"] == "carved from train"
+    data = open_prepared(tmp_path / "out")
+    assert decode(data.train) == joined([doc for i, doc in enumerate(documents) if i % 4 != 1])
+    assert decode(data.val) == joined([doc for i, doc in enumerate(documents) if i % 4 == 1])
+
+
+class Gpt2jaxTestCorpus(tfds.core.GeneratorBasedBuilder):
+    """A two-split text dataset that the test really builds as ArrayRecord, without TensorFlow."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
+            {"body": tfds.features.Text(), "id": tfds.features.Scalar(np.int64)}))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(0, 7), "validation": self._generate_examples(100, 2)}
+
+    def _generate_examples(self, first, count):
+        for i in range(first, first + count):
+            yield i, {"body": f"Record {i}: naïve text.", "id": i}
+
+
+def test_prepare_tfds_array_record_dataset_uses_its_validation_split(tmp_path):
+    tfds_dir = tmp_path / "tfds"
+    Gpt2jaxTestCorpus(data_dir=tfds_dir, file_format="array_record").download_and_prepare()
+    name = Gpt2jaxTestCorpus.name
+    with pytest.raises(ValueError, match="no feature 'text'.*--text_key"):
+        prepare(f"tfds:{name}", tmp_path / "out", tfds_data_dir=str(tfds_dir))
+    meta = prepare(f"tfds:{name}", tmp_path / "out", tfds_data_dir=str(tfds_dir), text_key="body")
+    assert meta["val_split"] == "validation"
+    data = open_prepared(tmp_path / "out")
+    for split, tfds_split in (("train", "train"), ("val", "validation")):
+        records = tfds.data_source(name, split=tfds_split, data_dir=tfds_dir)  # in TFDS's shuffled order
+        documents = [records[i]["body"].decode() for i in range(len(records))]
+        assert len(documents) == (7 if split == "train" else 2)
+        assert decode(getattr(data, split)) == joined(documents)
+
+
+# prepare: refusals, each one sentence, leaving nothing behind.
+
+@pytest.mark.parametrize("files, source, error, message", [
+    ({}, "text:{root}/*.txt", FileNotFoundError, "no files match"),
+    ({"a.txt": b"", "b.txt": b""}, "text:{root}/*.txt", ValueError, "contains no text"),
+    ({"a.txt": b"only one document"}, "text:{root}/*.txt", ValueError, "at least two non-empty documents"),
+    ({"a.md": b"markdown"}, "text:{root}/*", ValueError, "not a .txt, .txt.gz, .jsonl or .jsonl.gz file"),
+    ({"a.txt": b"\xff\xfe bad bytes", "b.txt": b"ok"}, "text:{root}/*.txt", ValueError, "is not UTF-8 text"),
+    ({"a.txt.gz": b"not gzip", "b.txt": b"ok"}, "text:{root}/*", ValueError, "cannot read .*a.txt.gz"),
+    ({"a.jsonl": b'{"body": "x"}\n'}, "text:{root}/*", ValueError, "line 1 has no string field 'text'"),
+    ({"a.jsonl": b"not json\n"}, "text:{root}/*", ValueError, "line 1 is not JSON"),
+    ({}, "tfds:tiny_shakespeare", FileNotFoundError, "not prepared as ArrayRecord.*tfds build tiny_shakespeare"),
+    ({}, "tfds:no_such_dataset_anywhere", ValueError, "TFDS has no dataset 'no_such_dataset_anywhere'"),
+    # c4 is registered only once its module is imported, which the source does when TFDS misses it.
+    ({}, "tfds:c4/en", FileNotFoundError, "'c4/en' is not prepared as ArrayRecord"),
+    ({}, "wikipedia", ValueError, "unknown data source"),
+])
+def test_bad_sources_are_refused_clearly(tmp_path, files, source, error, message):
+    root = tmp_path / "in"
+    root.mkdir()
+    for name, content in files.items():
+        (root / name).write_bytes(content)
+    out = tmp_path / "prepared" / "out"
+    with pytest.raises(error, match=message) as raised:
+        prepare(source.format(root=root), out, tfds_data_dir=str(tmp_path / "empty_tfds"))
+    assert "\n" not in str(raised.value)
+    assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+def test_cli_reports_errors_in_one_line_and_prints_meta(tmp_path, capsys):
+    with pytest.raises(SystemExit, match=r"^error: no files match"):
+        main(["--source", f"text:{tmp_path}/missing/*.txt", "--out", str(tmp_path / "out")])
+    make_text_corpus(tmp_path / "corpus")
+    main(["--source", f"text:{tmp_path}/corpus/*.txt", "--out", str(tmp_path / "out"), "--val_fraction", "0.5"])
+    assert json.loads(capsys.readouterr().out) == open_prepared(tmp_path / "out").meta
+
+
+# prepare: atomicity.
+
+def test_interrupted_prepare_leaves_nothing_that_counts_as_prepared(tmp_path, monkeypatch):
+    make_text_corpus(tmp_path / "corpus")
+    out = tmp_path / "prepared" / "out"
+    real_append = prepare_module._TokenFile.append
+
+    def append_then_interrupt(self, tokens):
+        real_append(self, tokens)  # some tokens reach the disk first
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare_module._TokenFile, "append", append_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(f"text:{tmp_path}/corpus/*", out)
+    assert list((tmp_path / "prepared").iterdir()) == []
+    with pytest.raises(FileNotFoundError, match="no prepared data"):
+        open_prepared(out)
+    monkeypatch.undo()
+    # A run killed before it could clean up leaves a hidden work directory, which nothing reads.
+    stale = tmp_path / "prepared" / ".out.tmp-12345-abcdefgh"
+    stale.mkdir()
+    (stale / "train.bin").write_bytes(b"\0\0")
+    meta = prepare(f"text:{tmp_path}/corpus/*", out, val_fraction=0.5)
+    assert open_prepared(out).meta == meta and len(open_prepared(out).train) == meta["train_tokens"]
+
+
+def test_damaged_or_foreign_directories_are_refused(tmp_path):
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="exists but holds no prepared data"):
+        prepare("synthetic", foreign, synthetic_train_tokens=1000, synthetic_val_tokens=100)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    out = tmp_path / "out"
+    prepare("synthetic", out, synthetic_train_tokens=1000, synthetic_val_tokens=100)
+    with open(out / "train.bin", "r+b") as file:
+        file.truncate(100)
+    with pytest.raises(ValueError, match="train.bin holds 50 tokens but meta.json says 1000"):
+        open_prepared(out)
+
+
+def test_losing_a_publish_race_keeps_the_winners_copy(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    kwargs = dict(synthetic_train_tokens=2000, synthetic_val_tokens=200)
+    real_write = prepare_module._write_synthetic_source
+
+    def another_process_finishes_first(*args):
+        written = real_write(*args)
+        monkeypatch.setattr(prepare_module, "_write_synthetic_source", real_write)
+        prepare("synthetic", out, **kwargs)
+        return written
+
+    monkeypatch.setattr(prepare_module, "_write_synthetic_source", another_process_finishes_first)
+    meta = prepare("synthetic", out, **kwargs)
+    assert meta == open_prepared(out).meta
+    assert [path.name for path in tmp_path.iterdir()] == ["out"]
+
+
+# loader.
+
+def test_ensure_prepared_names_dirs_by_settings_and_serialises_processes(tmp_path):
+    kwargs = dict(synthetic_train_tokens=3000, synthetic_val_tokens=300)
+    paths = []
+    threads = [threading.Thread(target=lambda: paths.append(ensure_prepared("synthetic", tmp_path, **kwargs)))
+               for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(paths)) == 1 and len(paths) == 4
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([paths[0].name, f".{paths[0].name}.lock"])
+    assert open_prepared(paths[0]).meta["train_tokens"] == 3000
+    assert paths[0].name.startswith("synthetic-")
+    # Settings that change the tokens change the name; where TFDS keeps its files does not.
+    assert prepared_dir_name("synthetic", seed=1, **kwargs) != paths[0].name
+    assert prepared_dir_name("synthetic", tfds_data_dir="/elsewhere", **kwargs) == paths[0].name
+    assert prepared_dir_name("synthetic", max_tokens=0, **kwargs) == prepared_dir_name("synthetic", **kwargs)
+
+
+def test_batch_for_step_is_a_pure_function_of_seed_and_step():
+    tokens = np.arange(5000, dtype=np.uint16)
+    args = dict(batch_size=8, block_size=16)
+    inputs, targets = batch_for_step(tokens, seed=0, step=3, **args)
+    assert inputs.shape == targets.shape == (8, 16) and inputs.dtype == targets.dtype == np.int32
+    again = batch_for_step(tokens, seed=0, step=3, **args)
+    np.testing.assert_array_equal(inputs, again[0])
+    np.testing.assert_array_equal(targets, again[1])
+    assert not np.array_equal(inputs, batch_for_step(tokens, seed=0, step=4, **args)[0])
+    assert not np.array_equal(inputs, batch_for_step(tokens, seed=1, step=3, **args)[0])
+    # Each row is a contiguous window; targets are the next tokens.
+    np.testing.assert_array_equal(inputs, inputs[:, :1] + np.arange(16))
+    np.testing.assert_array_equal(targets, inputs + 1)
+    # Over many steps the windows reach both ends of the stream and never past it.
+    starts = np.concatenate([batch_for_step(tokens, seed=0, step=s, **args)[0][:, 0] for s in range(400)])
+    assert starts.min() < 50 and 5000 - 17 - 50 < starts.max() <= 5000 - 17
+
+
+def test_processes_split_the_global_batch_exactly():
+    tokens = np.arange(5000, dtype=np.uint16)
+    global_inputs, global_targets = batch_for_step(tokens, seed=5, step=9, batch_size=8, block_size=4)
+    parts = [batch_for_step(tokens, seed=5, step=9, batch_size=8, block_size=4, process_index=i, process_count=4)
+             for i in range(4)]
+    assert all(part[0].shape == (2, 4) for part in parts)
+    np.testing.assert_array_equal(np.concatenate([part[0] for part in parts]), global_inputs)
+    np.testing.assert_array_equal(np.concatenate([part[1] for part in parts]), global_targets)
+    with pytest.raises(ValueError, match="multiple of the process count 3"):
+        batch_for_step(tokens, seed=0, step=0, batch_size=8, block_size=4, process_count=3)
+    with pytest.raises(ValueError, match="fewer than block_size"):
+        batch_for_step(tokens[:4], seed=0, step=0, batch_size=8, block_size=4)
+
+
+def test_eval_batches_are_fixed_evenly_spaced_windows():
+    tokens = np.arange(1000, dtype=np.uint16)
+    batches = list(eval_batches(tokens, batch_size=4, block_size=10, num_batches=3))
+    assert len(batches) == 3 and batches[0][0].shape == (4, 10)
+    starts = np.concatenate([inputs[:, 0] for inputs, _ in batches])
+    np.testing.assert_array_equal(starts, np.round(np.linspace(0, 1000 - 11, 12)))
+    assert batches[-1][1][-1, -1] == 999  # the last window ends on the last token
+    again = list(eval_batches(tokens, batch_size=4, block_size=10, num_batches=3))
+    for (inputs, targets), (inputs_again, targets_again) in zip(batches, again):
+        np.testing.assert_array_equal(inputs, inputs_again)
+        np.testing.assert_array_equal(targets, targets_again)
+    halves = [list(eval_batches(tokens, batch_size=4, block_size=10, num_batches=3, process_index=i, process_count=2))
+              for i in range(2)]
+    for batch, (first, second) in enumerate(zip(*halves)):
+        np.testing.assert_array_equal(np.concatenate([first[0], second[0]]), batches[batch][0])
+    # A short val split gives overlapping windows, still as many batches as asked.
+    short = list(eval_batches(tokens[:30], batch_size=4, block_size=10, num_batches=2))
+    assert len(short) == 2 and short[-1][1][-1, -1] == 29
+    with pytest.raises(ValueError, match="val split holds 10 tokens, fewer than block_size \\+ 1 = 11"):
+        eval_batches(tokens[:10], batch_size=4, block_size=10, num_batches=2)
