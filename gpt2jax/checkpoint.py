@@ -53,7 +53,9 @@ class Checkpointer:
 
     def check_shapes(self, step: int, abstract_state) -> None:
         """Refuses, in one sentence, a checkpoint whose parameters have other shapes."""
-        saved = self._manager.item_metadata(step)
+        # The manager only knows an item's metadata in the process that saved it; the
+        # handler reads it from disk in any process.
+        saved = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "default")
         saved_shapes = {path_str(p): tuple(leaf.shape) for p, leaf in
                         jax.tree_util.tree_leaves_with_path(saved["params"]) if hasattr(leaf, "shape")}
         wanted = {path_str(p): tuple(leaf.shape) for p, leaf in

@@ -32,15 +32,6 @@ class Shape:
         return cls(model_config.n_layer, model_config.n_head, model_config.n_embd, vocab, model_config.block_size)
 
 
-# OpenAI's four GPT-2 sizes (Radford et al. 2019, Table 2) with their vocabulary and context.
-GPT2_SHAPES: dict[str, Shape] = {
-        "gpt2": Shape(n_layer=12, n_head=12, n_embd=768, vocab_size=50257, block_size=1024),
-        "gpt2-medium": Shape(n_layer=24, n_head=16, n_embd=1024, vocab_size=50257, block_size=1024),
-        "gpt2-large": Shape(n_layer=36, n_head=20, n_embd=1280, vocab_size=50257, block_size=1024),
-        "gpt2-xl": Shape(n_layer=48, n_head=25, n_embd=1600, vocab_size=50257, block_size=1024),
-}
-
-
 def padded_vocab_size(vocab_size: int, multiple: int) -> int:
     """Rounds the vocabulary up to a multiple (50257 -> 50304 for 64): faster matmuls, mesh-divisible rows."""
     return -(-vocab_size // multiple) * multiple

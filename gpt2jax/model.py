@@ -219,8 +219,13 @@ class GPT(nnx.Module):
         is_real_token_V = jnp.arange(self.config.padded_vocab_size) < self.config.vocab_size
         return jnp.where(is_real_token_V, logits_BxTxV, jnp.finfo(jnp.float32).min)
 
-    def __call__(self, tokens_BxT, *, dropout_key=None):
-        """Float32 logits over the padded vocabulary for every position."""
+    def __call__(self, tokens_BxT, *, dropout_key=None, residual_sharding=None):
+        """Float32 logits over the padded vocabulary for every position.
+
+        ``residual_sharding`` (from ``sharding.residual_sharding``) pins the B x T x D
+        residual stream between blocks to the batch split; left to itself, XLA follows
+        the FSDP-split weights and splits D instead, trading activations back and forth.
+        """
         seq_len = tokens_BxT.shape[1]
         if seq_len > self.config.block_size:
             raise ValueError(f"sequence length {seq_len} exceeds model.block_size={self.config.block_size}.")
@@ -232,6 +237,8 @@ class GPT(nnx.Module):
         forward = _block_forward if self.config.remat == "none" else nnx.remat(_block_forward, policy=policy)
         for block, key in zip(self.h, keys[1:]):
             x_BxTxD = forward(block, x_BxTxD, key)
+            if residual_sharding is not None:
+                x_BxTxD = jax.lax.with_sharding_constraint(x_BxTxD, residual_sharding)
         return self._logits(x_BxTxD)
 
     def init_cache(self, batch_size: int, length: int | None = None) -> list[KVCache]:

@@ -31,12 +31,13 @@ class NonFiniteLossError(RuntimeError):
     """The loss or gradient became NaN or infinite; the last good checkpoint is kept."""
 
 
-def loss_fn(params, graphdef, inputs_BxT, targets_BxT, dropout_key=None):
+def loss_fn(params, graphdef, inputs_BxT, targets_BxT, dropout_key=None, residual_sharding=None):
     model = nnx.merge(graphdef, params)
-    return cross_entropy(model(inputs_BxT, dropout_key=dropout_key), targets_BxT)
+    logits_BxTxV = model(inputs_BxT, dropout_key=dropout_key, residual_sharding=residual_sharding)
+    return cross_entropy(logits_BxTxV, targets_BxT)
 
 
-def train_step(state, inputs_AxBxT, targets_AxBxT, *, graphdef, optimizer):
+def train_step(state, inputs_AxBxT, targets_AxBxT, *, graphdef, optimizer, residual_sharding=None):
     """One optimizer step over A accumulated micro-batches of B sequences."""
     accum_steps = inputs_AxBxT.shape[0]
     dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
@@ -46,7 +47,7 @@ def train_step(state, inputs_AxBxT, targets_AxBxT, *, graphdef, optimizer):
         loss_sum, grad_sum = carry
         index, inputs_BxT, targets_BxT = micro
         loss, grads = grad_fn(state["params"], graphdef, inputs_BxT, targets_BxT,
-                              jax.random.fold_in(dropout_key, index))
+                              jax.random.fold_in(dropout_key, index), residual_sharding)
         return (loss_sum + loss, jax.tree.map(jnp.add, grad_sum, grads)), None
 
     zeros = jax.tree.map(jnp.zeros_like, state["params"])
@@ -61,12 +62,12 @@ def train_step(state, inputs_AxBxT, targets_AxBxT, *, graphdef, optimizer):
         "opt_state": opt_state,
         "rng": state["rng"],
     }
-    metrics = {"loss": loss_sum / accum_steps, "grad_norm": optax.global_norm(grads)}
+    metrics = {"loss": loss_sum / accum_steps, "grad_norm": optax.tree.norm(grads)}
     return new_state, metrics
 
 
-def eval_step(params, inputs_BxT, targets_BxT, *, graphdef):
-    return loss_fn(params, graphdef, inputs_BxT, targets_BxT)
+def eval_step(params, inputs_BxT, targets_BxT, *, graphdef, residual_sharding=None):
+    return loss_fn(params, graphdef, inputs_BxT, targets_BxT, residual_sharding=residual_sharding)
 
 
 @dataclasses.dataclass
@@ -111,7 +112,8 @@ class Trainer:
 
     @functools.cached_property
     def train_step(self):
-        step = functools.partial(train_step, graphdef=self.graphdef, optimizer=self.optimizer)
+        step = functools.partial(train_step, graphdef=self.graphdef, optimizer=self.optimizer,
+                                 residual_sharding=sharding.residual_sharding(self.mesh))
         batch = self.batch_sharding(leading_unsharded=1)
         replicated = NamedSharding(self.mesh, P())
         return jax.jit(step, in_shardings=(self.state_shardings, batch, batch),
@@ -119,7 +121,8 @@ class Trainer:
 
     @functools.cached_property
     def eval_step(self):
-        step = functools.partial(eval_step, graphdef=self.graphdef)
+        step = functools.partial(eval_step, graphdef=self.graphdef,
+                                 residual_sharding=sharding.residual_sharding(self.mesh))
         batch = self.batch_sharding()
         return jax.jit(step, in_shardings=(self.state_shardings["params"], batch, batch),
                        out_shardings=NamedSharding(self.mesh, P()))
@@ -442,7 +445,13 @@ def _evaluation_batch(config, devices) -> int:
 
 
 def dry_run(config) -> dict:
-    """Parameter counts, FLOPs per token and the compiled step's memory, training nothing."""
+    """Parameter counts, FLOPs per token and the compiled step's memory per device, training nothing.
+
+    ``fits`` says whether the step fits a 12, 24 or 80 GiB card, against the share of it
+    JAX lets XLA use: XLA_PYTHON_CLIENT_MEM_FRACTION, 0.75 unless set.
+    """
+    import os
+
     trainer = build_trainer(config)
     summary = {"model": dict(config.model), "mesh": dict(trainer.mesh.shape)}
     summary.update(model_accounting(trainer.model_config))
@@ -452,28 +461,58 @@ def dry_run(config) -> dict:
                                  sharding=trainer.batch_sharding(leading_unsharded=1))
     compiled = trainer.train_step.lower(trainer.abstract_state, batch, batch).compile()
     summary["per_device_bytes"] = per_device_bytes(trainer, compiled)
+    usable_fraction = float(os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", 0.75))
+    if "total" in summary["per_device_bytes"]:
+        summary["fits"] = {f"{gib} GiB": summary["per_device_bytes"]["total"] <= usable_fraction * gib * 2**30
+                           for gib in (12, 24, 80)}
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     if cost and cost.get("flops"):
-        tokens_per_device = config.train.batch_size * block / trainer.mesh.size
+        # XLA counts the accumulation loop's body once: its FLOPs are one micro-batch's.
+        tokens_per_device = micro * block / trainer.mesh.size
         summary["xla_flops_per_token"] = cost["flops"] / tokens_per_device
     return summary
 
 
 def per_device_bytes(trainer: Trainer, compiled) -> dict:
-    """Bytes one device holds: its shards of parameters and optimizer state, and XLA's temporaries."""
+    """Bytes one device holds during a train step.
+
+    ``params`` and ``optimizer_state`` are this device's shards. ``activations_saved_for_backward``
+    is what the backward pass of this device's rows of one micro-batch keeps, read from
+    the traced step before XLA sees it: the figure ``model.remat`` trades for recompute,
+    the same on every platform (counted whole along the tensor axis, so an upper bound
+    when mesh.tensor > 1). From XLA's buffer assignment: ``activations_and_temporaries``,
+    everything the compiled step allocates besides its arguments (saved activations,
+    gradients and their accumulator, workspace), and ``total``, which adds the arguments
+    (state and batch) and the outputs the donated state does not absorb.
+    """
+    from jax.extend.core import Var
+
     def shard_bytes(tree):
         return int(sum(math.prod(leaf.sharding.shard_shape(leaf.shape)) * leaf.dtype.itemsize
                        for leaf in jax.tree.leaves(tree)))
+
+    def saved_for_backward_bytes():
+        rows = trainer.micro_batch_size // (trainer.mesh.shape["data"] * trainer.mesh.shape["fsdp"])
+        tokens_BxT = jax.ShapeDtypeStruct((rows, trainer.model_config.block_size), jnp.int32)
+
+        def pullback(params, tokens_BxT):
+            return jax.vjp(lambda p: loss_fn(p, trainer.graphdef, tokens_BxT, tokens_BxT), params)[1]
+
+        # The pullback closes over the residuals; the parameters it merely reads are its inputs.
+        jaxpr = jax.make_jaxpr(pullback)(trainer.abstract_state["params"], tokens_BxT).jaxpr
+        inputs = set(jaxpr.invars)
+        return int(sum(math.prod(v.aval.shape) * v.aval.dtype.itemsize
+                       for v in jaxpr.outvars if isinstance(v, Var) and v not in inputs))
+
     report = {
         "params": shard_bytes(trainer.abstract_state["params"]),
         "optimizer_state": shard_bytes(trainer.abstract_state["opt_state"]),
+        "activations_saved_for_backward": saved_for_backward_bytes(),
     }
     memory = compiled.memory_analysis()
     if memory is not None:
-        # Temporaries are the activations kept for the backward pass plus gradients and workspace.
-        report["temporaries"] = int(memory.temp_size_in_bytes)
-        report["arguments"] = int(memory.argument_size_in_bytes)
+        report["activations_and_temporaries"] = int(memory.temp_size_in_bytes)
         report["total"] = int(memory.argument_size_in_bytes + memory.temp_size_in_bytes
                               + memory.output_size_in_bytes - memory.alias_size_in_bytes)
     return report

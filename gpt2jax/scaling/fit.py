@@ -1,0 +1,317 @@
+"""Chinchilla's three estimates of the compute-optimal allocation (Hoffmann et al. 2022, section 3).
+
+Each approach ends in exponents a and b with N_opt ~ C^a and D_opt ~ C^b:
+1. the lower envelope of loss against FLOPs, read off in log-uniform FLOP bins;
+2. the minima of IsoFLOP profiles, parabolas of loss against log N at fixed budgets;
+3. a fit of L(N, D) = E + A/N^alpha + B/D^beta, from which a = beta/(alpha+beta).
+Bootstrap resampling of the points gives percentile intervals for every estimate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+
+import numpy as np
+from scipy import optimize
+from threadpoolctl import threadpool_limits
+
+from gpt2jax.scaling.laws import ChinchillaLaw
+from gpt2jax.scaling.results import ScalingPoints
+
+# Hoffmann et al. fit log-loss residuals with a Huber loss of this width; Besiroglu et al. kept it.
+HUBER_DELTA = 1e-3
+ISOFLOP_TOLERANCE = 0.1
+ENVELOPE_BINS = 30
+# Approach 3 fits five constants; fewer points than this leave it underdetermined.
+MIN_PARAMETRIC_POINTS = 6
+# Resampled fits restart from this many of the full fit's distinct local minima.
+BOOTSTRAP_STARTS = 4
+
+
+def start_grid(alpha, beta, e, a, b) -> np.ndarray:
+    """Every combination of initial values, one row (a, b, e, alpha, beta) each."""
+    return np.array([
+            (a_start, b_start, e_start, alpha_start, beta_start)
+            for alpha_start, beta_start, e_start, a_start, b_start in itertools.product(alpha, beta, e, a, b)
+    ], dtype=float)
+
+
+# Hoffmann et al.'s grid (appendix D.2): alpha, beta in {0, 0.5, ..., 2}, e in {-1, -0.5, ..., 1},
+# a, b in {0, 5, ..., 25}; 4500 starts.
+HOFFMANN_STARTS = start_grid(
+        alpha=np.arange(0.0, 2.01, 0.5), beta=np.arange(0.0, 2.01, 0.5), e=np.arange(-1.0, 1.01, 0.5),
+        a=np.arange(0.0, 25.1, 5.0), b=np.arange(0.0, 25.1, 5.0),
+)
+# 108 starts spanning the same ranges, for quick fits; it finds the same minimum on Chinchilla's data.
+COARSE_STARTS = start_grid(
+        alpha=(0.0, 1.0), beta=(0.0, 1.0), e=(-1.0, 0.0, 1.0), a=(0.0, 10.0, 20.0), b=(0.0, 10.0, 20.0),
+)
+
+
+class InsufficientData(ValueError):
+    """The points cannot support an approach; the message says what is missing."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AllocationFit:
+    """N_opt ~ C^a and D_opt ~ C^b fitted through compute-optimal points (flops, n_opt, d_opt)."""
+
+    a: float
+    b: float
+    flops: np.ndarray
+    n_opt: np.ndarray
+    d_opt: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class ParametricFit:
+    """Approach 3: the fitted law, its summed Huber loss, and the distinct local minima found, best first.
+
+    ``optima`` rows are (a, b, e, alpha, beta) with a = log A, b = log B, e = log E.
+    """
+
+    law: ChinchillaLaw
+    objective: float
+    optima: np.ndarray
+
+
+def _allocation_fit(flops, n_opt, d_opt, approach: str, min_points: int) -> AllocationFit:
+    found = len(np.unique(flops))
+    if found < min_points:
+        raise InsufficientData(
+                f"{approach} found {found} compute-optimal point(s) at distinct FLOPs and needs {min_points}."
+        )
+    log_c = np.log(flops)
+    a = np.polyfit(log_c, np.log(n_opt), 1)[0]
+    b = np.polyfit(log_c, np.log(d_opt), 1)[0]
+    return AllocationFit(float(a), float(b), flops, n_opt, d_opt)
+
+
+def envelope_fit(points: ScalingPoints, n_bins: int = ENVELOPE_BINS) -> AllocationFit:
+    """Approach 1: the points on the lower envelope of loss against FLOPs, one per log-uniform FLOP bin.
+
+    Give every checkpoint of every run to read the envelope off training curves, as Hoffmann
+    et al. do; with final points only it is the envelope of those.
+    """
+    order = np.argsort(points.flops, kind="stable")
+    loss = points.loss[order]
+    best_before = np.minimum.accumulate(np.concatenate(([np.inf], loss[:-1])))
+    frontier = order[loss < best_before]
+    log_c = np.log(points.flops)
+    edges = np.linspace(log_c.min(), log_c.max(), n_bins + 1)
+    frontier_bin = np.clip(np.searchsorted(edges, log_c[frontier], side="right") - 1, 0, n_bins - 1)
+    # Loss falls along the frontier, so a bin's last frontier point is its lowest.
+    chosen = np.array([frontier[frontier_bin == k][-1] for k in np.unique(frontier_bin)])
+    return _allocation_fit(
+            points.flops[chosen], points.n_params[chosen], points.n_tokens[chosen], "approach 1", min_points=3,
+    )
+
+
+def isoflop_groups(points: ScalingPoints, tolerance: float = ISOFLOP_TOLERANCE) -> list[np.ndarray]:
+    """Indices of the points of each FLOP budget.
+
+    Budgets come from the ``budget`` column when there is one; otherwise a group holds the
+    FLOPs within ``tolerance`` (relative) of its smallest.
+    """
+    if points.budget is not None:
+        return [np.flatnonzero(points.budget == value) for value in np.unique(points.budget)]
+    order = np.argsort(points.flops, kind="stable")
+    groups, start = [], 0
+    for end in range(1, len(order) + 1):
+        if end == len(order) or points.flops[order[end]] > points.flops[order[start]] * (1.0 + tolerance):
+            groups.append(order[start:end])
+            start = end
+    return groups
+
+
+def isoflop_fit(points: ScalingPoints, tolerance: float = ISOFLOP_TOLERANCE) -> AllocationFit:
+    """Approach 2: a parabola of loss against log N per FLOP budget, its minimum N_opt, then power laws.
+
+    A budget counts when it has at least three model sizes and its parabola has a minimum
+    inside them: an extrapolated minimum says more about the parabola than about the data.
+    """
+    budgets, n_opt = [], []
+    for group in isoflop_groups(points, tolerance):
+        log_n = np.log(points.n_params[group])
+        if len(np.unique(log_n)) < 3:
+            continue
+        curvature, slope, _ = np.polyfit(log_n, points.loss[group], 2)
+        log_n_opt = -slope / (2.0 * curvature) if curvature > 0 else math.nan
+        if not log_n.min() <= log_n_opt <= log_n.max():
+            continue
+        budget = points.budget[group[0]] if points.budget is not None else math.exp(np.log(points.flops[group]).mean())
+        budgets.append(budget)
+        n_opt.append(math.exp(log_n_opt))
+    if len(budgets) < 2:
+        raise InsufficientData(
+                f"approach 2 found {len(budgets)} IsoFLOP profile(s) with at least three model sizes and a loss minimum"
+                " inside them, and needs 2; give each run a budget column or train several sizes per FLOP budget."
+        )
+    budgets, n_opt = np.array(budgets), np.array(n_opt)
+    return _allocation_fit(budgets, n_opt, budgets / (6.0 * n_opt), "approach 2", min_points=2)
+
+
+def huber_objective(params, log_n, log_d, log_loss, delta: float = HUBER_DELTA):
+    """Summed Huber loss of LSE(a - alpha log N, b - beta log D, e) - log L, and its gradient.
+
+    ``params`` is (a, b, e, alpha, beta). The log-sum-exp is log(A/N^alpha + B/D^beta + E),
+    computed without overflow from any start of the grid.
+    """
+    a, b, e, alpha, beta = params
+    terms = np.stack([a - alpha * log_n, b - beta * log_d, np.full_like(log_n, e)])
+    top = terms.max(axis=0)
+    weights = np.exp(terms - top)
+    total = weights.sum(axis=0)
+    residual = top + np.log(total) - log_loss
+    weights /= total  # the softmax of the terms: d LSE / d term
+    size = np.abs(residual)
+    value = np.where(size <= delta, 0.5 * residual**2, delta * (size - 0.5 * delta)).sum()
+    slope = np.clip(residual, -delta, delta)  # Huber'(residual)
+    per_term = weights * slope
+    gradient = np.array([
+            per_term[0].sum(), per_term[1].sum(), per_term[2].sum(), -per_term[0] @ log_n, -per_term[1] @ log_d,
+    ])
+    return value, gradient
+
+
+def _distinct_minima(results, count: int) -> np.ndarray:
+    """Up to ``count`` optimiser results, best first, none within 0.01 of a better one in every coordinate."""
+    kept = []
+    for result in results:
+        if not any(np.allclose(result.x, other, rtol=0.0, atol=0.01) for other in kept):
+            kept.append(result.x)
+        if len(kept) == count:
+            break
+    return np.array(kept)
+
+
+def parametric_fit(
+        points: ScalingPoints, starts: np.ndarray = HOFFMANN_STARTS, delta: float = HUBER_DELTA,
+        name: str = "fit", source: str = "Huber fit of L(N, D) to this project's results",
+) -> ParametricFit:
+    """Approach 3: L-BFGS-B from every start, keeping the lowest summed Huber loss, as Hoffmann et al. do.
+
+    The best minimum is polished with tight tolerances: at this loss scale the default ones stop
+    early, the flaw Besiroglu et al. (2024) found in Hoffmann et al.'s own fit.
+    """
+    if len(points) < MIN_PARAMETRIC_POINTS:
+        raise InsufficientData(
+                f"approach 3 fits five constants and needs at least {MIN_PARAMETRIC_POINTS} points, got {len(points)}."
+        )
+    data = (np.log(points.n_params), np.log(points.n_tokens), np.log(points.loss), delta)
+    # L-BFGS-B's 5 x 5 linear algebra runs ten times slower when OpenBLAS wakes its threads for it
+    # on a busy machine. Starts far from the data overflow harmlessly to inf or nan and are dropped.
+    with threadpool_limits(limits=1, user_api="blas"), np.errstate(over="ignore", invalid="ignore"):
+        results = [
+                optimize.minimize(huber_objective, start, args=data, jac=True, method="L-BFGS-B") for start in starts
+        ]
+        results = sorted((result for result in results if np.isfinite(result.fun)), key=lambda result: result.fun)
+        if not results:
+            raise InsufficientData("approach 3 found no finite fit from any start; check the losses and sizes.")
+        polished = optimize.minimize(
+                huber_objective, results[0].x, args=data, jac=True, method="L-BFGS-B",
+                options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10_000},
+        )
+    best = polished if polished.fun <= results[0].fun else results[0]
+    a, b, e, alpha, beta = best.x
+    law = ChinchillaLaw(
+            E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=float(alpha), beta=float(beta), name=name, source=source,
+    )
+    return ParametricFit(law, float(best.fun), _distinct_minima([best, *results], BOOTSTRAP_STARTS))
+
+
+def percentile_interval(samples, confidence: float) -> list[float] | None:
+    """The central ``confidence`` interval of bootstrap samples, or None without samples."""
+    if len(samples) == 0:
+        return None
+    tail = 50.0 * (1.0 - confidence)
+    low, high = np.percentile(samples, [tail, 100.0 - tail])
+    return [float(low), float(high)]
+
+
+def _resample(points: ScalingPoints, rng: np.random.Generator) -> ScalingPoints:
+    """Points drawn with replacement; whole runs when the points hold training curves, so a curve stays a curve."""
+    if not points.has_curves():
+        return points.subset(rng.integers(len(points), size=len(points)))
+    runs = np.unique(points.run)
+    drawn = rng.choice(runs, size=len(runs))
+    return points.subset(np.concatenate([np.flatnonzero(points.run == run) for run in drawn]))
+
+
+def _bootstrap_allocation(fit_function, points, n_bootstrap, rng) -> dict[str, list[float]]:
+    samples = {"a": [], "b": []}
+    for _ in range(n_bootstrap):
+        try:
+            refit = fit_function(_resample(points, rng))
+        except InsufficientData:
+            continue
+        samples["a"].append(refit.a)
+        samples["b"].append(refit.b)
+    return samples
+
+
+def _allocation_summary(fit_function, points, n_bootstrap, rng, confidence) -> dict:
+    try:
+        fit = fit_function(points)
+    except InsufficientData as reason:
+        return {"skipped": str(reason)}
+    samples = _bootstrap_allocation(fit_function, points, n_bootstrap, rng)
+    return {
+            "a": fit.a,
+            "b": fit.b,
+            "ci": {name: percentile_interval(values, confidence) for name, values in samples.items()},
+            "bootstrap_fits": len(samples["a"]),
+            "points": [
+                    {"flops": float(c), "n_opt": float(n), "d_opt": float(d)}
+                    for c, n, d in zip(fit.flops, fit.n_opt, fit.d_opt)
+            ],
+    }
+
+
+def _law_values(law: ChinchillaLaw) -> dict[str, float]:
+    a, b = law.exponents()
+    return {"E": law.E, "A": law.A, "B": law.B, "alpha": law.alpha, "beta": law.beta, "a": a, "b": b}
+
+
+def fit_summary(
+        points: ScalingPoints, *, n_bootstrap: int = 100, seed: int = 0, starts: np.ndarray = HOFFMANN_STARTS,
+        confidence: float = 0.95, tolerance: float = ISOFLOP_TOLERANCE, n_bins: int = ENVELOPE_BINS,
+) -> dict:
+    """All three approaches with bootstrap intervals, as a JSON-ready dict.
+
+    Approach 3's constants and implied exponents sit at the top level, their intervals under
+    ``ci``; ``approach1`` and ``approach2`` hold a, b and theirs, or ``skipped`` with the reason.
+    Approaches 2 and 3 use each run's final point; approach 1 uses every checkpoint.
+    """
+    final = points.final_points()
+    # One child generator per approach, so that skipping one leaves the others' resamples unchanged.
+    children = np.random.SeedSequence(seed).spawn(3)
+    rng_envelope, rng_isoflop, rng_parametric = (np.random.default_rng(child) for child in children)
+    parametric = parametric_fit(final, starts)
+    samples = {name: [] for name in ("E", "A", "B", "alpha", "beta", "a", "b")}
+    for _ in range(n_bootstrap):
+        try:
+            refit = parametric_fit(_resample(final, rng_parametric), parametric.optima)
+        except InsufficientData:
+            continue
+        for name, value in _law_values(refit.law).items():
+            samples[name].append(value)
+    return {
+            **_law_values(parametric.law),
+            "huber_objective": parametric.objective,
+            "n_points": len(final),
+            "n_rows": len(points),
+            "bootstrap": n_bootstrap,
+            "bootstrap_fits": len(samples["E"]),
+            "seed": seed,
+            "confidence": confidence,
+            "ci": {name: percentile_interval(values, confidence) for name, values in samples.items()},
+            "approach1": _allocation_summary(
+                    lambda data: envelope_fit(data, n_bins), points, n_bootstrap, rng_envelope, confidence,
+            ),
+            "approach2": _allocation_summary(
+                    lambda data: isoflop_fit(data, tolerance), final, n_bootstrap, rng_isoflop, confidence,
+            ),
+    }

@@ -1,0 +1,85 @@
+"""Per-device training memory of the four GPT-2 sizes, as a markdown table.
+
+    python scripts/memory_table.py [--micro_batch 8] [--remat none,dots,full] [--sizes small,medium,large,xl]
+
+For each size (configs/<size>.py: bfloat16 compute, float32 parameters and AdamW state)
+and remat policy, ``train.dry_run`` compiles the train step at a micro-batch of
+``--micro_batch`` sequences of 1024 tokens, keeping the config's 512-sequence batch
+through gradient accumulation. Nothing runs; the mesh is every device here along fsdp.
+
+Columns: the shards of parameters and optimizer state; the activations the backward
+pass keeps, traced before XLA (what remat changes, on any platform); XLA's total for
+the compiled step; and an estimate, which is XLA's total without remat less the
+activations remat stops keeping. XLA:CPU schedules recomputation early and shows no
+saving from remat, so on a CPU only the estimate reflects it; on a GPU compare both.
+``fits`` holds the estimate against the share of a 12, 24 or 80 GiB card JAX lets
+XLA use (XLA_PYTHON_CLIENT_MEM_FRACTION, 0.75 unless set).
+"""
+
+import argparse
+import importlib.util
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+GIB = 2**30
+CARDS_GIB = (12, 24, 80)
+
+
+def load_config(size: str, micro_batch: int, remat: str):
+    spec = importlib.util.spec_from_file_location(size, REPO / "configs" / f"{size}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    if config.train.batch_size % micro_batch:
+        raise ValueError(f"--micro_batch={micro_batch} does not divide the {size} batch of {config.train.batch_size}.")
+    config.train.grad_accum_steps = config.train.batch_size // micro_batch
+    config.model.remat = remat
+    return config
+
+
+def table_rows(sizes: list[str], remats: list[str], micro_batch: int, usable_fraction: float):
+    from gpt2jax import train
+
+    for size in sizes:
+        without_remat = None
+        for remat in ["none"] + [policy for policy in remats if policy != "none"]:
+            started = time.perf_counter()
+            memory = train.dry_run(load_config(size, micro_batch, remat))["per_device_bytes"]
+            print(f"{size} remat={remat}: compiled in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+            without_remat = without_remat or memory
+            estimate = (without_remat["total"] - without_remat["activations_saved_for_backward"]
+                        + memory["activations_saved_for_backward"])
+            if remat not in remats:
+                continue
+            fits = " / ".join("yes" if estimate <= usable_fraction * gib * GIB else "no" for gib in CARDS_GIB)
+            yield (f"| {size} | {remat} | {memory['params'] / GIB:.2f} | {memory['optimizer_state'] / GIB:.2f} "
+                   f"| {memory['activations_saved_for_backward'] / GIB:.2f} | {memory['total'] / GIB:.2f} "
+                   f"| {estimate / GIB:.2f} | {fits} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--micro_batch", type=int, default=8, help="sequences of 1024 tokens per micro-batch")
+    parser.add_argument("--remat", default="none,dots,full", help="comma-separated model.remat policies")
+    parser.add_argument("--sizes", default="small,medium,large,xl", help="comma-separated configs/<size>.py")
+    args = parser.parse_args()
+
+    import jax
+
+    devices = jax.devices()
+    usable_fraction = float(os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", 0.75))
+    print(f"GiB per device on {len(devices)} x {devices[0].device_kind} (mesh fsdp={len(devices)}), "
+          f"micro-batch {args.micro_batch} x 1024 tokens, bfloat16 compute; fits: the estimate within "
+          f"{usable_fraction:g} of a {' / '.join(map(str, CARDS_GIB))} GiB card.\n")
+    print("| model | remat | params | optimizer state | activations saved for backward | XLA total "
+          "| total, estimated | fits 12 / 24 / 80 GiB |")
+    print("|---|---|---:|---:|---:|---:|---:|---|")
+    for row in table_rows(args.sizes.split(","), args.remat.split(","), args.micro_batch, usable_fraction):
+        print(row, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+import types
+
+import pytest
+
+from gpt2jax import flops, model
+
+# Chinchilla (Hoffmann et al. 2022) Table A4: (num_layers, d_model, num_heads, label, FLOP ratio ours/6ND),
+# every model with ffw_size 4 d_model, at context 2048 and vocabulary 32000.
+CHINCHILLA_TABLE_A4 = (
+        (10, 640, 10, 73e6, 1.03),
+        (20, 1024, 16, 305e6, 1.10),
+        (24, 1280, 10, 552e6, 1.08),
+        (26, 1792, 14, 1.1e9, 1.04),
+        (28, 2048, 16, 1.6e9, 1.03),
+        (40, 3584, 28, 6.8e9, 0.99),
+)
+
+
+def gpt2_shape(name: str) -> flops.Shape:
+    """A GPT-2 preset at OpenAI's vocabulary (50257) and context (1024)."""
+    return flops.Shape(**model.PRESETS[name], vocab_size=50257, block_size=1024)
+
+
+def chinchilla_param_count(shape: flops.Shape) -> int:
+    """Table A4's N: GPT-2-like blocks, relative-position weights (d² + 2d a layer) and one vocabulary matrix."""
+    counts = flops.count_params(shape)
+    relative_position = shape.n_layer * (shape.n_embd**2 + 2 * shape.n_embd)
+    return counts["n_params_non_embedding"] + relative_position + counts["token_embedding"]
+
+
+@pytest.mark.parametrize("name, expected", [
+        ("gpt2", 124_439_808),
+        ("gpt2-medium", 354_823_168),
+        ("gpt2-large", 774_030_080),
+        ("gpt2-xl", 1_557_611_200),
+])
+def test_gpt2_parameter_counts(name, expected):
+    assert flops.count_params(gpt2_shape(name))["n_params"] == expected
+
+
+def test_gpt2_small_palm_flops_per_token():
+    assert flops.flops_per_token_palm(gpt2_shape("gpt2"), 1024) == pytest.approx(854e6, rel=0.01)
+
+
+@pytest.mark.parametrize("n_layer, n_embd, n_head, label, ratio", CHINCHILLA_TABLE_A4)
+def test_chinchilla_table_a4(n_layer, n_embd, n_head, label, ratio):
+    shape = flops.Shape(n_layer=n_layer, n_head=n_head, n_embd=n_embd, vocab_size=32000, block_size=2048)
+    n_params = chinchilla_param_count(shape)
+    assert n_params == pytest.approx(label, rel=0.04)
+    seq = shape.block_size
+    table_ratio = flops.flops_per_token_chinchilla_layers(shape) * seq / (6 * n_params * seq)
+    assert table_ratio == pytest.approx(ratio, abs=0.005)
+
+
+def test_chinchilla_full_count_adds_embedding_and_logits():
+    shape = gpt2_shape("gpt2")
+    per_token_extra = 3 * (2 * shape.vocab_size * shape.n_embd + 2 * shape.n_embd * shape.vocab_size)
+    difference = flops.flops_per_token_chinchilla(shape) - flops.flops_per_token_chinchilla_layers(shape)
+    assert difference == pytest.approx(per_token_extra)
+
+
+def test_device_table_has_every_required_key():
+    required = {"h100-sxm", "h100-pcie", "h200", "a100", "rtx-4090", "rtx-4070-ti", "v100", "tpu-v4", "tpu-v5e"}
+    assert required <= flops.DEVICE_PEAKS.keys()
+    for key in required:
+        assert {"bf16", "fp32", "memory_gib"} <= flops.DEVICE_PEAKS[key].keys()
+
+
+@pytest.mark.parametrize("device_kind, key", [
+        ("NVIDIA H100 80GB HBM3", "h100-sxm"),
+        ("NVIDIA H100 PCIe", "h100-pcie"),
+        ("NVIDIA H200", "h200"),
+        ("NVIDIA GeForce RTX 4070 Ti", "rtx-4070-ti"),
+        ("NVIDIA A100-SXM4-80GB", "a100"),
+        ("TPU v5 lite", "tpu-v5e"),
+        ("Some Future Accelerator", None),
+])
+def test_device_key(device_kind, key):
+    assert flops.device_key(device_kind) == key
+
+
+def test_mfu_arithmetic():
+    eight_h100 = [types.SimpleNamespace(platform="gpu", device_kind="NVIDIA H100 80GB HBM3")] * 8
+    peak = flops.mesh_peak_flops(eight_h100)
+    assert peak == pytest.approx(8 * flops.DEVICE_PEAKS["h100-sxm"]["bf16"])
+    assert flops.mfu(0.4 * peak, peak) == pytest.approx(0.4)
+    assert flops.mfu(100e12, 200e12) == pytest.approx(0.5)
+    unknown = [types.SimpleNamespace(platform="gpu", device_kind="Some Future Accelerator")]
+    assert flops.mfu(100e12, flops.mesh_peak_flops(unknown)) is None
+
+
+def test_training_memory_is_sixteen_bytes_per_parameter():
+    assert flops.training_memory_bytes(124_439_808) == 16 * 124_439_808

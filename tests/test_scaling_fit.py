@@ -1,0 +1,190 @@
+import csv
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from gpt2jax.scaling import __main__ as scaling_cli
+from gpt2jax.scaling import fit, laws
+from gpt2jax.scaling.results import ScalingPoints, load_results
+
+KNOWN_LAW = laws.ChinchillaLaw(E=1.7, A=400.0, B=410.0, alpha=0.34, beta=0.28, name="known", source="test")
+# Besiroglu et al.'s points read off Chinchilla's figure 4; shared data, absent outside the project's machines.
+EPOCH_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "chinchilla_svg_extracted_epoch.csv"
+
+
+def grid_points(noise: float = 1e-4, seed: int = 0) -> ScalingPoints:
+    """The known law on a 7 x 7 grid of N and D, with multiplicative noise."""
+    n_params, n_tokens = (values.ravel() for values in np.meshgrid(np.logspace(7, 10, 7), np.logspace(8, 12, 7)))
+    noise_factor = 1.0 + noise * np.random.default_rng(seed).standard_normal(n_params.size)
+    return ScalingPoints.from_arrays(n_params, n_tokens, KNOWN_LAW.loss(n_params, n_tokens) * noise_factor)
+
+
+def isoflop_points() -> ScalingPoints:
+    """Nine model sizes around the known law's optimum at each of four budgets, trained to that budget."""
+    n_params, flops = [], []
+    for budget in (1e18, 1e19, 1e20, 1e21):
+        n_opt, _ = KNOWN_LAW.compute_optimal(budget)
+        n_params += list(n_opt * np.logspace(-0.6, 0.6, 9))
+        flops += [budget] * 9
+    n_params, flops = np.array(n_params), np.array(flops)
+    n_tokens = flops / (6.0 * n_params)
+    return ScalingPoints.from_arrays(n_params, n_tokens, KNOWN_LAW.loss(n_params, n_tokens))
+
+
+def curve_points() -> ScalingPoints:
+    """Training curves of 13 model sizes, 40 checkpoints each, on the known law."""
+    sizes, tokens = np.meshgrid(np.logspace(7, 10, 13), np.logspace(8, 12, 40), indexing="ij")
+    n_params, n_tokens = sizes.ravel(), tokens.ravel()
+    run = np.repeat([f"run{index}" for index in range(13)], 40)
+    return ScalingPoints.from_arrays(n_params, n_tokens, KNOWN_LAW.loss(n_params, n_tokens), run=run)
+
+
+def write_csv(path, points: ScalingPoints, columns=("n_params", "n_tokens", "loss")) -> pathlib.Path:
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        writer.writerows(zip(*(getattr(points, name) for name in columns)))
+    return pathlib.Path(path)
+
+
+def test_law_allocation_is_consistent():
+    for law in laws.PUBLISHED_LAWS.values():
+        n_opt, d_opt = law.compute_optimal(1e21)
+        assert 6.0 * n_opt * d_opt == pytest.approx(1e21)
+        assert law.optimal_flops(n_opt) == pytest.approx(1e21)
+        assert law.optimal_tokens(n_opt) == pytest.approx(d_opt)
+        assert sum(law.exponents()) == pytest.approx(1.0)
+        # The optimum is a minimum of the loss along C = 6ND.
+        for factor in (0.8, 1.25):
+            assert law.loss(n_opt * factor, d_opt / factor) > law.loss(n_opt, d_opt)
+
+
+def test_gpt2_small_under_the_rounded_law():
+    gpt2_small = 124_439_808
+    assert laws.HOFFMANN_ROUNDED.optimal_flops(gpt2_small) == pytest.approx(2.4e18, rel=0.15)
+    assert laws.HOFFMANN_ROUNDED.optimal_tokens(gpt2_small) == pytest.approx(3.3e9, rel=0.15)
+
+
+def test_huber_gradient_matches_finite_differences():
+    points = grid_points(noise=0.01)
+    data = (np.log(points.n_params), np.log(points.n_tokens), np.log(points.loss))
+    params = np.array([6.0, 6.1, 0.5, 0.3, 0.3])
+    _, gradient = fit.huber_objective(params, *data)
+    step = 1e-6
+    for index in range(5):
+        shift = np.zeros(5)
+        shift[index] = step
+        above, _ = fit.huber_objective(params + shift, *data)
+        below, _ = fit.huber_objective(params - shift, *data)
+        numeric = (above - below) / (2 * step)
+        assert gradient[index] == pytest.approx(numeric, rel=1e-4, abs=1e-9)
+
+
+def test_parametric_fit_recovers_a_known_law():
+    law = fit.parametric_fit(grid_points(), fit.COARSE_STARTS).law
+    assert law.E == pytest.approx(KNOWN_LAW.E, abs=0.01)
+    assert law.alpha == pytest.approx(KNOWN_LAW.alpha, abs=0.005)
+    assert law.beta == pytest.approx(KNOWN_LAW.beta, abs=0.005)
+    assert law.A == pytest.approx(KNOWN_LAW.A, rel=0.05)
+    assert law.B == pytest.approx(KNOWN_LAW.B, rel=0.05)
+
+
+def test_isoflop_fit_recovers_the_exponents():
+    expected_a, expected_b = KNOWN_LAW.exponents()
+    allocation = fit.isoflop_fit(isoflop_points())
+    assert len(allocation.flops) == 4
+    assert allocation.a == pytest.approx(expected_a, abs=0.01)
+    assert allocation.b == pytest.approx(expected_b, abs=0.01)
+
+
+def test_isoflop_groups_use_the_budget_column():
+    points = isoflop_points()
+    jittered = ScalingPoints.from_arrays(
+            points.n_params, points.n_tokens, points.loss,
+            flops=points.flops * np.random.default_rng(0).uniform(0.7, 1.3, len(points)),
+            budget=np.repeat([1e18, 1e19, 1e20, 1e21], 9),
+    )
+    assert [len(group) for group in fit.isoflop_groups(jittered)] == [9, 9, 9, 9]
+
+
+def test_isoflop_fit_needs_profiles():
+    with pytest.raises(fit.InsufficientData, match="approach 2"):
+        fit.isoflop_fit(grid_points())
+
+
+def test_envelope_fit_reads_training_curves():
+    expected_a, _ = KNOWN_LAW.exponents()
+    assert fit.envelope_fit(curve_points()).a == pytest.approx(expected_a, abs=0.03)
+
+
+def test_final_points_keep_each_runs_last_checkpoint():
+    final = curve_points().final_points()
+    assert len(final) == 13
+    assert np.all(final.n_tokens == 1e12)
+
+
+def test_fit_summary_has_every_estimate_and_interval():
+    summary = fit.fit_summary(isoflop_points(), n_bootstrap=5, seed=1, starts=fit.COARSE_STARTS)
+    for name in ("E", "A", "B", "alpha", "beta", "a", "b"):
+        low, high = summary["ci"][name]
+        assert low <= high
+    assert summary["a"] == pytest.approx(KNOWN_LAW.exponents()[0], abs=0.01)
+    for approach in ("approach1", "approach2"):
+        assert set(summary[approach]["ci"]) == {"a", "b"}
+    json.dumps(summary)
+
+
+@pytest.mark.skipif(not EPOCH_DATA.is_file(), reason="the shared Chinchilla data (../shared/data) is absent")
+def test_epoch_refit_of_chinchilla_data():
+    with open(EPOCH_DATA, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    n_params = np.array([float(row["Model Size"]) for row in rows])
+    flops = np.array([float(row["Training FLOP"]) for row in rows])
+    loss = np.array([float(row["loss"]) for row in rows])
+    # Besiroglu et al. drop the five highest losses, the worst-extracted and least converged runs.
+    keep = loss < np.sort(loss)[-5]
+    assert keep.sum() == 240
+    n_params, flops, loss = n_params[keep], flops[keep], loss[keep]
+    points = ScalingPoints.from_arrays(n_params, flops / (6.0 * n_params), loss, flops=flops)
+    law = fit.parametric_fit(points, fit.COARSE_STARTS).law
+    assert law.E == pytest.approx(laws.EPOCH_REFIT.E, abs=0.03)
+    assert law.alpha == pytest.approx(laws.EPOCH_REFIT.alpha, abs=0.02)
+    assert law.beta == pytest.approx(laws.EPOCH_REFIT.beta, abs=0.02)
+
+
+def test_load_results_reads_optional_columns(tmp_path):
+    points = curve_points()
+    path = write_csv(tmp_path / "results.csv", points, ("n_params", "n_tokens", "loss", "flops", "run"))
+    loaded = load_results(path)
+    assert loaded.has_curves()
+    np.testing.assert_allclose(loaded.flops, points.flops)
+
+
+def test_cli_fit_prints_json(tmp_path, capsys):
+    path = write_csv(tmp_path / "results.csv", grid_points())
+    scaling_cli.main(["fit", "--results", str(path), "--json", "--bootstrap", "3", "--grid", "coarse"])
+    summary = json.loads(capsys.readouterr().out)
+    for name in ("E", "A", "B", "alpha", "beta", "a", "b", "ci", "approach1", "approach2"):
+        assert name in summary
+    assert "skipped" in summary["approach2"]
+    assert summary["alpha"] == pytest.approx(KNOWN_LAW.alpha, abs=0.005)
+
+
+def test_cli_fit_prints_a_table(tmp_path, capsys):
+    path = write_csv(tmp_path / "results.csv", isoflop_points())
+    scaling_cli.main(["fit", "--results", str(path), "--bootstrap", "0", "--grid", "coarse"])
+    table = capsys.readouterr().out
+    assert "approach 2" in table and "alpha" in table
+
+
+def test_cli_fit_rejects_a_missing_file(tmp_path):
+    with pytest.raises(SystemExit, match="error: results file .* does not exist"):
+        scaling_cli.main(["fit", "--results", str(tmp_path / "absent.csv")])
+
+
+def test_cli_fit_rejects_a_missing_column(tmp_path):
+    path = write_csv(tmp_path / "results.csv", grid_points(), ("n_params", "loss"))
+    with pytest.raises(SystemExit, match="error: .* lacks the column\\(s\\) n_tokens"):
+        scaling_cli.main(["fit", "--results", str(path)])

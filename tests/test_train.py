@@ -1,0 +1,255 @@
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gpt2jax import flops, optim, train
+from gpt2jax.checkpoint import Checkpointer
+from gpt2jax.evaluate import evaluate_workdir
+from gpt2jax.model import PRESETS, GPTConfig
+from gpt2jax.generate import sample_text
+from tests.helpers import REPO, config_flags, run_main, tiny_config
+
+
+def _records(workdir):
+    return [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir):
+    """One tiny run shared by the tests that only read its results."""
+    workdir = tmp_path_factory.mktemp("run")
+    final = train.run(tiny_config(data_dir), workdir)
+    return workdir, final
+
+
+def _load_config_file(path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.py")), ids=lambda p: p.stem)
+def test_every_config_loads(path):
+    config = _load_config_file(path)
+    model_config = GPTConfig.from_config(config.model)
+    assert config.train.batch_size % config.train.grad_accum_steps == 0
+    optim.learning_rate_schedule(config.train)
+    if path.stem != "tiny":
+        # The four GPT-2 sizes: published shapes, ~0.5M tokens a step, a real corpus.
+        preset = {"small": "gpt2", "medium": "gpt2-medium", "large": "gpt2-large", "xl": "gpt2-xl"}[path.stem]
+        assert {k: config.model[k] for k in ("n_layer", "n_head", "n_embd")} == PRESETS[preset]
+        assert model_config.block_size == 1024
+        assert config.train.batch_size * model_config.block_size == 524_288
+        assert config.data.source.startswith("tfds:")
+
+
+def test_tiny_run_learns_logs_and_checkpoints(trained):
+    workdir, final = trained
+    records = _records(workdir)
+    assert [r["step"] for r in records] == [3, 6, 9, 12]
+    assert records[-1]["train_loss"] < records[0]["train_loss"] - 0.5
+    assert final["val_loss"] == records[-1]["val_loss"]
+    for key in ("learning_rate", "grad_norm", "tokens_seen", "flops_seen", "tokens_per_s", "mfu"):
+        assert key in records[-1]
+    assert records[-1]["tokens_seen"] == 12 * 8 * 16
+    per_token = flops.flops_per_token_palm(flops.Shape(2, 4, 32, 50257, 16))
+    assert records[-1]["flops_seen"] == pytest.approx(12 * 8 * 16 * per_token)
+    checkpointer = Checkpointer(workdir / "checkpoints")
+    assert checkpointer.all_steps() == [6, 12]
+    checkpointer.close()
+
+
+def test_same_seed_same_losses_other_seed_other_losses(trained, data_dir, tmp_path):
+    workdir, _ = trained
+    again = tmp_path / "again"
+    train.run(tiny_config(data_dir), again)
+    assert [r["train_loss"] for r in _records(again)] == [r["train_loss"] for r in _records(workdir)]
+    other = tmp_path / "other"
+    train.run(tiny_config(data_dir, seed=1), other)
+    assert [r["train_loss"] for r in _records(other)] != [r["train_loss"] for r in _records(workdir)]
+
+
+def test_gradient_accumulation_matches_one_big_batch(data_dir, tmp_path):
+    one = train.run(tiny_config(data_dir, steps=3, log_every=1, batch_size=16), tmp_path / "one")
+    two = train.run(tiny_config(data_dir, steps=3, log_every=1, batch_size=16, grad_accum_steps=2), tmp_path / "two")
+    # Step 3's loss is computed after two updates, so it checks the accumulated gradients.
+    losses_one = [r["train_loss"] for r in _records(tmp_path / "one")]
+    losses_two = [r["train_loss"] for r in _records(tmp_path / "two")]
+    assert losses_two == pytest.approx(losses_one, abs=1e-5)
+    assert losses_one[2] < losses_one[0]
+
+
+def test_resume_after_sigkill_ends_at_the_same_loss(trained, data_dir, tmp_path):
+    workdir, final = trained
+    config = tiny_config(data_dir, checkpoint_every=3)
+    resumed = tmp_path / "killed"
+    args = ["--config", "configs/tiny.py", "--workdir", str(resumed), *config_flags(config)]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    process = subprocess.Popen([sys.executable, "-m", "gpt2jax.main", *args], cwd=REPO, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (resumed / "checkpoints" / "6").is_dir() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    checkpointer = Checkpointer(resumed / "checkpoints")
+    assert 12 not in checkpointer.all_steps(), "the run finished before it could be killed"
+    checkpointer.close()
+    result = run_main(args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    resumed_final = _records(resumed)[-1]
+    assert resumed_final["step"] == 12
+    assert resumed_final["val_loss"] == final["val_loss"]
+    assert resumed_final["train_loss"] == pytest.approx(final["train_loss"], abs=1e-6)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
+    config = tiny_config(data_dir, checkpoint_every=3, log_every=1)
+    real_step = train.Trainer.train_step.func
+
+    def poisoned(trainer):
+        step_fn = real_step(trainer)
+        def step(state, inputs, targets):
+            new_state, metrics = step_fn(state, inputs, targets)
+            if int(new_state["step"]) >= 5:
+                metrics = dict(metrics, loss=jnp.float32(jnp.nan))
+            return new_state, metrics
+        return step
+
+    monkeypatch.setattr(train.Trainer, "train_step", property(poisoned))
+    with pytest.raises(train.NonFiniteLossError, match="at step 5"):
+        train.run(config, tmp_path)
+    checkpointer = Checkpointer(tmp_path / "checkpoints")
+    assert checkpointer.all_steps() == [3]
+    checkpointer.close()
+
+
+def test_divergence_from_a_huge_learning_rate_is_one_sentence(data_dir, tmp_path):
+    config = tiny_config(data_dir, learning_rate=1e35, warmup_steps=0, grad_clip=1e30)
+    args = ["--config", "configs/tiny.py", "--workdir", str(tmp_path), *config_flags(config)]
+    result = run_main(args)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith("error: the loss became")
+
+
+def test_evaluate_restores_and_matches_the_run(trained):
+    workdir, final = trained
+    result = evaluate_workdir(str(workdir))
+    assert result["step"] == 12
+    assert result["val_loss"] == pytest.approx(final["val_loss"], abs=1e-5)
+    assert result["val_perplexity"] == pytest.approx(np.exp(result["val_loss"]))
+    older = evaluate_workdir(str(workdir), step=6)
+    assert older["step"] == 6 and older["val_loss"] != result["val_loss"]
+
+
+def test_evaluate_on_one_device(trained):
+    workdir, final = trained
+    trainer, params, step = train.restore_trained(workdir, devices=jax.devices()[:1])
+    assert trainer.mesh.size == 1 and step == 12
+    data = train.prepared_data(trainer.config)
+    assert trainer.evaluate(params, data.val, 2) == pytest.approx(final["val_loss"], abs=1e-5)
+
+
+def test_sample_is_seeded_and_greedy_is_deterministic(trained):
+    workdir, _ = trained
+    trainer, params, _ = train.restore_trained(workdir)
+    args = (trainer.graphdef, params, trainer.model_config.block_size, "Hello")
+    greedy = sample_text(*args, max_new_tokens=6, temperature=0.0)
+    assert greedy == sample_text(*args, max_new_tokens=6, temperature=0.0, seed=5)
+    a = sample_text(*args, max_new_tokens=6, temperature=1.0, top_k=0, seed=1, num_samples=3)
+    assert a == sample_text(*args, max_new_tokens=6, temperature=1.0, top_k=0, seed=1, num_samples=3)
+    assert len(set(a)) > 1
+    with pytest.raises(ValueError, match="exceeds the model's context"):
+        sample_text(*args, max_new_tokens=100)
+
+
+def test_sample_and_evaluate_cli(trained):
+    workdir, _ = trained
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, "-m", "gpt2jax.sample", "--workdir", str(workdir), "--prompt", "Hi",
+                             "--max_new_tokens", "5", "--temperature", "0"],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("Hi")
+    result = subprocess.run([sys.executable, "-m", "gpt2jax.evaluate", "--workdir", str(workdir)],
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["step"] == 12
+
+
+def test_workdir_of_another_model_shape_is_refused(trained, data_dir):
+    workdir, _ = trained
+    config = tiny_config(data_dir, steps=20)
+    config.model.n_embd = 64
+    with pytest.raises(ValueError, match="holds a model of another shape"):
+        train.run(config, workdir)
+
+
+def test_scratch_refuses_a_workdir_with_checkpoints(trained, data_dir):
+    workdir, _ = trained
+    with pytest.raises(ValueError, match="use a new --workdir"):
+        train.run(tiny_config(data_dir, init_from="scratch"), workdir)
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--config.train.not_a_key=1", "error: unknown config key 'not_a_key'"),
+    ("--config.data.source=text:/nonexistent/*.txt", "error: "),
+    ("--config.model.n_head=5", "error: model.n_embd=128 must be divisible by model.n_head=5."),
+    ("--config.train.schedule=linear", "error: train.schedule='linear' is not one of"),
+])
+def test_bad_input_is_one_sentence(flag, message, tmp_path):
+    result = run_main(["--config", "configs/tiny.py", "--workdir", str(tmp_path / "w"),
+                       f"--config.data.dir={tmp_path / 'data'}", flag])
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(message)
+
+
+def test_dry_run_prints_counts_and_memory(tmp_path):
+    result = run_main(["--config", "configs/tiny.py", "--dry_run"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout)
+    shape = flops.Shape(2, 4, 128, 50257, 64)
+    assert summary["n_params"] == flops.count_params(shape)["n_params"]
+    assert summary["n_params_padded"] == summary["n_params"] + (50304 - 50257) * 128
+    assert summary["flops_per_token_6n"] == 6 * summary["n_params"]
+    assert summary["flops_per_token_6n_attention"] == flops.flops_per_token_palm(shape)
+    assert summary["per_device_bytes"]["params"] > 0
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "wsd", "constant"])
+def test_schedules(schedule):
+    config = tiny_config("unused", schedule=schedule, steps=100, warmup_steps=10, learning_rate=1.0,
+                         min_lr_ratio=0.1, decay_fraction=0.2)
+    lr = optim.learning_rate_schedule(config.train)
+    assert float(lr(0)) == 0.0 and float(lr(5)) == pytest.approx(0.5)
+    assert float(lr(10)) == pytest.approx(1.0)
+    end = {"cosine": 0.1, "wsd": 0.1, "constant": 1.0}[schedule]
+    assert float(lr(100)) == pytest.approx(end, abs=1e-6)
+    if schedule == "wsd":
+        assert float(lr(79)) == pytest.approx(1.0) and float(lr(90)) == pytest.approx(0.55)
+
+
+def test_weight_decay_only_on_matrices(trained):
+    workdir, _ = trained
+    trainer, params, _ = train.restore_trained(workdir)
+    from gpt2jax.sharding import path_str
+    decayed = {path_str(p): m for p, m in jax.tree_util.tree_leaves_with_path(optim.decay_mask(params))}
+    assert decayed["wte"] and decayed["h/0/attn/qkv_kernel"] and decayed["h/1/mlp/proj_kernel"]
+    assert not decayed["h/0/attn/qkv_bias"] and not decayed["h/0/ln_1/scale"] and not decayed["ln_f/bias"]
