@@ -15,14 +15,12 @@ HellaSwag accuracy, scored completion-style as ``scoring`` describes::
 """
 
 import json
-import math
-from pathlib import Path
 
-import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
 from gpt2jax import cli
+from gpt2jax.scoring import evaluate_hellaswag, evaluate_hf_on_config, evaluate_text, evaluate_workdir
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir.")
 _INIT_FROM = flags.DEFINE_string("init_from", None, "hf:DIR: Hugging Face GPT-2 weights instead of a --workdir.")
@@ -37,61 +35,6 @@ _TASK = flags.DEFINE_enum("task", None, ["hellaswag"], "A benchmark to score.")
 _LIMIT = flags.DEFINE_integer("limit", None, "With --task: score only the first N examples.")
 _TFDS_DATA_DIR = flags.DEFINE_string("tfds_data_dir", None, "With --task: where TFDS keeps the prepared dataset.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "With --text or --task: sequences per forward pass.")
-
-
-def evaluate_workdir(workdir: str, step: int | None = None, batches: int | None = None) -> dict:
-    from gpt2jax import train
-
-    trainer, params, step = train.restore_trained(workdir, step)
-    result = _validation_loss(trainer, params, batches)
-    return {"step": step, **result}
-
-
-def evaluate_hf_on_config(directory: str, config, batches: int | None = None) -> dict:
-    """Validation loss of Hugging Face weights on a config's data; the config's model must match them."""
-    from gpt2jax import train
-
-    trainer = train.build_trainer(config)
-    return _validation_loss(trainer, train.hf_params(trainer, directory), batches)
-
-
-def _validation_loss(trainer, params, batches: int | None) -> dict:
-    from gpt2jax import train
-
-    data = train.prepared_data(trainer.config)
-    batches = trainer.config.train.eval_batches if batches is None else batches
-    loss = trainer.evaluate(params, data.val, batches)
-    return {"val_loss": loss, "val_perplexity": math.exp(loss),
-            "val_tokens": batches * trainer.micro_batch_size * trainer.model_config.block_size}
-
-
-def evaluate_text(graphdef, params, block_size: int, path: str, *, stride: int | None = None,
-                  batch_size: int = 8, logprobs_out: str | None = None) -> dict:
-    """Mean loss and perplexity of a text file's tokens; optionally writes their log-probabilities."""
-    from gpt2jax import scoring
-    from gpt2jax.data.tokenizer import get_tokenizer
-
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"--text={path} does not exist.") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"--text={path} is not UTF-8 text.") from None
-    tokens = get_tokenizer().encode(text, allowed_special={"<|endoftext|>"})
-    logprobs = scoring.token_logprobs(graphdef, params, tokens, block_size, stride=stride, batch_size=batch_size)
-    if logprobs_out:
-        np.save(logprobs_out, logprobs)
-    loss = -float(np.mean(logprobs, dtype=np.float64))
-    return {"tokens": len(tokens), "scored_tokens": len(logprobs), "loss": loss, "perplexity": math.exp(loss)}
-
-
-def evaluate_hellaswag(graphdef, params, block_size: int, *, limit: int | None = None,
-                       data_dir: str | None = None, batch_size: int = 8) -> dict:
-    from gpt2jax import scoring
-
-    examples = scoring.hellaswag_examples(data_dir=data_dir, limit=limit)
-    return {"task": "hellaswag",
-            **scoring.hellaswag_scores(graphdef, params, examples, block_size, batch_size=batch_size)}
 
 
 def _check_flags() -> None:

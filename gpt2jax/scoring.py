@@ -16,7 +16,9 @@ tokens followed by the tokens of ``" " + ending``, and only the ending's tokens 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -163,3 +165,58 @@ def hellaswag_examples(split: str = "validation", *, data_dir: str | None = None
 
 def _text(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+# Whole evaluations, as the evaluate CLI runs them.
+
+def evaluate_workdir(workdir: str, step: int | None = None, batches: int | None = None) -> dict:
+    from gpt2jax import train
+
+    trainer, params, step = train.restore_trained(workdir, step)
+    result = _validation_loss(trainer, params, batches)
+    return {"step": step, **result}
+
+
+def evaluate_hf_on_config(directory: str, config, batches: int | None = None) -> dict:
+    """Validation loss of Hugging Face weights on a config's data; the config's model must match them."""
+    from gpt2jax import train
+
+    trainer = train.build_trainer(config)
+    return _validation_loss(trainer, train.hf_params(trainer, directory), batches)
+
+
+def _validation_loss(trainer, params, batches: int | None) -> dict:
+    from gpt2jax import train
+
+    data = train.prepared_data(trainer.config)
+    batches = trainer.config.train.eval_batches if batches is None else batches
+    loss = trainer.evaluate(params, data.val, batches)
+    return {"val_loss": loss, "val_perplexity": math.exp(loss),
+            "val_tokens": batches * trainer.micro_batch_size * trainer.model_config.block_size}
+
+
+def evaluate_text(graphdef, params, block_size: int, path: str, *, stride: int | None = None,
+                  batch_size: int = 8, logprobs_out: str | None = None) -> dict:
+    """Mean loss and perplexity of a text file's tokens; optionally writes their log-probabilities."""
+    from gpt2jax.data.tokenizer import get_tokenizer
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--text={path} does not exist.") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"--text={path} is not UTF-8 text.") from None
+    tokens = get_tokenizer().encode(text, allowed_special={"<|endoftext|>"})
+    logprobs = token_logprobs(graphdef, params, tokens, block_size, stride=stride, batch_size=batch_size)
+    if logprobs_out:
+        np.save(logprobs_out, logprobs)
+    loss = -float(np.mean(logprobs, dtype=np.float64))
+    return {"tokens": len(tokens), "scored_tokens": len(logprobs), "loss": loss, "perplexity": math.exp(loss)}
+
+
+def evaluate_hellaswag(graphdef, params, block_size: int, *, limit: int | None = None,
+                       data_dir: str | None = None, batch_size: int = 8) -> dict:
+
+    examples = hellaswag_examples(data_dir=data_dir, limit=limit)
+    return {"task": "hellaswag",
+            **hellaswag_scores(graphdef, params, examples, block_size, batch_size=batch_size)}

@@ -250,3 +250,24 @@ def test_export_of_a_run_started_from_hf_gives_back_the_hf_weights(tmp_path):
     assert exported.keys() == original.keys()
     for name in original:
         assert np.array_equal(exported[name], original[name]), name
+
+
+def test_main_fine_tunes_from_hf_weights(tmp_path):
+    """``main --init_from hf:DIR`` starts from the fixture: its first loss is the fixture's loss."""
+    from tests.helpers import run_main
+
+    from gpt2jax import train
+
+    workdir = tmp_path / "finetune"
+    result = run_main(["--config", "configs/tiny.py", "--workdir", str(workdir), "--init_from", f"hf:{FIXTURE}",
+                       "--config.model.n_embd=32", "--config.model.block_size=128",
+                       f"--config.data.dir={tmp_path / 'data'}", "--config.data.synthetic_train_tokens=20000",
+                       "--config.data.synthetic_val_tokens=2000", "--config.train.batch_size=8",
+                       "--config.train.steps=2", "--config.train.log_every=1", "--config.train.eval_every=2",
+                       "--config.train.eval_batches=1", "--config.train.learning_rate=0"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    # With a zero learning rate the trained parameters are the fixture's, to the bit.
+    _, params, step = train.restore_trained(workdir)
+    _, expected = hf.load_hf(FIXTURE)
+    assert step == 2
+    assert_same_params(params, expected)

@@ -162,7 +162,7 @@ def test_validation_loss_of_hf_weights_on_a_config(model, tmp_path):
     from gpt2jax import train
     from gpt2jax.config import base_config
     from gpt2jax.data import loader
-    from gpt2jax.evaluate import evaluate_hf_on_config
+    from gpt2jax.scoring import evaluate_hf_on_config
 
     graphdef, params, block_size = model
     config = base_config()

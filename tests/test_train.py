@@ -14,7 +14,7 @@ import pytest
 
 from gpt2jax import flops, optim, train
 from gpt2jax.checkpoint import Checkpointer
-from gpt2jax.evaluate import evaluate_workdir
+from gpt2jax.scoring import evaluate_workdir
 from gpt2jax.model import PRESETS, GPTConfig
 from gpt2jax.generate import sample_text
 from tests.helpers import REPO, config_flags, run_main, tiny_config
@@ -231,6 +231,9 @@ def test_dry_run_prints_counts_and_memory(tmp_path):
     assert summary["flops_per_token_6n"] == 6 * summary["n_params"]
     assert summary["flops_per_token_6n_attention"] == flops.flops_per_token_palm(shape)
     assert summary["per_device_bytes"]["params"] > 0
+    # XLA's own count of the compiled step agrees with PaLM's 6N + 12·L·D·T (plus the
+    # softmax, LayerNorm and optimizer arithmetic the formula leaves out).
+    assert summary["xla_flops_per_token"] == pytest.approx(summary["flops_per_token_6n_attention"], rel=0.03)
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "wsd", "constant"])

@@ -22,8 +22,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
-import tensorflow_datasets as tfds
-
 Split = Literal["train", "val"]
 
 TEXT_PREFIX = "text:"
@@ -155,6 +153,9 @@ class TfdsDataset:
 
 
 def _tfds_builder(name: str, data_dir: str | None):
+    # Imported here: training on synthetic or local text never needs TFDS installed.
+    import tensorflow_datasets as tfds
+
     try:
         return tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:

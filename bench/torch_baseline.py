@@ -1,0 +1,97 @@
+"""A plain eager PyTorch GPT-2 training step, the yardstick for ``gpt2jax.bench`` on a CPU.
+
+The same architecture as gpt2jax (nanoGPT's shape conventions: pre-LayerNorm blocks,
+tied embeddings, tanh GELU, a 64-padded vocabulary), AdamW, float32, eager mode (no
+torch.compile), all host cores. PyTorch is not a project dependency: run this from an
+environment that has it, e.g. ``pip install torch`` in a separate venv.
+
+    python bench/torch_baseline.py --n_layer 2 --n_head 4 --n_embd 128 --block_size 64 --batch_size 16
+"""
+
+import argparse
+import json
+import math
+import time
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class Block(nn.Module):
+    def __init__(self, n_embd: int, n_head: int):
+        super().__init__()
+        self.n_head = n_head
+        self.ln_1 = nn.LayerNorm(n_embd)
+        self.qkv = nn.Linear(n_embd, 3 * n_embd)
+        self.attn_out = nn.Linear(n_embd, n_embd)
+        self.ln_2 = nn.LayerNorm(n_embd)
+        self.fc = nn.Linear(n_embd, 4 * n_embd)
+        self.proj = nn.Linear(4 * n_embd, n_embd)
+
+    def forward(self, x):
+        batch, seq, width = x.shape
+        q, k, v = self.qkv(self.ln_1(x)).split(width, dim=2)
+        heads = lambda t: t.view(batch, seq, self.n_head, width // self.n_head).transpose(1, 2)
+        y = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), is_causal=True)
+        x = x + self.attn_out(y.transpose(1, 2).reshape(batch, seq, width))
+        return x + self.proj(F.gelu(self.fc(self.ln_2(x)), approximate="tanh"))
+
+
+class GPT(nn.Module):
+    def __init__(self, n_layer, n_head, n_embd, block_size, vocab_size):
+        super().__init__()
+        self.wte = nn.Embedding(vocab_size, n_embd)
+        self.wpe = nn.Embedding(block_size, n_embd)
+        self.blocks = nn.ModuleList(Block(n_embd, n_head) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(n_embd)
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                std = 0.02 / math.sqrt(2 * n_layer) if name.endswith(("attn_out.weight", "proj.weight")) else 0.02
+                nn.init.normal_(p, std=std)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+
+    def forward(self, tokens, targets):
+        x = self.wte(tokens) + self.wpe(torch.arange(tokens.shape[1]))
+        for block in self.blocks:
+            x = block(x)
+        logits = self.ln_f(x) @ self.wte.weight.T
+        return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for name, default in [("n_layer", 2), ("n_head", 4), ("n_embd", 128), ("block_size", 64),
+                          ("batch_size", 16), ("vocab_size", 50304), ("steps", 10)]:
+        parser.add_argument(f"--{name}", type=int, default=default)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model = GPT(args.n_layer, args.n_head, args.n_embd, args.block_size, args.vocab_size)
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=6e-4, betas=(0.9, 0.95))
+    shape = (args.batch_size, args.block_size)
+
+    def step():
+        tokens = torch.randint(0, 50257, shape)
+        loss = model(tokens, torch.roll(tokens, -1, dims=1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        return loss
+
+    step()  # warm-up: first-call allocations
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        loss = step()
+    seconds = (time.perf_counter() - start) / args.steps
+    print(json.dumps({"framework": f"torch {torch.__version__} eager", "threads": torch.get_num_threads(),
+                      "tokens_per_s": args.batch_size * args.block_size / seconds, "step_ms": 1e3 * seconds,
+                      "final_loss": loss.item()}))
+
+
+if __name__ == "__main__":
+    main()

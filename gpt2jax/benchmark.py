@@ -1,0 +1,68 @@
+"""Timing of the real jitted train step, after compilation.
+
+MFU is measured against ``flops.DEVICE_PEAKS`` (on a CPU, against its measured matmul
+peak). Batches are random tokens, so no corpus is needed; everything else is the step
+``main`` trains with.
+"""
+
+import resource
+import time
+
+import jax
+import numpy as np
+
+from gpt2jax import flops, train
+
+
+def benchmark(config, steps: int) -> dict:
+    trainer = train.build_trainer(config)
+    accounting = train.model_accounting(trainer.model_config)
+    rng = np.random.default_rng(0)
+    shape = (trainer.accum_steps, trainer.micro_batch_size, trainer.model_config.block_size)
+
+    def random_batch():
+        tokens = rng.integers(0, trainer.model_config.vocab_size, shape, dtype=np.int32)
+        return trainer.global_batch(tokens, np.roll(tokens, -1, axis=-1), leading_unsharded=1)
+
+    state = trainer.init_state()
+    inputs, targets = random_batch()
+    start = time.perf_counter()
+    state, metrics = trainer.train_step(state, inputs, targets)
+    jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - start
+
+    batches = [random_batch() for _ in range(min(steps, 4))]
+    start = time.perf_counter()
+    for i in range(steps):
+        state, metrics = trainer.train_step(state, *batches[i % len(batches)])
+    jax.block_until_ready((state, metrics))
+    step_s = (time.perf_counter() - start) / steps
+
+    tokens_per_step = config.train.batch_size * trainer.model_config.block_size
+    flops_per_step = accounting["flops_per_token_6n_attention"] * tokens_per_step
+    devices = list(trainer.mesh.devices.flat)
+    peak = flops.mesh_peak_flops(devices, trainer.model_config.dtype)
+    return {
+        "device": devices[0].device_kind,
+        "n_devices": len(devices),
+        "mesh": dict(trainer.mesh.shape),
+        "n_params": accounting["n_params"],
+        "tokens_per_step": tokens_per_step,
+        "tokens_per_s": tokens_per_step / step_s,
+        "step_ms": 1e3 * step_s,
+        "compile_s": compile_s,
+        "model_flops_per_s": flops_per_step / step_s,
+        "peak_flops_per_s": peak,
+        "mfu": flops.mfu(flops_per_step / step_s, peak),
+        "peak_memory_bytes": _peak_memory(devices),
+        "final_loss": float(metrics["loss"]),
+    }
+
+
+def _peak_memory(devices) -> int | None:
+    """The largest per-device peak an accelerator reports; on a CPU the process's peak RSS."""
+    stats = [d.memory_stats() for d in devices if d.platform != "cpu"]
+    peaks = [s.get("peak_bytes_in_use") for s in stats if s]
+    if peaks:
+        return int(max(peaks))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
