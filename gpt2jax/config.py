@@ -46,7 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
         eps=1e-8,
         grad_clip=1.0,
         seed=0,
-        init_from="resume",  # resume (latest checkpoint if any) | scratch
+        init_from="resume",  # resume (latest checkpoint if any) | scratch | hf:DIR | checkpoint:WORKDIR@STEP
         log_every=10,
         eval_every=250,
         eval_batches=20,
@@ -59,4 +59,27 @@ def base_config() -> ml_collections.ConfigDict:
         # Device-mesh axis sizes; -1 takes the devices the others leave.
         data=1, fsdp=-1, tensor=1,
     ))
+    return config
+
+
+def gpt2_recipe(preset: str, *, learning_rate: float, grad_accum_steps: int,
+                remat: str = "none") -> ml_collections.ConfigDict:
+    """One of GPT-2's four sizes with the recipe nanoGPT and llm.c reproduce.
+
+    About 0.5M tokens a step (512 sequences of 1024) through gradient accumulation, linear
+    warmup over 715 steps then cosine decay to 10% of the peak rate, AdamW with beta2 0.95 and
+    weight decay 0.1, bfloat16 compute, on C4's English web text through TFDS (build it once
+    with `tfds build c4/en --file_format=array_record`); its first 10B tokens cover the
+    19073 steps once.
+    """
+    from gpt2jax.model import preset as model_preset
+
+    config = base_config()
+    config.model.update(**model_preset(preset), block_size=1024, dtype="bfloat16", remat=remat)
+    config.data.update(source="tfds:c4/en", max_tokens=10_000_000_000)
+    config.train.update(
+        batch_size=512, grad_accum_steps=grad_accum_steps, steps=19073, learning_rate=learning_rate,
+        warmup_steps=715, min_lr_ratio=0.1, schedule="cosine",
+        log_every=10, eval_every=250, eval_batches=20, checkpoint_every=1000,
+    )
     return config

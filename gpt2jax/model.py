@@ -216,8 +216,10 @@ class GPT(nnx.Module):
         dtype = self.config.compute_dtype
         logits_BxTxV = jnp.einsum("btd,vd->btv", self.ln_f(x_BxTxD), self.wte[...].astype(dtype),
                                   preferred_element_type=jnp.float32)
-        is_real_token_V = jnp.arange(self.config.padded_vocab_size) < self.config.vocab_size
-        return jnp.where(is_real_token_V, logits_BxTxV, jnp.finfo(jnp.float32).min)
+        # An additive mask: unlike a select, its backward pass keeps no B x T x V mask alive.
+        padding_bias_V = jnp.where(jnp.arange(self.config.padded_vocab_size) < self.config.vocab_size,
+                                   0.0, jnp.finfo(jnp.float32).min)
+        return logits_BxTxV + padding_bias_V
 
     def __call__(self, tokens_BxT, *, dropout_key=None, residual_sharding=None):
         """Float32 logits over the padded vocabulary for every position.

@@ -200,7 +200,13 @@ def prepared_data(config):
         data.source, data.dir, val_fraction=data.val_fraction, text_key=data.text_key,
         tfds_data_dir=data.tfds_data_dir or None, synthetic_train_tokens=data.synthetic_train_tokens,
         synthetic_val_tokens=data.synthetic_val_tokens, max_tokens=data.max_tokens or None)
-    return loader.open_prepared(data_dir)
+    prepared = loader.open_prepared(data_dir)
+    if prepared.meta["vocab_size"] > config.model.vocab_size:
+        # An id past the embedding would be clipped silently by the gather, not refused.
+        raise ValueError(
+            f"{data_dir} holds token ids up to {prepared.meta['vocab_size'] - 1} but model.vocab_size is "
+            f"{config.model.vocab_size}; set model.vocab_size={prepared.meta['vocab_size']}.")
+    return prepared
 
 
 class MetricsLogger:
@@ -241,7 +247,9 @@ def restore_or_init(trainer: Trainer, checkpointer: Checkpointer):
     """The workdir's latest checkpoint if there is one, else a fresh state.
 
     ``init_from``: 'resume' starts a fresh state from random weights, 'hf:DIR' from the
-    Hugging Face GPT-2 weights in DIR; both resume the workdir's checkpoints once it has
+    Hugging Face GPT-2 weights in DIR, 'checkpoint:WORKDIR@STEP' from the whole train state
+    (parameters, optimizer state, step) another run saved at STEP, so that a run continues
+    it under its own schedule. All three resume the workdir's checkpoints once it has
     some, so an interrupted fine-tune continues instead of starting over. 'scratch' refuses a
     workdir that already holds checkpoints.
     """
@@ -249,8 +257,10 @@ def restore_or_init(trainer: Trainer, checkpointer: Checkpointer):
 
     init_from = trainer.config.train.init_from
     hf_directory = hf.init_from_directory(init_from)
-    if init_from not in ("resume", "scratch") and hf_directory is None:
-        raise ValueError(f"train.init_from={init_from!r} is not one of resume, scratch, hf:DIR.")
+    source_checkpoint = checkpoint_init_source(init_from)
+    if init_from not in ("resume", "scratch") and hf_directory is None and source_checkpoint is None:
+        raise ValueError(f"train.init_from={init_from!r} is not one of resume, scratch, hf:DIR, "
+                         "checkpoint:WORKDIR@STEP.")
     latest = checkpointer.latest_step()
     if init_from == "scratch" and latest is not None:
         raise ValueError(
@@ -259,7 +269,34 @@ def restore_or_init(trainer: Trainer, checkpointer: Checkpointer):
         return checkpointer.restore(latest, trainer.abstract_state)
     if hf_directory is not None:
         return state_from_params(trainer, hf_params(trainer, hf_directory))
+    if source_checkpoint is not None:
+        return state_from_checkpoint(trainer, *source_checkpoint)
     return trainer.init_state()
+
+
+CHECKPOINT_INIT_PREFIX = "checkpoint:"
+
+
+def checkpoint_init_source(init_from: str) -> tuple[Path, int] | None:
+    """(workdir, step) of ``init_from='checkpoint:WORKDIR@STEP'``; None for the other modes."""
+    if not init_from.startswith(CHECKPOINT_INIT_PREFIX):
+        return None
+    workdir, _, step = init_from.removeprefix(CHECKPOINT_INIT_PREFIX).rpartition("@")
+    if not workdir or not step.isdigit():
+        raise ValueError(f"train.init_from={init_from!r} must be checkpoint:WORKDIR@STEP, e.g. checkpoint:runs/trunk@1000.")
+    return Path(workdir), int(step)
+
+
+def state_from_checkpoint(trainer: Trainer, workdir: Path, step: int):
+    """The whole train state another run saved at ``step``, on this trainer's shardings."""
+    source = Checkpointer(workdir / "checkpoints")
+    try:
+        steps = source.all_steps()
+        if step not in steps:
+            raise ValueError(f"{workdir} has no checkpoint at step {step} to start from; it has steps {sorted(steps)}.")
+        return source.restore(step, trainer.abstract_state)
+    finally:
+        source.close()
 
 
 def hf_params(trainer: Trainer, directory: str | Path):
