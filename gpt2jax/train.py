@@ -234,6 +234,10 @@ class MetricsLogger:
                     self.writer.add_scalar(key, value, record["step"])
             self.writer.flush()
 
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
 
 def _check_finite(step: int, metrics: dict) -> None:
     if not (math.isfinite(metrics["loss"]) and math.isfinite(metrics["grad_norm"])):
@@ -393,6 +397,7 @@ def run(config, workdir: str | Path) -> dict:
             progress.update(1)
     finally:
         progress.close()
+        logger.close()
         checkpointer.wait()
         checkpointer.close()
     return record

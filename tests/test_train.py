@@ -75,6 +75,21 @@ def test_tiny_run_learns_logs_and_checkpoints(trained):
     checkpointer.close()
 
 
+def test_tensorboard_events_mirror_the_metrics(data_dir, tmp_path):
+    pytest.importorskip("tensorboardX")
+    from tensorboardX.proto.event_pb2 import Event
+
+    train.run(tiny_config(data_dir, steps=3, log_every=1, tensorboard=True), tmp_path)
+    (event_file,) = (tmp_path / "tensorboard").glob("events.out.tfevents.*")
+    data, losses = event_file.read_bytes(), []
+    while data:  # TFRecord framing: u64 length, u32 crc, payload, u32 crc
+        length = int.from_bytes(data[:8], "little")
+        event = Event.FromString(data[12:12 + length])
+        data = data[16 + length:]
+        losses += [value.simple_value for value in event.summary.value if value.tag == "train_loss"]
+    assert losses == pytest.approx([r["train_loss"] for r in _records(tmp_path)])
+
+
 def test_same_seed_same_losses_other_seed_other_losses(trained, data_dir, tmp_path):
     workdir, _ = trained
     again = tmp_path / "again"
@@ -199,6 +214,14 @@ def test_workdir_of_another_model_shape_is_refused(trained, data_dir):
     config.model.n_embd = 64
     with pytest.raises(ValueError, match="holds a model of another shape"):
         train.run(config, workdir)
+
+
+def test_data_with_more_ids_than_the_model_reads_is_refused(data_dir):
+    config = tiny_config(data_dir)
+    config.model.vocab_size = 1000
+    with pytest.raises(ValueError, match="holds token ids up to 50256 but model.vocab_size is 1000; "
+                                         "set model.vocab_size=50257."):
+        train.prepared_data(config)
 
 
 def test_scratch_refuses_a_workdir_with_checkpoints(trained, data_dir):
