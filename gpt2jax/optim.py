@@ -22,14 +22,22 @@ def learning_rate_schedule(train_config) -> optax.Schedule:
         return optax.join_schedules(
             [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup])
     if train_config.schedule == "wsd":
-        decay_steps = max(1, round(train_config.decay_fraction * total))
-        stable_end = max(warmup, total - decay_steps)
+        stable_end = wsd_stable_end(total, warmup, train_config.decay_fraction)
         return optax.join_schedules(
             [optax.linear_schedule(0.0, peak, warmup),
              optax.constant_schedule(peak),
              optax.linear_schedule(peak, floor, total - stable_end)],
             [warmup, stable_end])
     raise ValueError(f"train.schedule={train_config.schedule!r} is not one of cosine, wsd, constant.")
+
+
+def wsd_stable_end(total_steps: int, warmup_steps: int, decay_fraction: float) -> int:
+    """The step at which WSD starts to decay; up to it, WSD and constant give the same rates.
+
+    A WSD run branched from a constant-rate trunk at this step is the run trained alone.
+    """
+    decay_steps = max(1, round(decay_fraction * total_steps))
+    return max(warmup_steps, total_steps - decay_steps)
 
 
 def decay_mask(params):

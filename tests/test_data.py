@@ -142,6 +142,21 @@ def test_prepare_synthetic(tmp_path):
         prepare("synthetic", out, synthetic_train_tokens=50_000, synthetic_val_tokens=5_000, seed=2)
 
 
+def test_prepare_synthetic_compact_vocabulary(tmp_path):
+    source = "synthetic:num_states=64,support_size=8,vocabulary=compact"
+    meta = prepare(source, tmp_path / "compact", synthetic_train_tokens=20_000, synthetic_val_tokens=2_000)
+    assert (meta["vocab_size"], meta["eot_token_id"]) == (65, 64) and "not GPT-2 BPE" in meta["tokenizer"]
+    data = open_prepared(tmp_path / "compact")
+    assert data.train.max() == 64 and np.sum(data.train == 64) > 0
+    # The chain of the GPT-2-id language with the same options, its states renamed 0..64.
+    wide = SyntheticLanguage(num_states=64, support_size=8)
+    compact = SyntheticLanguage.from_source(source, seed=0)
+    assert meta["entropy_rate_nats_per_token"] == pytest.approx(wide.entropy_rate_nats(), rel=1e-12)
+    np.testing.assert_array_equal(wide.token_ids[compact.generate(5_000, seed=3)], wide.generate(5_000, seed=3))
+    with pytest.raises(ValueError, match="vocabulary must be one of gpt2, compact"):
+        SyntheticLanguage.from_source("synthetic:vocabulary=tiny", seed=0)
+
+
 def make_text_corpus(root) -> list[str]:
     """Writes .txt, .txt.gz and .jsonl[.gz] files; returns their documents in the order prepare reads them."""
     root.mkdir()

@@ -174,7 +174,10 @@ def _write_synthetic_source(language: SyntheticLanguage, work_dir: Path, setting
         finally:
             token_file.close()
         meta[f"{split}_tokens"], meta["sha256"][file_name] = token_file.count, token_file.sha256.hexdigest()
-    return meta | {"entropy_rate_nats_per_token": language.entropy_rate_nats(), "synthetic": language.spec()}
+    # A compact vocabulary's ids are not GPT-2 BPE: a decoder must not read them as text.
+    tokenizer = "gpt2" if language.vocabulary == "gpt2" else "none (compact synthetic ids, not GPT-2 BPE)"
+    return meta | {"tokenizer": tokenizer, "vocab_size": language.vocab_size, "eot_token_id": language.eot_token_id,
+                   "entropy_rate_nats_per_token": language.entropy_rate_nats(), "synthetic": language.spec()}
 
 
 def _differences(found: dict, wanted: dict) -> str:

@@ -1,4 +1,4 @@
-"""A seeded Markov "language" over GPT-2 token ids whose entropy rate is known exactly.
+"""A seeded Markov "language" over token ids whose entropy rate is known exactly.
 
 A model trained on it has a known floor: its expected loss per token is at least
 ``entropy_rate_nats()``, which checks the whole training loop without a downloaded corpus.
@@ -10,6 +10,11 @@ From a word, the next word is one of ``support_size`` successors drawn with Zipf
 <|endoftext|>, the first word of the next document is drawn the same way. Tokens are emitted
 as ids directly, with no BPE in between, so the entropy per token is exact.
 
+``vocabulary``: 'gpt2' spreads the words over GPT-2's ids and ends documents with GPT-2's
+<|endoftext|> (50256), so any GPT-2 model trains on it; 'compact' numbers the words 0..K-1
+and <|endoftext|> K, for a model with ``vocab_size=K+1``. A tiny model's cost is then in
+its blocks, not in a 50257-row output layer, which is what a CPU scaling sweep needs.
+
 Shape letters: S states (words + <|endoftext|>), R successors per row, C chains, L and T steps.
 """
 
@@ -20,9 +25,10 @@ import functools
 
 import numpy as np
 
-from gpt2jax.data.tokenizer import EOT_TOKEN_ID
+from gpt2jax.data.tokenizer import EOT_TOKEN_ID, GPT2_VOCAB_SIZE
 
 SOURCE_PREFIX = "synthetic"
+VOCABULARIES = ("gpt2", "compact")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +37,7 @@ class SyntheticLanguage:
     support_size: int = 32
     zipf_exponent: float = 1.0
     end_probability: float = 1 / 200
+    vocabulary: str = "gpt2"
     seed: int = 0
 
     def __post_init__(self):
@@ -44,17 +51,20 @@ class SyntheticLanguage:
             raise ValueError(f"synthetic end_probability must be in (0, 1), got {self.end_probability}.")
         if self.zipf_exponent < 0:
             raise ValueError(f"synthetic zipf_exponent must be >= 0, got {self.zipf_exponent}.")
+        if self.vocabulary not in VOCABULARIES:
+            raise ValueError(f"synthetic vocabulary must be one of {', '.join(VOCABULARIES)}, "
+                             f"got {self.vocabulary!r}.")
         if self.seed < 0:
             raise ValueError(f"synthetic seed must be >= 0, got {self.seed}.")
 
     @classmethod
     def from_source(cls, source: str, *, seed: int) -> SyntheticLanguage:
-        """Parses ``synthetic`` or ``synthetic:num_states=64,support_size=8,...``."""
+        """Parses ``synthetic`` or ``synthetic:num_states=64,support_size=8,vocabulary=compact,...``."""
         prefix, _, options = source.partition(":")
         if prefix != SOURCE_PREFIX:
             raise ValueError(f"{source!r} is not a synthetic source; write 'synthetic' or "
                              "'synthetic:key=value,...'.")
-        field_types = {field.name: type(field.default)  # int or float, from the defaults
+        field_types = {field.name: type(field.default)  # int, float or str, from the defaults
                        for field in dataclasses.fields(cls) if field.name != "seed"}
         kwargs = {}
         for option in filter(None, options.split(",")):
@@ -73,9 +83,20 @@ class SyntheticLanguage:
     def eot_state(self) -> int:
         return self.num_states
 
+    @property
+    def vocab_size(self) -> int:
+        """Rows a model's embedding needs to read every id this language emits."""
+        return GPT2_VOCAB_SIZE if self.vocabulary == "gpt2" else self.num_states + 1
+
+    @property
+    def eot_token_id(self) -> int:
+        return EOT_TOKEN_ID if self.vocabulary == "gpt2" else self.num_states
+
     @functools.cached_property
     def token_ids(self) -> np.ndarray:
-        """[num_states + 1] the GPT-2 id of each state; the last state is <|endoftext|>."""
+        """[num_states + 1] the id of each state; the last state is <|endoftext|>."""
+        if self.vocabulary == "compact":
+            return np.arange(self.num_states + 1, dtype=np.uint16)
         word_ids = np.random.default_rng([self.seed, 0]).choice(EOT_TOKEN_ID, self.num_states, replace=False)
         return np.append(word_ids, EOT_TOKEN_ID).astype(np.uint16)
 

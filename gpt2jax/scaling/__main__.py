@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 
-from gpt2jax.scaling import fit_command
+from gpt2jax.scaling import fit_command, plot, report
 
 SUBCOMMANDS = {
         "fit": fit_command,
+        "plot": plot,
+        "report": report,
 }
 
 

@@ -126,24 +126,44 @@ def isoflop_groups(points: ScalingPoints, tolerance: float = ISOFLOP_TOLERANCE) 
     return groups
 
 
-def isoflop_fit(points: ScalingPoints, tolerance: float = ISOFLOP_TOLERANCE) -> AllocationFit:
-    """Approach 2: a parabola of loss against log N per FLOP budget, its minimum N_opt, then power laws.
+@dataclasses.dataclass(frozen=True)
+class IsoflopProfile:
+    """One FLOP budget's points and the parabola of loss against log N through them.
 
-    A budget counts when it has at least three model sizes and its parabola has a minimum
-    inside them: an extrapolated minimum says more about the parabola than about the data.
+    ``n_opt`` is the parabola's minimum, or None when it has no minimum inside the sizes.
     """
-    budgets, n_opt = [], []
+
+    budget: float
+    group: np.ndarray
+    coefficients: np.ndarray  # (curvature, slope, intercept) in log N
+    n_opt: float | None
+
+
+def isoflop_profiles(points: ScalingPoints, tolerance: float = ISOFLOP_TOLERANCE) -> list[IsoflopProfile]:
+    """The parabola of every FLOP budget with at least three model sizes.
+
+    A minimum counts only inside the sizes: an extrapolated minimum says more about the
+    parabola than about the data.
+    """
+    profiles = []
     for group in isoflop_groups(points, tolerance):
         log_n = np.log(points.n_params[group])
         if len(np.unique(log_n)) < 3:
             continue
-        curvature, slope, _ = np.polyfit(log_n, points.loss[group], 2)
+        coefficients = np.polyfit(log_n, points.loss[group], 2)
+        curvature, slope, _ = coefficients
         log_n_opt = -slope / (2.0 * curvature) if curvature > 0 else math.nan
-        if not log_n.min() <= log_n_opt <= log_n.max():
-            continue
+        inside = log_n.min() <= log_n_opt <= log_n.max()
         budget = points.budget[group[0]] if points.budget is not None else math.exp(np.log(points.flops[group]).mean())
-        budgets.append(budget)
-        n_opt.append(math.exp(log_n_opt))
+        profiles.append(IsoflopProfile(float(budget), group, coefficients, math.exp(log_n_opt) if inside else None))
+    return profiles
+
+
+def isoflop_fit(points: ScalingPoints, tolerance: float = ISOFLOP_TOLERANCE) -> AllocationFit:
+    """Approach 2: a parabola of loss against log N per FLOP budget, its minimum N_opt, then power laws."""
+    profiles = [profile for profile in isoflop_profiles(points, tolerance) if profile.n_opt is not None]
+    budgets = [profile.budget for profile in profiles]
+    n_opt = [profile.n_opt for profile in profiles]
     if len(budgets) < 2:
         raise InsufficientData(
                 f"approach 2 found {len(budgets)} IsoFLOP profile(s) with at least three model sizes and a loss minimum"
@@ -275,28 +295,50 @@ def _law_values(law: ChinchillaLaw) -> dict[str, float]:
     return {"E": law.E, "A": law.A, "B": law.B, "alpha": law.alpha, "beta": law.beta, "a": a, "b": b}
 
 
+def _approach_rngs(seed: int) -> list[np.random.Generator]:
+    """One generator per approach, so that skipping one leaves the others' resamples unchanged."""
+    return [np.random.default_rng(child) for child in np.random.SeedSequence(seed).spawn(3)]
+
+
+def parametric_bootstrap(
+        points: ScalingPoints, n_bootstrap: int = 100, seed: int = 0, starts: np.ndarray = HOFFMANN_STARTS,
+) -> tuple[ParametricFit, list[ChinchillaLaw]]:
+    """Approach 3 on each run's final point, and its refits on ``n_bootstrap`` resamples.
+
+    The refits give intervals for anything a law predicts (a loss, an allocation at some
+    budget); they are the ones behind ``fit_summary``'s intervals for the same seed.
+    """
+    final = points.final_points()
+    rng = _approach_rngs(seed)[2]
+    parametric = parametric_fit(final, starts)
+    laws = []
+    for _ in range(n_bootstrap):
+        try:
+            laws.append(parametric_fit(_resample(final, rng), parametric.optima).law)
+        except InsufficientData:
+            continue
+    return parametric, laws
+
+
 def fit_summary(
         points: ScalingPoints, *, n_bootstrap: int = 100, seed: int = 0, starts: np.ndarray = HOFFMANN_STARTS,
         confidence: float = 0.95, tolerance: float = ISOFLOP_TOLERANCE, n_bins: int = ENVELOPE_BINS,
+        bootstrap: tuple[ParametricFit, list[ChinchillaLaw]] | None = None,
 ) -> dict:
     """All three approaches with bootstrap intervals, as a JSON-ready dict.
 
     Approach 3's constants and implied exponents sit at the top level, their intervals under
     ``ci``; ``approach1`` and ``approach2`` hold a, b and theirs, or ``skipped`` with the reason.
     Approaches 2 and 3 use each run's final point; approach 1 uses every checkpoint.
+    ``bootstrap``: what ``parametric_bootstrap(points, n_bootstrap, seed, starts)`` returned,
+    to reuse it instead of fitting again.
     """
     final = points.final_points()
-    # One child generator per approach, so that skipping one leaves the others' resamples unchanged.
-    children = np.random.SeedSequence(seed).spawn(3)
-    rng_envelope, rng_isoflop, rng_parametric = (np.random.default_rng(child) for child in children)
-    parametric = parametric_fit(final, starts)
+    rng_envelope, rng_isoflop, _ = _approach_rngs(seed)
+    parametric, laws = bootstrap if bootstrap is not None else parametric_bootstrap(points, n_bootstrap, seed, starts)
     samples = {name: [] for name in ("E", "A", "B", "alpha", "beta", "a", "b")}
-    for _ in range(n_bootstrap):
-        try:
-            refit = parametric_fit(_resample(final, rng_parametric), parametric.optima)
-        except InsufficientData:
-            continue
-        for name, value in _law_values(refit.law).items():
+    for law in laws:
+        for name, value in _law_values(law).items():
             samples[name].append(value)
     return {
             **_law_values(parametric.law),

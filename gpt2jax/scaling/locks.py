@@ -1,0 +1,118 @@
+"""Lock files that keep two sweep workers (processes, GPUs, hosts) off one job.
+
+A lock is a file created with O_CREAT | O_EXCL, which exactly one creator wins, also on
+NFS v3+. It holds its owner's host and pid, and the owner touches it every
+``stale_after / 4`` seconds. A lock is stale, and is broken, when its owner is a dead
+process on this host, or when nobody touched it for ``stale_after`` seconds (an owner on
+another host that died, or a pid reused since). Breaking renames the file away only if it
+is still the one judged stale, so a lock just taken by another worker survives.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+STALE_AFTER_S = 600.0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by another user
+    return True
+
+
+class FileLock:
+    def __init__(self, path: str | Path, stale_after: float = STALE_AFTER_S):
+        self.path = Path(path)
+        self.stale_after = stale_after
+        self.owner = {"host": socket.gethostname(), "pid": os.getpid()}
+        self._held = False
+        self._stop = threading.Event()
+        self._heartbeat = None
+
+    def try_acquire(self) -> bool:
+        """Takes the lock if it is free or stale; False if a live worker holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):  # a second try after breaking a stale lock
+            try:
+                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if not self._break_if_stale():
+                    return False
+                continue
+            with os.fdopen(descriptor, "w") as file:
+                json.dump({**self.owner, "since": time.time()}, file)
+            self._held = True
+            self._start_heartbeat()
+            return True
+        return False
+
+    def acquire(self, poll_s: float = 0.05) -> None:
+        """Waits until the lock is taken."""
+        while not self.try_acquire():
+            time.sleep(poll_s)
+
+    def release(self) -> None:
+        if not self._held:
+            return
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join()
+        self._held = False
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass  # broken as stale by another worker: it judged this owner dead
+
+    def __enter__(self) -> FileLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
+
+    def _start_heartbeat(self) -> None:
+        self._stop.clear()
+
+        def beat():
+            while not self._stop.wait(self.stale_after / 4):
+                try:
+                    os.utime(self.path)
+                except FileNotFoundError:
+                    return
+
+        self._heartbeat = threading.Thread(target=beat, name=f"lock {self.path.name}", daemon=True)
+        self._heartbeat.start()
+
+    def _break_if_stale(self) -> bool:
+        """Removes a stale lock; True if there is no lock left to respect."""
+        try:
+            before = self.path.stat()
+            owner = json.loads(self.path.read_text() or "{}")
+        except FileNotFoundError:
+            return True  # released meanwhile
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            owner = {}  # being written right now: judged by its age alone
+        dead_here = owner.get("host") == self.owner["host"] and "pid" in owner and not _pid_alive(owner["pid"])
+        silent = time.time() - before.st_mtime > self.stale_after
+        if not (dead_here or silent):
+            return False
+        aside = self.path.with_name(f"{self.path.name}.stale-{self.owner['host']}-{self.owner['pid']}")
+        try:
+            now = self.path.stat()
+            if (now.st_ino, now.st_mtime_ns) != (before.st_ino, before.st_mtime_ns):
+                return False  # taken or touched since: not the lock judged stale
+            os.replace(self.path, aside)
+            aside.unlink()
+        except FileNotFoundError:
+            pass
+        return True

@@ -1,0 +1,301 @@
+"""A sweep config expanded into training points, the jobs that run them, and each worker's share.
+
+A sweep config (an ml_collections file in ``experiments/``, ``get_config(variant='')``) holds
+
+  base       the training config every point starts from (``gpt2jax.config.base_config()``)
+  shapes     the models, dicts of n_layer, n_head, n_embd
+  grid       'isoflop': ``budgets`` are FLOPs C, each shape trains on D = C / (6N) tokens;
+             'tokens': ``budgets`` are token counts D, every shape trains on each
+  budgets    the FLOP or token budgets
+  seeds      one point per seed
+  schedule   'cosine', 'wsd' or 'constant': every point is a run of its own;
+             'wsd_branches': per shape and seed, one constant-rate trunk, and each point a
+             WSD cooldown branched from it (Hägele et al. 2024)
+  rules      learning rate, batch size and warmup as functions of the model (see below)
+  limits     min_steps, min_tokens_per_param, max_tokens_per_param: points outside are dropped
+  evals_per_run, checkpoints_per_run
+             how often a point evaluates (its loss curve) and saves (what a killed run loses)
+
+The rules, since an untuned size biases the fitted exponents:
+  learning_rate = rules.learning_rate * (rules.width_reference / n_embd) ** rules.lr_width_exponent
+      Adam's best rate falls with width (muP's 1/width for hidden matrices); the exponent
+      is tuned per sweep from short trials and written in its config.
+  batch_size = rules.batch_size * (N / rules.params_reference) ** rules.batch_params_exponent,
+      rounded to a power of two within [rules.min_batch_size, rules.max_batch_size]. It depends
+      on the model, not on D, so a trunk and all its branches share one batch.
+  warmup_steps = max(rules.min_warmup_steps, round(rules.warmup_fraction * steps)), with steps
+      the point's own, or for a trunk its shortest branch's, so every branch shares the warmup.
+
+N counts all parameters (flops.count_params with the model's true vocabulary), as
+Chinchilla does, and FLOPs are 6ND unless a column says otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import math
+from pathlib import Path
+
+import ml_collections
+
+from gpt2jax import flops
+from gpt2jax.optim import wsd_stable_end
+
+GRIDS = ("isoflop", "tokens")
+BRANCHED = "wsd_branches"
+SCHEDULES = ("cosine", "wsd", "constant", BRANCHED)
+
+
+def load_sweep_config(spec: str) -> ml_collections.ConfigDict:
+    """``experiments/X.py`` or ``experiments/X.py:VARIANT``: the file's ``get_config([VARIANT])``."""
+    path_text, _, variant = spec.partition(":")
+    path = Path(path_text)
+    if not path.is_file():
+        raise FileNotFoundError(f"sweep config {path} does not exist; pass a file like experiments/cpu_sweep.py.")
+    module_spec = importlib.util.spec_from_file_location(f"sweep_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"sweep config {path} defines no get_config().")
+    return module.get_config(variant) if variant else module.get_config()
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    """One trained model and the row it adds to results.csv."""
+
+    run: str  # its id and its workdir's name under points/
+    n_layer: int
+    n_head: int
+    n_embd: int
+    seed: int
+    schedule: str  # of the final model: cosine | wsd | constant
+    steps: int
+    batch_size: int
+    learning_rate: float
+    warmup_steps: int
+    budget: float  # the IsoFLOP budget; for a tokens grid, the point's own 6ND
+    trunk: str = ""  # the constant-rate run it branches from, "" for a run of its own
+    branch_step: int = 0  # the trunk step it starts from
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """What one worker runs under one lock: a point of its own, or a trunk and its branches."""
+
+    name: str
+    points: tuple[Point, ...]
+
+    @property
+    def is_branched(self) -> bool:
+        return bool(self.points[0].trunk)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepPlan:
+    config: ml_collections.ConfigDict
+    jobs: tuple[Job, ...]
+
+    @property
+    def points(self) -> list[Point]:
+        return [point for job in self.jobs for point in job.points]
+
+    @property
+    def block_size(self) -> int:
+        return self.config.base.model.block_size
+
+    def shape(self, point: Point) -> flops.Shape:
+        model = self.config.base.model
+        return flops.Shape(point.n_layer, point.n_head, point.n_embd, model.vocab_size, model.block_size)
+
+    def tokens(self, point: Point, steps: int | None = None) -> int:
+        return (point.steps if steps is None else steps) * point.batch_size * self.block_size
+
+    def accounting(self, point: Point) -> dict:
+        """Parameter counts, and training FLOPs by each formula, of the point trained alone."""
+        shape = self.shape(point)
+        counts = flops.count_params(shape)
+        tokens = self.tokens(point)
+        per_token = flops.flops_per_token(shape)
+        return {
+            "n_params": counts["n_params"],
+            "n_params_non_embedding": counts["n_params_non_embedding"],
+            "n_tokens": tokens,
+            "flops": 6.0 * counts["n_params"] * tokens,
+            **{f"flops_{name}": value * tokens for name, value in per_token.items()},
+        }
+
+    def spent_steps(self, point: Point) -> int:
+        """Steps this point adds to the sweep: all of its own, or a branch's trunk segment and cooldown.
+
+        A trunk segment is the stretch since the previous branch's start, so the steps of a
+        family add up to its trunk's length plus every cooldown.
+        """
+        if not point.trunk:
+            return point.steps
+        family = next(job.points for job in self.jobs if job.name == point.trunk)
+        index = family.index(point)
+        segment_start = family[index - 1].branch_step if index else 0
+        return point.branch_step - segment_start + point.steps - point.branch_step
+
+    def spent_flops(self, point: Point, formula: str = "6n") -> float:
+        """FLOPs (by ``formula``: 6n, 6n_attention or chinchilla) this point adds to the sweep."""
+        per_token = flops.flops_per_token(self.shape(point))[formula]
+        return per_token * self.tokens(point, self.spent_steps(point))
+
+    def job_flops(self, job: Job, formula: str = "6n") -> float:
+        return sum(self.spent_flops(point, formula) for point in job.points)
+
+    def train_config(self, point: Point, workdir_of) -> ml_collections.ConfigDict:
+        """The full training config of a point; ``workdir_of(run)`` is the workdir of a run id."""
+        config = self._run_config(point, point.schedule, start=point.branch_step, steps=point.steps)
+        if point.trunk:
+            config.train.init_from = f"checkpoint:{workdir_of(point.trunk)}@{point.branch_step}"
+        return config
+
+    def trunk_config(self, job: Job, steps: int) -> ml_collections.ConfigDict:
+        """The constant-rate trunk of a branched job, trained up to ``steps``.
+
+        A constant schedule does not depend on train.steps, so resuming the trunk with more
+        steps continues the same run. It keeps every checkpoint a branch may start from.
+        """
+        config = self._run_config(job.points[-1], "constant", start=0, steps=job.points[-1].branch_step)
+        config.train.steps = steps
+        config.train.keep_checkpoints = len(job.points) + self.config.checkpoints_per_run + 1
+        return config
+
+    def _run_config(self, point: Point, schedule: str, start: int, steps: int) -> ml_collections.ConfigDict:
+        """A run from step ``start`` to ``steps``, evaluating and saving a few times over that span.
+
+        Its log windows depend on ``steps`` alone, so a branch's last training-loss window is
+        the one the same run trained alone would log.
+        """
+        config = ml_collections.ConfigDict(self.config.base.to_dict())
+        config.model.update(n_layer=point.n_layer, n_head=point.n_head, n_embd=point.n_embd)
+        span = steps - start
+        config.train.update(
+            steps=steps, schedule=schedule, seed=point.seed, batch_size=point.batch_size,
+            learning_rate=point.learning_rate, warmup_steps=point.warmup_steps, init_from="resume",
+            eval_every=max(1, span // self.config.evals_per_run),
+            checkpoint_every=max(1, span // self.config.checkpoints_per_run),
+            log_every=max(1, min(config.train.log_every, steps // 20)),
+        )
+        return config
+
+    def shard(self, index: int, count: int) -> list[Job]:
+        """Worker ``index`` of ``count``'s jobs: biggest first, each to the least-loaded worker.
+
+        Deterministic, so every worker computes the same split; the shares are disjoint and
+        cover every job, and their FLOPs differ by at most the biggest job.
+        """
+        if not 0 <= index < count:
+            raise ValueError(f"--shard {index}/{count} is out of range; give i/n with 0 <= i < n.")
+        loads = [0.0] * count
+        mine = []
+        for job in sorted(self.jobs, key=lambda job: (-self.job_flops(job), job.name)):
+            worker = min(range(count), key=lambda k: (loads[k], k))
+            loads[worker] += self.job_flops(job)
+            if worker == index:
+                mine.append(job)
+        return mine
+
+
+def learning_rate(rules, n_embd: int) -> float:
+    return rules.learning_rate * (rules.width_reference / n_embd) ** rules.lr_width_exponent
+
+
+def batch_size(rules, n_params: int) -> int:
+    raw = rules.batch_size * (n_params / rules.params_reference) ** rules.batch_params_exponent
+    return int(min(max(2 ** round(math.log2(raw)), rules.min_batch_size), rules.max_batch_size))
+
+
+def warmup_steps(rules, steps: int) -> int:
+    return max(rules.min_warmup_steps, round(rules.warmup_fraction * steps))
+
+
+def shape_name(shape: dict) -> str:
+    return f"L{shape['n_layer']}H{shape['n_head']}W{shape['n_embd']}"
+
+
+def _check(config) -> None:
+    if config.grid not in GRIDS:
+        raise ValueError(f"sweep grid={config.grid!r} is not one of {', '.join(GRIDS)}.")
+    if config.schedule not in SCHEDULES:
+        raise ValueError(f"sweep schedule={config.schedule!r} is not one of {', '.join(SCHEDULES)}.")
+    if not config.shapes or not config.budgets or not config.seeds:
+        raise ValueError("a sweep needs at least one shape, one budget and one seed.")
+    if any(not budget > 0 for budget in config.budgets):
+        raise ValueError(f"sweep budgets must be positive, got {list(config.budgets)}.")
+    for shape in config.shapes:
+        if shape["n_embd"] % shape["n_head"]:
+            raise ValueError(f"shape {shape_name(shape)}: n_embd={shape['n_embd']} must be divisible by "
+                             f"n_head={shape['n_head']}.")
+
+
+def _budget_steps(config, n_params: int, tokens_per_step: int) -> dict[int, float]:
+    """steps -> budget of one shape's points inside the limits; budgets that round to one step count make one point."""
+    limits = config.limits
+    budget_steps = {}
+    for budget in sorted(config.budgets):
+        nominal_tokens = budget / (6.0 * n_params) if config.grid == "isoflop" else budget
+        steps = round(nominal_tokens / tokens_per_step)
+        tokens_per_param = steps * tokens_per_step / n_params
+        if steps >= limits.min_steps and limits.min_tokens_per_param <= tokens_per_param <= limits.max_tokens_per_param:
+            budget_steps.setdefault(steps, budget if config.grid == "isoflop" else 6.0 * n_params * steps * tokens_per_step)
+    return budget_steps
+
+
+def _shape_jobs(config, shape: dict, seed: int, lr_multiplier: float) -> list[Job]:
+    model, rules = config.base.model, config.rules
+    n_params = flops.count_params(flops.Shape(
+        shape["n_layer"], shape["n_head"], shape["n_embd"], model.vocab_size, model.block_size))["n_params"]
+    batch = batch_size(rules, n_params)
+    budget_steps = _budget_steps(config, n_params, batch * model.block_size)
+    if not budget_steps:
+        return []
+    common = dict(**{key: shape[key] for key in ("n_layer", "n_head", "n_embd")}, seed=seed, batch_size=batch,
+                  learning_rate=lr_multiplier * learning_rate(rules, shape["n_embd"]))
+    lr_tag = "" if lr_multiplier == 1 else f"_lr{lr_multiplier:g}x"
+    name = shape_name(shape)
+    if config.schedule == BRANCHED:
+        warmup = warmup_steps(rules, min(budget_steps))
+        trunk = f"{name}_trunk_b{batch}{lr_tag}_s{seed}"
+        return [Job(trunk, tuple(
+            Point(run=f"{name}_wsd_{steps}x{batch}{lr_tag}_s{seed}", schedule="wsd", steps=steps,
+                  warmup_steps=warmup, budget=budget, trunk=trunk,
+                  branch_step=wsd_stable_end(steps, warmup, config.base.train.decay_fraction), **common)
+            for steps, budget in budget_steps.items()))]
+    jobs = []
+    for steps, budget in budget_steps.items():
+        run = f"{name}_{config.schedule}_{steps}x{batch}{lr_tag}_s{seed}"
+        jobs.append(Job(run, (Point(run=run, schedule=config.schedule, steps=steps,
+                                    warmup_steps=warmup_steps(rules, steps), budget=budget, **common),)))
+    return jobs
+
+
+def expand(config) -> SweepPlan:
+    """Every point of the sweep, grouped into jobs; points outside ``limits`` are left out.
+
+    ``lr_multipliers`` (optional, default [1]): every point once per multiplier of the rule's
+    learning rate, a scan to tune the rule with.
+    """
+    _check(config)
+    jobs = [job for seed in config.seeds for shape in config.shapes
+            for multiplier in config.get("lr_multipliers", [1.0])
+            for job in _shape_jobs(config, shape, seed, multiplier)]
+    if not jobs:
+        raise ValueError("no point of the sweep is inside its limits; widen limits or change budgets or shapes.")
+    return SweepPlan(config, tuple(jobs))
+
+
+def costs(plan: SweepPlan) -> dict:
+    """Total FLOPs by each formula: of every point trained alone, and of the sweep as it runs.
+
+    They differ when points branch from shared trunks; ``saved`` is the fraction branching saves.
+    """
+    formulas = ("6n", "6n_attention", "chinchilla")
+    separate = {name: sum(plan.accounting(point)[f"flops_{name}"] for point in plan.points) for name in formulas}
+    spent = {name: sum(plan.spent_flops(point, name) for point in plan.points) for name in formulas}
+    return {"points": len(plan.points), "jobs": len(plan.jobs), "flops_separate": separate, "flops_spent": spent,
+            "saved": 1.0 - spent["6n"] / separate["6n"]}

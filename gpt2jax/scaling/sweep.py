@@ -1,0 +1,160 @@
+"""Runs a sweep's points through ``train.run``, resumably, shared out among workers.
+
+A sweep workdir holds
+  sweep.json      the sweep config, its points and the data's meta.json (written at start)
+  points/RUN/     each point's (and each trunk's) training workdir: checkpoints, metrics.jsonl
+  locks/JOB.lock  held by the worker running that job (see ``locks``)
+  results.csv     one row per finished point (see ``records``)
+  sessions.jsonl  one line per invocation of a worker: when, where, what it ran, how long
+
+Run again after a kill, a worker skips the points results.csv already has and resumes the
+others from their checkpoints, since ``train.run`` resumes by itself. A branched job
+(``wsd_branches``) trains its constant-rate trunk in segments, to each branch's start, and
+after each segment trains that branch from the trunk's checkpoint with ``init_from=
+checkpoint:TRUNK@STEP``; the branch is then the WSD run of its length, step for step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from gpt2jax.scaling import records
+from gpt2jax.scaling.locks import STALE_AFTER_S, FileLock
+from gpt2jax.scaling.plan import Job, Point, SweepPlan
+
+SWEEP_FILE = "sweep.json"
+RESULTS_FILE = "results.csv"
+SESSIONS_FILE = "sessions.jsonl"
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def final_record(workdir: Path, steps: int) -> dict:
+    """The metrics line of a run's last step, with its validation loss."""
+    finals = [record for record in records.read_metrics(workdir) if record["step"] == steps and "val_loss" in record]
+    if not finals:
+        raise RuntimeError(f"{workdir} finished training but its metrics.jsonl has no val_loss at step {steps}.")
+    return finals[-1]
+
+
+class Sweep:
+    """A plan bound to its workdir."""
+
+    def __init__(self, plan: SweepPlan, workdir: str | Path):
+        self.plan = plan
+        self.workdir = Path(workdir)
+
+    @property
+    def results_path(self) -> Path:
+        return self.workdir / RESULTS_FILE
+
+    def point_dir(self, run: str) -> Path:
+        return (self.workdir / "points" / run).absolute()
+
+    def finished_runs(self) -> set[str]:
+        return {row["run"] for row in records.read_rows(self.results_path)}
+
+    def start(self, config_spec: str) -> None:
+        """Writes sweep.json, preparing the data once; refuses a workdir of another sweep."""
+        from gpt2jax import train
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        path = self.workdir / SWEEP_FILE
+        config = json.loads(self.plan.config.to_json())
+        if path.is_file() and json.loads(path.read_text())["config"] != config:
+            raise ValueError(f"{self.workdir} holds another sweep (its {SWEEP_FILE} has another config); "
+                             "use a new --workdir.")
+        first = self.plan.points[0]
+        meta = train.prepared_data(self.plan.train_config(first, self.point_dir)).meta
+        description = {"config_spec": config_spec, "config": config, "data_meta": meta,
+                       "points": [dataclasses.asdict(point) for point in self.plan.points]}
+        records.write_atomically(path, json.dumps(description, indent=2) + "\n")
+
+    def row(self, point: Point, final: dict, wall_s: float) -> dict:
+        model = self.plan.config.base.model
+        row = {field.name: getattr(point, field.name) for field in dataclasses.fields(point)}
+        row.update(self.plan.accounting(point))
+        row.update(kind="branch" if point.trunk else "run", vocab_size=model.vocab_size, block_size=model.block_size,
+                   flops_spent=self.plan.spent_flops(point), train_loss=final["train_loss"],
+                   val_loss=final["val_loss"], loss=final["val_loss"], wall_s=round(wall_s, 2))
+        return row
+
+    def run_job(self, job: Job, finished: set[str], on_point) -> None:
+        """Trains the job's unfinished points; ``on_point(point, row)`` follows each one's row."""
+        from gpt2jax import train
+
+        for point in job.points:
+            if point.run in finished:
+                continue
+            start = time.perf_counter()
+            if job.is_branched:
+                # Idle when the trunk already reached this branch's start (a rerun after a kill).
+                train.run(self.plan.trunk_config(job, point.branch_step), self.point_dir(job.name))
+            workdir = self.point_dir(point.run)
+            train.run(self.plan.train_config(point, self.point_dir), workdir)
+            final = final_record(workdir, point.steps)
+            row = self.row(point, final, time.perf_counter() - start)
+            records.upsert_row(self.results_path, row)
+            on_point(point, row)
+
+    def run(self, shard: tuple[int, int] = (0, 1), stale_after: float = STALE_AFTER_S, log=print) -> dict:
+        """Runs this worker's share; returns what it did. Jobs another live worker holds are skipped."""
+        index, count = shard
+        jobs = self.plan.shard(index, count)
+        total_flops = sum(self.plan.spent_flops(point) for point in self.plan.points)
+        mine = [point for job in jobs for point in job.points]
+        done = self.finished_runs()
+        to_spend = sum(self.plan.spent_flops(point) for point in mine if point.run not in done)
+        log(f"sweep {self.workdir}: shard {index}/{count} has {len(jobs)} job(s), {len(mine)} of "
+            f"{len(self.plan.points)} point(s), {sum(p.run in done for p in mine)} done; "
+            f"{to_spend:.3g} of {total_flops:.3g} FLOPs (6N) to spend")
+        # The load average says how much of the machine the other jobs on it took meanwhile.
+        session = {"host": socket.gethostname(), "cpus": os.cpu_count(), "pid": os.getpid(), "shard": f"{index}/{count}",
+                   "started": time.time(), "load_average_start": os.getloadavg()[0], "points_run": [],
+                   "skipped_locked": [], "flops_spent": 0.0}
+        clock = time.perf_counter()
+
+        def on_point(point: Point, row: dict) -> None:
+            session["points_run"].append(point.run)
+            session["flops_spent"] += row["flops_spent"]
+            elapsed = time.perf_counter() - clock
+            left = to_spend - session["flops_spent"]
+            # At this worker's pace so far: FLOPs per second, compile time and all.
+            estimate = _duration(elapsed * left / session["flops_spent"]) if left > 0 else _duration(0)
+            rows = records.read_rows(self.results_path)
+            spent_all = sum(float(done["flops_spent"]) for done in rows)
+            log(f"sweep: {len(rows)}/{len(self.plan.points)} points done ({point.run}: loss {row['loss']:.4f}); "
+                f"{spent_all:.3g}/{total_flops:.3g} FLOPs spent; {_duration(elapsed)} elapsed, "
+                f"about {estimate} left for this shard")
+
+        try:
+            for job in jobs:
+                finished = self.finished_runs()
+                if all(point.run in finished for point in job.points):
+                    continue
+                lock = FileLock(self.workdir / "locks" / f"{job.name}.lock", stale_after)
+                if not lock.try_acquire():
+                    session["skipped_locked"].append(job.name)
+                    log(f"sweep: {job.name} is held by another worker; skipping it")
+                    continue
+                try:
+                    # Read again under the lock: another worker may have finished it meanwhile.
+                    self.run_job(job, self.finished_runs(), on_point)
+                finally:
+                    lock.release()
+        finally:
+            session["elapsed_s"] = round(time.perf_counter() - clock, 2)
+            session["load_average_end"] = os.getloadavg()[0]
+            session["completed"] = all(p.run in self.finished_runs() for p in mine)
+            with (self.workdir / SESSIONS_FILE).open("a") as file:
+                file.write(json.dumps(session) + "\n")
+        return session

@@ -1,0 +1,406 @@
+"""Tests for scaling sweeps: the plan and its rules, shards, locks, results rows, the runner (killed and
+resumed, WSD branches against a run from scratch), checkpoint:DIR@STEP, plots and the report."""
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from gpt2jax import flops, optim, train
+from gpt2jax.checkpoint import Checkpointer
+from gpt2jax.scaling import fit, locks, plan as plan_module, records
+from gpt2jax.scaling.laws import ChinchillaLaw
+from gpt2jax.scaling.plot import FIGURES, plot_sweep
+from gpt2jax.scaling.report import write_report
+from gpt2jax.scaling.results import load_results
+from gpt2jax.scaling.sweep import Sweep
+from gpt2jax.sweep import main as sweep_main
+from tests.helpers import REPO, tiny_sweep_config
+
+# Branch lengths for the runner tests: 100 and 400 steps of 8 x 16 tokens.
+BRANCH_TOKENS = (12_800.0, 51_200.0)
+CONFIG_FILE = """
+from tests.helpers import tiny_sweep_config
+
+def get_config(variant=""):
+    config = tiny_sweep_config({data_dir!r}, schedule=variant or "wsd_branches", budgets={budgets!r})
+    config.shapes = config.shapes[:1]
+    config.checkpoints_per_run = 8
+    return config
+"""
+
+
+def _tokens_per_step(plan, point):
+    return point.batch_size * plan.block_size
+
+
+# The plan: points, rules, shards.
+
+def test_isoflop_points_train_on_c_over_6n_tokens():
+    config = tiny_sweep_config("unused")
+    config.grid, config.budgets = "isoflop", [2e9, 6e9]
+    plan = plan_module.expand(config)
+    assert len(plan.points) == 4 and len({point.run for point in plan.points}) == 4
+    for point in plan.points:
+        counts = plan.accounting(point)
+        n_params = flops.count_params(flops.Shape(point.n_layer, point.n_head, point.n_embd, 65, 16))["n_params"]
+        assert counts["n_params"] == n_params
+        assert abs(counts["n_tokens"] - point.budget / (6 * n_params)) <= _tokens_per_step(plan, point) / 2
+        assert counts["flops"] == 6 * n_params * counts["n_tokens"]
+    # A smaller model trains on more tokens at the same budget.
+    by_budget = collections.defaultdict(dict)
+    for point in plan.points:
+        by_budget[point.budget][point.n_embd] = plan.accounting(point)["n_tokens"]
+    assert all(tokens[16] > tokens[32] for tokens in by_budget.values())
+    config.limits.max_tokens_per_param = 20.0
+    kept = plan_module.expand(config).points
+    assert 0 < len(kept) < 4
+    assert all(plan.accounting(point)["n_tokens"] / plan.accounting(point)["n_params"] <= 20 for point in kept)
+
+
+def test_token_grid_and_the_rules():
+    config = tiny_sweep_config("unused", schedule="cosine")
+    plan = plan_module.expand(config)
+    assert sorted(plan.accounting(point)["n_tokens"] for point in plan.points) == [4096, 4096, 8192, 8192]
+    assert {point.budget for point in plan.points} == {plan.accounting(point)["flops"] for point in plan.points}
+    rules = config.rules
+    rules.update(lr_width_exponent=1.0, batch_params_exponent=0.5, max_batch_size=16, warmup_fraction=0.1)
+    assert plan_module.learning_rate(rules, 16) == pytest.approx(1e-2)
+    assert plan_module.learning_rate(rules, 64) == pytest.approx(2.5e-3)
+    assert plan_module.batch_size(rules, rules.params_reference) == 8
+    assert plan_module.batch_size(rules, 4 * rules.params_reference) == 16
+    assert plan_module.batch_size(rules, 100 * rules.params_reference) == 16  # clipped to max_batch_size
+    assert plan_module.warmup_steps(rules, 100) == 10 and plan_module.warmup_steps(rules, 5) == 2
+    for point in plan_module.expand(config).points:
+        assert point.learning_rate == pytest.approx(plan_module.learning_rate(rules, point.n_embd))
+        assert point.warmup_steps == plan_module.warmup_steps(rules, point.steps)
+    config.lr_multipliers = [0.5, 2.0]
+    scan = plan_module.expand(config).points
+    assert len(scan) == 2 * len(plan.points) and len({point.run for point in scan}) == len(scan)
+    assert sorted(point.learning_rate / plan_module.learning_rate(rules, point.n_embd) for point in scan) == (
+        pytest.approx([0.5] * len(plan.points) + [2.0] * len(plan.points)))
+
+
+def test_branches_share_the_trunk_warmup_and_start_where_wsd_decays():
+    config = tiny_sweep_config("unused", budgets=[4096.0, 16384.0, 65536.0])
+    config.rules.warmup_fraction = 0.05
+    plan = plan_module.expand(config)
+    for job in plan.jobs:
+        shortest = min(point.steps for point in job.points)
+        assert {point.warmup_steps for point in job.points} == {plan_module.warmup_steps(config.rules, shortest)}
+        for point in job.points:
+            assert point.trunk == job.name
+            assert point.branch_step == optim.wsd_stable_end(point.steps, point.warmup_steps, 0.2)
+        spent = sum(plan.spent_steps(point) for point in job.points)
+        assert spent == max(p.branch_step for p in job.points) + sum(p.steps - p.branch_step for p in job.points)
+    # Runs of 1, 4 and 16 units cost 21 alone; branched, a trunk of 0.8 x 16 and cooldowns of 0.2 x 21.
+    assert plan_module.costs(plan)["saved"] == pytest.approx(1 - (0.8 * 16 + 0.2 * 21) / 21, abs=0.01)
+
+
+def test_shards_are_disjoint_cover_every_job_and_balance():
+    config = tiny_sweep_config("unused", schedule="cosine", budgets=[4096.0 * 2**k for k in range(6)])
+    plan = plan_module.expand(config)
+    for count in (1, 2, 3, 5):
+        shares = [plan.shard(index, count) for index in range(count)]
+        names = [job.name for share in shares for job in share]
+        assert sorted(names) == sorted(job.name for job in plan.jobs)
+        loads = [sum(plan.job_flops(job) for job in share) for share in shares]
+        assert max(loads) - min(loads) <= max(plan.job_flops(job) for job in plan.jobs)
+    with pytest.raises(ValueError, match="out of range"):
+        plan.shard(2, 2)
+
+
+def test_bad_sweeps_are_one_sentence(capsys):
+    with pytest.raises(SystemExit, match="error: unknown variant 'nope' of cpu_sweep"):
+        sweep_main(["--config", str(REPO / "experiments/cpu_sweep.py:nope"), "--plan"])
+    config = tiny_sweep_config("unused")
+    config.grid = "flops"
+    with pytest.raises(ValueError, match="grid='flops' is not one of isoflop, tokens"):
+        plan_module.expand(config)
+    config.grid, config.limits.min_steps = "tokens", 10**6
+    with pytest.raises(ValueError, match="no point of the sweep is inside its limits"):
+        plan_module.expand(config)
+
+
+@pytest.mark.parametrize("name", ["cpu_sweep.py", "cpu_sweep.py:cosine", "cpu_sweep.py:lr_scan", "gpu_sweep.py"])
+def test_shipped_sweeps_expand(name):
+    plan = plan_module.expand(plan_module.load_sweep_config(str(REPO / "experiments" / name)))
+    costs = plan_module.costs(plan)
+    assert costs["points"] >= 6
+    if name == "gpu_sweep.py":
+        # Sized for one H100 hour at 40% MFU of its bf16 peak, by 6N + attention FLOPs.
+        hours = costs["flops_spent"]["6n_attention"] / (0.4 * flops.DEVICE_PEAKS["h100-sxm"]["bf16"]) / 3600
+        assert 0.5 < hours <= 1.0
+
+
+# Locks and results rows.
+
+def test_a_lock_admits_one_worker_and_breaks_only_stale_locks(tmp_path):
+    paths = [tmp_path / f"job{k}.lock" for k in range(20)]
+    taken = collections.Counter()
+
+    def worker():
+        for path in paths:
+            if locks.FileLock(path).try_acquire():
+                taken[path] += 1
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(taken[path] == 1 for path in paths)
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = locks.FileLock(paths[0]).owner["host"]
+    stale = tmp_path / "dead.lock"
+    stale.write_text(json.dumps({"host": host, "pid": dead.pid}))
+    assert locks.FileLock(stale).try_acquire()
+    elsewhere = tmp_path / "elsewhere.lock"
+    elsewhere.write_text(json.dumps({"host": "another-host", "pid": os.getpid()}))
+    assert not locks.FileLock(elsewhere, stale_after=600).try_acquire()
+    old = time.time() - 601
+    os.utime(elsewhere, (old, old))
+    assert locks.FileLock(elsewhere, stale_after=600).try_acquire()
+
+    held = locks.FileLock(tmp_path / "beating.lock", stale_after=0.2)
+    assert held.try_acquire()
+    before = held.path.stat().st_mtime_ns
+    time.sleep(0.3)
+    assert held.path.stat().st_mtime_ns > before  # the heartbeat keeps a live lock fresh
+    held.release()
+    assert not held.path.exists()
+
+
+def test_results_rows_are_written_whole(tmp_path):
+    path = tmp_path / "results.csv"
+    stop = threading.Event()
+    torn = []
+
+    def reader():
+        while not stop.is_set():
+            for row in records.read_rows(path):
+                if None in row.values() or None in row:
+                    torn.append(row)
+
+    def writer(index):
+        for k in range(10):
+            records.upsert_row(path, {"run": f"w{index}-{k}", "loss": 3.0 + k, "n_params": 10, "n_tokens": 20})
+
+    watching = threading.Thread(target=reader)
+    watching.start()
+    writers = [threading.Thread(target=writer, args=(index,)) for index in range(4)]
+    for thread in writers:
+        thread.start()
+    for thread in writers:
+        thread.join()
+    stop.set()
+    watching.join()
+    rows = records.read_rows(path)
+    assert not torn and len(rows) == 40 and len({row["run"] for row in rows}) == 40
+    records.upsert_row(path, {"run": "w0-0", "loss": 1.5, "n_params": 10, "n_tokens": 20})
+    rows = records.read_rows(path)
+    assert len(rows) == 40 and next(row for row in rows if row["run"] == "w0-0")["loss"] == "1.5"
+    assert path.read_text().count("run,kind") == 1
+    assert not list(tmp_path.glob(".results.csv.*"))  # no temporary file left behind
+    with pytest.raises(ValueError, match="unknown columns"):
+        records.upsert_row(path, {"run": "x", "lossy": 1.0})
+
+
+def test_two_workers_on_one_share_never_run_one_point(tmp_path, monkeypatch):
+    plan = plan_module.expand(tiny_sweep_config(tmp_path / "data", schedule="cosine"))
+    trained = collections.Counter()
+
+    def fake_run(config, workdir):
+        trained[Path(workdir).name] += 1
+        time.sleep(0.05)
+        record = {"step": config.train.steps, "train_loss": 3.0, "val_loss": 3.1, "flops_seen": 1.0}
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        (Path(workdir) / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+        return record
+
+    monkeypatch.setattr(train, "run", fake_run)
+    sweep = Sweep(plan, tmp_path / "sweep")
+    workers = [threading.Thread(target=sweep.run, kwargs=dict(log=lambda line: None)) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert sorted(trained) == sorted(point.run for point in plan.points)
+    assert set(trained.values()) == {1}
+    assert len(records.read_rows(sweep.results_path)) == len(plan.points)
+    assert not list((tmp_path / "sweep" / "locks").iterdir())
+    sweep.run(log=lambda line: None)  # everything finished: nothing trains again
+    assert set(trained.values()) == {1}
+
+
+# The runner, for real: killed, resumed, and its branches against WSD from scratch.
+
+def _sweep_command(config_file, workdir):
+    env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    return [sys.executable, "-m", "gpt2jax.sweep", "--config", str(config_file), "--workdir", str(workdir)], env
+
+
+@pytest.fixture(scope="module")
+def branched_sweep(tmp_path_factory):
+    """A sweep of one trunk with branches of 100 and 400 steps, SIGKILLed in its second branch and run again."""
+    root = tmp_path_factory.mktemp("branched")
+    config_file = root / "sweep_config.py"
+    config_file.write_text(CONFIG_FILE.format(data_dir=str(root / "data"), budgets=list(BRANCH_TOKENS)))
+    plan = plan_module.expand(plan_module.load_sweep_config(str(config_file)))
+    workdir = root / "sweep"
+    sweep = Sweep(plan, workdir)
+    first, second = plan.points
+    command, env = _sweep_command(config_file, workdir)
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = sweep.point_dir(second.run) / "checkpoints"
+    deadline = time.time() + 240
+    while process.poll() is None and time.time() < deadline and not (
+            checkpoints.is_dir() and any(path.name.isdigit() for path in checkpoints.iterdir())):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_rows = {row["run"] for row in records.read_rows(sweep.results_path)}
+    killed_metrics = records.read_metrics(sweep.point_dir(second.run))
+    killed_checkpoint = max((int(path.name) for path in checkpoints.iterdir() if path.name.isdigit()), default=None)
+    rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    return dict(config_file=config_file, plan=plan, sweep=sweep, killed_rows=killed_rows,
+                killed_metrics=killed_metrics, killed_checkpoint=killed_checkpoint, rerun=json.loads(rerun.stdout.strip().splitlines()[-1]))
+
+
+def test_killed_sweep_skips_finished_points_and_resumes_the_rest(branched_sweep):
+    first, second = branched_sweep["plan"].points
+    assert branched_sweep["killed_rows"] == {first.run}, "the sweep was not killed inside its second branch"
+    resumed_from = max(record["step"] for record in branched_sweep["killed_metrics"])
+    assert second.branch_step < resumed_from < second.steps
+    rerun = branched_sweep["rerun"]
+    # The lock the killed worker left behind (its pid is dead) did not hold the job back.
+    assert rerun["points_run"] == [second.run] and rerun["completed"] and not rerun["skipped_locked"]
+    log = (branched_sweep["sweep"].point_dir(second.run) / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["step"] for line in log]
+    assert steps[-1] == second.steps
+    # Resumed from its own last checkpoint, not from the trunk: only the steps after that
+    # checkpoint, which the killed worker had logged but not saved, are logged twice.
+    logged_twice = {step for step in steps if steps.count(step) > 1}
+    assert all(step > branched_sweep["killed_checkpoint"] for step in logged_twice)
+    assert steps.count(min(steps)) == 1
+
+
+def test_branch_rows_account_trunk_and_cooldown_flops(branched_sweep):
+    plan, sweep = branched_sweep["plan"], branched_sweep["sweep"]
+    rows = {row["run"]: row for row in records.read_rows(sweep.results_path)}
+    first, second = plan.points
+    per_step = 6 * plan.accounting(first)["n_params"] * first.batch_size * plan.block_size
+    assert float(rows[first.run]["flops_spent"]) == pytest.approx(per_step * first.steps)
+    assert float(rows[second.run]["flops_spent"]) == pytest.approx(
+        per_step * (second.branch_step - first.branch_step + second.steps - second.branch_step))
+    assert float(rows[second.run]["flops"]) == pytest.approx(per_step * second.steps)
+    assert {rows[run]["kind"] for run in rows} == {"branch"}
+    load_results(sweep.results_path)  # what `scaling fit --results` reads
+
+
+def test_branched_wsd_point_equals_wsd_from_scratch(branched_sweep, tmp_path):
+    plan, sweep = branched_sweep["plan"], branched_sweep["sweep"]
+    command, env = _sweep_command(f"{branched_sweep['config_file']}:wsd", tmp_path / "scratch")
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    scratch = {row["steps"]: row for row in records.read_rows(tmp_path / "scratch" / "results.csv")}
+    for branched in records.read_rows(sweep.results_path):
+        alone = scratch[branched["steps"]]
+        assert alone["trunk"] == "" and alone["warmup_steps"] == branched["warmup_steps"]
+        # The same parameters: the same loss on the same validation windows.
+        assert float(branched["val_loss"]) == pytest.approx(float(alone["val_loss"]), abs=1e-5)
+    # The branch that was not killed logged the same last window of training losses too.
+    first = plan.points[0]
+    branched_curve = records.read_metrics(sweep.point_dir(first.run))
+    alone_curve = records.read_metrics(tmp_path / "scratch" / "points" / first.run)
+    assert branched_curve[-1]["step"] == alone_curve[-1]["step"] == first.steps
+    assert branched_curve[-1]["train_loss"] == pytest.approx(alone_curve[-1]["train_loss"], abs=1e-5)
+
+
+def test_checkpoint_init_restores_the_whole_train_state(branched_sweep, tmp_path):
+    plan, sweep = branched_sweep["plan"], branched_sweep["sweep"]
+    second = plan.points[1]
+    config = plan.train_config(second, sweep.point_dir)
+    trainer = train.build_trainer(config)
+    empty = Checkpointer(tmp_path / "checkpoints")
+    state = train.restore_or_init(trainer, empty)
+    trunk = Checkpointer(sweep.point_dir(second.trunk) / "checkpoints")
+    saved = trunk.restore(second.branch_step, trainer.abstract_state)
+    assert int(state["step"]) == second.branch_step
+    for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(saved)):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    missing = f"checkpoint:{sweep.point_dir(second.trunk)}@{second.branch_step + 1}"
+    config.train.init_from = missing
+    with pytest.raises(ValueError, match=f"has no checkpoint at step {second.branch_step + 1} to start from"):
+        train.restore_or_init(train.build_trainer(config), empty)
+    config.train.init_from = "checkpoint:nowhere"
+    with pytest.raises(ValueError, match="must be checkpoint:WORKDIR@STEP"):
+        train.restore_or_init(train.build_trainer(config), empty)
+    for checkpointer in (empty, trunk):
+        checkpointer.close()
+
+
+# Plots and the report, on a sweep written from a known law.
+
+TRUE_LAW = ChinchillaLaw(E=2.9, A=60.0, B=400.0, alpha=0.45, beta=0.4, name="truth", source="test")
+
+
+@pytest.fixture(scope="module")
+def known_sweep(tmp_path_factory):
+    """A sweep workdir whose losses follow TRUE_LAW (with 0.3% noise): 4 sizes at 4 IsoFLOP budgets."""
+    workdir = tmp_path_factory.mktemp("known")
+    config = tiny_sweep_config("unused")
+    config.grid = "isoflop"
+    rng = np.random.default_rng(0)
+    meta = {"source": "synthetic:vocabulary=compact", "train_tokens": 1000, "val_tokens": 100, "vocab_size": 65,
+            "tokenizer": "none", "entropy_rate_nats_per_token": 2.9}
+    (workdir / "sweep.json").write_text(json.dumps({"config_spec": "experiments/known.py", "data_meta": meta,
+                                                    "config": json.loads(config.to_json())}))
+    for n_params in (2e4, 5e4, 1.2e5, 3e5):
+        for budget in (3e11, 1e12, 3e12, 1e13):
+            tokens = budget / (6 * n_params)
+            loss = float(TRUE_LAW.loss(n_params, tokens)) * (1 + 0.003 * rng.standard_normal())
+            run = f"N{n_params:.0f}_C{budget:.0e}"
+            curve = [{"step": step, "flops_seen": budget * step / 4,
+                      "train_loss": float(TRUE_LAW.loss(n_params, tokens * step / 4))} for step in (1, 2, 3, 4)]
+            (workdir / "points" / run).mkdir(parents=True)
+            (workdir / "points" / run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in curve))
+            records.upsert_row(workdir / "results.csv", {
+                "run": run, "kind": "run", "n_layer": 1, "n_head": 1, "n_embd": int(n_params), "seed": 0,
+                "n_params": n_params, "n_tokens": tokens, "budget": budget, "flops": budget,
+                "flops_6n_attention": budget, "flops_spent": budget, "train_loss": loss, "val_loss": loss,
+                "loss": loss, "wall_s": 1.0, "trunk": "", "branch_step": 0})
+    return workdir
+
+
+def test_plots_are_written(known_sweep, tmp_path):
+    paths = plot_sweep(known_sweep, tmp_path, starts=fit.COARSE_STARTS)
+    assert [path.name for path in paths] == list(FIGURES)
+    for path in paths:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
+
+
+def test_report_holds_the_fitted_law_and_the_entropy_check(known_sweep, tmp_path):
+    out = tmp_path / "REPORT.md"
+    text = write_report(known_sweep, out, n_bootstrap=8, starts=fit.COARSE_STARTS)
+    assert out.read_text() == text
+    law = fit.parametric_fit(load_results(known_sweep / "results.csv"), fit.COARSE_STARTS).law
+    assert abs(law.E - TRUE_LAW.E) < 0.1 and abs(law.exponents()[0] - TRUE_LAW.exponents()[0]) < 0.1
+    assert f"the fitted irreducible loss E is {law.E:.4f}" in text
+    assert "entropy rate is 2.9000 nats/token" in text
+    assert f"| gpt2 on 10B tokens | this fit | {6 * 124_439_808 * 1e10:.3g} |" in text
+    assert f"D_opt / N_opt is {float(law.tokens_per_parameter(3e11)):.1f} at 3e+11" in text
+    assert "This is not a prediction for GPT-2." in text
+    assert "python -m gpt2jax.sweep --config experiments/known.py" in text
