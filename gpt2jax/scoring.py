@@ -21,9 +21,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from gpt2jax.model import token_logprobs as logprobs_of_targets
 
 
 @functools.partial(jax.jit, static_argnames="graphdef")
@@ -32,8 +33,7 @@ def _target_logprobs(graphdef, params, inputs_BxT, targets_BxT):
     # compared with PyTorch's.
     with jax.default_matmul_precision("highest"):
         logits_BxTxV = nnx.merge(graphdef, params)(inputs_BxT)
-    logprobs_BxTxV = jax.nn.log_softmax(logits_BxTxV, axis=-1)
-    return jnp.take_along_axis(logprobs_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
+    return logprobs_of_targets(logits_BxTxV, targets_BxT)
 
 
 def _logprobs_by_batch(graphdef, params, batches: Iterable[tuple[np.ndarray, np.ndarray]],
