@@ -70,6 +70,16 @@ def eval_step(params, inputs_BxT, targets_BxT, *, graphdef, residual_sharding=No
     return loss_fn(params, graphdef, inputs_BxT, targets_BxT, residual_sharding=residual_sharding)
 
 
+def fresh_state(params, optimizer: optax.GradientTransformation, seed: int) -> dict:
+    """A step-0 train state: ``params``, a new optimizer state, and the dropout key of ``seed``."""
+    return {
+        "step": jnp.zeros((), jnp.int32),
+        "params": params,
+        "opt_state": optimizer.init(params),
+        "rng": jax.random.key_data(jax.random.key(seed + 1)),
+    }
+
+
 @dataclasses.dataclass
 class Trainer:
     """Everything compiled for one (config, mesh): steps, shardings and the abstract state."""
@@ -99,13 +109,7 @@ class Trainer:
 
         def init():
             model = GPT(self.model_config, rngs=nnx.Rngs(params=jax.random.key(seed)))
-            params = nnx.state(model)
-            return {
-                "step": jnp.zeros((), jnp.int32),
-                "params": params,
-                "opt_state": self.optimizer.init(params),
-                "rng": jax.random.key_data(jax.random.key(seed + 1)),
-            }
+            return fresh_state(nnx.state(model), self.optimizer, seed)
 
         # Initialised directly into its shards: no device ever holds the whole model.
         return jax.jit(init, out_shardings=self.state_shardings)
@@ -312,17 +316,8 @@ def hf_params(trainer: Trainer, directory: str | Path):
 
 
 def state_from_params(trainer: Trainer, params):
-    """A step-0 train state around ``params``, with the rng ``Trainer.init_state`` would give."""
-    seed = trainer.config.train.seed
-
-    def init(params):
-        return {
-            "step": jnp.zeros((), jnp.int32),
-            "params": params,
-            "opt_state": trainer.optimizer.init(params),
-            "rng": jax.random.key_data(jax.random.key(seed + 1)),
-        }
-
+    """A step-0 train state around ``params``, laid out on the trainer's shardings."""
+    init = functools.partial(fresh_state, optimizer=trainer.optimizer, seed=trainer.config.train.seed)
     return jax.jit(init, out_shardings=trainer.state_shardings, donate_argnums=0)(params)
 
 
