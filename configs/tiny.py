@@ -5,7 +5,10 @@ from gpt2jax.config import base_config
 
 def get_config():
     config = base_config()
-    config.model.update(n_layer=2, n_head=4, n_embd=128, block_size=64)
+    # On a CPU, keeping only matmul outputs for the backward pass and recomputing the
+    # elementwise ops around them is faster than storing everything: the step is bound
+    # by memory traffic as much as by FLOPs (bench/compare_cpu.sh, README "Benchmarks").
+    config.model.update(n_layer=2, n_head=4, n_embd=128, block_size=64, remat="dots")
     config.data.update(source="synthetic", synthetic_train_tokens=1_000_000, synthetic_val_tokens=50_000)
     config.train.update(
         batch_size=16, steps=400, learning_rate=1e-3, warmup_steps=40,

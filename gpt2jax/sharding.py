@@ -21,7 +21,8 @@ BATCH_AXES = ("data", "fsdp")
 
 # (regex on the path's end, spec). Shapes: wte V x D, wpe T x D, qkv D x 3 x H x K,
 # attention out H x K x D, MLP fc D x F and proj F x D. Anything unmatched (biases of
-# width D, LayerNorms, step counters) is replicated.
+# width D, LayerNorms, step counters) is replicated. Block parameters (under ``h/``)
+# carry a leading layer axis as well, which is never split: see ``partition_spec``.
 PARTITION_RULES: tuple[tuple[str, P], ...] = (
     (r"wte$", P("tensor", "fsdp")),
     (r"wpe$", P(None, "fsdp")),
@@ -33,9 +34,11 @@ PARTITION_RULES: tuple[tuple[str, P], ...] = (
     (r"mlp/proj_kernel$", P("tensor", "fsdp")),
 )
 
+_STACKED_BLOCKS = re.compile(r"(^|/)h/")
+
 
 def path_str(path) -> str:
-    """'h/0/attn/qkv_kernel' for a jax key path (nnx Variable 'value' keys dropped)."""
+    """'h/attn/qkv_kernel' for a jax key path (nnx Variable 'value' keys dropped)."""
     names = []
     for key in path:
         name = getattr(key, "key", getattr(key, "name", getattr(key, "idx", None)))
@@ -50,7 +53,10 @@ def partition_spec(path: str, shape: tuple[int, ...], mesh: Mesh) -> P:
     jit refuses unevenly split arguments, so a dimension the mesh axis does not divide
     (a custom width, say) stays whole on that axis rather than failing the run.
     """
+    # Every device runs every layer, so the stacked blocks' layer axis stays whole.
+    layer_axis = (None,) if _STACKED_BLOCKS.search(path) else ()
     for pattern, spec in PARTITION_RULES:
+        spec = P(*layer_axis, *spec)
         if re.search(pattern, path) and len(spec) == len(shape):
             return P(*(axis if axis is None or dim % mesh.shape[axis] == 0 else None
                        for axis, dim in zip(spec, shape)))

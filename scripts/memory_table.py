@@ -10,13 +10,11 @@ through gradient accumulation. Nothing runs; the mesh is every device here along
 Columns: the shards of parameters and optimizer state; the activations the backward
 pass keeps, traced before XLA (what remat changes, on any platform); a low estimate of
 the step's memory, those activations plus parameters, optimizer state and the float32
-gradient accumulator; a high estimate, XLA's total without remat less the activations
-remat stops keeping; and XLA's total for the step as compiled here. XLA:CPU schedules
-recomputation early, so its total shows no saving from remat, and keeps some bfloat16
-activations in float32, so on a CPU its figures run high; on a GPU its total is the one
-to trust. ``fits`` holds the estimates against the share of a 12, 24 or 80 GiB card
-that JAX lets XLA use (XLA_PYTHON_CLIENT_MEM_FRACTION, 0.75 unless set): yes if the
-high estimate fits, no if even the low one does not, maybe in between.
+gradient accumulator; and XLA's total for the step as compiled here, the high estimate.
+XLA:CPU keeps bfloat16 activations at float32 cost, so on a CPU that total runs high; on
+a GPU it is the figure to trust. ``fits`` holds the estimates against the share of a 12,
+24 or 80 GiB card that JAX lets XLA use (XLA_PYTHON_CLIENT_MEM_FRACTION, 0.75 unless
+set): yes if XLA's total fits, no if even the low estimate does not, maybe in between.
 """
 
 import argparse
@@ -47,22 +45,16 @@ def table_rows(sizes: list[str], remats: list[str], micro_batch: int, usable_fra
     from gpt2jax import train
 
     for size in sizes:
-        without_remat = None
-        for remat in ["none"] + [policy for policy in remats if policy != "none"]:
+        for remat in remats:
             started = time.perf_counter()
             memory = train.dry_run(load_config(size, micro_batch, remat))["per_device_bytes"]
             print(f"{size} remat={remat}: compiled in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-            without_remat = without_remat or memory
             saved = memory["activations_saved_for_backward"]
             # Twice the parameters: the weights and the float32 gradient accumulator (always used here).
             low = 2 * memory["params"] + memory["optimizer_state"] + saved
-            high = without_remat["total"] - without_remat["activations_saved_for_backward"] + saved
-            if remat not in remats:
-                continue
-            fits = " / ".join(fit_word(low, high, usable_fraction * gib * GIB) for gib in CARDS_GIB)
+            fits = " / ".join(fit_word(low, memory["total"], usable_fraction * gib * GIB) for gib in CARDS_GIB)
             yield (f"| {size} | {remat} | {memory['params'] / GIB:.2f} | {memory['optimizer_state'] / GIB:.2f} "
-                   f"| {saved / GIB:.2f} | {low / GIB:.2f} | {high / GIB:.2f} | {memory['total'] / GIB:.2f} "
-                   f"| {fits} |")
+                   f"| {saved / GIB:.2f} | {low / GIB:.2f} | {memory['total'] / GIB:.2f} | {fits} |")
 
 
 def fit_word(low: int, high: int, usable: float) -> str:
@@ -85,9 +77,9 @@ def main() -> None:
     print(f"GiB per device on {len(devices)} x {devices[0].device_kind} (mesh fsdp={len(devices)}), "
           f"micro-batch {args.micro_batch} x 1024 tokens, bfloat16 compute; fits: within "
           f"{usable_fraction:g} of a {' / '.join(map(str, CARDS_GIB))} GiB card.\n")
-    print("| model | remat | params | optimizer state | activations saved for backward | low estimate | high estimate "
-          f"| XLA total on {devices[0].platform} | fits 12 / 24 / 80 GiB |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
+    print("| model | remat | params | optimizer state | activations saved for backward | low estimate "
+          f"| XLA total on {devices[0].platform} (high estimate) | fits 12 / 24 / 80 GiB |")
+    print("|---|---|---:|---:|---:|---:|---:|---|")
     for row in table_rows(args.sizes.split(","), args.remat.split(","), args.micro_batch, usable_fraction):
         print(row, flush=True)
 

@@ -62,10 +62,10 @@ def test_import_reads_the_shape_and_lays_out_heads():
     d, k = 32, 8
     # HF's c_attn columns are [q | k | v], each split into heads of K columns.
     c_attn = tensors["transformer.h.1.attn.c_attn.weight"]
-    np.testing.assert_array_equal(ours["h"][1]["attn"]["qkv_kernel"][:, 2, 3], c_attn[:, 2 * d + 3 * k:2 * d + 4 * k])
+    np.testing.assert_array_equal(ours["h"]["attn"]["qkv_kernel"][1][:, 2, 3], c_attn[:, 2 * d + 3 * k:2 * d + 4 * k])
     c_proj = tensors["transformer.h.0.attn.c_proj.weight"]
-    np.testing.assert_array_equal(ours["h"][0]["attn"]["out_kernel"][1], c_proj[k:2 * k])
-    np.testing.assert_array_equal(ours["h"][0]["ln_2"]["scale"], tensors["transformer.h.0.ln_2.weight"])
+    np.testing.assert_array_equal(ours["h"]["attn"]["out_kernel"][0][1], c_proj[k:2 * k])
+    np.testing.assert_array_equal(ours["h"]["ln_2"]["scale"][0], tensors["transformer.h.0.ln_2.weight"])
     wte = ours["wte"]
     assert wte.shape == (50304, 32)
     np.testing.assert_array_equal(wte[:50257], tensors["transformer.wte.weight"])

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from gpt2jax import flops
-from gpt2jax.model import GPT, PRESETS, GPTConfig, count_model_params, cross_entropy
+from gpt2jax.model import GPT, PRESETS, GPTConfig, attention, count_model_params, cross_entropy
 
 TINY = GPTConfig(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=300, vocab_multiple=64)
 
@@ -68,7 +68,7 @@ def _reference_logits(params, tokens, config):
     x = p["wte"][tokens] + p["wpe"][:t]
     causal = np.tril(np.ones((t, t), bool))
     for i in range(config.n_layer):
-        block = p["h"][i]
+        block = jax.tree.map(lambda stacked: stacked[i], p["h"])
         h = layer_norm(x, block["ln_1"])
         qkv = np.einsum("btd,dchk->btchk", h, block["attn"]["qkv_kernel"]) + block["attn"]["qkv_bias"]
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
@@ -95,16 +95,38 @@ def test_forward_matches_numpy_reference():
     np.testing.assert_allclose(logits, _reference_logits(params, np.asarray(tokens), TINY), atol=2e-4, rtol=1e-4)
 
 
+def test_attention_matches_jax_causal_attention_and_its_gradients():
+    q, k, v = (jax.random.normal(jax.random.key(i), (2, 12, 3, 8)) for i in range(3))
+    positions = jnp.arange(12)
+
+    def ours(q, k, v):
+        return attention(q, k, v, positions, positions)
+
+    def reference(q, k, v):
+        return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla")
+
+    np.testing.assert_allclose(ours(q, k, v), reference(q, k, v), atol=1e-6)
+    weights = jax.random.normal(jax.random.key(3), q.shape)
+    ours_grads = jax.grad(lambda *qkv: jnp.sum(ours(*qkv) * weights), argnums=(0, 1, 2))(q, k, v)
+    reference_grads = jax.grad(lambda *qkv: jnp.sum(reference(*qkv) * weights), argnums=(0, 1, 2))(q, k, v)
+    for a, b in zip(ours_grads, reference_grads):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 def test_initialisation_scales():
     config = GPTConfig(n_layer=8, n_head=4, n_embd=256, block_size=64, vocab_size=1000)
     params = nnx.to_pure_dict(nnx.state(GPT(config, rngs=nnx.Rngs(0))))
-    block = params["h"][0]
+    block = jax.tree.map(lambda stacked: stacked[0], params["h"])
     assert np.std(params["wte"]) == pytest.approx(0.02, rel=0.05)
     assert np.std(block["attn"]["qkv_kernel"]) == pytest.approx(0.02, rel=0.05)
     residual = 0.02 / math.sqrt(2 * config.n_layer)
     assert np.std(block["attn"]["out_kernel"]) == pytest.approx(residual, rel=0.05)
     assert np.std(block["mlp"]["proj_kernel"]) == pytest.approx(residual, rel=0.05)
     assert np.all(block["mlp"]["fc_bias"] == 0) and np.all(block["ln_1"]["scale"] == 1)
+    # Each layer draws its own weights: the stacked layer axis holds n_layer different blocks.
+    kernels = params["h"]["attn"]["qkv_kernel"]
+    assert kernels.shape[0] == config.n_layer
+    assert not np.allclose(kernels[0], kernels[1])
 
 
 def test_kv_cache_decode_matches_full_forward():

@@ -117,8 +117,8 @@ def test_checkpoint_saved_on_fsdp_x_tensor_restores_on_one_and_four_devices(tmp_
                                       jax.tree.leaves(four.abstract_state)):
         assert leaf.sharding == target.sharding
         np.testing.assert_array_equal(np.asarray(leaf), expected)
-    qkv_kernel = restored["params"]["h"][0]["attn"]["qkv_kernel"]
-    assert qkv_kernel.addressable_shards[0].data.shape == (32, 3, 2, 8)  # heads split 2 ways
+    qkv_kernel = restored["params"]["h"]["attn"]["qkv_kernel"]
+    assert qkv_kernel.addressable_shards[0].data.shape == (2, 32, 3, 2, 8)  # heads split 2 ways, layers whole
 
 
 @pytest.mark.parametrize("mesh, model, train_overrides, message", [

@@ -110,8 +110,8 @@ def load_hf(directory: str | Path, model_config: GPTConfig | None = None) -> tup
     tensors = _read_tensors(directory)
     lm_head = tensors.pop("lm_head.weight", None)
     table = _name_table(model_config)
-    missing = [name for name, _, _ in table if name not in tensors]
-    unexpected = sorted(set(tensors) - {name for name, _, _ in table})
+    missing = [name for name, *_ in table if name not in tensors]
+    unexpected = sorted(set(tensors) - {name for name, *_ in table})
     if missing or unexpected:
         raise ValueError(f"the weights in {directory} do not fit config.json's GPT-2 (missing: {missing[:3]}, "
                          f"unexpected: {unexpected[:3]}); is it a complete GPT-2 checkpoint?")
@@ -121,14 +121,17 @@ def load_hf(directory: str | Path, model_config: GPTConfig | None = None) -> tup
     _, params = abstract_model(model_config)
     shapes = {path: leaf.shape for path, leaf in traverse_util.flatten_dict(nnx.to_pure_dict(params)).items()}
     flat = {}
-    for name, path, hf_shape in table:
+    for name, path, layer, hf_shape in table:
         tensor = np.asarray(tensors[name], np.float32)
         if tensor.shape != hf_shape:
             raise ValueError(f"{name} in {directory} has shape {tensor.shape} but config.json implies {hf_shape}; "
                              "the checkpoint and its config disagree.")
         if path == ("wte",):
             tensor = np.pad(tensor, ((0, model_config.padded_vocab_size - model_config.vocab_size), (0, 0)))
-        flat[path] = tensor.reshape(shapes[path])
+        if layer is None:
+            flat[path] = tensor.reshape(shapes[path])
+        else:
+            flat.setdefault(path, np.empty(shapes[path], np.float32))[layer] = tensor.reshape(shapes[path][1:])
     nnx.replace_by_pure_dict(params, traverse_util.unflatten_dict(flat))
     return model_config, params
 
@@ -145,8 +148,8 @@ def save_hf(model_config: GPTConfig, params, out_dir: str | Path) -> Path:
     pure = params if isinstance(params, dict) else nnx.to_pure_dict(params)
     flat = traverse_util.flatten_dict(jax.device_get(pure))
     tensors = {}
-    for name, path, hf_shape in _name_table(model_config):
-        value = np.asarray(flat[path], np.float32)
+    for name, path, layer, hf_shape in _name_table(model_config):
+        value = np.asarray(flat[path] if layer is None else flat[path][layer], np.float32)
         if path == ("wte",):
             value = value[:model_config.vocab_size]
         tensors["transformer." + name] = np.ascontiguousarray(value.reshape(hf_shape))
@@ -155,14 +158,18 @@ def save_hf(model_config: GPTConfig, params, out_dir: str | Path) -> Path:
     return out_dir
 
 
-def _name_table(config: GPTConfig) -> list[tuple[str, tuple, tuple[int, ...]]]:
-    """(HF name without 'transformer.', gpt2jax parameter path, HF shape) for every parameter."""
+def _name_table(config: GPTConfig) -> list[tuple[str, tuple, int | None, tuple[int, ...]]]:
+    """(HF name without 'transformer.', gpt2jax parameter path, layer, HF shape) for every parameter.
+
+    Layer ``i``'s HF tensors are slice ``i`` of gpt2jax's stacked block parameters; the
+    layer is None for parameters outside the blocks.
+    """
     d, f = config.n_embd, 4 * config.n_embd
     table = [
-        ("wte.weight", ("wte",), (config.vocab_size, d)),
-        ("wpe.weight", ("wpe",), (config.block_size, d)),
-        ("ln_f.weight", ("ln_f", "scale"), (d,)),
-        ("ln_f.bias", ("ln_f", "bias"), (d,)),
+        ("wte.weight", ("wte",), None, (config.vocab_size, d)),
+        ("wpe.weight", ("wpe",), None, (config.block_size, d)),
+        ("ln_f.weight", ("ln_f", "scale"), None, (d,)),
+        ("ln_f.bias", ("ln_f", "bias"), None, (d,)),
     ]
     layer = (
         ("ln_1.weight", ("ln_1", "scale"), (d,)),
@@ -179,7 +186,7 @@ def _name_table(config: GPTConfig) -> list[tuple[str, tuple, tuple[int, ...]]]:
         ("mlp.c_proj.bias", ("mlp", "proj_bias"), (d,)),
     )
     for i in range(config.n_layer):
-        table += [(f"h.{i}.{name}", ("h", i) + path, shape) for name, path, shape in layer]
+        table += [(f"h.{i}.{name}", ("h",) + path, i, shape) for name, path, shape in layer]
     return table
 
 
