@@ -32,6 +32,17 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self._manager.all_steps())
 
+    def saved_step(self, step: int | None = None) -> int:
+        """``step`` if this directory holds it (the latest when None), else a one-sentence error."""
+        steps = sorted(self.all_steps())
+        if not steps:
+            raise FileNotFoundError(f"{self.directory} holds no checkpoint yet.")
+        if step is None:
+            return steps[-1]
+        if step not in steps:
+            raise ValueError(f"{self.directory} has no checkpoint at step {step}; it has steps {steps}.")
+        return step
+
     def save(self, step: int, state) -> None:
         self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
 

@@ -299,10 +299,7 @@ def state_from_checkpoint(trainer: Trainer, workdir: Path, step: int):
     """The whole train state another run saved at ``step``, on this trainer's shardings."""
     source = Checkpointer(workdir / "checkpoints")
     try:
-        steps = source.all_steps()
-        if step not in steps:
-            raise ValueError(f"{workdir} has no checkpoint at step {step} to start from; it has steps {sorted(steps)}.")
-        return source.restore(step, trainer.abstract_state)
+        return source.restore(source.saved_step(step), trainer.abstract_state)
     finally:
         source.close()
 
@@ -442,12 +439,7 @@ def restore_trained(workdir: str | Path, step: int | None = None, devices=None):
     trainer = build_trainer(config, devices)
     checkpointer = Checkpointer(Path(workdir) / "checkpoints", keep=config.train.keep_checkpoints)
     try:
-        steps = checkpointer.all_steps()
-        if not steps:
-            raise FileNotFoundError(f"{workdir} holds no checkpoint yet.")
-        step = max(steps) if step is None else step
-        if step not in steps:
-            raise ValueError(f"{workdir} has no checkpoint at step {step}; it has steps {sorted(steps)}.")
+        step = checkpointer.saved_step(step)
         params = checkpointer.restore_params(step, trainer.abstract_state["params"])
     finally:
         checkpointer.close()

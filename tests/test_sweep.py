@@ -343,7 +343,7 @@ def test_checkpoint_init_restores_the_whole_train_state(branched_sweep, tmp_path
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     missing = f"checkpoint:{sweep.point_dir(second.trunk)}@{second.branch_step + 1}"
     config.train.init_from = missing
-    with pytest.raises(ValueError, match=f"has no checkpoint at step {second.branch_step + 1} to start from"):
+    with pytest.raises(ValueError, match=f"has no checkpoint at step {second.branch_step + 1}; it has steps"):
         train.restore_or_init(train.build_trainer(config), empty)
     config.train.init_from = "checkpoint:nowhere"
     with pytest.raises(ValueError, match="must be checkpoint:WORKDIR@STEP"):

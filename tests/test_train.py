@@ -181,6 +181,16 @@ def test_evaluate_on_one_device(trained):
     assert trainer.evaluate(params, data.val, 2) == pytest.approx(final["val_loss"], abs=1e-5)
 
 
+def test_restoring_a_step_the_run_never_saved_names_the_saved_ones(trained, tmp_path):
+    workdir, _ = trained
+    with pytest.raises(ValueError, match=r"has no checkpoint at step 7; it has steps \[6, 12\]"):
+        train.restore_trained(workdir, step=7)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "config.json").write_text((workdir / "config.json").read_text())
+    with pytest.raises(FileNotFoundError, match="holds no checkpoint yet"):
+        train.restore_trained(tmp_path)
+
+
 def test_sample_is_seeded_and_greedy_is_deterministic(trained):
     workdir, _ = trained
     trainer, params, _ = train.restore_trained(workdir)
