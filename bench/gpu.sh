@@ -2,8 +2,9 @@
 # Every GPU figure the README tables, from one run on a bare GPU machine (one card).
 #
 # The machine needs jax with its CUDA plugin, flax, optax, orbax-checkpoint and tiktoken;
-# wheels of anything else (ml-collections) may sit in .whl/ and are installed first:
-#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl ml-collections
+# wheels of anything else may sit in .whl/ (git ignores it) and are installed first:
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 \
+#       -d .whl ml-collections tqdm threadpoolctl safetensors PyYAML
 # Run from the repository root:  bash bench/gpu.sh  (about 6 minutes on an H100)
 set -uo pipefail
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -31,6 +32,9 @@ bench small-b32-cudnn --config configs/small.py --config.train.batch_size=32 --c
     --config.model.attention=cudnn
 bench small-b16-xla-fp32 --config configs/small.py --config.train.batch_size=16 --config.train.grad_accum_steps=1 \
     --config.model.attention=xla --config.model.dtype=float32
+# Whether remat=dots, faster on a CPU, also pays on a GPU.
+bench small-b16-cudnn-dots --config configs/small.py --config.train.batch_size=16 --config.train.grad_accum_steps=1 \
+    --config.model.attention=cudnn --config.model.remat=dots
 bench medium-b16-cudnn --config configs/medium.py --config.train.batch_size=16 --config.train.grad_accum_steps=1 \
     --config.model.attention=cudnn
 
