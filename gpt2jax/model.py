@@ -269,19 +269,30 @@ class GPT(nnx.Module):
             embed_key, blocks_key = jax.random.split(dropout_key)
             block_keys_L = jax.random.split(blocks_key, self.config.n_layer)
         x_BxTxD = self._embed(tokens_BxT, jnp.arange(seq_len), embed_key)
-        graphdef, stacked_state = nnx.split(self.h)
 
-        def layer(x_BxTxD, state_and_key):
-            state, key = state_and_key
-            x_BxTxD, _ = nnx.merge(graphdef, state)(x_BxTxD, key)
+        def block_step(block, x_BxTxD, key):
+            x_BxTxD, _ = block(x_BxTxD, key)
             if residual_sharding is not None:
                 x_BxTxD = jax.lax.with_sharding_constraint(x_BxTxD, residual_sharding)
             return x_BxTxD, None
 
-        if self.config.remat != "none":
-            layer = jax.checkpoint(layer, policy=REMAT_POLICIES[self.config.remat])
-        x_BxTxD, _ = jax.lax.scan(layer, x_BxTxD, (stacked_state, block_keys_L))
+        x_BxTxD, _ = self._scan_blocks(block_step, x_BxTxD, block_keys_L, REMAT_POLICIES[self.config.remat])
         return self._logits(x_BxTxD)
+
+    def _scan_blocks(self, block_step, x_BxTxD, per_layer, remat_policy=None):
+        """``block_step(block, x, per_layer[i])`` for each layer i in turn, under ``jax.lax.scan``.
+
+        Returns x after the last block and block_step's second outputs, stacked by layer.
+        """
+        graphdef, stacked_state = nnx.split(self.h)
+
+        def layer(x_BxTxD, state_and_slice):
+            state, layer_slice = state_and_slice
+            return block_step(nnx.merge(graphdef, state), x_BxTxD, layer_slice)
+
+        if remat_policy is not None:
+            layer = jax.checkpoint(layer, policy=remat_policy)
+        return jax.lax.scan(layer, x_BxTxD, (stacked_state, per_layer))
 
     def init_cache(self, batch_size: int, length: int | None = None) -> KVCache:
         """An empty cache for every layer, stacked along a leading layer axis like the blocks."""
@@ -297,13 +308,8 @@ class GPT(nnx.Module):
         """
         positions_T = start + jnp.arange(tokens_BxT.shape[1])
         x_BxTxD = self._embed(tokens_BxT, positions_T, None)
-        graphdef, stacked_state = nnx.split(self.h)
-
-        def layer(x_BxTxD, state_and_cache):
-            state, layer_cache = state_and_cache
-            return nnx.merge(graphdef, state)(x_BxTxD, None, layer_cache, start)
-
-        x_BxTxD, cache = jax.lax.scan(layer, x_BxTxD, (stacked_state, cache))
+        x_BxTxD, cache = self._scan_blocks(
+            lambda block, x_BxTxD, layer_cache: block(x_BxTxD, None, layer_cache, start), x_BxTxD, cache)
         return self._logits(x_BxTxD), cache
 
 
