@@ -130,8 +130,10 @@ def load_hf(directory: str | Path, model_config: GPTConfig | None = None) -> tup
             tensor = np.pad(tensor, ((0, model_config.padded_vocab_size - model_config.vocab_size), (0, 0)))
         if layer is None:
             flat[path] = tensor.reshape(shapes[path])
-        else:
-            flat.setdefault(path, np.empty(shapes[path], np.float32))[layer] = tensor.reshape(shapes[path][1:])
+            continue
+        if path not in flat:  # the stacked array, filled one layer at a time
+            flat[path] = np.empty(shapes[path], np.float32)
+        flat[path][layer] = tensor.reshape(shapes[path][1:])
     nnx.replace_by_pure_dict(params, traverse_util.unflatten_dict(flat))
     return model_config, params
 
