@@ -11,7 +11,7 @@ shapes=(
 for shape in "${shapes[@]}"; do
     read -r layers heads width context batch <<<"$shape"
     echo "== n_layer=$layers n_head=$heads n_embd=$width block_size=$context batch_size=$batch"
-    python -m gpt2jax.bench --config configs/tiny.py --steps 10 --json \
+    python -m gpt2jax.cli.bench --config configs/tiny.py --steps 10 --json \
         --config.model.n_layer=$layers --config.model.n_head=$heads --config.model.n_embd=$width \
         --config.model.block_size=$context --config.train.batch_size=$batch 2>/dev/null \
         | python -c "import json,sys; r=json.load(sys.stdin); print('gpt2jax', round(r['tokens_per_s']), 'tokens/s, mfu', round(r['mfu'], 3))"

@@ -21,7 +21,7 @@ python3 -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__versi
 bench() {  # name, then config overrides
     local name=$1; shift
     echo "== $name"
-    python3 -m gpt2jax.bench --steps 20 --json "$@" 2>"$out/$name.err" | tee "$out/$name.json" \
+    python3 -m gpt2jax.cli.bench --steps 20 --json "$@" 2>"$out/$name.err" | tee "$out/$name.json" \
         || tail -5 "$out/$name.err"
 }
 for attention in cudnn xla; do

@@ -1,4 +1,4 @@
-"""A plain eager PyTorch GPT-2 training step, the yardstick for ``gpt2jax.bench`` on a CPU.
+"""A plain eager PyTorch GPT-2 training step, the yardstick for ``gpt2jax.cli.bench`` on a CPU.
 
 The same architecture as gpt2jax (nanoGPT's shape conventions: pre-LayerNorm blocks,
 tied embeddings, tanh GELU, a 64-padded vocabulary), AdamW, float32, eager mode (no
@@ -62,16 +62,24 @@ class GPT(nn.Module):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name, default in [("n_layer", 2), ("n_head", 4), ("n_embd", 128), ("block_size", 64),
-                          ("batch_size", 16), ("vocab_size", 50304), ("steps", 10)]:
+    for name, default in [
+        ("n_layer", 2),
+        ("n_head", 4),
+        ("n_embd", 128),
+        ("block_size", 64),
+        ("batch_size", 16),
+        ("vocab_size", 50304),
+        ("steps", 10),
+    ]:
         parser.add_argument(f"--{name}", type=int, default=default)
     args = parser.parse_args()
     torch.manual_seed(0)
     model = GPT(args.n_layer, args.n_head, args.n_embd, args.block_size, args.vocab_size)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=6e-4, betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}], lr=6e-4, betas=(0.9, 0.95)
+    )
     shape = (args.batch_size, args.block_size)
 
     def step():
@@ -88,9 +96,17 @@ def main():
     for _ in range(args.steps):
         loss = step()
     seconds = (time.perf_counter() - start) / args.steps
-    print(json.dumps({"framework": f"torch {torch.__version__} eager", "threads": torch.get_num_threads(),
-                      "tokens_per_s": args.batch_size * args.block_size / seconds, "step_ms": 1e3 * seconds,
-                      "final_loss": loss.item()}))
+    print(
+        json.dumps(
+            {
+                "framework": f"torch {torch.__version__} eager",
+                "threads": torch.get_num_threads(),
+                "tokens_per_s": args.batch_size * args.block_size / seconds,
+                "step_ms": 1e3 * seconds,
+                "final_loss": loss.item(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

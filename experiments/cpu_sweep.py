@@ -1,7 +1,7 @@
 """An IsoFLOP sweep of tiny GPT-2s on the synthetic Markov source, sized for 2 CPU cores in well under 30 minutes.
 
-python -m gpt2jax.sweep --config experiments/cpu_sweep.py --workdir runs/cpu_sweep
-python -m gpt2jax.sweep --config experiments/cpu_sweep.py:cosine --workdir runs/cpu_sweep_cosine
+python -m gpt2jax.scaling sweep --config experiments/cpu_sweep.py --workdir runs/cpu_sweep
+python -m gpt2jax.scaling sweep --config experiments/cpu_sweep.py:cosine --workdir runs/cpu_sweep_cosine
 
 experiments/REPORT.md holds the results and the commands that plot and report them.
 
@@ -23,7 +23,7 @@ its rate. Final validation loss (cpu_sweep/lr_scan_results.csv):
   width 128: 0.5x 3.215, 1x 3.186, 2x 3.322
 so at every width the rule's rate is the best of the three.
 
-python -m gpt2jax.sweep --config experiments/cpu_sweep.py:lr_scan --workdir runs/cpu_sweep_lr_scan
+python -m gpt2jax.scaling sweep --config experiments/cpu_sweep.py:lr_scan --workdir runs/cpu_sweep_lr_scan
 cp runs/cpu_sweep_lr_scan/results.csv experiments/cpu_sweep/lr_scan_results.csv
 """
 
@@ -38,8 +38,11 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     base = base_config()
     base.model.update(n_layer=2, n_head=4, n_embd=64, block_size=64, vocab_size=NUM_STATES + 1, vocab_multiple=8)
-    base.data.update(source=f"synthetic:num_states={NUM_STATES},support_size=32,vocabulary=compact",
-                     synthetic_train_tokens=20_000_000, synthetic_val_tokens=200_000)
+    base.data.update(
+        source=f"synthetic:num_states={NUM_STATES},support_size=32,vocabulary=compact",
+        synthetic_train_tokens=20_000_000,
+        synthetic_val_tokens=200_000,
+    )
     base.train.update(weight_decay=0.1, min_lr_ratio=0.1, decay_fraction=0.2, eval_batches=32, log_every=10)
     config.base = base
     config.shapes = [
@@ -53,11 +56,20 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.budgets = [2.5e11, 6e11, 1.5e12, 3.5e12]
     config.seeds = [0]
     config.schedule = "wsd_branches"
-    config.rules = ml_collections.ConfigDict(dict(
-        learning_rate=2e-2, width_reference=64, lr_width_exponent=0.75,
-        batch_size=32, params_reference=1e5, batch_params_exponent=0.0, min_batch_size=32, max_batch_size=32,
-        warmup_fraction=0.05, min_warmup_steps=10,
-    ))
+    config.rules = ml_collections.ConfigDict(
+        dict(
+            learning_rate=2e-2,
+            width_reference=64,
+            lr_width_exponent=0.75,
+            batch_size=32,
+            params_reference=1e5,
+            batch_params_exponent=0.0,
+            min_batch_size=32,
+            max_batch_size=32,
+            warmup_fraction=0.05,
+            min_warmup_steps=10,
+        )
+    )
     config.limits = ml_collections.ConfigDict(dict(min_steps=50, min_tokens_per_param=0.5, max_tokens_per_param=200.0))
     config.evals_per_run = 4
     config.checkpoints_per_run = 4

@@ -1,7 +1,7 @@
 """An IsoFLOP sweep of GPT-2s from 16M to 124M parameters on C4, sized for one H100 hour.
 
-python -m gpt2jax.sweep --config experiments/gpu_sweep.py --plan --device h100-sxm
-python -m gpt2jax.sweep --config experiments/gpu_sweep.py --workdir runs/gpu_sweep [--shard i/n]
+python -m gpt2jax.scaling sweep --config experiments/gpu_sweep.py --plan --device h100-sxm
+python -m gpt2jax.scaling sweep --config experiments/gpu_sweep.py --workdir runs/gpu_sweep [--shard i/n]
 
 Five shapes at three FLOP budgets (2e16, 6e16, 2e17), 11 points once the limits drop the
 allocations beyond 1 to 100 tokens per parameter; each shape is one constant-rate trunk with
@@ -38,8 +38,9 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     base = base_config()
     base.model.update(block_size=1024, dtype="bfloat16")
     base.data.update(source="tfds:c4/en", max_tokens=1_200_000_000)
-    base.train.update(grad_accum_steps=4, weight_decay=0.1, min_lr_ratio=0.1, decay_fraction=0.2,
-                      eval_batches=20, log_every=20)
+    base.train.update(
+        grad_accum_steps=4, weight_decay=0.1, min_lr_ratio=0.1, decay_fraction=0.2, eval_batches=20, log_every=20
+    )
     config.base = base
     config.shapes = [
         dict(n_layer=4, n_head=4, n_embd=256),
@@ -52,13 +53,21 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.budgets = [2e16, 6e16, 2e17]
     config.seeds = [0]
     config.schedule = "wsd_branches"
-    config.rules = ml_collections.ConfigDict(dict(
-        learning_rate=1e-3, width_reference=768, lr_width_exponent=1.0,
-        batch_size=128, params_reference=5e7, batch_params_exponent=0.5, min_batch_size=64, max_batch_size=256,
-        warmup_fraction=0.05, min_warmup_steps=50,
-    ))
-    config.limits = ml_collections.ConfigDict(dict(min_steps=200, min_tokens_per_param=1.0,
-                                                   max_tokens_per_param=100.0))
+    config.rules = ml_collections.ConfigDict(
+        dict(
+            learning_rate=1e-3,
+            width_reference=768,
+            lr_width_exponent=1.0,
+            batch_size=128,
+            params_reference=5e7,
+            batch_params_exponent=0.5,
+            min_batch_size=64,
+            max_batch_size=256,
+            warmup_fraction=0.05,
+            min_warmup_steps=50,
+        )
+    )
+    config.limits = ml_collections.ConfigDict(dict(min_steps=200, min_tokens_per_param=1.0, max_tokens_per_param=100.0))
     config.evals_per_run = 4
     config.checkpoints_per_run = 4
     return config

@@ -11,18 +11,18 @@ import time
 import jax
 import numpy as np
 
-from gpt2jax import flops, train
+from gpt2jax import flops, sharding, train
 
 
 def benchmark(config, steps: int) -> dict:
     trainer = train.build_trainer(config)
-    accounting = train.model_accounting(trainer.model_config)
+    accounting = flops.model_accounting(trainer.model_config)
     rng = np.random.default_rng(0)
     shape = (trainer.accum_steps, trainer.micro_batch_size, trainer.model_config.block_size)
 
     def random_batch():
         tokens = rng.integers(0, trainer.model_config.vocab_size, shape, dtype=np.int32)
-        return trainer.global_batch(tokens, np.roll(tokens, -1, axis=-1), leading_unsharded=1)
+        return sharding.global_batch(trainer.mesh, (tokens, np.roll(tokens, -1, axis=-1)), leading_unsharded=1)
 
     state = trainer.init_state()
     inputs, targets = random_batch()
@@ -38,22 +38,22 @@ def benchmark(config, steps: int) -> dict:
     jax.block_until_ready((state, metrics))
     step_s = (time.perf_counter() - start) / steps
 
-    tokens_per_step = config.train.batch_size * trainer.model_config.block_size
-    flops_per_step = accounting["flops_per_token_6n_attention"] * tokens_per_step
+    step = flops.step_accounting(trainer.model_config, config.train.batch_size)
     devices = list(trainer.mesh.devices.flat)
     peak = flops.mesh_peak_flops(devices, trainer.model_config.dtype)
+    speed = flops.throughput(step, steps, step_s * steps, peak)
     return {
         "device": devices[0].device_kind,
         "n_devices": len(devices),
         "mesh": dict(trainer.mesh.shape),
         "n_params": accounting["n_params"],
-        "tokens_per_step": tokens_per_step,
-        "tokens_per_s": tokens_per_step / step_s,
+        "tokens_per_step": step["tokens_per_step"],
+        "tokens_per_s": speed["tokens_per_s"],
         "step_ms": 1e3 * step_s,
         "compile_s": compile_s,
-        "model_flops_per_s": flops_per_step / step_s,
+        "model_flops_per_s": speed["model_flops_per_s"],
         "peak_flops_per_s": peak,
-        "mfu": flops.mfu(flops_per_step / step_s, peak),
+        "mfu": speed["mfu"],
         "peak_memory_bytes": _peak_memory(devices),
         "final_loss": float(metrics["loss"]),
     }

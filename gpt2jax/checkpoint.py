@@ -7,7 +7,7 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
-from gpt2jax.sharding import path_str
+from gpt2jax.trees import path_str
 
 
 class Checkpointer:
@@ -23,7 +23,8 @@ class Checkpointer:
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
-                max_to_keep=keep, create=True, enable_async_checkpointing=asynchronous),
+                max_to_keep=keep, create=True, enable_async_checkpointing=asynchronous
+            ),
         )
 
     def latest_step(self) -> int | None:
@@ -58,8 +59,12 @@ class Checkpointer:
         """Only the parameters (no optimizer state), onto the shardings of ``abstract_params``."""
         self.check_shapes(step, {"params": abstract_params})
         target = {"params": abstract_params}
-        restored = self._manager.restore(step, args=ocp.args.PyTreeRestore(
-            target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.PyTreeRestore(
+                target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
+            ),
+        )
         return restored["params"]
 
     def check_shapes(self, step: int, abstract_state) -> None:
@@ -67,15 +72,20 @@ class Checkpointer:
         # The manager only knows an item's metadata in the process that saved it; the
         # handler reads it from disk in any process.
         saved = ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "default")
-        saved_shapes = {path_str(p): tuple(leaf.shape) for p, leaf in
-                        jax.tree_util.tree_leaves_with_path(saved["params"]) if hasattr(leaf, "shape")}
-        wanted = {path_str(p): tuple(leaf.shape) for p, leaf in
-                  jax.tree_util.tree_leaves_with_path(abstract_state["params"])}
+        saved_shapes = {
+            path_str(p): tuple(leaf.shape)
+            for p, leaf in jax.tree_util.tree_leaves_with_path(saved["params"])
+            if hasattr(leaf, "shape")
+        }
+        wanted = {
+            path_str(p): tuple(leaf.shape) for p, leaf in jax.tree_util.tree_leaves_with_path(abstract_state["params"])
+        }
         if saved_shapes != wanted:
             diff = sorted(set(saved_shapes.items()) ^ set(wanted.items()))[:2]
             raise ValueError(
                 f"the checkpoint at step {step} in {self.directory} holds a model of another shape "
-                f"(first differences: {diff}); use a new --workdir or the config it was trained with.")
+                f"(first differences: {diff}); use a new --workdir or the config it was trained with."
+            )
 
     def wait(self) -> None:
         self._manager.wait_until_finished()

@@ -1,69 +1,92 @@
-"""The default configuration; files in ``configs/`` start from it and change what they need.
+"""The default configuration, and the config files that start from it and change what they need.
 
 Every key a run reads is declared here, so a misspelt override is refused by
-ml_collections instead of being silently ignored.
+ml_collections instead of being silently ignored. The shipped configs live in
+``gpt2jax/configs/`` (``configs/`` in the checkout points there); ``--config small``
+names one wherever a command runs.
 """
 
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
 import ml_collections
+
+SHIPPED_CONFIGS = Path(__file__).parent / "configs"
 
 
 def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
 
-    config.model = ml_collections.ConfigDict(dict(
-        n_layer=12, n_head=12, n_embd=768, block_size=1024,
-        vocab_size=50257,  # GPT-2's true vocabulary; losses are always over these tokens
-        vocab_multiple=64,  # pad the embedding rows to a multiple of this (50257 -> 50304)
-        dropout=0.0,
-        dtype="float32",  # compute dtype: float32 | bfloat16 | float16 (parameters stay float32)
-        attention="auto",  # auto | xla | cudnn: auto is xla (model.attention) until cuDNN is measured faster
-        remat="none",  # none | dots | full: activation checkpointing policy per block
-    ))
+    config.model = ml_collections.ConfigDict(
+        dict(
+            n_layer=12,
+            n_head=12,
+            n_embd=768,
+            block_size=1024,
+            vocab_size=50257,  # GPT-2's true vocabulary; losses are always over these tokens
+            vocab_multiple=64,  # pad the embedding rows to a multiple of this (50257 -> 50304)
+            dropout=0.0,
+            dtype="float32",  # compute dtype: float32 | bfloat16 | float16 (parameters stay float32)
+            attention="auto",  # auto | xla | cudnn: auto is xla (model.attention) until cuDNN is measured faster
+            remat="none",  # none | dots | full: activation checkpointing policy per block
+        )
+    )
 
-    config.data = ml_collections.ConfigDict(dict(
-        source="synthetic",  # synthetic | text:GLOB | tfds:NAME[/CONFIG]
-        dir="data",  # prepared token files live in dir/<source slug>
-        val_fraction=0.005,
-        text_key="text",
-        tfds_data_dir="",  # empty: TFDS's own default
-        synthetic_train_tokens=2_000_000,
-        synthetic_val_tokens=100_000,
-        max_tokens=0,  # stop preparing a corpus after this many train tokens; 0 reads it all
-    ))
+    config.data = ml_collections.ConfigDict(
+        dict(
+            source="synthetic",  # synthetic | text:GLOB | tfds:NAME[/CONFIG]
+            dir="data",  # prepared token files live in dir/<source slug>
+            val_fraction=0.005,
+            text_key="text",
+            tfds_data_dir="",  # empty: TFDS's own default
+            synthetic_train_tokens=2_000_000,
+            synthetic_val_tokens=100_000,
+            max_tokens=0,  # stop preparing a corpus after this many train tokens; 0 reads it all
+        )
+    )
 
-    config.train = ml_collections.ConfigDict(dict(
-        batch_size=8,  # sequences per optimizer step, over all devices and micro-batches
-        grad_accum_steps=1,  # micro-batches per step: batch_size / grad_accum_steps at a time
-        steps=1000,
-        learning_rate=6e-4,
-        schedule="cosine",  # cosine | wsd | constant, each after a linear warmup
-        warmup_steps=100,
-        min_lr_ratio=0.1,  # cosine and wsd decay to learning_rate * min_lr_ratio
-        decay_fraction=0.2,  # wsd: the last fraction of steps decays
-        weight_decay=0.1,
-        beta1=0.9,
-        beta2=0.95,
-        eps=1e-8,
-        grad_clip=1.0,
-        seed=0,
-        init_from="resume",  # resume (latest checkpoint if any) | scratch | hf:DIR | checkpoint:WORKDIR@STEP
-        log_every=10,
-        eval_every=250,
-        eval_batches=20,
-        checkpoint_every=500,
-        keep_checkpoints=3,
-        tensorboard=False,
-    ))
+    config.train = ml_collections.ConfigDict(
+        dict(
+            batch_size=8,  # sequences per optimizer step, over all devices and micro-batches
+            grad_accum_steps=1,  # micro-batches per step: batch_size / grad_accum_steps at a time
+            steps=1000,
+            learning_rate=6e-4,
+            schedule="cosine",  # cosine | wsd | constant, each after a linear warmup
+            warmup_steps=100,
+            min_lr_ratio=0.1,  # cosine and wsd decay to learning_rate * min_lr_ratio
+            decay_fraction=0.2,  # wsd: the last fraction of steps decays
+            weight_decay=0.1,
+            beta1=0.9,
+            beta2=0.95,
+            eps=1e-8,
+            grad_clip=1.0,
+            seed=0,
+            init_from="resume",  # resume (latest checkpoint if any) | scratch | hf:DIR | checkpoint:WORKDIR@STEP
+            log_every=10,
+            eval_every=250,
+            eval_batches=20,
+            checkpoint_every=500,
+            keep_checkpoints=3,
+            tensorboard=False,
+        )
+    )
 
-    config.mesh = ml_collections.ConfigDict(dict(
-        # Device-mesh axis sizes; -1 takes the devices the others leave.
-        data=1, fsdp=-1, tensor=1,
-    ))
+    config.mesh = ml_collections.ConfigDict(
+        dict(
+            # Device-mesh axis sizes; -1 takes the devices the others leave.
+            data=1,
+            fsdp=-1,
+            tensor=1,
+        )
+    )
     return config
 
 
-def gpt2_recipe(preset: str, *, learning_rate: float, grad_accum_steps: int,
-                remat: str = "none") -> ml_collections.ConfigDict:
+def gpt2_recipe(
+    preset: str, *, learning_rate: float, grad_accum_steps: int, remat: str = "none"
+) -> ml_collections.ConfigDict:
     """One of GPT-2's four sizes with the recipe nanoGPT and llm.c reproduce.
 
     About 0.5M tokens a step (512 sequences of 1024) through gradient accumulation, linear
@@ -78,8 +101,50 @@ def gpt2_recipe(preset: str, *, learning_rate: float, grad_accum_steps: int,
     config.model.update(**model_preset(preset), block_size=1024, dtype="bfloat16", remat=remat)
     config.data.update(source="tfds:c4/en", max_tokens=10_000_000_000)
     config.train.update(
-        batch_size=512, grad_accum_steps=grad_accum_steps, steps=19073, learning_rate=learning_rate,
-        warmup_steps=715, min_lr_ratio=0.1, schedule="cosine",
-        log_every=10, eval_every=250, eval_batches=20, checkpoint_every=1000,
+        batch_size=512,
+        grad_accum_steps=grad_accum_steps,
+        steps=19073,
+        learning_rate=learning_rate,
+        warmup_steps=715,
+        min_lr_ratio=0.1,
+        schedule="cosine",
+        log_every=10,
+        eval_every=250,
+        eval_batches=20,
+        checkpoint_every=1000,
     )
     return config
+
+
+def shipped_config_names() -> list[str]:
+    return sorted(path.stem for path in SHIPPED_CONFIGS.glob("*.py") if not path.stem.startswith("_"))
+
+
+def config_path(spec: str) -> Path:
+    """The file a ``--config`` value names: a path that exists, or a shipped config by name.
+
+    ``small``, ``small.py`` and ``configs/small.py`` all name ``gpt2jax/configs/small.py``,
+    so the shipped configs work from any directory.
+    """
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    shipped = SHIPPED_CONFIGS / (Path(spec).stem + ".py")
+    if Path(spec).suffix in ("", ".py") and shipped.is_file():
+        return shipped
+    raise FileNotFoundError(
+        f"config file {spec} does not exist; give a path to a config file or one of the "
+        f"shipped configs: {', '.join(shipped_config_names())}."
+    )
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """``FILE`` or ``FILE:VARIANT``: the ConfigDict of ``get_config()`` (or ``get_config(VARIANT)``) in FILE."""
+    path_text, _, variant = spec.partition(":")
+    path = config_path(path_text)
+    module_spec = importlib.util.spec_from_file_location(f"gpt2jax_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"config file {path} defines no get_config().")
+    return module.get_config(variant) if variant else module.get_config()

@@ -28,7 +28,11 @@ class Shape:
 
     @classmethod
     def from_config(cls, model_config, *, padded: bool = False) -> "Shape":
-        vocab = padded_vocab_size(model_config.vocab_size, model_config.vocab_multiple) if padded else model_config.vocab_size
+        vocab = (
+            padded_vocab_size(model_config.vocab_size, model_config.vocab_multiple)
+            if padded
+            else model_config.vocab_size
+        )
         return cls(model_config.n_layer, model_config.n_head, model_config.n_embd, vocab, model_config.block_size)
 
 
@@ -50,10 +54,10 @@ def count_params(shape: Shape) -> dict[str, int]:
     final_norm = 2 * shape.n_embd
     non_embedding = blocks + final_norm
     return {
-            "n_params": token_embedding + position_embedding + non_embedding,
-            "n_params_non_embedding": non_embedding,
-            "token_embedding": token_embedding,
-            "position_embedding": position_embedding,
+        "n_params": token_embedding + position_embedding + non_embedding,
+        "n_params_non_embedding": non_embedding,
+        "token_embedding": token_embedding,
+        "position_embedding": position_embedding,
     }
 
 
@@ -100,11 +104,11 @@ def flops_per_token_chinchilla_layers(shape: Shape, seq_len: int | None = None) 
     key_size = d // heads
     ffw = 4 * d
     attention = (
-            2 * 3 * seq * d * (key_size * heads)  # q, k, v projections
-            + 2 * seq * seq * (key_size * heads)  # q @ k logits
-            + 3 * heads * seq * seq  # softmax
-            + 2 * seq * seq * (key_size * heads)  # softmax @ v
-            + 2 * seq * (key_size * heads) * d  # output projection
+        2 * 3 * seq * d * (key_size * heads)  # q, k, v projections
+        + 2 * seq * seq * (key_size * heads)  # q @ k logits
+        + 3 * heads * seq * seq  # softmax
+        + 2 * seq * seq * (key_size * heads)  # softmax @ v
+        + 2 * seq * (key_size * heads) * d  # output projection
     )
     dense = 2 * seq * (d * ffw + d * ffw)
     return 3.0 * shape.n_layer * (attention + dense) / seq
@@ -114,41 +118,85 @@ def flops_per_token(shape: Shape, seq_len: int | None = None) -> dict[str, float
     """All three per-token training FLOP estimates, keyed by name."""
     n_params = count_params(shape)["n_params"]
     return {
-            "6n": flops_per_token_6n(n_params),
-            "6n_attention": flops_per_token_palm(shape, seq_len),
-            "chinchilla": flops_per_token_chinchilla(shape, seq_len),
+        "6n": flops_per_token_6n(n_params),
+        "6n_attention": flops_per_token_palm(shape, seq_len),
+        "chinchilla": flops_per_token_chinchilla(shape, seq_len),
     }
+
+
+def model_accounting(model_config) -> dict:
+    """Parameter counts for the true and the padded vocabulary, and FLOPs per token, of a GPTConfig."""
+    true_shape = Shape.from_config(model_config)
+    padded_shape = Shape.from_config(model_config, padded=True)
+    true_counts, padded_counts = count_params(true_shape), count_params(padded_shape)
+    per_token = flops_per_token(true_shape)
+    return {
+        "n_params": true_counts["n_params"],
+        "n_params_non_embedding": true_counts["n_params_non_embedding"],
+        "n_params_padded": padded_counts["n_params"],
+        "n_params_non_embedding_padded": padded_counts["n_params_non_embedding"],
+        "flops_per_token_6n": per_token["6n"],
+        "flops_per_token_6n_attention": per_token["6n_attention"],
+        "flops_per_token_chinchilla": per_token["chinchilla"],
+    }
+
+
+def step_accounting(model_config, batch_size: int) -> dict:
+    """Tokens and model FLOPs (6N + attention) of one optimizer step over ``batch_size`` sequences."""
+    tokens = batch_size * model_config.block_size
+    return {
+        "tokens_per_step": tokens,
+        "flops_per_step": flops_per_token(Shape.from_config(model_config))["6n_attention"] * tokens,
+    }
+
+
+def throughput(step: dict, steps: int, seconds: float, peak_flops: float | None) -> dict:
+    """tokens/s, model FLOP/s and MFU of ``steps`` steps of ``step_accounting`` that took ``seconds``."""
+    model_flops_per_s = steps * step["flops_per_step"] / seconds
+    return {
+        "tokens_per_s": steps * step["tokens_per_step"] / seconds,
+        "model_flops_per_s": model_flops_per_s,
+        "mfu": mfu(model_flops_per_s, peak_flops),
+    }
+
+
+def format_count(value: float) -> str:
+    """1.93e9 -> '1.93B', 4.17e5 -> '417k': the scale a reader compares model and data sizes in."""
+    for divisor, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if value >= divisor:
+            return f"{value / divisor:.3g}{suffix}"
+    return f"{value:.3g}"
 
 
 # Peak dense throughput in FLOP/s from vendors' datasheets (dense, no sparsity).
 # "bf16" is the tensor-core bf16 (or fp16 where the card has no bf16) peak, "fp32" the
 # plain fp32 peak. Keys are matched against jax's ``device_kind`` by ``device_peak``.
 DEVICE_PEAKS: dict[str, dict[str, float]] = {
-        "h100-sxm": {"bf16": 989e12, "fp32": 67e12, "memory_gib": 80},
-        "h100-pcie": {"bf16": 756e12, "fp32": 51e12, "memory_gib": 80},
-        "h200": {"bf16": 989e12, "fp32": 67e12, "memory_gib": 141},
-        "a100": {"bf16": 312e12, "fp32": 19.5e12, "memory_gib": 80},
-        "rtx-4090": {"bf16": 165.2e12, "fp32": 82.6e12, "memory_gib": 24},
-        # 40.1 TFLOP/s fp32 and fp16-accumulate-fp32 tensor throughput: the ~40 TFLOP/s
-        # the one-GPU-year question assumes.
-        "rtx-4070-ti": {"bf16": 40.1e12, "fp32": 40.1e12, "memory_gib": 12},
-        "v100": {"bf16": 125e12, "fp32": 15.7e12, "memory_gib": 32},
-        "tpu-v4": {"bf16": 275e12, "fp32": 275e12 / 8, "memory_gib": 32},
-        "tpu-v5e": {"bf16": 197e12, "fp32": 197e12 / 8, "memory_gib": 16},
+    "h100-sxm": {"bf16": 989e12, "fp32": 67e12, "memory_gib": 80},
+    "h100-pcie": {"bf16": 756e12, "fp32": 51e12, "memory_gib": 80},
+    "h200": {"bf16": 989e12, "fp32": 67e12, "memory_gib": 141},
+    "a100": {"bf16": 312e12, "fp32": 19.5e12, "memory_gib": 80},
+    "rtx-4090": {"bf16": 165.2e12, "fp32": 82.6e12, "memory_gib": 24},
+    # 40.1 TFLOP/s fp32 and fp16-accumulate-fp32 tensor throughput: the ~40 TFLOP/s
+    # the one-GPU-year question assumes.
+    "rtx-4070-ti": {"bf16": 40.1e12, "fp32": 40.1e12, "memory_gib": 12},
+    "v100": {"bf16": 125e12, "fp32": 15.7e12, "memory_gib": 32},
+    "tpu-v4": {"bf16": 275e12, "fp32": 275e12 / 8, "memory_gib": 32},
+    "tpu-v5e": {"bf16": 197e12, "fp32": 197e12 / 8, "memory_gib": 16},
 }
 
 # jax device_kind strings -> table keys, most specific first.
 _DEVICE_KIND_PATTERNS = (
-        ("h100 pcie", "h100-pcie"),
-        ("h100", "h100-sxm"),
-        ("h200", "h200"),
-        ("a100", "a100"),
-        ("4090", "rtx-4090"),
-        ("4070 ti", "rtx-4070-ti"),
-        ("v100", "v100"),
-        ("tpu v4", "tpu-v4"),
-        ("tpu v5 lite", "tpu-v5e"),
-        ("tpu v5e", "tpu-v5e"),
+    ("h100 pcie", "h100-pcie"),
+    ("h100", "h100-sxm"),
+    ("h200", "h200"),
+    ("a100", "a100"),
+    ("4090", "rtx-4090"),
+    ("4070 ti", "rtx-4070-ti"),
+    ("v100", "v100"),
+    ("tpu v4", "tpu-v4"),
+    ("tpu v5 lite", "tpu-v5e"),
+    ("tpu v5e", "tpu-v5e"),
 )
 
 

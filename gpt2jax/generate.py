@@ -43,8 +43,18 @@ def generate(graphdef, params, prompt_BxP, key, *, max_new_tokens: int, temperat
     return jnp.concatenate([prompt_BxP, new_BxN.astype(prompt_BxP.dtype)], axis=1)
 
 
-def sample_text(graphdef, params, block_size: int, prompt: str, *, max_new_tokens: int = 100,
-                temperature: float = 0.8, top_k: int = 200, seed: int = 0, num_samples: int = 1) -> list[str]:
+def sample_text(
+    graphdef,
+    params,
+    block_size: int,
+    prompt: str,
+    *,
+    max_new_tokens: int = 100,
+    temperature: float = 0.8,
+    top_k: int = 200,
+    seed: int = 0,
+    num_samples: int = 1,
+) -> list[str]:
     """Continuations of ``prompt``, decoded with the GPT-2 tokenizer."""
     from gpt2jax.data.tokenizer import get_tokenizer
 
@@ -57,8 +67,16 @@ def sample_text(graphdef, params, block_size: int, prompt: str, *, max_new_token
     if len(prompt_tokens) + max_new_tokens > block_size:
         raise ValueError(
             f"the prompt ({len(prompt_tokens)} tokens) plus --max_new_tokens={max_new_tokens} exceeds "
-            f"the model's context of {block_size} tokens; shorten one of them.")
+            f"the model's context of {block_size} tokens; shorten one of them."
+        )
     prompt_BxP = jnp.asarray([prompt_tokens] * num_samples, jnp.int32)
-    tokens = generate(graphdef, params, prompt_BxP, jax.random.key(seed), max_new_tokens=max_new_tokens,
-                      temperature=float(temperature), top_k=int(top_k))
-    return [tokenizer.decode(row[len(prompt_tokens):].tolist()) for row in jax.device_get(tokens)]
+    tokens = generate(
+        graphdef,
+        params,
+        prompt_BxP,
+        jax.random.key(seed),
+        max_new_tokens=max_new_tokens,
+        temperature=float(temperature),
+        top_k=int(top_k),
+    )
+    return [tokenizer.decode(row[len(prompt_tokens) :].tolist()) for row in jax.device_get(tokens)]

@@ -5,8 +5,9 @@ biases everywhere, a final LayerNorm, and the output projection tied to the toke
 embedding. Parameters are float32; ``dtype`` sets the compute precision, with
 LayerNorm statistics, softmax and logits kept in float32.
 
-Shapes in names: B batch, T query length, S key length, D width, H heads, K head
-size, F MLP width, V padded vocabulary, L layers.
+Shapes in names follow the package's legend (``gpt2jax/__init__.py``): B batch, T query
+length, S key length, D width, H heads, K head size, F MLP width, V padded vocabulary,
+L layers.
 
 Parameters are laid out so that the one sharding table (``sharding.py``) can split
 heads and MLP width: the qkv kernel is D x 3 x H x K and the attention output kernel
@@ -167,18 +168,28 @@ class Attention(nnx.Module):
         if cache is None:
             if self.config.attention == "cudnn":
                 out_BxTxHxK = jax.nn.dot_product_attention(
-                    q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, is_causal=True, implementation="cudnn")
+                    q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, is_causal=True, implementation="cudnn"
+                )
             else:
                 positions_T = jnp.arange(x_BxTxD.shape[1])
                 out_BxTxHxK = attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, positions_T, positions_T)
         else:
             cache = KVCache(
-                jax.lax.dynamic_update_slice(cache.k_BxSxHxK, k_BxTxHxK.astype(cache.k_BxSxHxK.dtype), (0, start, 0, 0)),
-                jax.lax.dynamic_update_slice(cache.v_BxSxHxK, v_BxTxHxK.astype(cache.v_BxSxHxK.dtype), (0, start, 0, 0)),
+                jax.lax.dynamic_update_slice(
+                    cache.k_BxSxHxK, k_BxTxHxK.astype(cache.k_BxSxHxK.dtype), (0, start, 0, 0)
+                ),
+                jax.lax.dynamic_update_slice(
+                    cache.v_BxSxHxK, v_BxTxHxK.astype(cache.v_BxSxHxK.dtype), (0, start, 0, 0)
+                ),
             )
             # Decoding attends to a cache longer than the query, up to each query's position.
-            out_BxTxHxK = attention(q_BxTxHxK, cache.k_BxSxHxK.astype(dtype), cache.v_BxSxHxK.astype(dtype),
-                                    start + jnp.arange(x_BxTxD.shape[1]), jnp.arange(cache.k_BxSxHxK.shape[1]))
+            out_BxTxHxK = attention(
+                q_BxTxHxK,
+                cache.k_BxSxHxK.astype(dtype),
+                cache.v_BxSxHxK.astype(dtype),
+                start + jnp.arange(x_BxTxD.shape[1]),
+                jnp.arange(cache.k_BxSxHxK.shape[1]),
+            )
         y_BxTxD = jnp.einsum("bthk,hkd->btd", out_BxTxHxK, self.out_kernel[...].astype(dtype))
         return y_BxTxD + self.out_bias[...].astype(dtype), cache
 
@@ -247,11 +258,13 @@ class GPT(nnx.Module):
     def _logits(self, x_BxTxD):
         """Tied output projection; padding rows of the vocabulary get no probability."""
         dtype = self.config.compute_dtype
-        logits_BxTxV = jnp.einsum("btd,vd->btv", self.ln_f(x_BxTxD), self.wte[...].astype(dtype),
-                                  preferred_element_type=jnp.float32)
+        logits_BxTxV = jnp.einsum(
+            "btd,vd->btv", self.ln_f(x_BxTxD), self.wte[...].astype(dtype), preferred_element_type=jnp.float32
+        )
         # An additive mask: unlike a select, its backward pass keeps no B x T x V mask alive.
-        padding_bias_V = jnp.where(jnp.arange(self.config.padded_vocab_size) < self.config.vocab_size,
-                                   0.0, jnp.finfo(jnp.float32).min)
+        padding_bias_V = jnp.where(
+            jnp.arange(self.config.padded_vocab_size) < self.config.vocab_size, 0.0, jnp.finfo(jnp.float32).min
+        )
         return logits_BxTxV + padding_bias_V
 
     def __call__(self, tokens_BxT, *, dropout_key=None, residual_sharding=None):
@@ -309,7 +322,8 @@ class GPT(nnx.Module):
         positions_T = start + jnp.arange(tokens_BxT.shape[1])
         x_BxTxD = self._embed(tokens_BxT, positions_T, None)
         x_BxTxD, cache = self._scan_blocks(
-            lambda block, x_BxTxD, layer_cache: block(x_BxTxD, None, layer_cache, start), x_BxTxD, cache)
+            lambda block, x_BxTxD, layer_cache: block(x_BxTxD, None, layer_cache, start), x_BxTxD, cache
+        )
         return self._logits(x_BxTxD), cache
 
 

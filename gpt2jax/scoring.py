@@ -36,8 +36,9 @@ def _target_logprobs(graphdef, params, inputs_BxT, targets_BxT):
     return logprobs_of_targets(logits_BxTxV, targets_BxT)
 
 
-def _logprobs_by_batch(graphdef, params, batches: Iterable[tuple[np.ndarray, np.ndarray]],
-                       batch_size: int) -> list[np.ndarray]:
+def _logprobs_by_batch(
+    graphdef, params, batches: Iterable[tuple[np.ndarray, np.ndarray]], batch_size: int
+) -> list[np.ndarray]:
     """Log-probabilities of each batch's targets given its inputs, each batch padded to batch_size rows.
 
     The padding keeps the number of rows fixed, so each sequence length compiles once. Every
@@ -53,8 +54,9 @@ def _logprobs_by_batch(graphdef, params, batches: Iterable[tuple[np.ndarray, np.
     return [logprobs_BxT[:n] for n, logprobs_BxT in zip(rows, jax.device_get(pending))]
 
 
-def token_logprobs(graphdef, params, tokens: Sequence[int], block_size: int, *, stride: int | None = None,
-                   batch_size: int = 8) -> np.ndarray:
+def token_logprobs(
+    graphdef, params, tokens: Sequence[int], block_size: int, *, stride: int | None = None, batch_size: int = 8
+) -> np.ndarray:
     """Float32 log-probability of each token after the first, [len(tokens) - 1], by windows of block_size."""
     tokens_N = np.asarray(tokens, np.int32)
     n_targets = len(tokens_N) - 1
@@ -68,16 +70,19 @@ def token_logprobs(graphdef, params, tokens: Sequence[int], block_size: int, *, 
         window_ends.append(min(window_ends[-1] + stride, n_targets))
     window_ends_W = np.asarray(window_ends)
     window_len = min(block_size, n_targets)
-    positions_WxL = window_ends_W[:, None] - window_len + np.arange(window_len)
-    batches = ((tokens_N[positions_WxL[i:i + batch_size]], tokens_N[positions_WxL[i:i + batch_size] + 1])
-               for i in range(0, len(positions_WxL), batch_size))
-    logprobs_WxL = np.concatenate(_logprobs_by_batch(graphdef, params, batches, batch_size))
+    positions_WxT = window_ends_W[:, None] - window_len + np.arange(window_len)
+    batches = (
+        (tokens_N[positions_WxT[i : i + batch_size]], tokens_N[positions_WxT[i : i + batch_size] + 1])
+        for i in range(0, len(positions_WxT), batch_size)
+    )
+    logprobs_WxT = np.concatenate(_logprobs_by_batch(graphdef, params, batches, batch_size))
     new_targets_W = np.diff(window_ends_W, prepend=0)
-    return np.concatenate([row[window_len - new:] for row, new in zip(logprobs_WxL, new_targets_W)])
+    return np.concatenate([row[window_len - new :] for row, new in zip(logprobs_WxT, new_targets_W)])
 
 
-def continuation_logprobs(graphdef, params, requests: Sequence[tuple[Sequence[int], Sequence[int]]],
-                          block_size: int, *, batch_size: int = 32) -> list[np.ndarray]:
+def continuation_logprobs(
+    graphdef, params, requests: Sequence[tuple[Sequence[int], Sequence[int]]], block_size: int, *, batch_size: int = 32
+) -> list[np.ndarray]:
     """For each (context tokens, continuation tokens), the log-probabilities of the continuation's tokens.
 
     A context too long for the model loses its oldest tokens. Rows are padded at the end to a
@@ -88,13 +93,16 @@ def continuation_logprobs(graphdef, params, requests: Sequence[tuple[Sequence[in
         if not context or not continuation:
             raise ValueError("every request needs at least one context token and one continuation token.")
         if len(continuation) > block_size:
-            raise ValueError(f"a continuation of {len(continuation)} tokens does not fit the model's context "
-                             f"of {block_size} tokens.")
-        rows.append(np.asarray([*context, *continuation], np.int32)[-(block_size + 1):])
-    batches = (_padded_batch(rows[start:start + batch_size], block_size) for start in range(0, len(rows), batch_size))
+            raise ValueError(
+                f"a continuation of {len(continuation)} tokens does not fit the model's context of {block_size} tokens."
+            )
+        rows.append(np.asarray([*context, *continuation], np.int32)[-(block_size + 1) :])
+    batches = (_padded_batch(rows[start : start + batch_size], block_size) for start in range(0, len(rows), batch_size))
     logprobs = [row for batch in _logprobs_by_batch(graphdef, params, batches, batch_size) for row in batch]
-    return [row_logprobs[len(row) - 1 - len(continuation):len(row) - 1]
-            for row_logprobs, row, (_, continuation) in zip(logprobs, rows, requests)]
+    return [
+        row_logprobs[len(row) - 1 - len(continuation) : len(row) - 1]
+        for row_logprobs, row, (_, continuation) in zip(logprobs, rows, requests)
+    ]
 
 
 def _padded_batch(rows: list[np.ndarray], block_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -103,8 +111,8 @@ def _padded_batch(rows: list[np.ndarray], block_size: int) -> tuple[np.ndarray, 
     inputs_BxT = np.zeros((len(rows), length), np.int32)
     targets_BxT = np.zeros((len(rows), length), np.int32)
     for i, row in enumerate(rows):
-        inputs_BxT[i, :len(row) - 1] = row[:-1]
-        targets_BxT[i, :len(row) - 1] = row[1:]
+        inputs_BxT[i, : len(row) - 1] = row[:-1]
+        targets_BxT[i, : len(row) - 1] = row[1:]
     return inputs_BxT, targets_BxT
 
 
@@ -115,8 +123,7 @@ def hellaswag_prediction(ending_logprobs: Sequence[np.ndarray]) -> tuple[int, in
     return int(np.argmin(summed)), int(np.argmin(mean))
 
 
-def hellaswag_scores(graphdef, params, examples: Iterable[dict], block_size: int, *,
-                     batch_size: int = 32) -> dict:
+def hellaswag_scores(graphdef, params, examples: Iterable[dict], block_size: int, *, batch_size: int = 32) -> dict:
     """acc, acc_norm and n over examples with a ``context``, its ``endings`` and the right one's ``label``."""
     from gpt2jax.data.tokenizer import get_tokenizer
 
@@ -137,16 +144,17 @@ def hellaswag_scores(graphdef, params, examples: Iterable[dict], block_size: int
     correct = np.zeros(2)
     for example, ending_logprobs in zip(examples, per_example):
         correct += np.equal(hellaswag_prediction(ending_logprobs), example["label"])
-    return {"acc": float(correct[0]) / len(examples), "acc_norm": float(correct[1]) / len(examples),
-            "n": len(examples)}
+    return {"acc": float(correct[0]) / len(examples), "acc_norm": float(correct[1]) / len(examples), "n": len(examples)}
 
 
-def hellaswag_examples(split: str = "validation", *, data_dir: str | None = None,
-                       limit: int | None = None) -> list[dict]:
+def hellaswag_examples(
+    split: str = "validation", *, data_dir: str | None = None, limit: int | None = None
+) -> list[dict]:
     """HellaSwag examples as dicts of context (str), endings (list of str) and label (int), read from TFDS."""
     if limit is not None and limit < 1:
         raise ValueError(f"limit={limit} must be at least 1.")
     import tensorflow_datasets as tfds
+
     # Without TensorFlow, TFDS registers the HellaSwag builder only once its module is imported.
     import tensorflow_datasets.text.hellaswag  # noqa: F401
 
@@ -157,46 +165,69 @@ def hellaswag_examples(split: str = "validation", *, data_dir: str | None = None
         raise FileNotFoundError(
             f"HellaSwag is not prepared as ArrayRecord under {builder.data_dir_root}; build it with "
             f"`tfds build hellaswag --file_format=array_record --data_dir={builder.data_dir_root}`, "
-            "or pass --tfds_data_dir where it is.") from None
+            "or pass --tfds_data_dir where it is."
+        ) from None
     count = len(records) if limit is None else min(limit, len(records))
-    return [{"context": _text(record["context"]), "endings": [_text(ending) for ending in record["endings"]],
-             "label": int(record["label"])} for record in (records[i] for i in range(count))]
+    return [
+        {
+            "context": _text(record["context"]),
+            "endings": [_text(ending) for ending in record["endings"]],
+            "label": int(record["label"]),
+        }
+        for record in (records[i] for i in range(count))
+    ]
 
 
 def _text(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
-# Whole evaluations, as the evaluate CLI runs them.
-
-def evaluate_workdir(workdir: str, step: int | None = None, batches: int | None = None) -> dict:
-    from gpt2jax import train
-
-    trainer, params, step = train.restore_trained(workdir, step)
-    result = _validation_loss(trainer, params, batches)
-    return {"step": step, **result}
+# Whole evaluations, as the evaluate command runs them.
 
 
-def evaluate_hf_on_config(directory: str, config, batches: int | None = None) -> dict:
+def evaluate_checkpoint(workdir: str | Path, step: int | None = None, batches: int | None = None) -> dict:
+    """Validation loss of a run's checkpoint on the data and windows the run evaluated on."""
+    from gpt2jax import inference
+
+    loaded = inference.restore_checkpoint(workdir, step)
+    return {"step": loaded.step, **_validation_loss(loaded, loaded.run_config, batches)}
+
+
+def evaluate_hf_on_config(directory: str | Path, config, batches: int | None = None) -> dict:
     """Validation loss of Hugging Face weights on a config's data; the config's model must match them."""
-    from gpt2jax import train
+    from gpt2jax import inference
+    from gpt2jax.model import GPTConfig
 
-    trainer = train.build_trainer(config)
-    return _validation_loss(trainer, train.hf_params(trainer, directory), batches)
-
-
-def _validation_loss(trainer, params, batches: int | None) -> dict:
-    from gpt2jax import train
-
-    data = train.prepared_data(trainer.config)
-    batches = trainer.config.train.eval_batches if batches is None else batches
-    loss = trainer.evaluate(params, data.val, batches)
-    return {"val_loss": loss, "val_perplexity": math.exp(loss),
-            "val_tokens": batches * trainer.micro_batch_size * trainer.model_config.block_size}
+    loaded = inference.load_hf_weights(directory, GPTConfig.from_config(config.model))
+    return _validation_loss(loaded, config, batches)
 
 
-def evaluate_text(graphdef, params, block_size: int, path: str, *, stride: int | None = None,
-                  batch_size: int = 8, logprobs_out: str | None = None) -> dict:
+def _validation_loss(loaded, config, batches: int | None) -> dict:
+    """Over the run's val windows, at the training micro-batch rounded up to the mesh's devices."""
+    from gpt2jax import evaluation
+    from gpt2jax.data import loader
+
+    data = loader.prepared_data(config)
+    batches = config.train.eval_batches if batches is None else batches
+    micro_batch = config.train.batch_size // config.train.grad_accum_steps
+    batch_size = -(-micro_batch // loaded.mesh.size) * loaded.mesh.size
+    block_size = loaded.model_config.block_size
+    eval_step = evaluation.compile_eval_step(loaded.graphdef, loaded.mesh, loaded.param_shardings)
+    loss = evaluation.validation_loss(
+        eval_step,
+        loaded.mesh,
+        loaded.params,
+        data.val,
+        batch_size=batch_size,
+        block_size=block_size,
+        num_batches=batches,
+    )
+    return {"val_loss": loss, "val_perplexity": math.exp(loss), "val_tokens": batches * batch_size * block_size}
+
+
+def evaluate_text(
+    loaded, path: str, *, stride: int | None = None, batch_size: int = 8, logprobs_out: str | None = None
+) -> dict:
     """Mean loss and perplexity of a text file's tokens; optionally writes their log-probabilities."""
     from gpt2jax.data.tokenizer import get_tokenizer
 
@@ -207,16 +238,20 @@ def evaluate_text(graphdef, params, block_size: int, path: str, *, stride: int |
     except UnicodeDecodeError:
         raise ValueError(f"--text={path} is not UTF-8 text.") from None
     tokens = get_tokenizer().encode(text, allowed_special={"<|endoftext|>"})
-    logprobs = token_logprobs(graphdef, params, tokens, block_size, stride=stride, batch_size=batch_size)
+    logprobs = token_logprobs(
+        loaded.graphdef, loaded.params, tokens, loaded.model_config.block_size, stride=stride, batch_size=batch_size
+    )
     if logprobs_out:
         np.save(logprobs_out, logprobs)
     loss = -float(np.mean(logprobs, dtype=np.float64))
     return {"tokens": len(tokens), "scored_tokens": len(logprobs), "loss": loss, "perplexity": math.exp(loss)}
 
 
-def evaluate_hellaswag(graphdef, params, block_size: int, *, limit: int | None = None,
-                       data_dir: str | None = None, batch_size: int = 8) -> dict:
-
+def evaluate_hellaswag(loaded, *, limit: int | None = None, data_dir: str | None = None, batch_size: int = 8) -> dict:
     examples = hellaswag_examples(data_dir=data_dir, limit=limit)
-    return {"task": "hellaswag",
-            **hellaswag_scores(graphdef, params, examples, block_size, batch_size=batch_size)}
+    return {
+        "task": "hellaswag",
+        **hellaswag_scores(
+            loaded.graphdef, loaded.params, examples, loaded.model_config.block_size, batch_size=batch_size
+        ),
+    }

@@ -14,15 +14,20 @@ import re
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from gpt2jax.trees import path_str
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
 # (regex on the path's end, spec). Shapes: wte V x D, wpe T x D, qkv D x 3 x H x K,
-# attention out H x K x D, MLP fc D x F and proj F x D. Anything unmatched (biases of
-# width D, LayerNorms, step counters) is replicated. Block parameters (under ``h/``)
+# attention out H x K x D, MLP fc D x F and proj F x D. Block parameters (under ``h/``)
 # carry a leading layer axis as well, which is never split: see ``partition_spec``.
+# Vectors no rule names (biases of width D, LayerNorms, step counters, the rng key) are
+# replicated; a matrix no rule names is refused, so a new parameter cannot end up
+# replicated on every device unnoticed.
 PARTITION_RULES: tuple[tuple[str, P], ...] = (
     (r"wte$", P("tensor", "fsdp")),
     (r"wpe$", P(None, "fsdp")),
@@ -37,36 +42,44 @@ PARTITION_RULES: tuple[tuple[str, P], ...] = (
 _STACKED_BLOCKS = re.compile(r"(^|/)h/")
 
 
-def path_str(path) -> str:
-    """'h/attn/qkv_kernel' for a jax key path (nnx Variable 'value' keys dropped)."""
-    names = []
-    for key in path:
-        name = getattr(key, "key", getattr(key, "name", getattr(key, "idx", None)))
-        if name != "value":
-            names.append(str(name))
-    return "/".join(names)
-
-
 def partition_spec(path: str, shape: tuple[int, ...], mesh: Mesh) -> P:
-    """The table's spec for a leaf, with any axis that does not divide its dimension dropped.
+    """The table's spec for a leaf; refuses, naming the leaf, what the table or the mesh cannot split.
 
-    jit refuses unevenly split arguments, so a dimension the mesh axis does not divide
-    (a custom width, say) stays whole on that axis rather than failing the run.
+    jit refuses unevenly split arguments, and a dimension kept whole instead would hold a
+    full copy on every device, so a mesh axis that does not divide its dimension is an
+    error, as is a matrix that no rule names.
     """
     # Every device runs every layer, so the stacked blocks' layer axis stays whole.
     layer_axis = (None,) if _STACKED_BLOCKS.search(path) else ()
-    for pattern, spec in PARTITION_RULES:
-        spec = P(*layer_axis, *spec)
-        if re.search(pattern, path) and len(spec) == len(shape):
-            return P(*(axis if axis is None or dim % mesh.shape[axis] == 0 else None
-                       for axis, dim in zip(spec, shape)))
+    for pattern, rule in PARTITION_RULES:
+        if not re.search(pattern, path):
+            continue
+        spec = P(*layer_axis, *rule)
+        if len(spec) != len(shape):
+            raise ValueError(
+                f"parameter {path} has shape {shape}, but the sharding rule {pattern!r} splits "
+                f"{len(spec)} axes; fix the rule in sharding.PARTITION_RULES."
+            )
+        for axis, dim in zip(spec, shape):
+            if axis is not None and dim % mesh.shape[axis]:
+                raise ValueError(
+                    f"mesh.{axis}={mesh.shape[axis]} does not divide dimension {dim} of parameter {path} "
+                    f"{tuple(shape)} (sharding rule {pattern!r}); choose a mesh.{axis} that divides {dim}."
+                )
+        return spec
+    if len(shape) - len(layer_axis) >= 2:
+        raise ValueError(
+            f"parameter {path} {tuple(shape)} is a matrix that no rule in sharding.PARTITION_RULES "
+            "names; add a rule for it."
+        )
     return P()
 
 
 def tree_shardings(mesh: Mesh, tree):
     """NamedShardings for every leaf of a pytree of arrays or ShapeDtypeStructs."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: NamedSharding(mesh, partition_spec(path_str(path), tuple(leaf.shape), mesh)), tree)
+        lambda path, leaf: NamedSharding(mesh, partition_spec(path_str(path), tuple(leaf.shape), mesh)), tree
+    )
 
 
 def residual_sharding(mesh: Mesh) -> NamedSharding:
@@ -82,6 +95,22 @@ def batch_sharding(mesh: Mesh, ndim: int = 2, leading_unsharded: int = 0) -> Nam
     """Batch rows over data x fsdp; ``leading_unsharded`` axes (micro-batches) stay whole."""
     spec = (None,) * leading_unsharded + (BATCH_AXES,) + (None,) * (ndim - leading_unsharded - 1)
     return NamedSharding(mesh, P(*spec))
+
+
+def global_batch(mesh: Mesh, local_arrays, leading_unsharded: int = 0):
+    """Assembles each process's rows of a batch into arrays sharded over the whole mesh.
+
+    The rows are axis ``leading_unsharded`` (after any micro-batch axis); every process
+    passes its own, as ``loader`` cut them.
+    """
+
+    def assemble(local):
+        global_shape = list(local.shape)
+        global_shape[leading_unsharded] *= jax.process_count()
+        sharding = batch_sharding(mesh, local.ndim, leading_unsharded)
+        return jax.make_array_from_process_local_data(sharding, local, tuple(global_shape))
+
+    return jax.tree.map(assemble, local_arrays)
 
 
 def mesh_shape(mesh_config, n_devices: int) -> dict[str, int]:
@@ -100,7 +129,8 @@ def mesh_shape(mesh_config, n_devices: int) -> dict[str, int]:
     if math.prod(sizes.values()) != n_devices:
         raise ValueError(
             f"mesh data x fsdp x tensor = {sizes} uses {math.prod(sizes.values())} devices "
-            f"but there are {n_devices}; make the product equal the device count.")
+            f"but there are {n_devices}; make the product equal the device count."
+        )
     return sizes
 
 
@@ -118,12 +148,14 @@ def validate_layout(mesh: Mesh, model_config, train_config) -> None:
     if train_config.batch_size % train_config.grad_accum_steps:
         raise ValueError(
             f"train.batch_size={train_config.batch_size} is not divisible by "
-            f"train.grad_accum_steps={train_config.grad_accum_steps}.")
+            f"train.grad_accum_steps={train_config.grad_accum_steps}."
+        )
     micro_batch = train_config.batch_size // train_config.grad_accum_steps
     if micro_batch % batch_shards:
         raise ValueError(
             f"the micro-batch of {micro_batch} sequences (train.batch_size / train.grad_accum_steps) "
-            f"is not divisible by mesh data x fsdp = {batch_shards}.")
+            f"is not divisible by mesh data x fsdp = {batch_shards}."
+        )
     if model_config.n_head % tensor:
         raise ValueError(f"model.n_head={model_config.n_head} is not divisible by mesh.tensor={tensor}.")
     if (4 * model_config.n_embd) % tensor:

@@ -7,7 +7,7 @@ PyTorch and transformers, in an environment of its own (not the project's):
     /tmp/torchenv/bin/pip install torch transformers safetensors numpy tiktoken
     /tmp/torchenv/bin/python scripts/make_hf_reference.py
 
-and checks that a directory written by ``python -m gpt2jax.export`` loads in transformers and
+and checks that a directory written by ``python -m gpt2jax.cli.export`` loads in transformers and
 gives the fixture's logits:
 
     /tmp/torchenv/bin/python scripts/make_hf_reference.py --check_export DIR
@@ -31,14 +31,26 @@ FIXTURE_DIR = REPO / "tests" / "data" / "hf_tiny"
 STRIDES = (128, 64)
 
 HELLASWAG_EXAMPLES = [
-    {"context": "A man is sitting on a roof. He",
-     "endings": ["is using wrap to wrap a pair of skis.", "is ripping level tiles off.",
-                 "is holding a rubik's cube.", "starts pulling up roofing on a roof."],
-     "label": 3},
-    {"context": "The keeper climbed the stairs of the lighthouse and",
-     "endings": ["wiped the salt from the great lens.", "ate a sandwich.",
-                 "flew to the moon on a bicycle made of cheese, singing loudly.", "slept."],
-     "label": 0},
+    {
+        "context": "A man is sitting on a roof. He",
+        "endings": [
+            "is using wrap to wrap a pair of skis.",
+            "is ripping level tiles off.",
+            "is holding a rubik's cube.",
+            "starts pulling up roofing on a roof.",
+        ],
+        "label": 3,
+    },
+    {
+        "context": "The keeper climbed the stairs of the lighthouse and",
+        "endings": [
+            "wiped the salt from the great lens.",
+            "ate a sandwich.",
+            "flew to the moon on a bicycle made of cheese, singing loudly.",
+            "slept.",
+        ],
+        "label": 0,
+    },
 ]
 
 
@@ -57,8 +69,17 @@ def random_model() -> GPT2LMHeadModel:
     LayerNorms, which would let a wrongly mapped parameter pass a comparison; these weights
     make log-probabilities spread over several nats.
     """
-    config = GPT2Config(vocab_size=50257, n_positions=128, n_embd=32, n_layer=2, n_head=4,
-                        activation_function="gelu_new", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    config = GPT2Config(
+        vocab_size=50257,
+        n_positions=128,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        activation_function="gelu_new",
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     torch.manual_seed(0)
     model = GPT2LMHeadModel(config)
     with torch.no_grad():
@@ -91,10 +112,10 @@ def window_logprobs(model, tokens: list[int], block_size: int, stride: int) -> n
         end = min(last_target + (block_size if last_target == 0 else stride), len(tokens) - 1)
         start = max(0, end - block_size)
         inputs = torch.tensor([tokens[start:end]])
-        targets = torch.tensor(tokens[start + 1:end + 1])
+        targets = torch.tensor(tokens[start + 1 : end + 1])
         window = torch.log_softmax(model(inputs).logits[0].float(), dim=-1)
         window = window.gather(-1, targets[:, None])[:, 0]
-        logprobs.append(window[-(end - last_target):].numpy())
+        logprobs.append(window[-(end - last_target) :].numpy())
         last_target = end
     return np.concatenate(logprobs).astype(np.float32)
 
@@ -108,7 +129,7 @@ def ending_losses(model, encoding, context: str, ending: str) -> list[float]:
     logprobs = torch.log_softmax(model(tokens[:, :-1]).logits[0].float(), dim=-1)
     targets = tokens[0, 1:]
     losses = -logprobs.gather(-1, targets[:, None])[:, 0]
-    ending_loss = losses[len(context_tokens) - 1:]
+    ending_loss = losses[len(context_tokens) - 1 :]
     return [float(ending_loss.sum()), float(ending_loss.mean())]
 
 
@@ -122,9 +143,13 @@ def make_fixture() -> None:
     for stride in STRIDES:
         reference[f"logprobs_stride{stride}"] = window_logprobs(model, tokens, model.config.n_positions, stride)
     np.savez(FIXTURE_DIR / "reference.npz", **reference)
-    hellaswag = [dict(example, losses=[ending_losses(model, encoding, example["context"], ending)
-                                       for ending in example["endings"]])
-                 for example in HELLASWAG_EXAMPLES]
+    hellaswag = [
+        dict(
+            example,
+            losses=[ending_losses(model, encoding, example["context"], ending) for ending in example["endings"]],
+        )
+        for example in HELLASWAG_EXAMPLES
+    ]
     (FIXTURE_DIR / "hellaswag.json").write_text(json.dumps(hellaswag, indent=2) + "\n")
     spread = float(reference[f"logprobs_stride{STRIDES[0]}"].std())
     print(f"wrote {FIXTURE_DIR}: {len(tokens)} tokens, log-probability spread {spread:.2f} nats")

@@ -3,7 +3,7 @@
     python scripts/memory_table.py [--micro_batch 8] [--remat none,dots,full] [--sizes small,medium,large,xl]
 
 For each size (configs/<size>.py: bfloat16 compute, float32 parameters and AdamW state)
-and remat policy, ``train.dry_run`` compiles the train step at a micro-batch of
+and remat policy, ``memory.dry_run`` compiles the train step at a micro-batch of
 ``--micro_batch`` sequences of 1024 tokens, keeping the config's 512-sequence batch
 through gradient accumulation. Nothing runs; the mesh is every device here along fsdp.
 
@@ -18,22 +18,18 @@ set): yes if XLA's total fits, no if even the low estimate does not, maybe in be
 """
 
 import argparse
-import importlib.util
 import os
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
 GIB = 2**30
 CARDS_GIB = (12, 24, 80)
 
 
 def load_config(size: str, micro_batch: int, remat: str):
-    spec = importlib.util.spec_from_file_location(size, REPO / "configs" / f"{size}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    from gpt2jax.config import load_config_file
+
+    config = load_config_file(size)
     if config.train.batch_size % micro_batch:
         raise ValueError(f"--micro_batch={micro_batch} does not divide the {size} batch of {config.train.batch_size}.")
     config.train.grad_accum_steps = config.train.batch_size // micro_batch
@@ -42,19 +38,20 @@ def load_config(size: str, micro_batch: int, remat: str):
 
 
 def table_rows(sizes: list[str], remats: list[str], micro_batch: int, usable_fraction: float):
-    from gpt2jax import train
+    from gpt2jax.memory import dry_run
 
     for size in sizes:
         for remat in remats:
             started = time.perf_counter()
-            memory = train.dry_run(load_config(size, micro_batch, remat))["per_device_bytes"]
+            memory = dry_run(load_config(size, micro_batch, remat))["per_device_bytes"]
             print(f"{size} remat={remat}: compiled in {time.perf_counter() - started:.0f} s", file=sys.stderr)
             saved = memory["activations_saved_for_backward"]
-            # Twice the parameters: the weights and the float32 gradient accumulator (always used here).
-            low = 2 * memory["params"] + memory["optimizer_state"] + saved
-            fits = " / ".join(fit_word(low, memory["total"], usable_fraction * gib * GIB) for gib in CARDS_GIB)
-            yield (f"| {size} | {remat} | {memory['params'] / GIB:.2f} | {memory['optimizer_state'] / GIB:.2f} "
-                   f"| {saved / GIB:.2f} | {low / GIB:.2f} | {memory['total'] / GIB:.2f} | {fits} |")
+            low, high = memory["estimate_total"], memory["xla_total"]
+            fits = " / ".join(fit_word(low, high, usable_fraction * gib * GIB) for gib in CARDS_GIB)
+            yield (
+                f"| {size} | {remat} | {memory['params'] / GIB:.2f} | {memory['optimizer_state'] / GIB:.2f} "
+                f"| {saved / GIB:.2f} | {low / GIB:.2f} | {high / GIB:.2f} | {fits} |"
+            )
 
 
 def fit_word(low: int, high: int, usable: float) -> str:
@@ -74,11 +71,15 @@ def main() -> None:
 
     devices = jax.devices()
     usable_fraction = float(os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", 0.75))
-    print(f"GiB per device on {len(devices)} x {devices[0].device_kind} (mesh fsdp={len(devices)}), "
-          f"micro-batch {args.micro_batch} x 1024 tokens, bfloat16 compute; fits: within "
-          f"{usable_fraction:g} of a {' / '.join(map(str, CARDS_GIB))} GiB card.\n")
-    print("| model | remat | params | optimizer state | activations saved for backward | low estimate "
-          f"| XLA total on {devices[0].platform} (high estimate) | fits 12 / 24 / 80 GiB |")
+    print(
+        f"GiB per device on {len(devices)} x {devices[0].device_kind} (mesh fsdp={len(devices)}), "
+        f"micro-batch {args.micro_batch} x 1024 tokens, bfloat16 compute; fits: within "
+        f"{usable_fraction:g} of a {' / '.join(map(str, CARDS_GIB))} GiB card.\n"
+    )
+    print(
+        "| model | remat | params | optimizer state | activations saved for backward | low estimate "
+        f"| XLA total on {devices[0].platform} (high estimate) | fits 12 / 24 / 80 GiB |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---|")
     for row in table_rows(args.sizes.split(","), args.remat.split(","), args.micro_batch, usable_fraction):
         print(row, flush=True)

@@ -14,8 +14,16 @@ def tiny_config(data_dir, **train_overrides):
     config = base_config()
     config.model.update(n_layer=2, n_head=4, n_embd=32, block_size=16)
     config.data.update(dir=str(data_dir), synthetic_train_tokens=50_000, synthetic_val_tokens=5_000)
-    config.train.update(batch_size=8, steps=12, learning_rate=1e-2, warmup_steps=2, log_every=3,
-                        eval_every=6, eval_batches=2, checkpoint_every=6)
+    config.train.update(
+        batch_size=8,
+        steps=12,
+        learning_rate=1e-2,
+        warmup_steps=2,
+        log_every=3,
+        eval_every=6,
+        eval_batches=2,
+        checkpoint_every=6,
+    )
     config.train.update(train_overrides)
     return config
 
@@ -31,8 +39,15 @@ def config_flags(config) -> list[str]:
 
 def run_main(args, timeout=300, **popen_kwargs):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "gpt2jax.main", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout, **popen_kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "gpt2jax.main", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **popen_kwargs,
+    )
 
 
 def tiny_sweep_config(data_dir, schedule="wsd_branches", budgets=(4096.0, 8192.0)):
@@ -42,8 +57,12 @@ def tiny_sweep_config(data_dir, schedule="wsd_branches", budgets=(4096.0, 8192.0
     config = ml_collections.ConfigDict()
     base = base_config()
     base.model.update(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=65, vocab_multiple=8)
-    base.data.update(source="synthetic:num_states=64,support_size=8,vocabulary=compact", dir=str(data_dir),
-                     synthetic_train_tokens=50_000, synthetic_val_tokens=5_000)
+    base.data.update(
+        source="synthetic:num_states=64,support_size=8,vocabulary=compact",
+        dir=str(data_dir),
+        synthetic_train_tokens=50_000,
+        synthetic_val_tokens=5_000,
+    )
     base.train.update(eval_batches=2, log_every=4)
     config.base = base
     config.shapes = [dict(n_layer=1, n_head=2, n_embd=16), dict(n_layer=1, n_head=2, n_embd=32)]
@@ -51,10 +70,20 @@ def tiny_sweep_config(data_dir, schedule="wsd_branches", budgets=(4096.0, 8192.0
     config.budgets = list(budgets)
     config.seeds = [0]
     config.schedule = schedule
-    config.rules = ml_collections.ConfigDict(dict(
-        learning_rate=1e-2, width_reference=16, lr_width_exponent=0.5,
-        batch_size=8, params_reference=1e4, batch_params_exponent=0.0, min_batch_size=8, max_batch_size=8,
-        warmup_fraction=0.0, min_warmup_steps=2))
+    config.rules = ml_collections.ConfigDict(
+        dict(
+            learning_rate=1e-2,
+            width_reference=16,
+            lr_width_exponent=0.5,
+            batch_size=8,
+            params_reference=1e4,
+            batch_params_exponent=0.0,
+            min_batch_size=8,
+            max_batch_size=8,
+            warmup_fraction=0.0,
+            min_warmup_steps=2,
+        )
+    )
     config.limits = ml_collections.ConfigDict(dict(min_steps=4, min_tokens_per_param=0.0, max_tokens_per_param=1e9))
     config.evals_per_run = 2
     config.checkpoints_per_run = 2

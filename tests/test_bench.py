@@ -26,10 +26,26 @@ def test_benchmark_reports_consistent_figures():
 
 def test_bench_cli_prints_json():
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    result = subprocess.run([sys.executable, "-m", "gpt2jax.bench", "--config", "configs/tiny.py", "--steps", "1",
-                             "--json", "--config.model.n_embd=32", "--config.model.block_size=16",
-                             "--config.train.batch_size=8"],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gpt2jax.cli.bench",
+            "--config",
+            "configs/tiny.py",
+            "--steps",
+            "1",
+            "--json",
+            "--config.model.n_embd=32",
+            "--config.model.block_size=16",
+            "--config.train.batch_size=8",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert {"tokens_per_s", "step_ms", "compile_s", "mfu", "peak_memory_bytes"} <= report.keys()

@@ -1,9 +1,22 @@
 import json
+import re
 
 import pytest
 
-from gpt2jax import budget
-from gpt2jax.scaling import laws
+from gpt2jax.cli import scaling as scaling_cli
+from gpt2jax.scaling import budget, laws
+
+
+def budget_command(args):
+    scaling_cli.entry(["budget", *args])
+
+
+def user_error(capsys, args) -> str:
+    """The one line a budget command prints for a user error (exit code 1)."""
+    with pytest.raises(SystemExit) as exit_info:
+        budget_command(args)
+    assert exit_info.value.code == 1
+    return capsys.readouterr().err.strip()
 
 
 @pytest.fixture(scope="module")
@@ -42,17 +55,24 @@ def test_gpt2_sizes_against_a_12_gib_card(default_report):
 
 
 def test_cli_json_keys(capsys):
-    budget.main(["--gpu", "rtx-4070-ti", "--days", "365", "--utilization", "0.9", "--json"])
+    budget_command(["--gpu", "rtx-4070-ti", "--days", "365", "--utilization", "0.9", "--json"])
     report = json.loads(capsys.readouterr().out)
     for key in (
-            "total_flops", "gpt2_xl_original_flops", "ratio_to_gpt2_xl_original", "compute_optimal_params",
-            "compute_optimal_tokens", "gpt2_small_optimal_flops", "gpt2_small_optimal_tokens", "laws", "models",
+        "total_flops",
+        "gpt2_xl_original_flops",
+        "ratio_to_gpt2_xl_original",
+        "compute_optimal_params",
+        "compute_optimal_tokens",
+        "gpt2_small_optimal_flops",
+        "gpt2_small_optimal_tokens",
+        "laws",
+        "models",
     ):
         assert key in report
 
 
 def test_cli_text(capsys):
-    budget.main([])
+    budget_command([])
     assert "GPT-2 xl" in capsys.readouterr().out
 
 
@@ -63,13 +83,13 @@ def test_fit_file_adds_the_projects_law(tmp_path):
     assert report["laws"]["fit"]["params"] > 0
 
 
-def test_unknown_gpu_names_the_known_ones():
-    with pytest.raises(SystemExit, match="error: unknown GPU 'gtx-480'; known GPUs are .*rtx-4070-ti"):
-        budget.main(["--gpu", "gtx-480"])
+def test_unknown_gpu_names_the_known_ones(capsys):
+    assert re.fullmatch(
+        "error: unknown GPU 'gtx-480'; known GPUs are .*rtx-4070-ti.*", user_error(capsys, ["--gpu", "gtx-480"])
+    )
 
 
-def test_fit_file_without_constants_is_refused(tmp_path):
+def test_fit_file_without_constants_is_refused(tmp_path, capsys):
     path = tmp_path / "fit.json"
     path.write_text(json.dumps({"E": 1.8}))
-    with pytest.raises(SystemExit, match="error: fit file .* lacks A, B, alpha, beta"):
-        budget.main(["--fit", str(path)])
+    assert re.fullmatch("error: fit file .* lacks A, B, alpha, beta;.*", user_error(capsys, ["--fit", str(path)]))

@@ -16,10 +16,10 @@ import tensorflow_datasets.testing.mocking  # noqa: F401 (loads tfds.testing.moc
 import tiktoken.load
 import tiktoken.registry
 
+from gpt2jax.cli.prepare import entry as prepare_command
 from gpt2jax.data import prepare as prepare_module
-from gpt2jax.data.loader import (batch_for_step, ensure_prepared, eval_batches, open_prepared,
-                                 prepared_dir_name)
-from gpt2jax.data.prepare import main, prepare
+from gpt2jax.data.loader import batch_for_step, ensure_prepared, eval_batches, open_prepared, prepared_dir_name
+from gpt2jax.data.prepare import prepare
 from gpt2jax.data.synthetic import SyntheticLanguage
 from gpt2jax.data.tokenizer import EOT_TOKEN_ID, GPT2_VOCAB_SIZE, get_tokenizer
 
@@ -39,6 +39,7 @@ def sha256(path) -> str:
 
 
 # Tokenizer.
+
 
 def test_tokenizer_loads_offline_from_packaged_files(monkeypatch):
     def no_network(url):
@@ -60,6 +61,7 @@ def test_tokenizer_loads_offline_from_packaged_files(monkeypatch):
 
 
 # Synthetic language.
+
 
 def binary_entropy(p: float) -> float:
     return -p * math.log(p) - (1 - p) * math.log(1 - p)
@@ -119,6 +121,7 @@ def test_synthetic_options_parse_and_bad_ones_are_refused():
 
 # prepare: every source.
 
+
 def test_prepare_synthetic(tmp_path):
     out = tmp_path / "syn"
     meta = prepare("synthetic", out, synthetic_train_tokens=50_000, synthetic_val_tokens=5_000, seed=1)
@@ -127,7 +130,11 @@ def test_prepare_synthetic(tmp_path):
     assert meta["synthetic"] == language.spec()
     assert (meta["train_tokens"], meta["val_tokens"]) == (50_000, 5_000)
     assert (meta["vocab_size"], meta["eot_token_id"], meta["tokenizer"], meta["format_version"]) == (
-        GPT2_VOCAB_SIZE, EOT_TOKEN_ID, "gpt2", 1)
+        GPT2_VOCAB_SIZE,
+        EOT_TOKEN_ID,
+        "gpt2",
+        1,
+    )
     assert meta["sha256"] == {"train.bin": sha256(out / "train.bin"), "val.bin": sha256(out / "val.bin")}
     assert json.loads((out / "meta.json").read_text()) == meta
     data = open_prepared(out)
@@ -199,8 +206,11 @@ def test_prepare_max_tokens_caps_train_and_val(tmp_path):
 def test_prepare_tfds_mocked_registered_dataset(tmp_path, monkeypatch):
     # tfds.testing.mock_data serves tfds.data_source without TensorFlow, but its batched read
     # (__getitems__) is installed unbound and misses `self`; give it a version that needs none.
-    monkeypatch.setattr(tfds.testing.mocking, "_getitems",
-                        lambda record_keys, generator, serialized=False: [generator[k] for k in record_keys])
+    monkeypatch.setattr(
+        tfds.testing.mocking,
+        "_getitems",
+        lambda record_keys, generator, serialized=False: [generator[k] for k in record_keys],
+    )
     with tfds.testing.mock_data(num_examples=12):
         meta = prepare("tfds:tiny_shakespeare", tmp_path / "out", val_fraction=0.25)
         records = tfds.data_source("tiny_shakespeare", split="train")
@@ -218,8 +228,10 @@ class Gpt2jaxTestCorpus(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
 
     def _info(self):
-        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(
-            {"body": tfds.features.Text(), "id": tfds.features.Scalar(np.int64)}))
+        return tfds.core.DatasetInfo(
+            builder=self,
+            features=tfds.features.FeaturesDict({"body": tfds.features.Text(), "id": tfds.features.Scalar(np.int64)}),
+        )
 
     def _split_generators(self, dl_manager):
         return {"train": self._generate_examples(0, 7), "validation": self._generate_examples(100, 2)}
@@ -247,21 +259,25 @@ def test_prepare_tfds_array_record_dataset_uses_its_validation_split(tmp_path):
 
 # prepare: refusals, each one sentence, leaving nothing behind.
 
-@pytest.mark.parametrize("files, source, error, message", [
-    ({}, "text:{root}/*.txt", FileNotFoundError, "no files match"),
-    ({"a.txt": b"", "b.txt": b""}, "text:{root}/*.txt", ValueError, "contains no text"),
-    ({"a.txt": b"only one document"}, "text:{root}/*.txt", ValueError, "at least two non-empty documents"),
-    ({"a.md": b"markdown"}, "text:{root}/*", ValueError, "not a .txt, .txt.gz, .jsonl or .jsonl.gz file"),
-    ({"a.txt": b"\xff\xfe bad bytes", "b.txt": b"ok"}, "text:{root}/*.txt", ValueError, "is not UTF-8 text"),
-    ({"a.txt.gz": b"not gzip", "b.txt": b"ok"}, "text:{root}/*", ValueError, "cannot read .*a.txt.gz"),
-    ({"a.jsonl": b'{"body": "x"}\n'}, "text:{root}/*", ValueError, "line 1 has no string field 'text'"),
-    ({"a.jsonl": b"not json\n"}, "text:{root}/*", ValueError, "line 1 is not JSON"),
-    ({}, "tfds:tiny_shakespeare", FileNotFoundError, "not prepared as ArrayRecord.*tfds build tiny_shakespeare"),
-    ({}, "tfds:no_such_dataset_anywhere", ValueError, "TFDS has no dataset 'no_such_dataset_anywhere'"),
-    # c4 is registered only once its module is imported, which the source does when TFDS misses it.
-    ({}, "tfds:c4/en", FileNotFoundError, "'c4/en' is not prepared as ArrayRecord"),
-    ({}, "wikipedia", ValueError, "unknown data source"),
-])
+
+@pytest.mark.parametrize(
+    "files, source, error, message",
+    [
+        ({}, "text:{root}/*.txt", FileNotFoundError, "no files match"),
+        ({"a.txt": b"", "b.txt": b""}, "text:{root}/*.txt", ValueError, "contains no text"),
+        ({"a.txt": b"only one document"}, "text:{root}/*.txt", ValueError, "at least two non-empty documents"),
+        ({"a.md": b"markdown"}, "text:{root}/*", ValueError, "not a .txt, .txt.gz, .jsonl or .jsonl.gz file"),
+        ({"a.txt": b"\xff\xfe bad bytes", "b.txt": b"ok"}, "text:{root}/*.txt", ValueError, "is not UTF-8 text"),
+        ({"a.txt.gz": b"not gzip", "b.txt": b"ok"}, "text:{root}/*", ValueError, "cannot read .*a.txt.gz"),
+        ({"a.jsonl": b'{"body": "x"}\n'}, "text:{root}/*", ValueError, "line 1 has no string field 'text'"),
+        ({"a.jsonl": b"not json\n"}, "text:{root}/*", ValueError, "line 1 is not JSON"),
+        ({}, "tfds:tiny_shakespeare", FileNotFoundError, "not prepared as ArrayRecord.*tfds build tiny_shakespeare"),
+        ({}, "tfds:no_such_dataset_anywhere", ValueError, "TFDS has no dataset 'no_such_dataset_anywhere'"),
+        # c4 is registered only once its module is imported, which the source does when TFDS misses it.
+        ({}, "tfds:c4/en", FileNotFoundError, "'c4/en' is not prepared as ArrayRecord"),
+        ({}, "wikipedia", ValueError, "unknown data source"),
+    ],
+)
 def test_bad_sources_are_refused_clearly(tmp_path, files, source, error, message):
     root = tmp_path / "in"
     root.mkdir()
@@ -275,14 +291,20 @@ def test_bad_sources_are_refused_clearly(tmp_path, files, source, error, message
 
 
 def test_cli_reports_errors_in_one_line_and_prints_meta(tmp_path, capsys):
-    with pytest.raises(SystemExit, match=r"^error: no files match"):
-        main(["--source", f"text:{tmp_path}/missing/*.txt", "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as exit_info:
+        prepare_command(["--source", f"text:{tmp_path}/missing/*.txt", "--out", str(tmp_path / "out")])
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err
+    assert error.startswith("error: no files match") and error.count("\n") == 1
     make_text_corpus(tmp_path / "corpus")
-    main(["--source", f"text:{tmp_path}/corpus/*.txt", "--out", str(tmp_path / "out"), "--val_fraction", "0.5"])
+    prepare_command(
+        ["--source", f"text:{tmp_path}/corpus/*.txt", "--out", str(tmp_path / "out"), "--val_fraction", "0.5"]
+    )
     assert json.loads(capsys.readouterr().out) == open_prepared(tmp_path / "out").meta
 
 
 # prepare: atomicity.
+
 
 def test_interrupted_prepare_leaves_nothing_that_counts_as_prepared(tmp_path, monkeypatch):
     make_text_corpus(tmp_path / "corpus")
@@ -342,11 +364,14 @@ def test_losing_a_publish_race_keeps_the_winners_copy(tmp_path, monkeypatch):
 
 # loader.
 
+
 def test_ensure_prepared_names_dirs_by_settings_and_serialises_processes(tmp_path):
     kwargs = dict(synthetic_train_tokens=3000, synthetic_val_tokens=300)
     paths = []
-    threads = [threading.Thread(target=lambda: paths.append(ensure_prepared("synthetic", tmp_path, **kwargs)))
-               for _ in range(4)]
+    threads = [
+        threading.Thread(target=lambda: paths.append(ensure_prepared("synthetic", tmp_path, **kwargs)))
+        for _ in range(4)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -382,8 +407,10 @@ def test_batch_for_step_is_a_pure_function_of_seed_and_step():
 def test_processes_split_the_global_batch_exactly():
     tokens = np.arange(5000, dtype=np.uint16)
     global_inputs, global_targets = batch_for_step(tokens, seed=5, step=9, batch_size=8, block_size=4)
-    parts = [batch_for_step(tokens, seed=5, step=9, batch_size=8, block_size=4, process_index=i, process_count=4)
-             for i in range(4)]
+    parts = [
+        batch_for_step(tokens, seed=5, step=9, batch_size=8, block_size=4, process_index=i, process_count=4)
+        for i in range(4)
+    ]
     assert all(part[0].shape == (2, 4) for part in parts)
     np.testing.assert_array_equal(np.concatenate([part[0] for part in parts]), global_inputs)
     np.testing.assert_array_equal(np.concatenate([part[1] for part in parts]), global_targets)
@@ -404,8 +431,10 @@ def test_eval_batches_are_fixed_evenly_spaced_windows():
     for (inputs, targets), (inputs_again, targets_again) in zip(batches, again):
         np.testing.assert_array_equal(inputs, inputs_again)
         np.testing.assert_array_equal(targets, targets_again)
-    halves = [list(eval_batches(tokens, batch_size=4, block_size=10, num_batches=3, process_index=i, process_count=2))
-              for i in range(2)]
+    halves = [
+        list(eval_batches(tokens, batch_size=4, block_size=10, num_batches=3, process_index=i, process_count=2))
+        for i in range(2)
+    ]
     for batch, (first, second) in enumerate(zip(*halves)):
         np.testing.assert_array_equal(np.concatenate([first[0], second[0]]), batches[batch][0])
     # A short val split gives overlapping windows, still as many batches as asked.

@@ -11,7 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from gpt2jax import train
+from gpt2jax import inference
+from gpt2jax.workdir import METRICS_FILE
 from tests.helpers import REPO, config_flags, run_main, tiny_config
 
 MESH_FLAGS = ["--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2"]
@@ -32,19 +33,33 @@ def runs(tmp_path_factory):
     """Workdirs and final records of the same 4 steps: 2 processes x 4 devices, and 1 process x 8."""
     data_dir = tmp_path_factory.mktemp("data")  # shared: both processes prepare it at once
     # Two micro-batches: each process then contributes half the rows of each of them.
-    config = tiny_config(data_dir, steps=4, grad_accum_steps=2, log_every=2, eval_every=4, eval_batches=1,
-                         checkpoint_every=4)
+    config = tiny_config(
+        data_dir, steps=4, grad_accum_steps=2, log_every=2, eval_every=4, eval_batches=1, checkpoint_every=4
+    )
     flags = ["--config", "configs/tiny.py", *config_flags(config), *MESH_FLAGS]
 
     two_dir = tmp_path_factory.mktemp("two_processes")
     coordinator = f"127.0.0.1:{free_port()}"
     processes = []
     for process_id in range(2):
-        env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS="--xla_force_host_platform_device_count=4",
-                   JAX_COORDINATOR_ADDRESS=coordinator, JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(process_id))
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "gpt2jax.main", *flags, "--workdir", str(two_dir)],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = dict(
+            os.environ,
+            PYTHONPATH=str(REPO),
+            XLA_FLAGS="--xla_force_host_platform_device_count=4",
+            JAX_COORDINATOR_ADDRESS=coordinator,
+            JAX_NUM_PROCESSES="2",
+            JAX_PROCESS_ID=str(process_id),
+        )
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "gpt2jax.main", *flags, "--workdir", str(two_dir)],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outputs = []
     try:
         for process in processes:
@@ -78,10 +93,10 @@ def test_two_processes_match_one_process_on_the_same_devices(runs):
 def test_metrics_written_once_and_checkpoint_restores_on_one_device(runs):
     two_dir, _ = runs["two"]
     one_dir, _ = runs["one"]
-    records = [json.loads(line) for line in (two_dir / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (two_dir / METRICS_FILE).read_text().splitlines()]
     assert [record["step"] for record in records] == [2, 4]  # process 0 only, no doubled lines
-    _, params, step = train.restore_trained(two_dir, devices=jax.devices()[:1])
-    _, single_params, _ = train.restore_trained(one_dir, devices=jax.devices()[:1])
-    assert step == 4
-    for leaf, single_leaf in zip(jax.tree.leaves(params), jax.tree.leaves(single_params)):
+    two = inference.restore_checkpoint(two_dir, devices=jax.devices()[:1])
+    one = inference.restore_checkpoint(one_dir, devices=jax.devices()[:1])
+    assert two.step == 4
+    for leaf, single_leaf in zip(jax.tree.leaves(two.params), jax.tree.leaves(one.params)):
         np.testing.assert_allclose(np.asarray(leaf), np.asarray(single_leaf), atol=5e-5)

@@ -7,12 +7,12 @@ from gpt2jax import flops, model
 # Chinchilla (Hoffmann et al. 2022) Table A4: (num_layers, d_model, num_heads, label, FLOP ratio ours/6ND),
 # every model with ffw_size 4 d_model, at context 2048 and vocabulary 32000.
 CHINCHILLA_TABLE_A4 = (
-        (10, 640, 10, 73e6, 1.03),
-        (20, 1024, 16, 305e6, 1.10),
-        (24, 1280, 10, 552e6, 1.08),
-        (26, 1792, 14, 1.1e9, 1.04),
-        (28, 2048, 16, 1.6e9, 1.03),
-        (40, 3584, 28, 6.8e9, 0.99),
+    (10, 640, 10, 73e6, 1.03),
+    (20, 1024, 16, 305e6, 1.10),
+    (24, 1280, 10, 552e6, 1.08),
+    (26, 1792, 14, 1.1e9, 1.04),
+    (28, 2048, 16, 1.6e9, 1.03),
+    (40, 3584, 28, 6.8e9, 0.99),
 )
 
 
@@ -28,12 +28,15 @@ def chinchilla_param_count(shape: flops.Shape) -> int:
     return counts["n_params_non_embedding"] + relative_position + counts["token_embedding"]
 
 
-@pytest.mark.parametrize("name, expected", [
+@pytest.mark.parametrize(
+    "name, expected",
+    [
         ("gpt2", 124_439_808),
         ("gpt2-medium", 354_823_168),
         ("gpt2-large", 774_030_080),
         ("gpt2-xl", 1_557_611_200),
-])
+    ],
+)
 def test_gpt2_parameter_counts(name, expected):
     assert flops.count_params(gpt2_shape(name))["n_params"] == expected
 
@@ -66,7 +69,9 @@ def test_device_table_has_every_required_key():
         assert {"bf16", "fp32", "memory_gib"} <= flops.DEVICE_PEAKS[key].keys()
 
 
-@pytest.mark.parametrize("device_kind, key", [
+@pytest.mark.parametrize(
+    "device_kind, key",
+    [
         ("NVIDIA H100 80GB HBM3", "h100-sxm"),
         ("NVIDIA H100 PCIe", "h100-pcie"),
         ("NVIDIA H200", "h200"),
@@ -74,7 +79,8 @@ def test_device_table_has_every_required_key():
         ("NVIDIA A100-SXM4-80GB", "a100"),
         ("TPU v5 lite", "tpu-v5e"),
         ("Some Future Accelerator", None),
-])
+    ],
+)
 def test_device_key(device_kind, key):
     assert flops.device_key(device_kind) == key
 

@@ -62,9 +62,9 @@ def test_import_reads_the_shape_and_lays_out_heads():
     d, k = 32, 8
     # HF's c_attn columns are [q | k | v], each split into heads of K columns.
     c_attn = tensors["transformer.h.1.attn.c_attn.weight"]
-    np.testing.assert_array_equal(ours["h"]["attn"]["qkv_kernel"][1][:, 2, 3], c_attn[:, 2 * d + 3 * k:2 * d + 4 * k])
+    np.testing.assert_array_equal(ours["h"]["attn"]["qkv_kernel"][1][:, 2, 3], c_attn[:, 2 * d + 3 * k : 2 * d + 4 * k])
     c_proj = tensors["transformer.h.0.attn.c_proj.weight"]
-    np.testing.assert_array_equal(ours["h"]["attn"]["out_kernel"][0][1], c_proj[k:2 * k])
+    np.testing.assert_array_equal(ours["h"]["attn"]["out_kernel"][0][1], c_proj[k : 2 * k])
     np.testing.assert_array_equal(ours["h"]["ln_2"]["scale"][0], tensors["transformer.h.0.ln_2.weight"])
     wte = ours["wte"]
     assert wte.shape == (50304, 32)
@@ -100,8 +100,9 @@ def test_export_writes_a_config_transformers_reads_as_gpt2(tmp_path):
 
 
 def test_import_accepts_unprefixed_keys_mask_buffers_and_a_tied_lm_head(tmp_path):
-    tensors = {name.removeprefix("transformer."): value
-               for name, value in load_file(FIXTURE / "model.safetensors").items()}
+    tensors = {
+        name.removeprefix("transformer."): value for name, value in load_file(FIXTURE / "model.safetensors").items()
+    }
     # OpenAI's checkpoints on the Hub: GPT2Model names and the causal-mask buffers.
     for layer in range(2):
         tensors[f"h.{layer}.attn.bias"] = np.tril(np.ones((1, 1, 128, 128), np.float32))
@@ -140,15 +141,18 @@ def test_import_refuses_weights_that_disagree_with_the_config(tmp_path):
         hf.load_hf(copy_fixture(tmp_path, n_positions=64))
 
 
-@pytest.mark.parametrize("field,value", [
-    ("activation_function", "gelu"),
-    ("layer_norm_epsilon", 1e-6),
-    ("scale_attn_by_inverse_layer_idx", True),
-    ("reorder_and_upcast_attn", True),
-    ("scale_attn_weights", False),
-    ("n_inner", 64),
-    ("tie_word_embeddings", False),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("activation_function", "gelu"),
+        ("layer_norm_epsilon", 1e-6),
+        ("scale_attn_by_inverse_layer_idx", True),
+        ("reorder_and_upcast_attn", True),
+        ("scale_attn_weights", False),
+        ("n_inner", 64),
+        ("tie_word_embeddings", False),
+    ],
+)
 def test_import_refuses_what_the_model_cannot_represent(tmp_path, field, value):
     with pytest.raises(ValueError, match=rf"sets .*{field}=.*cannot represent"):
         hf.load_hf(copy_fixture(tmp_path, **{field: value}))
@@ -172,14 +176,8 @@ def test_import_into_a_given_config_keeps_its_padding_and_checks_its_shape():
         hf.load_hf(FIXTURE, dataclasses.replace(config, n_layer=12, block_size=1024))
 
 
-def test_init_from_directory():
-    assert hf.init_from_directory("hf:some/dir") == "some/dir"
-    assert hf.init_from_directory("resume") is None
-    with pytest.raises(ValueError, match="names no directory"):
-        hf.init_from_directory("hf:")
-
-
 # Training from HF weights, and exporting a run.
+
 
 def fixture_run_config(**train_changes):
     config = base_config()
@@ -241,8 +239,11 @@ def test_export_of_a_run_started_from_hf_gives_back_the_hf_weights(tmp_path):
     finally:
         checkpointer.close()
     out = tmp_path / "exported"
-    result = subprocess.run([sys.executable, "-m", "gpt2jax.export", f"--workdir={workdir}", f"--out={out}"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "gpt2jax.cli.export", f"--workdir={workdir}", f"--out={out}"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.splitlines()[-1]) == {"step": 0, "out": str(out)}
     exported = load_file(out / "model.safetensors")
@@ -254,20 +255,34 @@ def test_export_of_a_run_started_from_hf_gives_back_the_hf_weights(tmp_path):
 
 def test_main_fine_tunes_from_hf_weights(tmp_path):
     """``main --init_from hf:DIR`` starts from the fixture: its first loss is the fixture's loss."""
+    from gpt2jax import inference
     from tests.helpers import run_main
 
-    from gpt2jax import train
-
     workdir = tmp_path / "finetune"
-    result = run_main(["--config", "configs/tiny.py", "--workdir", str(workdir), "--init_from", f"hf:{FIXTURE}",
-                       "--config.model.n_embd=32", "--config.model.block_size=128",
-                       f"--config.data.dir={tmp_path / 'data'}", "--config.data.synthetic_train_tokens=20000",
-                       "--config.data.synthetic_val_tokens=2000", "--config.train.batch_size=8",
-                       "--config.train.steps=2", "--config.train.log_every=1", "--config.train.eval_every=2",
-                       "--config.train.eval_batches=1", "--config.train.learning_rate=0"])
+    result = run_main(
+        [
+            "--config",
+            "configs/tiny.py",
+            "--workdir",
+            str(workdir),
+            "--init_from",
+            f"hf:{FIXTURE}",
+            "--config.model.n_embd=32",
+            "--config.model.block_size=128",
+            f"--config.data.dir={tmp_path / 'data'}",
+            "--config.data.synthetic_train_tokens=20000",
+            "--config.data.synthetic_val_tokens=2000",
+            "--config.train.batch_size=8",
+            "--config.train.steps=2",
+            "--config.train.log_every=1",
+            "--config.train.eval_every=2",
+            "--config.train.eval_batches=1",
+            "--config.train.learning_rate=0",
+        ]
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     # With a zero learning rate the trained parameters are the fixture's, to the bit.
-    _, params, step = train.restore_trained(workdir)
+    loaded = inference.restore_checkpoint(workdir)
     _, expected = hf.load_hf(FIXTURE)
-    assert step == 2
-    assert_same_params(params, expected)
+    assert loaded.step == 2
+    assert_same_params(loaded.params, expected)

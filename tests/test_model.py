@@ -24,8 +24,10 @@ PUBLISHED_PARAMS = {
 def test_preset_parameter_counts_match_openai(name):
     config = GPTConfig(**PRESETS[name], vocab_size=50257, vocab_multiple=1)
     assert count_model_params(config) == PUBLISHED_PARAMS[name]
-    assert flops.count_params(flops.Shape(config.n_layer, config.n_head, config.n_embd, 50257, 1024))["n_params"] \
+    assert (
+        flops.count_params(flops.Shape(config.n_layer, config.n_head, config.n_embd, 50257, 1024))["n_params"]
         == PUBLISHED_PARAMS[name]
+    )
 
 
 def test_vocabulary_padded_to_50304_by_default():
@@ -45,9 +47,9 @@ def test_padding_rows_get_no_probability():
     logits = model(tokens)
     assert logits.shape[-1] == 320
     probs = jax.nn.softmax(logits, axis=-1)
-    assert float(probs[..., TINY.vocab_size:].max()) == 0.0
+    assert float(probs[..., TINY.vocab_size :].max()) == 0.0
     # The loss equals the loss of a model that has only the real rows.
-    real = jax.nn.log_softmax(logits[..., :TINY.vocab_size], axis=-1)
+    real = jax.nn.log_softmax(logits[..., : TINY.vocab_size], axis=-1)
     expected = -jnp.take_along_axis(real, tokens[..., None], axis=-1).mean()
     np.testing.assert_allclose(cross_entropy(logits, tokens), expected, rtol=1e-6)
 
@@ -137,7 +139,7 @@ def test_kv_cache_decode_matches_full_forward():
     prefix, cache = model.decode(tokens[:, :9], cache, 0)
     np.testing.assert_allclose(prefix, full[:, :9], atol=1e-5)
     for position in range(9, TINY.block_size):
-        logits, cache = model.decode(tokens[:, position:position + 1], cache, position)
+        logits, cache = model.decode(tokens[:, position : position + 1], cache, position)
         np.testing.assert_allclose(logits[:, 0], full[:, position], atol=1e-5)
 
 
@@ -175,12 +177,15 @@ def test_dropout_is_a_function_of_its_key():
     np.testing.assert_allclose(model(tokens), GPT(TINY, rngs=nnx.Rngs(0))(tokens), atol=1e-6)
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(n_embd=30), "divisible by model.n_head"),
-    (dict(attention="flash"), "model.attention"),
-    (dict(attention="cudnn"), "needs model.dtype"),
-    (dict(remat="some"), "model.remat"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(n_embd=30), "divisible by model.n_head"),
+        (dict(attention="flash"), "model.attention"),
+        (dict(attention="cudnn"), "needs model.dtype"),
+        (dict(remat="some"), "model.remat"),
+    ],
+)
 def test_bad_model_config_is_one_sentence(bad, message):
     with pytest.raises(ValueError, match=message):
         dataclasses.replace(TINY, **bad).validate()

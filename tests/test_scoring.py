@@ -63,8 +63,12 @@ def test_a_text_shorter_than_the_context_is_one_window(model, reference):
     graphdef, params, block_size = model
     tokens = reference["tokens"][:40]
     # The first window of the reference saw the same tokens with no padding.
-    np.testing.assert_allclose(scoring.token_logprobs(graphdef, params, tokens, block_size),
-                               reference["logprobs_stride128"][:39], atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(
+        scoring.token_logprobs(graphdef, params, tokens, block_size),
+        reference["logprobs_stride128"][:39],
+        atol=TOLERANCE,
+        rtol=0,
+    )
 
 
 def test_token_logprobs_refuses_what_it_cannot_score(model):
@@ -78,8 +82,17 @@ def test_token_logprobs_refuses_what_it_cannot_score(model):
 def test_evaluate_cli_writes_logprobs_and_prints_loss(tmp_path, reference):
     out = tmp_path / "logprobs.npy"
     result = subprocess.run(
-        [sys.executable, "-m", "gpt2jax.evaluate", f"--init_from=hf:{FIXTURE}", f"--text={FIXTURE / 'text.txt'}",
-         f"--logprobs_out={out}"], capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "gpt2jax.cli.evaluate",
+            f"--init_from=hf:{FIXTURE}",
+            f"--text={FIXTURE / 'text.txt'}",
+            f"--logprobs_out={out}",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     printed = json.loads(result.stdout.splitlines()[-1])
     logprobs = np.load(out)
@@ -112,27 +125,33 @@ def test_a_long_context_loses_its_oldest_tokens(model, reference):
     context, continuation = tokens[:300], tokens[300:310]
     kept = block_size + 1 - len(continuation)
     long, cut = scoring.continuation_logprobs(
-        graphdef, params, [(context, continuation), (context[-kept:], continuation)], block_size, batch_size=2)
+        graphdef, params, [(context, continuation), (context[-kept:], continuation)], block_size, batch_size=2
+    )
     np.testing.assert_array_equal(long, cut)
     with pytest.raises(ValueError, match="does not fit the model's context"):
-        scoring.continuation_logprobs(graphdef, params, [(context, tokens[:block_size + 1])], block_size)
+        scoring.continuation_logprobs(graphdef, params, [(context, tokens[: block_size + 1])], block_size)
 
 
 def test_hellaswag_prediction_sums_for_acc_and_averages_for_acc_norm():
-    endings = [np.array([-1.0, -1.0, -1.0]),  # summed loss 3, mean 1: the best mean
-               np.array([-2.5]),  # summed loss 2.5, mean 2.5: the best sum
-               np.array([-4.0, -0.5])]  # summed loss 4.5, mean 2.25
+    endings = [
+        np.array([-1.0, -1.0, -1.0]),  # summed loss 3, mean 1: the best mean
+        np.array([-2.5]),  # summed loss 2.5, mean 2.5: the best sum
+        np.array([-4.0, -0.5]),
+    ]  # summed loss 4.5, mean 2.25
     assert scoring.hellaswag_prediction(endings) == (1, 0)
 
 
 def test_hellaswag_scores_pick_what_transformers_picks(model, hellaswag_reference):
     graphdef, params, block_size = model
-    examples = [dict(example, label=int(np.argmin([summed for summed, _ in example["losses"]])))
-                for example in hellaswag_reference]
+    examples = [
+        dict(example, label=int(np.argmin([summed for summed, _ in example["losses"]])))
+        for example in hellaswag_reference
+    ]
     # With each label set to the reference's summed-loss choice, acc must be 1 exactly.
     scores = scoring.hellaswag_scores(graphdef, params, examples, block_size, batch_size=4)
-    expected_norm = np.mean([np.argmin([mean for _, mean in example["losses"]]) == example["label"]
-                             for example in examples])
+    expected_norm = np.mean(
+        [np.argmin([mean for _, mean in example["losses"]]) == example["label"] for example in examples]
+    )
     assert scores == {"acc": 1.0, "acc_norm": expected_norm, "n": len(examples)}
     assert expected_norm < 1.0  # the two rules disagree on these examples, so both are tested
 
@@ -140,9 +159,17 @@ def test_hellaswag_scores_pick_what_transformers_picks(model, hellaswag_referenc
 def test_hellaswag_reads_tfds_records(model, hellaswag_reference):
     graphdef, params, block_size = model
     # Records as TFDS's data source returns them: text as bytes, endings as an array, label as numpy.
-    records = [{"context": example["context"].encode(), "endings": np.asarray([e.encode() for e in example["endings"]]),
-                "label": np.int32(example["label"]), "activity_label": b"", "split_type": b"", "source_id": b""}
-               for example in hellaswag_reference]
+    records = [
+        {
+            "context": example["context"].encode(),
+            "endings": np.asarray([e.encode() for e in example["endings"]]),
+            "label": np.int32(example["label"]),
+            "activity_label": b"",
+            "split_type": b"",
+            "source_id": b"",
+        }
+        for example in hellaswag_reference
+    ]
     with tfds.testing.mock_data(as_data_source_fn=lambda builder, split, **kwargs: records):
         examples = scoring.hellaswag_examples(limit=1)
     assert examples == [{key: hellaswag_reference[0][key] for key in ("context", "endings", "label")}]
@@ -159,7 +186,6 @@ def test_hellaswag_runs_on_tfds_mock_data(model):
 
 
 def test_validation_loss_of_hf_weights_on_a_config(model, tmp_path):
-    from gpt2jax import train
     from gpt2jax.config import base_config
     from gpt2jax.data import loader
     from gpt2jax.scoring import evaluate_hf_on_config
@@ -171,12 +197,14 @@ def test_validation_loss_of_hf_weights_on_a_config(model, tmp_path):
     config.train.update(batch_size=8, eval_batches=2)
     result = evaluate_hf_on_config(str(FIXTURE), config)
     # The sharded trainer's loss equals the mean of the scoring path's log-probabilities on the same windows.
-    val_tokens = train.prepared_data(config).val
-    logprobs = [scoring.token_logprobs(graphdef, params, np.concatenate([inputs, targets[-1:]]), block_size,
-                                       batch_size=1)
-                for batch in loader.eval_batches(val_tokens, batch_size=8, block_size=block_size, num_batches=2,
-                                                 process_index=0, process_count=1)
-                for inputs, targets in zip(*batch)]
+    val_tokens = loader.prepared_data(config).val
+    logprobs = [
+        scoring.token_logprobs(graphdef, params, np.concatenate([inputs, targets[-1:]]), block_size, batch_size=1)
+        for batch in loader.eval_batches(
+            val_tokens, batch_size=8, block_size=block_size, num_batches=2, process_index=0, process_count=1
+        )
+        for inputs, targets in zip(*batch)
+    ]
     assert result["val_tokens"] == 2 * 8 * block_size
     assert result["val_loss"] == pytest.approx(-np.mean(logprobs), abs=TOLERANCE)
     config.model.n_layer = 3

@@ -7,9 +7,10 @@ import jax
 import numpy as np
 import pytest
 
-from gpt2jax import train
+from gpt2jax import flops, inference, train
 from gpt2jax.checkpoint import Checkpointer
 from gpt2jax.config import base_config
+from gpt2jax.memory import dry_run
 from tests.helpers import run_main
 
 VOCAB = 512  # small enough to keep the tests fast, divisible by every mesh axis here
@@ -73,8 +74,12 @@ def trained(layout: str | None):
 
 def bytes_on_first_device(tree) -> int:
     first = jax.devices()[0]
-    return sum(shard.data.nbytes for leaf in jax.tree.leaves(tree)
-               for shard in leaf.addressable_shards if shard.device == first)
+    return sum(
+        shard.data.nbytes
+        for leaf in jax.tree.leaves(tree)
+        for shard in leaf.addressable_shards
+        if shard.device == first
+    )
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
@@ -102,9 +107,9 @@ def test_checkpoint_saved_on_fsdp_x_tensor_restores_on_one_and_four_devices(tmp_
     saved = jax.device_get(state)
 
     # Evaluation on one device, the way `evaluate` and `sample` restore.
-    one, params, step = train.restore_trained(tmp_path, devices=jax.devices()[:1])
-    assert step == STEPS and one.mesh.size == 1
-    for leaf, expected in zip(jax.tree.leaves(params), jax.tree.leaves(saved["params"])):
+    one = inference.restore_checkpoint(tmp_path, devices=jax.devices()[:1])
+    assert one.step == STEPS and one.mesh.size == 1
+    for leaf, expected in zip(jax.tree.leaves(one.params), jax.tree.leaves(saved["params"])):
         assert leaf.sharding.device_set == {jax.devices()[0]}
         np.testing.assert_array_equal(np.asarray(leaf), expected)
 
@@ -113,25 +118,41 @@ def test_checkpoint_saved_on_fsdp_x_tensor_restores_on_one_and_four_devices(tmp_
     loader = Checkpointer(tmp_path / "checkpoints")
     restored = loader.restore(STEPS, four.abstract_state)
     loader.close()
-    for leaf, expected, target in zip(jax.tree.leaves(restored), jax.tree.leaves(saved),
-                                      jax.tree.leaves(four.abstract_state)):
+    for leaf, expected, target in zip(
+        jax.tree.leaves(restored), jax.tree.leaves(saved), jax.tree.leaves(four.abstract_state)
+    ):
         assert leaf.sharding == target.sharding
         np.testing.assert_array_equal(np.asarray(leaf), expected)
     qkv_kernel = restored["params"]["h"]["attn"]["qkv_kernel"]
     assert qkv_kernel.addressable_shards[0].data.shape == (2, 32, 3, 2, 8)  # heads split 2 ways, layers whole
 
 
-@pytest.mark.parametrize("mesh, model, train_overrides, message", [
-    (dict(data=3, fsdp=1, tensor=1), {}, {},
-     r"^mesh data x fsdp x tensor = .* uses 3 devices but there are 8; make the product equal the device count\.$"),
-    (dict(data=3, fsdp=-1, tensor=1), {}, {},
-     r"^mesh .* cannot be filled: 8 devices are not divisible by 3\.$"),
-    (dict(data=-1, fsdp=-1, tensor=1), {}, {}, r"^at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1"),
-    (dict(data=1, fsdp=1, tensor=8), {}, {}, r"^model\.n_head=4 is not divisible by mesh\.tensor=8\.$"),
-    (dict(data=1, fsdp=-1, tensor=2), dict(n_head=1), {}, r"^model\.n_head=1 is not divisible by mesh\.tensor=2\.$"),
-    (dict(data=2, fsdp=4, tensor=1), {}, dict(grad_accum_steps=4),
-     r"^the micro-batch of 4 sequences .* is not divisible by mesh data x fsdp = 8\.$"),
-])
+@pytest.mark.parametrize(
+    "mesh, model, train_overrides, message",
+    [
+        (
+            dict(data=3, fsdp=1, tensor=1),
+            {},
+            {},
+            r"^mesh data x fsdp x tensor = .* uses 3 devices but there are 8; make the product equal the device count\.$",
+        ),
+        (dict(data=3, fsdp=-1, tensor=1), {}, {}, r"^mesh .* cannot be filled: 8 devices are not divisible by 3\.$"),
+        (dict(data=-1, fsdp=-1, tensor=1), {}, {}, r"^at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1"),
+        (dict(data=1, fsdp=1, tensor=8), {}, {}, r"^model\.n_head=4 is not divisible by mesh\.tensor=8\.$"),
+        (
+            dict(data=1, fsdp=-1, tensor=2),
+            dict(n_head=1),
+            {},
+            r"^model\.n_head=1 is not divisible by mesh\.tensor=2\.$",
+        ),
+        (
+            dict(data=2, fsdp=4, tensor=1),
+            {},
+            dict(grad_accum_steps=4),
+            r"^the micro-batch of 4 sequences .* is not divisible by mesh data x fsdp = 8\.$",
+        ),
+    ],
+)
 def test_layouts_that_cannot_work_are_refused_before_compiling(mesh, model, train_overrides, message):
     config = tiny_config(**mesh)
     config.model.update(model)
@@ -152,16 +173,23 @@ def test_dry_run_reports_per_device_memory_and_remat_keeps_fewer_activations():
     for remat in ("none", "dots", "full"):
         config = tiny_config(data=1, fsdp=8, tensor=1)
         config.model.update(block_size=64, remat=remat)
-        summaries[remat] = train.dry_run(config)
+        summaries[remat] = dry_run(config)
     memory = summaries["none"]["per_device_bytes"]
     assert summaries["none"]["mesh"] == LAYOUTS["fsdp"]
     assert memory["params"] == 4 * (PARAM_FLOATS_PER_DEVICE["fsdp"] + (64 - 16) * 32 // 8)  # wpe: 64 rows
     assert memory["optimizer_state"] - 2 * memory["params"] <= 16
-    # The total is the state, the temporaries and what is left: this device's rows of the batch.
-    state_and_temporaries = memory["params"] + memory["optimizer_state"] + memory["activations_and_temporaries"]
-    assert 0 <= memory["total"] - state_and_temporaries < 4096
+    # XLA's total is the state, the temporaries and what is left: this device's rows of the batch.
+    state_and_temporaries = memory["params"] + memory["optimizer_state"] + memory["xla_activations_and_temporaries"]
+    assert 0 <= memory["xla_total"] - state_and_temporaries < 4096
+    # The estimate adds its parts; the gradients are a micro-batch's and their running sum.
+    parts = ("params", "optimizer_state", "gradients", "activations_saved_for_backward", "largest_temporaries")
+    assert memory["estimate_total"] == sum(memory[part] for part in parts)
+    assert memory["gradients"] == 2 * memory["params"]
+    # The largest temporaries are the float32 logits of this device's 1 row (64 positions) and their gradient.
+    assert memory["largest_temporaries"] == 2 * 64 * flops.padded_vocab_size(VOCAB, 64) * 4
     assert summaries["none"]["fits"] == {"12 GiB": True, "24 GiB": True, "80 GiB": True}
-    saved = {remat: summary["per_device_bytes"]["activations_saved_for_backward"]
-             for remat, summary in summaries.items()}
+    saved = {
+        remat: summary["per_device_bytes"]["activations_saved_for_backward"] for remat, summary in summaries.items()
+    }
     # Full remat keeps little beyond each block's input and the logits; dots keeps the matmuls.
     assert saved["full"] < saved["dots"] < 0.6 * saved["none"]

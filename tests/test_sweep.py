@@ -17,13 +17,15 @@ import pytest
 
 from gpt2jax import flops, optim, train
 from gpt2jax.checkpoint import Checkpointer
-from gpt2jax.scaling import fit, locks, plan as plan_module, records
+from gpt2jax.cli import scaling as scaling_cli
+from gpt2jax.scaling import fit, locks, records
+from gpt2jax.scaling import plan as plan_module
 from gpt2jax.scaling.laws import ChinchillaLaw
 from gpt2jax.scaling.plot import FIGURES, plot_sweep
 from gpt2jax.scaling.report import write_report
 from gpt2jax.scaling.results import load_results
 from gpt2jax.scaling.sweep import Sweep
-from gpt2jax.sweep import main as sweep_main
+from gpt2jax.workdir import read_metrics
 from tests.helpers import REPO, tiny_sweep_config
 
 # Branch lengths for the runner tests: 100 and 400 steps of 8 x 16 tokens.
@@ -44,6 +46,7 @@ def _tokens_per_step(plan, point):
 
 
 # The plan: points, rules, shards.
+
 
 def test_isoflop_points_train_on_c_over_6n_tokens():
     config = tiny_sweep_config("unused")
@@ -87,7 +90,8 @@ def test_token_grid_and_the_rules():
     scan = plan_module.expand(config).points
     assert len(scan) == 2 * len(plan.points) and len({point.run for point in scan}) == len(scan)
     assert sorted(point.learning_rate / plan_module.learning_rate(rules, point.n_embd) for point in scan) == (
-        pytest.approx([0.5] * len(plan.points) + [2.0] * len(plan.points)))
+        pytest.approx([0.5] * len(plan.points) + [2.0] * len(plan.points))
+    )
 
 
 def test_branches_share_the_trunk_warmup_and_start_where_wsd_decays():
@@ -120,8 +124,10 @@ def test_shards_are_disjoint_cover_every_job_and_balance():
 
 
 def test_bad_sweeps_are_one_sentence(capsys):
-    with pytest.raises(SystemExit, match="error: unknown variant 'nope' of cpu_sweep"):
-        sweep_main(["--config", str(REPO / "experiments/cpu_sweep.py:nope"), "--plan"])
+    with pytest.raises(SystemExit) as exit_info:
+        scaling_cli.entry(["sweep", "--config", str(REPO / "experiments/cpu_sweep.py:nope"), "--plan"])
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.startswith("error: unknown variant 'nope' of cpu_sweep")
     config = tiny_sweep_config("unused")
     config.grid = "flops"
     with pytest.raises(ValueError, match="grid='flops' is not one of isoflop, tokens"):
@@ -143,6 +149,7 @@ def test_shipped_sweeps_expand(name):
 
 
 # Locks and results rows.
+
 
 def test_a_lock_admits_one_worker_and_breaks_only_stale_locks(tmp_path):
     paths = [tmp_path / f"job{k}.lock" for k in range(20)]
@@ -246,9 +253,19 @@ def test_two_workers_on_one_share_never_run_one_point(tmp_path, monkeypatch):
 
 # The runner, for real: killed, resumed, and its branches against WSD from scratch.
 
+
 def _sweep_command(config_file, workdir):
     env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    return [sys.executable, "-m", "gpt2jax.sweep", "--config", str(config_file), "--workdir", str(workdir)], env
+    return [
+        sys.executable,
+        "-m",
+        "gpt2jax.scaling",
+        "sweep",
+        "--config",
+        str(config_file),
+        "--workdir",
+        str(workdir),
+    ], env
 
 
 @pytest.fixture(scope="module")
@@ -265,18 +282,28 @@ def branched_sweep(tmp_path_factory):
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = sweep.point_dir(second.run) / "checkpoints"
     deadline = time.time() + 240
-    while process.poll() is None and time.time() < deadline and not (
-            checkpoints.is_dir() and any(path.name.isdigit() for path in checkpoints.iterdir())):
+    while (
+        process.poll() is None
+        and time.time() < deadline
+        and not (checkpoints.is_dir() and any(path.name.isdigit() for path in checkpoints.iterdir()))
+    ):
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
     killed_rows = {row["run"] for row in records.read_rows(sweep.results_path)}
-    killed_metrics = records.read_metrics(sweep.point_dir(second.run))
+    killed_metrics = read_metrics(sweep.point_dir(second.run))
     killed_checkpoint = max((int(path.name) for path in checkpoints.iterdir() if path.name.isdigit()), default=None)
     rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    return dict(config_file=config_file, plan=plan, sweep=sweep, killed_rows=killed_rows,
-                killed_metrics=killed_metrics, killed_checkpoint=killed_checkpoint, rerun=json.loads(rerun.stdout.strip().splitlines()[-1]))
+    return dict(
+        config_file=config_file,
+        plan=plan,
+        sweep=sweep,
+        killed_rows=killed_rows,
+        killed_metrics=killed_metrics,
+        killed_checkpoint=killed_checkpoint,
+        rerun=json.loads(rerun.stdout.strip().splitlines()[-1]),
+    )
 
 
 def test_killed_sweep_skips_finished_points_and_resumes_the_rest(branched_sweep):
@@ -304,7 +331,8 @@ def test_branch_rows_account_trunk_and_cooldown_flops(branched_sweep):
     per_step = 6 * plan.accounting(first)["n_params"] * first.batch_size * plan.block_size
     assert float(rows[first.run]["flops_spent"]) == pytest.approx(per_step * first.steps)
     assert float(rows[second.run]["flops_spent"]) == pytest.approx(
-        per_step * (second.branch_step - first.branch_step + second.steps - second.branch_step))
+        per_step * (second.branch_step - first.branch_step + second.steps - second.branch_step)
+    )
     assert float(rows[second.run]["flops"]) == pytest.approx(per_step * second.steps)
     assert {rows[run]["kind"] for run in rows} == {"branch"}
     load_results(sweep.results_path)  # what `scaling fit --results` reads
@@ -323,8 +351,8 @@ def test_branched_wsd_point_equals_wsd_from_scratch(branched_sweep, tmp_path):
         assert float(branched["val_loss"]) == pytest.approx(float(alone["val_loss"]), abs=1e-5)
     # The branch that was not killed logged the same last window of training losses too.
     first = plan.points[0]
-    branched_curve = records.read_metrics(sweep.point_dir(first.run))
-    alone_curve = records.read_metrics(tmp_path / "scratch" / "points" / first.run)
+    branched_curve = read_metrics(sweep.point_dir(first.run))
+    alone_curve = read_metrics(tmp_path / "scratch" / "points" / first.run)
     assert branched_curve[-1]["step"] == alone_curve[-1]["step"] == first.steps
     assert branched_curve[-1]["train_loss"] == pytest.approx(alone_curve[-1]["train_loss"], abs=1e-5)
 
@@ -345,8 +373,8 @@ def test_checkpoint_init_restores_the_whole_train_state(branched_sweep, tmp_path
     config.train.init_from = missing
     with pytest.raises(ValueError, match=f"has no checkpoint at step {second.branch_step + 1}; it has steps"):
         train.restore_or_init(train.build_trainer(config), empty)
-    config.train.init_from = "checkpoint:nowhere"
-    with pytest.raises(ValueError, match="must be checkpoint:WORKDIR@STEP"):
+    config.train.init_from = f"checkpoint:{tmp_path / 'nowhere'}"
+    with pytest.raises(FileNotFoundError, match="nowhere/checkpoints holds no checkpoint yet"):
         train.restore_or_init(train.build_trainer(config), empty)
     for checkpointer in (empty, trunk):
         checkpointer.close()
@@ -364,24 +392,55 @@ def known_sweep(tmp_path_factory):
     config = tiny_sweep_config("unused")
     config.grid = "isoflop"
     rng = np.random.default_rng(0)
-    meta = {"source": "synthetic:vocabulary=compact", "train_tokens": 1000, "val_tokens": 100, "vocab_size": 65,
-            "tokenizer": "none", "entropy_rate_nats_per_token": 2.9}
-    (workdir / "sweep.json").write_text(json.dumps({"config_spec": "experiments/known.py", "data_meta": meta,
-                                                    "config": json.loads(config.to_json())}))
+    meta = {
+        "source": "synthetic:vocabulary=compact",
+        "train_tokens": 1000,
+        "val_tokens": 100,
+        "vocab_size": 65,
+        "tokenizer": "none",
+        "entropy_rate_nats_per_token": 2.9,
+    }
+    (workdir / "sweep.json").write_text(
+        json.dumps({"config_spec": "experiments/known.py", "data_meta": meta, "config": json.loads(config.to_json())})
+    )
     for n_params in (2e4, 5e4, 1.2e5, 3e5):
         for budget in (3e11, 1e12, 3e12, 1e13):
             tokens = budget / (6 * n_params)
             loss = float(TRUE_LAW.loss(n_params, tokens)) * (1 + 0.003 * rng.standard_normal())
             run = f"N{n_params:.0f}_C{budget:.0e}"
-            curve = [{"step": step, "flops_seen": budget * step / 4,
-                      "train_loss": float(TRUE_LAW.loss(n_params, tokens * step / 4))} for step in (1, 2, 3, 4)]
+            curve = [
+                {
+                    "step": step,
+                    "flops_seen": budget * step / 4,
+                    "train_loss": float(TRUE_LAW.loss(n_params, tokens * step / 4)),
+                }
+                for step in (1, 2, 3, 4)
+            ]
             (workdir / "points" / run).mkdir(parents=True)
             (workdir / "points" / run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in curve))
-            records.upsert_row(workdir / "results.csv", {
-                "run": run, "kind": "run", "n_layer": 1, "n_head": 1, "n_embd": int(n_params), "seed": 0,
-                "n_params": n_params, "n_tokens": tokens, "budget": budget, "flops": budget,
-                "flops_6n_attention": budget, "flops_spent": budget, "train_loss": loss, "val_loss": loss,
-                "loss": loss, "wall_s": 1.0, "trunk": "", "branch_step": 0})
+            records.upsert_row(
+                workdir / "results.csv",
+                {
+                    "run": run,
+                    "kind": "run",
+                    "n_layer": 1,
+                    "n_head": 1,
+                    "n_embd": int(n_params),
+                    "seed": 0,
+                    "n_params": n_params,
+                    "n_tokens": tokens,
+                    "budget": budget,
+                    "flops": budget,
+                    "flops_6n_attention": budget,
+                    "flops_spent": budget,
+                    "train_loss": loss,
+                    "val_loss": loss,
+                    "loss": loss,
+                    "wall_s": 1.0,
+                    "trunk": "",
+                    "branch_step": 0,
+                },
+            )
     return workdir
 
 
@@ -403,4 +462,4 @@ def test_report_holds_the_fitted_law_and_the_entropy_check(known_sweep, tmp_path
     assert f"| gpt2 on 10B tokens | this fit | {6 * 124_439_808 * 1e10:.3g} |" in text
     assert f"D_opt / N_opt is {float(law.tokens_per_parameter(3e11)):.1f} at 3e+11" in text
     assert "This is not a prediction for GPT-2." in text
-    assert "python -m gpt2jax.sweep --config experiments/known.py" in text
+    assert "python -m gpt2jax.scaling sweep --config experiments/known.py" in text

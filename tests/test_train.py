@@ -1,4 +1,3 @@
-import importlib.util
 import json
 import os
 import signal
@@ -12,16 +11,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt2jax import flops, optim, train
+from gpt2jax import evaluation, flops, inference, optim, train
 from gpt2jax.checkpoint import Checkpointer
-from gpt2jax.scoring import evaluate_workdir
-from gpt2jax.model import PRESETS, GPTConfig
+from gpt2jax.config import SHIPPED_CONFIGS, load_config_file
+from gpt2jax.data.loader import prepared_data
 from gpt2jax.generate import sample_text
+from gpt2jax.model import PRESETS, GPTConfig
+from gpt2jax.scoring import evaluate_checkpoint
+from gpt2jax.trees import path_str
+from gpt2jax.workdir import METRICS_FILE
 from tests.helpers import REPO, config_flags, run_main, tiny_config
 
 
 def _records(workdir):
-    return [json.loads(line) for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (Path(workdir) / METRICS_FILE).read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -37,16 +40,10 @@ def trained(tmp_path_factory, data_dir):
     return workdir, final
 
 
-def _load_config_file(path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
-@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.py")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", sorted(SHIPPED_CONFIGS.glob("*.py")), ids=lambda p: p.stem)
 def test_every_config_loads(path):
-    config = _load_config_file(path)
+    config = load_config_file(str(path))
+    assert load_config_file(path.stem).to_dict() == config.to_dict()  # by name, from anywhere
     model_config = GPTConfig.from_config(config.model)
     assert config.train.batch_size % config.train.grad_accum_steps == 0
     optim.learning_rate_schedule(config.train)
@@ -84,8 +81,8 @@ def test_tensorboard_events_mirror_the_metrics(data_dir, tmp_path):
     data, losses = event_file.read_bytes(), []
     while data:  # TFRecord framing: u64 length, u32 crc, payload, u32 crc
         length = int.from_bytes(data[:8], "little")
-        event = Event.FromString(data[12:12 + length])
-        data = data[16 + length:]
+        event = Event.FromString(data[12 : 12 + length])
+        data = data[16 + length :]
         losses += [value.simple_value for value in event.summary.value if value.tag == "train_loss"]
     assert losses == pytest.approx([r["train_loss"] for r in _records(tmp_path)])
 
@@ -101,8 +98,8 @@ def test_same_seed_same_losses_other_seed_other_losses(trained, data_dir, tmp_pa
 
 
 def test_gradient_accumulation_matches_one_big_batch(data_dir, tmp_path):
-    one = train.run(tiny_config(data_dir, steps=3, log_every=1, batch_size=16), tmp_path / "one")
-    two = train.run(tiny_config(data_dir, steps=3, log_every=1, batch_size=16, grad_accum_steps=2), tmp_path / "two")
+    train.run(tiny_config(data_dir, steps=3, log_every=1, batch_size=16), tmp_path / "one")
+    train.run(tiny_config(data_dir, steps=3, log_every=1, batch_size=16, grad_accum_steps=2), tmp_path / "two")
     # Step 3's loss is computed after two updates, so it checks the accumulated gradients.
     losses_one = [r["train_loss"] for r in _records(tmp_path / "one")]
     losses_two = [r["train_loss"] for r in _records(tmp_path / "two")]
@@ -116,8 +113,13 @@ def test_resume_after_sigkill_ends_at_the_same_loss(trained, data_dir, tmp_path)
     resumed = tmp_path / "killed"
     args = ["--config", "configs/tiny.py", "--workdir", str(resumed), *config_flags(config)]
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    process = subprocess.Popen([sys.executable, "-m", "gpt2jax.main", *args], cwd=REPO, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gpt2jax.main", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 240
     while not (resumed / "checkpoints" / "6").is_dir() and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -140,11 +142,13 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path
 
     def poisoned(trainer):
         step_fn = real_step(trainer)
+
         def step(state, inputs, targets):
             new_state, metrics = step_fn(state, inputs, targets)
             if int(new_state["step"]) >= 5:
                 metrics = dict(metrics, loss=jnp.float32(jnp.nan))
             return new_state, metrics
+
         return step
 
     monkeypatch.setattr(train.Trainer, "train_step", property(poisoned))
@@ -165,36 +169,46 @@ def test_divergence_from_a_huge_learning_rate_is_one_sentence(data_dir, tmp_path
 
 def test_evaluate_restores_and_matches_the_run(trained):
     workdir, final = trained
-    result = evaluate_workdir(str(workdir))
+    result = evaluate_checkpoint(str(workdir))
     assert result["step"] == 12
     assert result["val_loss"] == pytest.approx(final["val_loss"], abs=1e-5)
     assert result["val_perplexity"] == pytest.approx(np.exp(result["val_loss"]))
-    older = evaluate_workdir(str(workdir), step=6)
+    older = evaluate_checkpoint(str(workdir), step=6)
     assert older["step"] == 6 and older["val_loss"] != result["val_loss"]
 
 
 def test_evaluate_on_one_device(trained):
     workdir, final = trained
-    trainer, params, step = train.restore_trained(workdir, devices=jax.devices()[:1])
-    assert trainer.mesh.size == 1 and step == 12
-    data = train.prepared_data(trainer.config)
-    assert trainer.evaluate(params, data.val, 2) == pytest.approx(final["val_loss"], abs=1e-5)
+    loaded = inference.restore_checkpoint(workdir, devices=jax.devices()[:1])
+    assert loaded.mesh.size == 1 and loaded.step == 12
+    data = prepared_data(loaded.run_config)
+    eval_step = evaluation.compile_eval_step(loaded.graphdef, loaded.mesh, loaded.param_shardings)
+    loss = evaluation.validation_loss(
+        eval_step,
+        loaded.mesh,
+        loaded.params,
+        data.val,
+        batch_size=8,
+        block_size=loaded.model_config.block_size,
+        num_batches=2,
+    )
+    assert loss == pytest.approx(final["val_loss"], abs=1e-5)
 
 
 def test_restoring_a_step_the_run_never_saved_names_the_saved_ones(trained, tmp_path):
     workdir, _ = trained
     with pytest.raises(ValueError, match=r"has no checkpoint at step 7; it has steps \[6, 12\]"):
-        train.restore_trained(workdir, step=7)
+        inference.restore_checkpoint(workdir, step=7)
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "config.json").write_text((workdir / "config.json").read_text())
     with pytest.raises(FileNotFoundError, match="holds no checkpoint yet"):
-        train.restore_trained(tmp_path)
+        inference.restore_checkpoint(tmp_path)
 
 
 def test_sample_is_seeded_and_greedy_is_deterministic(trained):
     workdir, _ = trained
-    trainer, params, _ = train.restore_trained(workdir)
-    args = (trainer.graphdef, params, trainer.model_config.block_size, "Hello")
+    loaded = inference.restore_checkpoint(workdir)
+    args = (loaded.graphdef, loaded.params, loaded.model_config.block_size, "Hello")
     greedy = sample_text(*args, max_new_tokens=6, temperature=0.0)
     assert greedy == sample_text(*args, max_new_tokens=6, temperature=0.0, seed=5)
     a = sample_text(*args, max_new_tokens=6, temperature=1.0, top_k=0, seed=1, num_samples=3)
@@ -207,13 +221,36 @@ def test_sample_is_seeded_and_greedy_is_deterministic(trained):
 def test_sample_and_evaluate_cli(trained):
     workdir, _ = trained
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    result = subprocess.run([sys.executable, "-m", "gpt2jax.sample", "--workdir", str(workdir), "--prompt", "Hi",
-                             "--max_new_tokens", "5", "--temperature", "0"],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gpt2jax.cli.sample",
+            "--workdir",
+            str(workdir),
+            "--prompt",
+            "Hi",
+            "--max_new_tokens",
+            "5",
+            "--temperature",
+            "0",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("Hi")
-    result = subprocess.run([sys.executable, "-m", "gpt2jax.evaluate", "--workdir", str(workdir)],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "gpt2jax.cli.evaluate", "--workdir", str(workdir)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.strip().splitlines()[-1])["step"] == 12
 
@@ -229,9 +266,10 @@ def test_workdir_of_another_model_shape_is_refused(trained, data_dir):
 def test_data_with_more_ids_than_the_model_reads_is_refused(data_dir):
     config = tiny_config(data_dir)
     config.model.vocab_size = 1000
-    with pytest.raises(ValueError, match="holds token ids up to 50256 but model.vocab_size is 1000; "
-                                         "set model.vocab_size=50257."):
-        train.prepared_data(config)
+    with pytest.raises(
+        ValueError, match="holds token ids up to 50256 but model.vocab_size is 1000; set model.vocab_size=50257."
+    ):
+        prepared_data(config)
 
 
 def test_scratch_refuses_a_workdir_with_checkpoints(trained, data_dir):
@@ -240,15 +278,26 @@ def test_scratch_refuses_a_workdir_with_checkpoints(trained, data_dir):
         train.run(tiny_config(data_dir, init_from="scratch"), workdir)
 
 
-@pytest.mark.parametrize("flag, message", [
-    ("--config.train.not_a_key=1", "error: unknown config key 'not_a_key'"),
-    ("--config.data.source=text:/nonexistent/*.txt", "error: "),
-    ("--config.model.n_head=5", "error: model.n_embd=128 must be divisible by model.n_head=5."),
-    ("--config.train.schedule=linear", "error: train.schedule='linear' is not one of"),
-])
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--config.train.not_a_key=1", "error: unknown config key 'not_a_key'"),
+        ("--config.data.source=text:/nonexistent/*.txt", "error: "),
+        ("--config.model.n_head=5", "error: model.n_embd=128 must be divisible by model.n_head=5."),
+        ("--config.train.schedule=linear", "error: train.schedule='linear' is not one of"),
+    ],
+)
 def test_bad_input_is_one_sentence(flag, message, tmp_path):
-    result = run_main(["--config", "configs/tiny.py", "--workdir", str(tmp_path / "w"),
-                       f"--config.data.dir={tmp_path / 'data'}", flag])
+    result = run_main(
+        [
+            "--config",
+            "configs/tiny.py",
+            "--workdir",
+            str(tmp_path / "w"),
+            f"--config.data.dir={tmp_path / 'data'}",
+            flag,
+        ]
+    )
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(message)
@@ -271,8 +320,9 @@ def test_dry_run_prints_counts_and_memory(tmp_path):
 
 @pytest.mark.parametrize("schedule", ["cosine", "wsd", "constant"])
 def test_schedules(schedule):
-    config = tiny_config("unused", schedule=schedule, steps=100, warmup_steps=10, learning_rate=1.0,
-                         min_lr_ratio=0.1, decay_fraction=0.2)
+    config = tiny_config(
+        "unused", schedule=schedule, steps=100, warmup_steps=10, learning_rate=1.0, min_lr_ratio=0.1, decay_fraction=0.2
+    )
     lr = optim.learning_rate_schedule(config.train)
     assert float(lr(0)) == 0.0 and float(lr(5)) == pytest.approx(0.5)
     assert float(lr(10)) == pytest.approx(1.0)
@@ -284,8 +334,7 @@ def test_schedules(schedule):
 
 def test_weight_decay_only_on_matrices(trained):
     workdir, _ = trained
-    trainer, params, _ = train.restore_trained(workdir)
-    from gpt2jax.sharding import path_str
+    params = inference.restore_checkpoint(workdir).params
     decayed = {path_str(p): m for p, m in jax.tree_util.tree_leaves_with_path(optim.decay_mask(params))}
     assert decayed["wte"] and decayed["h/attn/qkv_kernel"] and decayed["h/mlp/proj_kernel"]
     assert not decayed["h/attn/qkv_bias"] and not decayed["h/ln_1/scale"] and not decayed["ln_f/bias"]

@@ -4,7 +4,8 @@ A training batch is a pure function of (seed, step): resuming needs only the ste
 process draws the same global batch and keeps its own rows. Evaluation reads the same evenly
 spaced windows of the val split every time, so evaluations are comparable across a run.
 
-Shape letters: G the global batch, B this process's rows of it, N batches, T block_size.
+Shape letters (the package's legend, ``gpt2jax/__init__.py``): G the global batch, B this process's rows
+of it, N batches, T block_size.
 """
 
 from __future__ import annotations
@@ -34,8 +35,7 @@ def open_prepared(data_dir: str | Path) -> PreparedData:
     """Maps a prepared directory's token files; checks their sizes against meta.json, not their hashes."""
     path = Path(data_dir)
     meta = read_meta(path)
-    train, val = (np.memmap(path / SPLIT_FILES[split], dtype=TOKEN_DTYPE, mode="r")
-                  for split in ("train", "val"))
+    train, val = (np.memmap(path / SPLIT_FILES[split], dtype=TOKEN_DTYPE, mode="r") for split in ("train", "val"))
     return PreparedData(path=path, meta=meta, train=train, val=val)
 
 
@@ -68,10 +68,34 @@ def ensure_prepared(source: str, data_root: str | Path, **prepare_kwargs) -> Pat
     return out_dir
 
 
+def prepared_data(config) -> PreparedData:
+    """The prepared tokens of a run config's ``data`` section, preparing them on first use.
+
+    Refuses data with ids past the model's embedding, which the gather would clip silently.
+    """
+    data = config.data
+    data_dir = ensure_prepared(
+        data.source,
+        data.dir,
+        val_fraction=data.val_fraction,
+        text_key=data.text_key,
+        tfds_data_dir=data.tfds_data_dir or None,
+        synthetic_train_tokens=data.synthetic_train_tokens,
+        synthetic_val_tokens=data.synthetic_val_tokens,
+        max_tokens=data.max_tokens or None,
+    )
+    prepared = open_prepared(data_dir)
+    if prepared.meta["vocab_size"] > config.model.vocab_size:
+        raise ValueError(
+            f"{data_dir} holds token ids up to {prepared.meta['vocab_size'] - 1} but model.vocab_size is "
+            f"{config.model.vocab_size}; set model.vocab_size={prepared.meta['vocab_size']}."
+        )
+    return prepared
+
+
 def _local_batch_size(batch_size: int, process_index: int, process_count: int) -> int:
     if batch_size <= 0 or batch_size % process_count:
-        raise ValueError(f"batch_size {batch_size} must be a positive multiple of the process count "
-                         f"{process_count}.")
+        raise ValueError(f"batch_size {batch_size} must be a positive multiple of the process count {process_count}.")
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}.")
     return batch_size // process_count
@@ -79,17 +103,27 @@ def _local_batch_size(batch_size: int, process_index: int, process_count: int) -
 
 def _check_length(tokens: np.ndarray, block_size: int, split: str) -> None:
     if len(tokens) < block_size + 1:
-        raise ValueError(f"the {split} split holds {len(tokens)} tokens, fewer than block_size + 1 = "
-                         f"{block_size + 1}; prepare more data or lower block_size.")
+        raise ValueError(
+            f"the {split} split holds {len(tokens)} tokens, fewer than block_size + 1 = "
+            f"{block_size + 1}; prepare more data or lower block_size."
+        )
 
 
 def _windows(tokens: np.ndarray, starts_B: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
-    window_BxT1 = np.stack([tokens[start:start + block_size + 1] for start in starts_B]).astype(np.int32)
+    window_BxT1 = np.stack([tokens[start : start + block_size + 1] for start in starts_B]).astype(np.int32)
     return np.ascontiguousarray(window_BxT1[:, :-1]), np.ascontiguousarray(window_BxT1[:, 1:])
 
 
-def batch_for_step(tokens: np.ndarray, *, seed: int, step: int, batch_size: int, block_size: int,
-                   process_index: int = 0, process_count: int = 1) -> tuple[np.ndarray, np.ndarray]:
+def batch_for_step(
+    tokens: np.ndarray,
+    *,
+    seed: int,
+    step: int,
+    batch_size: int,
+    block_size: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
     """(inputs [b, T], targets [b, T]) int32 for this process, b = batch_size // process_count.
 
     Window starts are uniform over the token stream, drawn from default_rng([seed, step]) for the
@@ -100,12 +134,19 @@ def batch_for_step(tokens: np.ndarray, *, seed: int, step: int, batch_size: int,
     if seed < 0 or step < 0:
         raise ValueError(f"seed and step must be >= 0, got {seed} and {step}.")
     starts_G = np.random.default_rng([seed, step]).integers(0, len(tokens) - block_size, size=batch_size)
-    starts_B = starts_G[process_index * local_batch_size:(process_index + 1) * local_batch_size]
+    starts_B = starts_G[process_index * local_batch_size : (process_index + 1) * local_batch_size]
     return _windows(tokens, starts_B, block_size)
 
 
-def eval_batches(tokens: np.ndarray, *, batch_size: int, block_size: int, num_batches: int,
-                 process_index: int = 0, process_count: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def eval_batches(
+    tokens: np.ndarray,
+    *,
+    batch_size: int,
+    block_size: int,
+    num_batches: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """num_batches (inputs [b, T], targets [b, T]) int32 batches of fixed, evenly spaced val windows.
 
     The num_batches * batch_size window starts are spread evenly from the first to the last
@@ -119,5 +160,5 @@ def eval_batches(tokens: np.ndarray, *, batch_size: int, block_size: int, num_ba
     last_start = len(tokens) - block_size - 1
     starts_NxG = np.linspace(0, last_start, num_batches * batch_size).round().astype(np.int64)
     starts_NxG = starts_NxG.reshape(num_batches, batch_size)
-    starts_NxB = starts_NxG[:, process_index * local_batch_size:(process_index + 1) * local_batch_size]
+    starts_NxB = starts_NxG[:, process_index * local_batch_size : (process_index + 1) * local_batch_size]
     return (_windows(tokens, starts_B, block_size) for starts_B in starts_NxB)

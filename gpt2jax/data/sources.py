@@ -51,12 +51,16 @@ class TextFiles:
         matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
         self.paths = [Path(match) for match in matches if not os.path.isdir(match)]
         if not self.paths:
-            raise FileNotFoundError(f"no files match {pattern!r}; give a glob of .txt, .txt.gz, .jsonl or "
-                                    ".jsonl.gz files, e.g. 'text:corpus/*.txt'.")
+            raise FileNotFoundError(
+                f"no files match {pattern!r}; give a glob of .txt, .txt.gz, .jsonl or "
+                ".jsonl.gz files, e.g. 'text:corpus/*.txt'."
+            )
         unsupported = [str(path) for path in self.paths if not path.name.endswith(TEXT_SUFFIXES)]
         if unsupported:
-            raise ValueError(f"{unsupported[0]} is not a .txt, .txt.gz, .jsonl or .jsonl.gz file; "
-                             f"narrow the glob {pattern!r} to those.")
+            raise ValueError(
+                f"{unsupported[0]} is not a .txt, .txt.gz, .jsonl or .jsonl.gz file; "
+                f"narrow the glob {pattern!r} to those."
+            )
         self.val_fraction = val_fraction
         self.text_key = text_key
 
@@ -90,20 +94,20 @@ class TextFiles:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            raise ValueError(f"{path} line {line_number} is not JSON; each line must be one JSON "
-                             "object.") from None
+            raise ValueError(f"{path} line {line_number} is not JSON; each line must be one JSON object.") from None
         text = record.get(self.text_key) if isinstance(record, dict) else None
         if not isinstance(text, str):
-            raise ValueError(f"{path} line {line_number} has no string field {self.text_key!r}; "
-                             "pass --text_key with the field that holds the text.")
+            raise ValueError(
+                f"{path} line {line_number} has no string field {self.text_key!r}; "
+                "pass --text_key with the field that holds the text."
+            )
         return text
 
 
 class TfdsDataset:
     """Documents from a TFDS dataset prepared on disk as ArrayRecord, read without TensorFlow."""
 
-    def __init__(self, name: str, *, val_fraction: float, text_key: str = "text",
-                 data_dir: str | None = None):
+    def __init__(self, name: str, *, val_fraction: float, text_key: str = "text", data_dir: str | None = None):
         check_val_fraction(val_fraction)
         self.name = name
         self.val_fraction = val_fraction
@@ -111,26 +115,29 @@ class TfdsDataset:
         self._builder = _tfds_builder(name, data_dir)
         features = list(self._builder.info.features.keys())
         if text_key not in features:
-            raise ValueError(f"TFDS dataset {name!r} has no feature {text_key!r} (it has "
-                             f"{', '.join(features)}); pass --text_key with the one that holds the text.")
+            raise ValueError(
+                f"TFDS dataset {name!r} has no feature {text_key!r} (it has "
+                f"{', '.join(features)}); pass --text_key with the one that holds the text."
+            )
         # Split names are known only from metadata on disk; none (e.g. under tfds.testing.mock_data)
         # means: read 'train', carve val from it.
         splits = set(self._builder.info.splits.keys())
         if splits and "train" not in splits:
-            raise ValueError(f"TFDS dataset {name!r} has no 'train' split (it has "
-                             f"{', '.join(sorted(splits))}).")
+            raise ValueError(f"TFDS dataset {name!r} has no 'train' split (it has {', '.join(sorted(splits))}).")
         self.val_origin = next((split for split in ("validation", "test") if split in splits), CARVED)
         # Opened now, so that an unprepared dataset is refused before prepare creates anything.
         train = self._data_source("train")
-        self._records = {"train": train,
-                         "val": train if self.val_origin == CARVED else self._data_source(self.val_origin)}
+        self._records = {
+            "train": train,
+            "val": train if self.val_origin == CARVED else self._data_source(self.val_origin),
+        }
 
     def documents(self, split: Split) -> Iterator[str]:
         records = self._records[split]
         carved, stride = self.val_origin == CARVED, _carve_stride(self.val_fraction)
         indices = range(1, len(records), stride) if carved and split == "val" else range(len(records))
         for start in range(0, len(indices), _TFDS_READ_CHUNK):
-            chunk = indices[start:start + _TFDS_READ_CHUNK]
+            chunk = indices[start : start + _TFDS_READ_CHUNK]
             if carved and split == "train":
                 chunk = [i for i in chunk if i % stride != 1]
             # __getitems__ is the data source's batched read; one record at a time is much slower.
@@ -149,7 +156,8 @@ class TfdsDataset:
                 f"TFDS dataset {self.name!r} is not prepared as ArrayRecord under "
                 f"{self._builder.data_dir_root}; build it with `tfds build {self.name} "
                 f"--file_format=array_record --data_dir={self._builder.data_dir_root}`, or pass "
-                "--tfds_data_dir where it is.") from None
+                "--tfds_data_dir where it is."
+            ) from None
 
 
 def _tfds_builder(name: str, data_dir: str | None):
@@ -168,23 +176,29 @@ def _tfds_builder(name: str, data_dir: str | None):
             importlib.import_module(module)
         except ModuleNotFoundError as error:
             if error.name is None or not module.startswith(error.name):
-                raise ValueError(f"TFDS dataset {base_name!r} needs the package {error.name!r}; "
-                                 "install it.") from None
+                raise ValueError(f"TFDS dataset {base_name!r} needs the package {error.name!r}; install it.") from None
             continue
         try:
             return tfds.builder(name, data_dir=data_dir)
         except tfds.core.registered.DatasetNotFoundError:
             break
-    raise ValueError(f"TFDS has no dataset {name!r}; check the name in the TFDS catalog "
-                     "(https://www.tensorflow.org/datasets/catalog).")
+    raise ValueError(
+        f"TFDS has no dataset {name!r}; check the name in the TFDS catalog "
+        "(https://www.tensorflow.org/datasets/catalog)."
+    )
 
 
-def open_source(source: str, *, val_fraction: float, text_key: str = "text",
-                tfds_data_dir: str | None = None) -> TextFiles | TfdsDataset:
+def open_source(
+    source: str, *, val_fraction: float, text_key: str = "text", tfds_data_dir: str | None = None
+) -> TextFiles | TfdsDataset:
     """Parses ``text:GLOB`` or ``tfds:NAME[/CONFIG]`` and checks that the source can be read."""
     if source.startswith(TEXT_PREFIX):
         return TextFiles(source.removeprefix(TEXT_PREFIX), val_fraction=val_fraction, text_key=text_key)
     if source.startswith(TFDS_PREFIX):
-        return TfdsDataset(source.removeprefix(TFDS_PREFIX), val_fraction=val_fraction, text_key=text_key,
-                           data_dir=tfds_data_dir or None)
+        return TfdsDataset(
+            source.removeprefix(TFDS_PREFIX),
+            val_fraction=val_fraction,
+            text_key=text_key,
+            data_dir=tfds_data_dir or None,
+        )
     raise ValueError(f"unknown data source {source!r}; use 'synthetic', 'text:GLOB' or 'tfds:NAME[/CONFIG]'.")

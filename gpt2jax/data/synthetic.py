@@ -15,7 +15,8 @@ as ids directly, with no BPE in between, so the entropy per token is exact.
 and <|endoftext|> K, for a model with ``vocab_size=K+1``. A tiny model's cost is then in
 its blocks, not in a 50257-row output layer, which is what a CPU scaling sweep needs.
 
-Shape letters: S states (words + <|endoftext|>), R successors per row, C chains, L and T steps.
+Shape letters (the package's legend, ``gpt2jax/__init__.py``): M states (words + <|endoftext|>), R
+successors per state, C chains, T steps.
 """
 
 from __future__ import annotations
@@ -42,18 +43,17 @@ class SyntheticLanguage:
 
     def __post_init__(self):
         if not 1 <= self.num_states <= EOT_TOKEN_ID:
-            raise ValueError(f"synthetic num_states must be between 1 and {EOT_TOKEN_ID}, "
-                             f"got {self.num_states}.")
+            raise ValueError(f"synthetic num_states must be between 1 and {EOT_TOKEN_ID}, got {self.num_states}.")
         if not 1 <= self.support_size <= self.num_states:
-            raise ValueError(f"synthetic support_size must be between 1 and num_states={self.num_states}, "
-                             f"got {self.support_size}.")
+            raise ValueError(
+                f"synthetic support_size must be between 1 and num_states={self.num_states}, got {self.support_size}."
+            )
         if not 0 < self.end_probability < 1:
             raise ValueError(f"synthetic end_probability must be in (0, 1), got {self.end_probability}.")
         if self.zipf_exponent < 0:
             raise ValueError(f"synthetic zipf_exponent must be >= 0, got {self.zipf_exponent}.")
         if self.vocabulary not in VOCABULARIES:
-            raise ValueError(f"synthetic vocabulary must be one of {', '.join(VOCABULARIES)}, "
-                             f"got {self.vocabulary!r}.")
+            raise ValueError(f"synthetic vocabulary must be one of {', '.join(VOCABULARIES)}, got {self.vocabulary!r}.")
         if self.seed < 0:
             raise ValueError(f"synthetic seed must be >= 0, got {self.seed}.")
 
@@ -62,21 +62,23 @@ class SyntheticLanguage:
         """Parses ``synthetic`` or ``synthetic:num_states=64,support_size=8,vocabulary=compact,...``."""
         prefix, _, options = source.partition(":")
         if prefix != SOURCE_PREFIX:
-            raise ValueError(f"{source!r} is not a synthetic source; write 'synthetic' or "
-                             "'synthetic:key=value,...'.")
-        field_types = {field.name: type(field.default)  # int, float or str, from the defaults
-                       for field in dataclasses.fields(cls) if field.name != "seed"}
+            raise ValueError(f"{source!r} is not a synthetic source; write 'synthetic' or 'synthetic:key=value,...'.")
+        field_types = {
+            field.name: type(field.default)  # int, float or str, from the defaults
+            for field in dataclasses.fields(cls)
+            if field.name != "seed"
+        }
         kwargs = {}
         for option in filter(None, options.split(",")):
             key, _, value = option.partition("=")
             if key not in field_types or not value:
-                raise ValueError(f"bad synthetic option {option!r}; use key=value with keys "
-                                 f"{', '.join(field_types)}.")
+                raise ValueError(f"bad synthetic option {option!r}; use key=value with keys {', '.join(field_types)}.")
             try:
                 kwargs[key] = field_types[key](value)
             except ValueError:
-                raise ValueError(f"synthetic option {key} must be of type {field_types[key].__name__}, "
-                                 f"got {value!r}.") from None
+                raise ValueError(
+                    f"synthetic option {key} must be of type {field_types[key].__name__}, got {value!r}."
+                ) from None
         return cls(**kwargs, seed=seed)
 
     @property
@@ -102,33 +104,33 @@ class SyntheticLanguage:
 
     @functools.cached_property
     def _transitions(self) -> tuple[np.ndarray, np.ndarray]:
-        """Sparse rows: successors [S, R+1] (state indices) and their probabilities [S, R+1].
+        """Sparse rows: successors [M, R+1] (state indices) and their probabilities [M, R+1].
 
-        S = num_states + 1 rows, the last one <|endoftext|>; column R is the move to
+        M = num_states + 1 rows, the last one <|endoftext|>; column R is the move to
         <|endoftext|>, with probability 0 from <|endoftext|> itself.
         """
         num_rows, support = self.num_states + 1, self.support_size
         rng = np.random.default_rng([self.seed, 1])
         # A random permutation per row; its first `support` entries are that row's successors,
         # so the Zipf ranks land on successors in random order.
-        words_SxR = np.argsort(rng.random((num_rows, self.num_states)), axis=1)[:, :support]
+        words_MxR = np.argsort(rng.random((num_rows, self.num_states)), axis=1)[:, :support]
         zipf_R = 1.0 / np.arange(1, support + 1, dtype=np.float64) ** self.zipf_exponent
         zipf_R /= zipf_R.sum()
-        continue_S = np.full(num_rows, 1.0 - self.end_probability)
-        continue_S[self.eot_state] = 1.0  # a document has at least one word
-        successors = np.concatenate([words_SxR, np.full((num_rows, 1), self.eot_state)], axis=1)
-        probabilities = np.concatenate([continue_S[:, None] * zipf_R, 1.0 - continue_S[:, None]], axis=1)
+        continue_M = np.full(num_rows, 1.0 - self.end_probability)
+        continue_M[self.eot_state] = 1.0  # a document has at least one word
+        successors = np.concatenate([words_MxR, np.full((num_rows, 1), self.eot_state)], axis=1)
+        probabilities = np.concatenate([continue_M[:, None] * zipf_R, 1.0 - continue_M[:, None]], axis=1)
         return successors.astype(np.int32), probabilities
 
     def transition_matrix(self) -> np.ndarray:
-        """[S, S] float64, row i the distribution of the state after state i."""
+        """[M, M] float64, row i the distribution of the state after state i."""
         successors, probabilities = self._transitions
         matrix = np.zeros((self.num_states + 1,) * 2)
         np.put_along_axis(matrix, successors, probabilities, axis=1)  # successors are distinct per row
         return matrix
 
     def stationary_distribution(self) -> np.ndarray:
-        """[S] pi with pi P = pi, sum(pi) = 1: unique, since every state reaches <|endoftext|>."""
+        """[M] pi with pi P = pi, sum(pi) = 1: unique, since every state reaches <|endoftext|>."""
         matrix = self.transition_matrix()
         system = matrix.T - np.eye(len(matrix))
         system[-1] = 1.0  # replace one redundant balance equation by the normalisation
@@ -140,8 +142,8 @@ class SyntheticLanguage:
         """sum_i pi_i H(P_i): the lowest achievable mean loss per token, in nats."""
         _, probabilities = self._transitions
         log_probabilities = np.log(np.where(probabilities > 0, probabilities, 1.0))  # 0 log 0 = 0
-        row_entropy_S = -np.sum(probabilities * log_probabilities, axis=1)
-        return float(self.stationary_distribution() @ row_entropy_S)
+        row_entropy_M = -np.sum(probabilities * log_probabilities, axis=1)
+        return float(self.stationary_distribution() @ row_entropy_M)
 
     def generate(self, num_tokens: int, seed: int) -> np.ndarray:
         """[num_tokens] uint16 token ids, a function of (the language, seed) only.
@@ -154,8 +156,8 @@ class SyntheticLanguage:
         if num_tokens < 0 or seed < 0:
             raise ValueError(f"generate needs num_tokens >= 0 and seed >= 0, got {num_tokens} and {seed}.")
         successors, probabilities = self._transitions
-        cdf_SxR = np.cumsum(probabilities, axis=1)
-        cdf_SxR[:, -1] = 1.0  # so that every uniform draw in [0, 1) falls inside its row
+        cdf_MxR = np.cumsum(probabilities, axis=1)
+        cdf_MxR[:, -1] = 1.0  # so that every uniform draw in [0, 1) falls inside its row
         rng = np.random.default_rng([self.seed, 2, seed])
         mean_document_tokens = 1 / self.end_probability + 1
         # Long chains waste little (one partial document each); many chains keep numpy busy.
@@ -165,13 +167,13 @@ class SyntheticLanguage:
         chains_CxT = np.empty((num_chains, 0), dtype=np.int32)
         kept_C = np.zeros(num_chains, dtype=np.int64)  # each chain's length up to its last <|endoftext|>
         while kept_C.sum() < num_tokens:
-            states_CxL = np.empty((num_chains, steps_per_round), dtype=np.int32)
+            round_CxT = np.empty((num_chains, steps_per_round), dtype=np.int32)
             for step in range(steps_per_round):
                 uniform_C = rng.random(num_chains)
-                column_C = np.sum(cdf_SxR[state_C] < uniform_C[:, None], axis=1)
+                column_C = np.sum(cdf_MxR[state_C] < uniform_C[:, None], axis=1)
                 state_C = successors[state_C, column_C]
-                states_CxL[:, step] = state_C
-            chains_CxT = np.concatenate([chains_CxT, states_CxL], axis=1)
+                round_CxT[:, step] = state_C
+            chains_CxT = np.concatenate([chains_CxT, round_CxT], axis=1)
             is_eot_CxT = chains_CxT == self.eot_state
             from_end_C = np.argmax(is_eot_CxT[:, ::-1], axis=1)
             kept_C = np.where(is_eot_CxT.any(axis=1), chains_CxT.shape[1] - from_end_C, 0)

@@ -24,7 +24,6 @@ from safetensors.numpy import save_file
 from gpt2jax.data.tokenizer import EOT_TOKEN_ID
 from gpt2jax.model import GPTConfig, abstract_model
 
-HF_PREFIX = "hf:"
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
@@ -32,10 +31,19 @@ SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")
 
 # Defaults of transformers' GPT2Config, for keys a config.json leaves out.
 _HF_DEFAULTS = dict(
-    vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12, n_inner=None,
-    activation_function="gelu_new", layer_norm_epsilon=1e-5, scale_attn_weights=True,
-    scale_attn_by_inverse_layer_idx=False, reorder_and_upcast_attn=False,
-    add_cross_attention=False, tie_word_embeddings=True,
+    vocab_size=50257,
+    n_positions=1024,
+    n_embd=768,
+    n_layer=12,
+    n_head=12,
+    n_inner=None,
+    activation_function="gelu_new",
+    layer_norm_epsilon=1e-5,
+    scale_attn_weights=True,
+    scale_attn_by_inverse_layer_idx=False,
+    reorder_and_upcast_attn=False,
+    add_cross_attention=False,
+    tie_word_embeddings=True,
 )
 # The model's GELU is the tanh approximation, which both of these names mean.
 _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
@@ -43,46 +51,49 @@ _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
 _MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)$")
 
 
-def init_from_directory(init_from: str) -> str | None:
-    """The directory of ``init_from='hf:DIR'``, or None for any other value."""
-    if not init_from.startswith(HF_PREFIX):
-        return None
-    directory = init_from.removeprefix(HF_PREFIX)
-    if not directory:
-        raise ValueError("init_from='hf:' names no directory; write hf:DIR with DIR holding config.json "
-                         "and model.safetensors.")
-    return directory
-
-
 def read_config(directory: str | Path) -> dict[str, int]:
     """The GPTConfig shape fields of a Hugging Face GPT-2 config, refusing what the model cannot run."""
     if not Path(directory).is_dir():
-        raise FileNotFoundError(f"{directory} is not a directory; a Hugging Face GPT-2 checkpoint is a directory "
-                                f"with {CONFIG_FILE} and {WEIGHTS_FILE}.")
+        raise FileNotFoundError(
+            f"{directory} is not a directory; a Hugging Face GPT-2 checkpoint is a directory "
+            f"with {CONFIG_FILE} and {WEIGHTS_FILE}."
+        )
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{directory} holds no {CONFIG_FILE}; a Hugging Face GPT-2 directory has "
-                                f"{CONFIG_FILE} and {WEIGHTS_FILE}.")
+        raise FileNotFoundError(
+            f"{directory} holds no {CONFIG_FILE}; a Hugging Face GPT-2 directory has {CONFIG_FILE} and {WEIGHTS_FILE}."
+        )
     hf = _HF_DEFAULTS | json.loads(path.read_text())
     if hf.get("model_type", "gpt2") != "gpt2":
         raise ValueError(f"{path} describes a {hf['model_type']!r} model; only GPT-2 (model_type 'gpt2') imports.")
     unsupported = []
     if hf["activation_function"] not in _TANH_GELUS:
-        unsupported.append(f"activation_function={hf['activation_function']!r} (the model uses "
-                           f"tanh-approximated GELU: {' or '.join(_TANH_GELUS)})")
+        unsupported.append(
+            f"activation_function={hf['activation_function']!r} (the model uses "
+            f"tanh-approximated GELU: {' or '.join(_TANH_GELUS)})"
+        )
     if hf["layer_norm_epsilon"] != 1e-5:
         unsupported.append(f"layer_norm_epsilon={hf['layer_norm_epsilon']} (the model uses 1e-5)")
     if hf["n_inner"] not in (None, 4 * hf["n_embd"]):
         unsupported.append(f"n_inner={hf['n_inner']} (the model's MLP is 4 * n_embd = {4 * hf['n_embd']} wide)")
-    for flag, representable in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
-                                ("reorder_and_upcast_attn", False), ("add_cross_attention", False),
-                                ("tie_word_embeddings", True)):
+    for flag, representable in (
+        ("scale_attn_weights", True),
+        ("scale_attn_by_inverse_layer_idx", False),
+        ("reorder_and_upcast_attn", False),
+        ("add_cross_attention", False),
+        ("tie_word_embeddings", True),
+    ):
         if bool(hf[flag]) != representable:
             unsupported.append(f"{flag}={hf[flag]}")
     if unsupported:
         raise ValueError(f"{path} sets {', '.join(unsupported)}, which gpt2jax's GPT-2 cannot represent.")
-    return dict(n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
-                block_size=hf["n_positions"], vocab_size=hf["vocab_size"])
+    return dict(
+        n_layer=hf["n_layer"],
+        n_head=hf["n_head"],
+        n_embd=hf["n_embd"],
+        block_size=hf["n_positions"],
+        vocab_size=hf["vocab_size"],
+    )
 
 
 def check_shape(hf_fields: dict[str, int], model_config: GPTConfig, directory: str | Path) -> None:
@@ -91,8 +102,9 @@ def check_shape(hf_fields: dict[str, int], model_config: GPTConfig, directory: s
     if differing:
         flags = " ".join(f"--config.model.{name}={hf_fields[name]}" for name in differing)
         ours = ", ".join(f"{name}={getattr(model_config, name)}" for name in differing)
-        raise ValueError(f"the config's model ({ours}) differs from the Hugging Face model in {directory}; "
-                         f"pass {flags}.")
+        raise ValueError(
+            f"the config's model ({ours}) differs from the Hugging Face model in {directory}; pass {flags}."
+        )
 
 
 def load_hf(directory: str | Path, model_config: GPTConfig | None = None) -> tuple[GPTConfig, nnx.State]:
@@ -113,19 +125,26 @@ def load_hf(directory: str | Path, model_config: GPTConfig | None = None) -> tup
     missing = [name for name, *_ in table if name not in tensors]
     unexpected = sorted(set(tensors) - {name for name, *_ in table})
     if missing or unexpected:
-        raise ValueError(f"the weights in {directory} do not fit config.json's GPT-2 (missing: {missing[:3]}, "
-                         f"unexpected: {unexpected[:3]}); is it a complete GPT-2 checkpoint?")
+        raise ValueError(
+            f"the weights in {directory} do not fit config.json's GPT-2 (missing: {missing[:3]}, "
+            f"unexpected: {unexpected[:3]}); is it a complete GPT-2 checkpoint?"
+        )
     if lm_head is not None and not np.array_equal(lm_head, tensors["wte.weight"]):
-        raise ValueError(f"the lm_head.weight in {directory} differs from wte.weight; gpt2jax ties them, "
-                         "so only tied GPT-2 checkpoints import.")
+        raise ValueError(
+            f"the lm_head.weight in {directory} differs from wte.weight; gpt2jax ties them, "
+            "so only tied GPT-2 checkpoints import."
+        )
     _, params = abstract_model(model_config)
     shapes = {path: leaf.shape for path, leaf in traverse_util.flatten_dict(nnx.to_pure_dict(params)).items()}
+    check_table_covers(shapes, table)
     flat = {}
     for name, path, layer, hf_shape in table:
         tensor = np.asarray(tensors[name], np.float32)
         if tensor.shape != hf_shape:
-            raise ValueError(f"{name} in {directory} has shape {tensor.shape} but config.json implies {hf_shape}; "
-                             "the checkpoint and its config disagree.")
+            raise ValueError(
+                f"{name} in {directory} has shape {tensor.shape} but config.json implies {hf_shape}; "
+                "the checkpoint and its config disagree."
+            )
         if path == ("wte",):
             tensor = np.pad(tensor, ((0, model_config.padded_vocab_size - model_config.vocab_size), (0, 0)))
         if layer is None:
@@ -149,15 +168,31 @@ def save_hf(model_config: GPTConfig, params, out_dir: str | Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     pure = params if isinstance(params, dict) else nnx.to_pure_dict(params)
     flat = traverse_util.flatten_dict(jax.device_get(pure))
+    table = _name_table(model_config)
+    check_table_covers(flat, table)
     tensors = {}
-    for name, path, layer, hf_shape in _name_table(model_config):
+    for name, path, layer, hf_shape in table:
         value = np.asarray(flat[path] if layer is None else flat[path][layer], np.float32)
         if path == ("wte",):
-            value = value[:model_config.vocab_size]
+            value = value[: model_config.vocab_size]
         tensors["transformer." + name] = np.ascontiguousarray(value.reshape(hf_shape))
     save_file(tensors, out_dir / WEIGHTS_FILE, metadata={"format": "pt"})
     (out_dir / CONFIG_FILE).write_text(json.dumps(_hf_config(model_config), indent=2) + "\n")
     return out_dir
+
+
+def check_table_covers(parameters, table) -> None:
+    """Refuses parameters (keyed by path tuple) that the name table does not map to a Hugging Face name.
+
+    Without this, a parameter added to the model would be left at its initial value on
+    import and dropped on export, both silently.
+    """
+    mapped = {path for _, path, _, _ in table}
+    unmapped = sorted("/".join(map(str, path)) for path in parameters if path not in mapped)
+    if unmapped:
+        raise ValueError(
+            f"parameter {unmapped[0]} has no Hugging Face name in interop.hf._name_table; add it to the table."
+        )
 
 
 def _name_table(config: GPTConfig) -> list[tuple[str, tuple, int | None, tuple[int, ...]]]:
@@ -201,8 +236,9 @@ def _read_tensors(directory: str | Path) -> dict[str, np.ndarray]:
     elif index.is_file():
         files = [directory / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
     else:
-        raise FileNotFoundError(f"{directory} holds no {WEIGHTS_FILE}; download the safetensors weights "
-                                "(PyTorch .bin files are not read).")
+        raise FileNotFoundError(
+            f"{directory} holds no {WEIGHTS_FILE}; download the safetensors weights (PyTorch .bin files are not read)."
+        )
     tensors = {}
     for path in files:
         with safe_open(path, framework="numpy") as weights:
@@ -215,13 +251,25 @@ def _read_tensors(directory: str | Path) -> dict[str, np.ndarray]:
 
 def _hf_config(config: GPTConfig) -> dict:
     hf = dict(
-        architectures=["GPT2LMHeadModel"], model_type="gpt2",
-        vocab_size=config.vocab_size, n_positions=config.block_size, n_embd=config.n_embd,
-        n_layer=config.n_layer, n_head=config.n_head, n_inner=None, activation_function="gelu_new",
+        architectures=["GPT2LMHeadModel"],
+        model_type="gpt2",
+        vocab_size=config.vocab_size,
+        n_positions=config.block_size,
+        n_embd=config.n_embd,
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        n_inner=None,
+        activation_function="gelu_new",
         # gpt2jax drops out the embeddings and each residual branch, not attention probabilities.
-        resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=0.0,
-        layer_norm_epsilon=1e-5, initializer_range=0.02, scale_attn_weights=True,
-        scale_attn_by_inverse_layer_idx=False, reorder_and_upcast_attn=False, tie_word_embeddings=True,
+        resid_pdrop=config.dropout,
+        embd_pdrop=config.dropout,
+        attn_pdrop=0.0,
+        layer_norm_epsilon=1e-5,
+        initializer_range=0.02,
+        scale_attn_weights=True,
+        scale_attn_by_inverse_layer_idx=False,
+        reorder_and_upcast_attn=False,
+        tie_word_embeddings=True,
     )
     if config.vocab_size > EOT_TOKEN_ID:
         hf.update(bos_token_id=EOT_TOKEN_ID, eos_token_id=EOT_TOKEN_ID)

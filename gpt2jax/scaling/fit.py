@@ -17,7 +17,7 @@ import numpy as np
 from scipy import optimize
 from threadpoolctl import threadpool_limits
 
-from gpt2jax.scaling.laws import ChinchillaLaw
+from gpt2jax.scaling.laws import CHINCHILLA_APPROACH_EXPONENTS, ChinchillaLaw
 from gpt2jax.scaling.results import ScalingPoints
 
 # Hoffmann et al. fit log-loss residuals with a Huber loss of this width; Besiroglu et al. kept it.
@@ -32,22 +32,35 @@ BOOTSTRAP_STARTS = 4
 
 def start_grid(alpha, beta, e, a, b) -> np.ndarray:
     """Every combination of initial values, one row (a, b, e, alpha, beta) each."""
-    return np.array([
+    return np.array(
+        [
             (a_start, b_start, e_start, alpha_start, beta_start)
             for alpha_start, beta_start, e_start, a_start, b_start in itertools.product(alpha, beta, e, a, b)
-    ], dtype=float)
+        ],
+        dtype=float,
+    )
 
 
 # Hoffmann et al.'s grid (appendix D.2): alpha, beta in {0, 0.5, ..., 2}, e in {-1, -0.5, ..., 1},
 # a, b in {0, 5, ..., 25}; 4500 starts.
 HOFFMANN_STARTS = start_grid(
-        alpha=np.arange(0.0, 2.01, 0.5), beta=np.arange(0.0, 2.01, 0.5), e=np.arange(-1.0, 1.01, 0.5),
-        a=np.arange(0.0, 25.1, 5.0), b=np.arange(0.0, 25.1, 5.0),
+    alpha=np.arange(0.0, 2.01, 0.5),
+    beta=np.arange(0.0, 2.01, 0.5),
+    e=np.arange(-1.0, 1.01, 0.5),
+    a=np.arange(0.0, 25.1, 5.0),
+    b=np.arange(0.0, 25.1, 5.0),
 )
 # 108 starts spanning the same ranges, for quick fits; it finds the same minimum on Chinchilla's data.
 COARSE_STARTS = start_grid(
-        alpha=(0.0, 1.0), beta=(0.0, 1.0), e=(-1.0, 0.0, 1.0), a=(0.0, 10.0, 20.0), b=(0.0, 10.0, 20.0),
+    alpha=(0.0, 1.0),
+    beta=(0.0, 1.0),
+    e=(-1.0, 0.0, 1.0),
+    a=(0.0, 10.0, 20.0),
+    b=(0.0, 10.0, 20.0),
 )
+
+START_GRIDS = {"hoffmann": HOFFMANN_STARTS, "coarse": COARSE_STARTS}
+LAW_CONSTANTS = ("E", "A", "B", "alpha", "beta")
 
 
 class InsufficientData(ValueError):
@@ -81,7 +94,7 @@ def _allocation_fit(flops, n_opt, d_opt, approach: str, min_points: int) -> Allo
     found = len(np.unique(flops))
     if found < min_points:
         raise InsufficientData(
-                f"{approach} found {found} compute-optimal point(s) at distinct FLOPs and needs {min_points}."
+            f"{approach} found {found} compute-optimal point(s) at distinct FLOPs and needs {min_points}."
         )
     log_c = np.log(flops)
     a = np.polyfit(log_c, np.log(n_opt), 1)[0]
@@ -105,7 +118,11 @@ def envelope_fit(points: ScalingPoints, n_bins: int = ENVELOPE_BINS) -> Allocati
     # Loss falls along the frontier, so a bin's last frontier point is its lowest.
     chosen = np.array([frontier[frontier_bin == k][-1] for k in np.unique(frontier_bin)])
     return _allocation_fit(
-            points.flops[chosen], points.n_params[chosen], points.n_tokens[chosen], "approach 1", min_points=3,
+        points.flops[chosen],
+        points.n_params[chosen],
+        points.n_tokens[chosen],
+        "approach 1",
+        min_points=3,
     )
 
 
@@ -166,8 +183,8 @@ def isoflop_fit(points: ScalingPoints, tolerance: float = ISOFLOP_TOLERANCE) -> 
     n_opt = [profile.n_opt for profile in profiles]
     if len(budgets) < 2:
         raise InsufficientData(
-                f"approach 2 found {len(budgets)} IsoFLOP profile(s) with at least three model sizes and a loss minimum"
-                " inside them, and needs 2; give each run a budget column or train several sizes per FLOP budget."
+            f"approach 2 found {len(budgets)} IsoFLOP profile(s) with at least three model sizes and a loss minimum"
+            " inside them, and needs 2; give each run a budget column or train several sizes per FLOP budget."
         )
     budgets, n_opt = np.array(budgets), np.array(n_opt)
     return _allocation_fit(budgets, n_opt, budgets / (6.0 * n_opt), "approach 2", min_points=2)
@@ -190,9 +207,15 @@ def huber_objective(params, log_n, log_d, log_loss, delta: float = HUBER_DELTA):
     value = np.where(size <= delta, 0.5 * residual**2, delta * (size - 0.5 * delta)).sum()
     slope = np.clip(residual, -delta, delta)  # Huber'(residual)
     per_term = weights * slope
-    gradient = np.array([
-            per_term[0].sum(), per_term[1].sum(), per_term[2].sum(), -per_term[0] @ log_n, -per_term[1] @ log_d,
-    ])
+    gradient = np.array(
+        [
+            per_term[0].sum(),
+            per_term[1].sum(),
+            per_term[2].sum(),
+            -per_term[0] @ log_n,
+            -per_term[1] @ log_d,
+        ]
+    )
     return value, gradient
 
 
@@ -208,8 +231,11 @@ def _distinct_minima(results, count: int) -> np.ndarray:
 
 
 def parametric_fit(
-        points: ScalingPoints, starts: np.ndarray = HOFFMANN_STARTS, delta: float = HUBER_DELTA,
-        name: str = "fit", source: str = "Huber fit of L(N, D) to this project's results",
+    points: ScalingPoints,
+    starts: np.ndarray = HOFFMANN_STARTS,
+    delta: float = HUBER_DELTA,
+    name: str = "fit",
+    source: str = "Huber fit of L(N, D) to this project's results",
 ) -> ParametricFit:
     """Approach 3: L-BFGS-B from every start, keeping the lowest summed Huber loss, as Hoffmann et al. do.
 
@@ -218,26 +244,36 @@ def parametric_fit(
     """
     if len(points) < MIN_PARAMETRIC_POINTS:
         raise InsufficientData(
-                f"approach 3 fits five constants and needs at least {MIN_PARAMETRIC_POINTS} points, got {len(points)}."
+            f"approach 3 fits five constants and needs at least {MIN_PARAMETRIC_POINTS} points, got {len(points)}."
         )
     data = (np.log(points.n_params), np.log(points.n_tokens), np.log(points.loss), delta)
     # L-BFGS-B's 5 x 5 linear algebra runs ten times slower when OpenBLAS wakes its threads for it
     # on a busy machine. Starts far from the data overflow harmlessly to inf or nan and are dropped.
     with threadpool_limits(limits=1, user_api="blas"), np.errstate(over="ignore", invalid="ignore"):
         results = [
-                optimize.minimize(huber_objective, start, args=data, jac=True, method="L-BFGS-B") for start in starts
+            optimize.minimize(huber_objective, start, args=data, jac=True, method="L-BFGS-B") for start in starts
         ]
         results = sorted((result for result in results if np.isfinite(result.fun)), key=lambda result: result.fun)
         if not results:
             raise InsufficientData("approach 3 found no finite fit from any start; check the losses and sizes.")
         polished = optimize.minimize(
-                huber_objective, results[0].x, args=data, jac=True, method="L-BFGS-B",
-                options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10_000},
+            huber_objective,
+            results[0].x,
+            args=data,
+            jac=True,
+            method="L-BFGS-B",
+            options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10_000},
         )
     best = polished if polished.fun <= results[0].fun else results[0]
     a, b, e, alpha, beta = best.x
     law = ChinchillaLaw(
-            E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=float(alpha), beta=float(beta), name=name, source=source,
+        E=math.exp(e),
+        A=math.exp(a),
+        B=math.exp(b),
+        alpha=float(alpha),
+        beta=float(beta),
+        name=name,
+        source=source,
     )
     return ParametricFit(law, float(best.fun), _distinct_minima([best, *results], BOOTSTRAP_STARTS))
 
@@ -279,14 +315,14 @@ def _allocation_summary(fit_function, points, n_bootstrap, rng, confidence) -> d
         return {"skipped": str(reason)}
     samples = _bootstrap_allocation(fit_function, points, n_bootstrap, rng)
     return {
-            "a": fit.a,
-            "b": fit.b,
-            "ci": {name: percentile_interval(values, confidence) for name, values in samples.items()},
-            "bootstrap_fits": len(samples["a"]),
-            "points": [
-                    {"flops": float(c), "n_opt": float(n), "d_opt": float(d)}
-                    for c, n, d in zip(fit.flops, fit.n_opt, fit.d_opt)
-            ],
+        "a": fit.a,
+        "b": fit.b,
+        "ci": {name: percentile_interval(values, confidence) for name, values in samples.items()},
+        "bootstrap_fits": len(samples["a"]),
+        "points": [
+            {"flops": float(c), "n_opt": float(n), "d_opt": float(d)}
+            for c, n, d in zip(fit.flops, fit.n_opt, fit.d_opt)
+        ],
     }
 
 
@@ -301,7 +337,10 @@ def _approach_rngs(seed: int) -> list[np.random.Generator]:
 
 
 def parametric_bootstrap(
-        points: ScalingPoints, n_bootstrap: int = 100, seed: int = 0, starts: np.ndarray = HOFFMANN_STARTS,
+    points: ScalingPoints,
+    n_bootstrap: int = 100,
+    seed: int = 0,
+    starts: np.ndarray = HOFFMANN_STARTS,
 ) -> tuple[ParametricFit, list[ChinchillaLaw]]:
     """Approach 3 on each run's final point, and its refits on ``n_bootstrap`` resamples.
 
@@ -321,9 +360,15 @@ def parametric_bootstrap(
 
 
 def fit_summary(
-        points: ScalingPoints, *, n_bootstrap: int = 100, seed: int = 0, starts: np.ndarray = HOFFMANN_STARTS,
-        confidence: float = 0.95, tolerance: float = ISOFLOP_TOLERANCE, n_bins: int = ENVELOPE_BINS,
-        bootstrap: tuple[ParametricFit, list[ChinchillaLaw]] | None = None,
+    points: ScalingPoints,
+    *,
+    n_bootstrap: int = 100,
+    seed: int = 0,
+    starts: np.ndarray = HOFFMANN_STARTS,
+    confidence: float = 0.95,
+    tolerance: float = ISOFLOP_TOLERANCE,
+    n_bins: int = ENVELOPE_BINS,
+    bootstrap: tuple[ParametricFit, list[ChinchillaLaw]] | None = None,
 ) -> dict:
     """All three approaches with bootstrap intervals, as a JSON-ready dict.
 
@@ -341,19 +386,61 @@ def fit_summary(
         for name, value in _law_values(law).items():
             samples[name].append(value)
     return {
-            **_law_values(parametric.law),
-            "huber_objective": parametric.objective,
-            "n_points": len(final),
-            "n_rows": len(points),
-            "bootstrap": n_bootstrap,
-            "bootstrap_fits": len(samples["E"]),
-            "seed": seed,
-            "confidence": confidence,
-            "ci": {name: percentile_interval(values, confidence) for name, values in samples.items()},
-            "approach1": _allocation_summary(
-                    lambda data: envelope_fit(data, n_bins), points, n_bootstrap, rng_envelope, confidence,
-            ),
-            "approach2": _allocation_summary(
-                    lambda data: isoflop_fit(data, tolerance), final, n_bootstrap, rng_isoflop, confidence,
-            ),
+        **_law_values(parametric.law),
+        "huber_objective": parametric.objective,
+        "n_points": len(final),
+        "n_rows": len(points),
+        "bootstrap": n_bootstrap,
+        "bootstrap_fits": len(samples["E"]),
+        "seed": seed,
+        "confidence": confidence,
+        "ci": {name: percentile_interval(values, confidence) for name, values in samples.items()},
+        "approach1": _allocation_summary(
+            lambda data: envelope_fit(data, n_bins),
+            points,
+            n_bootstrap,
+            rng_envelope,
+            confidence,
+        ),
+        "approach2": _allocation_summary(
+            lambda data: isoflop_fit(data, tolerance),
+            final,
+            n_bootstrap,
+            rng_isoflop,
+            confidence,
+        ),
     }
+
+
+def _interval(interval) -> str:
+    return "" if interval is None else f"[{interval[0]:.4g}, {interval[1]:.4g}]"
+
+
+def _exponent_cells(values: dict) -> str:
+    if "skipped" in values:
+        return f"skipped: {values['skipped']}"
+    ci = values.get("ci", {})
+    return "  ".join(f"{values[name]:.3f} {_interval(ci.get(name))}".ljust(26) for name in ("a", "b"))
+
+
+def format_summary(summary: dict, source: str) -> str:
+    """The fit as a readable table; ``source`` names the results file."""
+    intervals = (
+        f"{summary['confidence']:.0%} percentile intervals from {summary['bootstrap']} bootstrap resamples"
+        if summary["bootstrap"]
+        else "no bootstrap intervals"
+    )
+    lines = [
+        f"{source}: {summary['n_points']} final points ({summary['n_rows']} rows), {intervals}",
+        "",
+        f"approach 3: L(N, D) = E + A/N^alpha + B/D^beta  (summed Huber loss {summary['huber_objective']:.6g})",
+    ]
+    lines += [f"  {name:<6} {summary[name]:<10.4g} {_interval(summary['ci'][name])}".rstrip() for name in LAW_CONSTANTS]
+    lines += ["", "compute-optimal exponents, N_opt ~ C^a and D_opt ~ C^b", f"  {'':<12}{'a':<28}b"]
+    approach3 = {"a": summary["a"], "b": summary["b"], "ci": summary["ci"]}
+    approaches = {"approach 1": summary["approach1"], "approach 2": summary["approach2"], "approach 3": approach3}
+    for label, values in approaches.items():
+        lines.append(f"  {label:<12}{_exponent_cells(values)}".rstrip())
+    published = ", ".join(f"{a:.2f}/{b:.2f}" for a, b in CHINCHILLA_APPROACH_EXPONENTS.values())
+    lines.append(f"  Hoffmann et al. 2022, Table 2 (approaches 1, 2, 3): {published}")
+    return "\n".join(lines)

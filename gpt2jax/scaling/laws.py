@@ -62,13 +62,13 @@ class ChinchillaLaw:
 
 
 HOFFMANN_ROUNDED = ChinchillaLaw(
-        E=1.69,
-        A=406.4,
-        B=410.7,
-        alpha=0.34,
-        beta=0.28,
-        name="hoffmann2022",
-        source="Hoffmann et al. 2022, Training Compute-Optimal Large Language Models, eq. 10 (rounded as printed)",
+    E=1.69,
+    A=406.4,
+    B=410.7,
+    alpha=0.34,
+    beta=0.28,
+    name="hoffmann2022",
+    source="Hoffmann et al. 2022, Training Compute-Optimal Large Language Models, eq. 10 (rounded as printed)",
 )
 
 # The paper prints rounded values; its TeX source holds more digits, in log space for E, A and B.
@@ -77,30 +77,30 @@ HOFFMANN_ROUNDED = ChinchillaLaw(
 # Rounding alone moves the implied exponent a from 0.4565 to 0.4516 and GPT-2 small's
 # compute-optimal budget from 1.8e18 to 2.6e18 FLOPs.
 HOFFMANN_UNROUNDED = ChinchillaLaw(
-        E=math.exp(0.5267228),
-        A=math.exp(6.0073404),
-        B=math.exp(6.0179186),
-        alpha=0.33917084,
-        beta=0.2849083,
-        name="hoffmann2022_unrounded",
-        source="Hoffmann et al. 2022 TeX source, as used by Besiroglu et al. 2024 (arXiv:2404.10102)",
+    E=math.exp(0.5267228),
+    A=math.exp(6.0073404),
+    B=math.exp(6.0179186),
+    alpha=0.33917084,
+    beta=0.2849083,
+    name="hoffmann2022_unrounded",
+    source="Hoffmann et al. 2022 TeX source, as used by Besiroglu et al. 2024 (arXiv:2404.10102)",
 )
 
 EPOCH_REFIT = ChinchillaLaw(
-        E=1.8172,
-        A=482.01,
-        B=2085.43,
-        alpha=0.3478,
-        beta=0.3658,
-        name="epoch2024",
-        source="Besiroglu, Erdil, Barnett, You 2024, Chinchilla Scaling: A replication attempt (arXiv:2404.10102)",
+    E=1.8172,
+    A=482.01,
+    B=2085.43,
+    alpha=0.3478,
+    beta=0.3658,
+    name="epoch2024",
+    source="Besiroglu, Erdil, Barnett, You 2024, Chinchilla Scaling: A replication attempt (arXiv:2404.10102)",
 )
 
 PUBLISHED_LAWS = {law.name: law for law in (HOFFMANN_ROUNDED, HOFFMANN_UNROUNDED, EPOCH_REFIT)}
 
 # Hoffmann et al. 2022, Table 2: the exponents (a, b) of N_opt ~ C^a and D_opt ~ C^b from each approach.
 CHINCHILLA_APPROACH_EXPONENTS = {
-        "approach1": (0.50, 0.50),  # minimum over training curves
-        "approach2": (0.49, 0.51),  # IsoFLOP profiles
-        "approach3": (0.46, 0.54),  # parametric fit of L(N, D)
+    "approach1": (0.50, 0.50),  # minimum over training curves
+    "approach2": (0.49, 0.51),  # IsoFLOP profiles
+    "approach3": (0.46, 0.54),  # parametric fit of L(N, D)
 }

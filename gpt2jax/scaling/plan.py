@@ -33,13 +33,12 @@ Chinchilla does, and FLOPs are 6ND unless a column says otherwise.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import math
-from pathlib import Path
 
 import ml_collections
 
 from gpt2jax import flops
+from gpt2jax.config import load_config_file
 from gpt2jax.optim import wsd_stable_end
 
 GRIDS = ("isoflop", "tokens")
@@ -49,16 +48,7 @@ SCHEDULES = ("cosine", "wsd", "constant", BRANCHED)
 
 def load_sweep_config(spec: str) -> ml_collections.ConfigDict:
     """``experiments/X.py`` or ``experiments/X.py:VARIANT``: the file's ``get_config([VARIANT])``."""
-    path_text, _, variant = spec.partition(":")
-    path = Path(path_text)
-    if not path.is_file():
-        raise FileNotFoundError(f"sweep config {path} does not exist; pass a file like experiments/cpu_sweep.py.")
-    module_spec = importlib.util.spec_from_file_location(f"sweep_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"sweep config {path} defines no get_config().")
-    return module.get_config(variant) if variant else module.get_config()
+    return load_config_file(spec)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,8 +165,13 @@ class SweepPlan:
         config.model.update(n_layer=point.n_layer, n_head=point.n_head, n_embd=point.n_embd)
         span = steps - start
         config.train.update(
-            steps=steps, schedule=schedule, seed=point.seed, batch_size=point.batch_size,
-            learning_rate=point.learning_rate, warmup_steps=point.warmup_steps, init_from="resume",
+            steps=steps,
+            schedule=schedule,
+            seed=point.seed,
+            batch_size=point.batch_size,
+            learning_rate=point.learning_rate,
+            warmup_steps=point.warmup_steps,
+            init_from="resume",
             eval_every=max(1, span // self.config.evals_per_run),
             checkpoint_every=max(1, span // self.config.checkpoints_per_run),
             log_every=max(1, min(config.train.log_every, steps // 20)),
@@ -229,8 +224,9 @@ def _check(config) -> None:
         raise ValueError(f"sweep budgets must be positive, got {list(config.budgets)}.")
     for shape in config.shapes:
         if shape["n_embd"] % shape["n_head"]:
-            raise ValueError(f"shape {shape_name(shape)}: n_embd={shape['n_embd']} must be divisible by "
-                             f"n_head={shape['n_head']}.")
+            raise ValueError(
+                f"shape {shape_name(shape)}: n_embd={shape['n_embd']} must be divisible by n_head={shape['n_head']}."
+            )
 
 
 def _budget_steps(config, n_params: int, tokens_per_step: int) -> dict[int, float]:
@@ -242,35 +238,68 @@ def _budget_steps(config, n_params: int, tokens_per_step: int) -> dict[int, floa
         steps = round(nominal_tokens / tokens_per_step)
         tokens_per_param = steps * tokens_per_step / n_params
         if steps >= limits.min_steps and limits.min_tokens_per_param <= tokens_per_param <= limits.max_tokens_per_param:
-            budget_steps.setdefault(steps, budget if config.grid == "isoflop" else 6.0 * n_params * steps * tokens_per_step)
+            budget_steps.setdefault(
+                steps, budget if config.grid == "isoflop" else 6.0 * n_params * steps * tokens_per_step
+            )
     return budget_steps
 
 
 def _shape_jobs(config, shape: dict, seed: int, lr_multiplier: float) -> list[Job]:
     model, rules = config.base.model, config.rules
-    n_params = flops.count_params(flops.Shape(
-        shape["n_layer"], shape["n_head"], shape["n_embd"], model.vocab_size, model.block_size))["n_params"]
+    n_params = flops.count_params(
+        flops.Shape(shape["n_layer"], shape["n_head"], shape["n_embd"], model.vocab_size, model.block_size)
+    )["n_params"]
     batch = batch_size(rules, n_params)
     budget_steps = _budget_steps(config, n_params, batch * model.block_size)
     if not budget_steps:
         return []
-    common = dict(**{key: shape[key] for key in ("n_layer", "n_head", "n_embd")}, seed=seed, batch_size=batch,
-                  learning_rate=lr_multiplier * learning_rate(rules, shape["n_embd"]))
+    common = dict(
+        **{key: shape[key] for key in ("n_layer", "n_head", "n_embd")},
+        seed=seed,
+        batch_size=batch,
+        learning_rate=lr_multiplier * learning_rate(rules, shape["n_embd"]),
+    )
     lr_tag = "" if lr_multiplier == 1 else f"_lr{lr_multiplier:g}x"
     name = shape_name(shape)
     if config.schedule == BRANCHED:
         warmup = warmup_steps(rules, min(budget_steps))
         trunk = f"{name}_trunk_b{batch}{lr_tag}_s{seed}"
-        return [Job(trunk, tuple(
-            Point(run=f"{name}_wsd_{steps}x{batch}{lr_tag}_s{seed}", schedule="wsd", steps=steps,
-                  warmup_steps=warmup, budget=budget, trunk=trunk,
-                  branch_step=wsd_stable_end(steps, warmup, config.base.train.decay_fraction), **common)
-            for steps, budget in budget_steps.items()))]
+        return [
+            Job(
+                trunk,
+                tuple(
+                    Point(
+                        run=f"{name}_wsd_{steps}x{batch}{lr_tag}_s{seed}",
+                        schedule="wsd",
+                        steps=steps,
+                        warmup_steps=warmup,
+                        budget=budget,
+                        trunk=trunk,
+                        branch_step=wsd_stable_end(steps, warmup, config.base.train.decay_fraction),
+                        **common,
+                    )
+                    for steps, budget in budget_steps.items()
+                ),
+            )
+        ]
     jobs = []
     for steps, budget in budget_steps.items():
         run = f"{name}_{config.schedule}_{steps}x{batch}{lr_tag}_s{seed}"
-        jobs.append(Job(run, (Point(run=run, schedule=config.schedule, steps=steps,
-                                    warmup_steps=warmup_steps(rules, steps), budget=budget, **common),)))
+        jobs.append(
+            Job(
+                run,
+                (
+                    Point(
+                        run=run,
+                        schedule=config.schedule,
+                        steps=steps,
+                        warmup_steps=warmup_steps(rules, steps),
+                        budget=budget,
+                        **common,
+                    ),
+                ),
+            )
+        )
     return jobs
 
 
@@ -281,9 +310,13 @@ def expand(config) -> SweepPlan:
     learning rate, a scan to tune the rule with.
     """
     _check(config)
-    jobs = [job for seed in config.seeds for shape in config.shapes
-            for multiplier in config.get("lr_multipliers", [1.0])
-            for job in _shape_jobs(config, shape, seed, multiplier)]
+    jobs = [
+        job
+        for seed in config.seeds
+        for shape in config.shapes
+        for multiplier in config.get("lr_multipliers", [1.0])
+        for job in _shape_jobs(config, shape, seed, multiplier)
+    ]
     if not jobs:
         raise ValueError("no point of the sweep is inside its limits; widen limits or change budgets or shapes.")
     return SweepPlan(config, tuple(jobs))
@@ -297,5 +330,35 @@ def costs(plan: SweepPlan) -> dict:
     formulas = ("6n", "6n_attention", "chinchilla")
     separate = {name: sum(plan.accounting(point)[f"flops_{name}"] for point in plan.points) for name in formulas}
     spent = {name: sum(plan.spent_flops(point, name) for point in plan.points) for name in formulas}
-    return {"points": len(plan.points), "jobs": len(plan.jobs), "flops_separate": separate, "flops_spent": spent,
-            "saved": 1.0 - spent["6n"] / separate["6n"]}
+    return {
+        "points": len(plan.points),
+        "jobs": len(plan.jobs),
+        "flops_separate": separate,
+        "flops_spent": spent,
+        "saved": 1.0 - spent["6n"] / separate["6n"],
+    }
+
+
+def format_plan(plan: SweepPlan, device: str | None = None, mfu: float = 0.4) -> str:
+    """The points and their FLOPs as a table; with ``device``, the hours they take on it at ``mfu``."""
+    lines = [f"{'run':<34}{'N':>10}{'D':>12}{'D/N':>8}{'steps':>7}{'batch':>6}{'lr':>9}{'warmup':>7}{'budget':>10}"]
+    for point in plan.points:
+        counts = plan.accounting(point)
+        lines.append(
+            f"{point.run:<34}{counts['n_params']:>10}{counts['n_tokens']:>12}"
+            f"{counts['n_tokens'] / counts['n_params']:>8.1f}{point.steps:>7}{point.batch_size:>6}"
+            f"{point.learning_rate:>9.2e}{point.warmup_steps:>7}{point.budget:>10.3g}"
+        )
+    total = costs(plan)
+    lines.append(f"{total['points']} points in {total['jobs']} jobs; FLOPs (6N / 6N+attention / Chinchilla):")
+    for label, key in (("each point trained alone", "flops_separate"), ("this sweep spends", "flops_spent")):
+        values = total[key]
+        lines.append(f"  {label:<25}{values['6n']:.3g} / {values['6n_attention']:.3g} / {values['chinchilla']:.3g}")
+    lines.append(f"  branching saves {total['saved']:.1%}")
+    if device:
+        peak = flops.DEVICE_PEAKS[device]["bf16"]
+        hours = total["flops_spent"]["6n_attention"] / (peak * mfu) / 3600
+        lines.append(
+            f"  on one {device} at {mfu:.0%} MFU of its {peak:.3g} FLOP/s bf16 peak: {hours:.2f} h of training"
+        )
+    return "\n".join(lines)

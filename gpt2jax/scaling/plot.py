@@ -1,4 +1,4 @@
-"""``python -m gpt2jax.scaling plot --workdir runs/X [--out DIR]``: a sweep's figures, as PNGs.
+"""A sweep's figures, as PNGs (``python -m gpt2jax.scaling plot`` writes them).
 
 loss_vs_compute.png  every run's training curve against FLOPs, its final validation loss,
                      and the frontier: the lowest loss any run reached with that many FLOPs
@@ -11,7 +11,6 @@ allocation.png       N_opt(C) and D_opt(C): the IsoFLOP minima and their power l
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import matplotlib
@@ -20,30 +19,23 @@ matplotlib.use("Agg")  # files only: no display, no GUI toolkit needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from gpt2jax.budget import GPT2_ORIGINAL_TOKENS, gpt2_param_counts  # noqa: E402
 from gpt2jax.scaling import fit, records  # noqa: E402
-from gpt2jax.scaling.fit_command import START_GRIDS  # noqa: E402
+from gpt2jax.scaling.budget import GPT2_ORIGINAL_TOKENS, gpt2_param_counts  # noqa: E402
 from gpt2jax.scaling.laws import HOFFMANN_ROUNDED  # noqa: E402
 from gpt2jax.scaling.results import load_results  # noqa: E402
-from gpt2jax.scaling.sweep import RESULTS_FILE  # noqa: E402
+from gpt2jax.workdir import POINTS_DIR, read_metrics, results_path  # noqa: E402
 
-HELP = "plot a sweep's loss curves, IsoFLOP profiles and compute-optimal allocations as PNGs"
 FIGURES = ("loss_vs_compute.png", "isoflop.png", "allocation.png")
 DPI = 130
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workdir", required=True, help="the sweep's --workdir (results.csv and points/)")
-    parser.add_argument("--out", help="folder for the PNGs; the workdir unless given")
-    parser.add_argument("--grid", choices=sorted(START_GRIDS), default="hoffmann",
-                        help="approach 3's L-BFGS starts: Hoffmann et al.'s 4500 or a coarse 108 (faster)")
-
-
-def results_path(workdir: Path) -> Path:
-    path = workdir / RESULTS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{workdir} holds no {RESULTS_FILE}; run python -m gpt2jax.sweep --workdir {workdir} first.")
-    return path
+def _save(figure, panels, path: Path, legend_size: int = 8) -> None:
+    for panel in panels:
+        panel.grid(True, which="both", alpha=0.3)
+        panel.legend(fontsize=legend_size)
+    figure.tight_layout()
+    figure.savefig(path, dpi=DPI)
+    plt.close(figure)
 
 
 def _size_colors(n_params) -> dict:
@@ -65,32 +57,44 @@ def plot_loss_vs_compute(workdir: Path, rows: list[dict], path: Path) -> None:
             drawn_trunks.add(row["trunk"])
             runs.append((row["trunk"], "--"))
         for run, style in runs:
-            curve = [record for record in records.read_metrics(workdir / "points" / run) if "train_loss" in record]
+            curve = [record for record in read_metrics(workdir / POINTS_DIR / run) if "train_loss" in record]
             if run == row["run"] and row["trunk"]:
                 # A branch starts where the trunk was: join it to the trunk's record there.
-                curve = [record for record in records.read_metrics(workdir / "points" / row["trunk"])
-                         if record["step"] == int(row["branch_step"])] + curve
+                curve = [
+                    record
+                    for record in read_metrics(workdir / POINTS_DIR / row["trunk"])
+                    if record["step"] == int(row["branch_step"])
+                ] + curve
             x = [record["flops_seen"] for record in curve]
             y = [record["train_loss"] for record in curve]
             axes.plot(x, y, style, color=color, linewidth=0.9, alpha=0.8)
             frontier_flops += x
             frontier_loss += y
-        axes.plot(float(row["flops_6n_attention"]), float(row["val_loss"]), "o", color=color, markersize=5,
-                  markeredgecolor="black", markeredgewidth=0.5)
+        axes.plot(
+            float(row["flops_6n_attention"]),
+            float(row["val_loss"]),
+            "o",
+            color=color,
+            markersize=5,
+            markeredgecolor="black",
+            markeredgewidth=0.5,
+        )
     order = np.argsort(frontier_flops)
     lowest = np.minimum.accumulate(np.asarray(frontier_loss)[order])
-    axes.plot(np.asarray(frontier_flops)[order], lowest, color="crimson", linewidth=2, label="frontier (lowest loss so far)")
+    axes.plot(
+        np.asarray(frontier_flops)[order], lowest, color="crimson", linewidth=2, label="frontier (lowest loss so far)"
+    )
     for n, color in colors.items():
         axes.plot([], [], color=color, label=f"N = {n:,.0f}")
     axes.plot([], [], "k--", linewidth=0.9, label="constant-rate trunk")
     axes.plot([], [], "o", color="gray", markeredgecolor="black", label="final validation loss")
-    axes.set(xscale="log", xlabel="training FLOPs (6N + attention, as train.run logs them)",
-             ylabel="training loss (nats/token)", title="Loss against compute")
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=DPI)
-    plt.close(figure)
+    axes.set(
+        xscale="log",
+        xlabel="training FLOPs (6N + attention, as train.run logs them)",
+        ylabel="training loss (nats/token)",
+        title="Loss against compute",
+    )
+    _save(figure, [axes], path)
 
 
 def plot_isoflop(points, path: Path) -> None:
@@ -104,16 +108,22 @@ def plot_isoflop(points, path: Path) -> None:
         grid = np.geomspace(n_params.min() / 1.3, n_params.max() * 1.3, 100)
         axes.plot(grid, np.polyval(profile.coefficients, np.log(grid)), color=color, linewidth=1)
         if profile.n_opt is not None:
-            axes.plot(profile.n_opt, np.polyval(profile.coefficients, np.log(profile.n_opt)), "*", color=color,
-                      markersize=14, markeredgecolor="black")
+            axes.plot(
+                profile.n_opt,
+                np.polyval(profile.coefficients, np.log(profile.n_opt)),
+                "*",
+                color=color,
+                markersize=14,
+                markeredgecolor="black",
+            )
     axes.plot([], [], "*", color="gray", markersize=12, markeredgecolor="black", label="parabola's minimum")
-    axes.set(xscale="log", xlabel="parameters N", ylabel="final validation loss (nats/token)",
-             title="IsoFLOP profiles (approach 2)")
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=DPI)
-    plt.close(figure)
+    axes.set(
+        xscale="log",
+        xlabel="parameters N",
+        ylabel="final validation loss (nats/token)",
+        title="IsoFLOP profiles (approach 2)",
+    )
+    _save(figure, [axes], path)
 
 
 def plot_allocation(points, law, path: Path) -> None:
@@ -126,18 +136,35 @@ def plot_allocation(points, law, path: Path) -> None:
         isoflop = None
     figure, panels = plt.subplots(1, 2, figsize=(12, 5))
     for panel, (label, index) in zip(panels, (("parameters N_opt", 0), ("tokens D_opt", 1))):
-        panel.plot(budgets, HOFFMANN_ROUNDED.compute_optimal(budgets)[index], "k--",
-                   label="Chinchilla (Hoffmann et al. 2022)")
-        panel.plot(budgets, law.compute_optimal(budgets)[index], color="tab:blue",
-                   label=f"this sweep, approach 3 (a={law.exponents()[0]:.2f})")
+        panel.plot(
+            budgets, HOFFMANN_ROUNDED.compute_optimal(budgets)[index], "k--", label="Chinchilla (Hoffmann et al. 2022)"
+        )
+        panel.plot(
+            budgets,
+            law.compute_optimal(budgets)[index],
+            color="tab:blue",
+            label=f"this sweep, approach 3 (a={law.exponents()[0]:.2f})",
+        )
         if isoflop is not None:
             optimum = isoflop.n_opt if index == 0 else isoflop.d_opt
             exponent = isoflop.a if index == 0 else isoflop.b
             intercept = np.mean(np.log(optimum) - exponent * np.log(isoflop.flops))
-            panel.plot(isoflop.flops, optimum, "*", color="tab:orange", markersize=12, markeredgecolor="black",
-                       label="IsoFLOP minima (approach 2)")
-            panel.plot(budgets, np.exp(intercept) * budgets**exponent, ":", color="tab:orange",
-                       label=f"approach 2 power law (exponent {exponent:.2f})")
+            panel.plot(
+                isoflop.flops,
+                optimum,
+                "*",
+                color="tab:orange",
+                markersize=12,
+                markeredgecolor="black",
+                label="IsoFLOP minima (approach 2)",
+            )
+            panel.plot(
+                budgets,
+                np.exp(intercept) * budgets**exponent,
+                ":",
+                color="tab:orange",
+                label=f"approach 2 power law (exponent {exponent:.2f})",
+            )
         for name, n_params in gpt2.items():
             flops_used = 6.0 * n_params * GPT2_ORIGINAL_TOKENS
             value = n_params if index == 0 else GPT2_ORIGINAL_TOKENS
@@ -147,13 +174,14 @@ def plot_allocation(points, law, path: Path) -> None:
             panel.annotate(name, (flops_used, value), textcoords="offset points", fontsize=8, **placement)
         panel.plot([], [], "s", color="tab:red", label="GPT-2 as trained (~10B tokens)")
         panel.axvspan(points.flops.min(), points.flops.max(), color="gray", alpha=0.15, label="this sweep's range")
-        panel.set(xscale="log", yscale="log", xlabel="training FLOPs C = 6ND", ylabel=label,
-                  title=f"Compute-optimal {label.split()[0]}")
-        panel.grid(True, which="both", alpha=0.3)
-        panel.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=DPI)
-    plt.close(figure)
+        panel.set(
+            xscale="log",
+            yscale="log",
+            xlabel="training FLOPs C = 6ND",
+            ylabel=label,
+            title=f"Compute-optimal {label.split()[0]}",
+        )
+    _save(figure, panels, path, legend_size=7)
 
 
 def plot_sweep(workdir: str | Path, out: str | Path | None = None, starts=fit.HOFFMANN_STARTS) -> list[Path]:
@@ -169,11 +197,3 @@ def plot_sweep(workdir: str | Path, out: str | Path | None = None, starts=fit.HO
     plot_isoflop(points, paths[1])
     plot_allocation(points, fit.parametric_fit(points.final_points(), starts).law, paths[2])
     return paths
-
-
-def run(args: argparse.Namespace) -> None:
-    try:
-        paths = plot_sweep(args.workdir, args.out, START_GRIDS[args.grid])
-    except (OSError, ValueError) as error:
-        raise SystemExit(f"error: {error}") from None
-    print("\n".join(str(path) for path in paths))

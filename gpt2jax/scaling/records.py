@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -19,11 +18,34 @@ from pathlib import Path
 from gpt2jax.scaling.locks import FileLock
 
 COLUMNS = (
-    "run", "kind", "schedule", "seed", "n_layer", "n_head", "n_embd", "vocab_size", "block_size",
-    "batch_size", "steps", "learning_rate", "warmup_steps", "trunk", "branch_step",
-    "n_params", "n_params_non_embedding", "n_tokens", "budget",
-    "flops", "flops_6n", "flops_6n_attention", "flops_chinchilla", "flops_spent",
-    "train_loss", "val_loss", "loss", "wall_s",
+    "run",
+    "kind",
+    "schedule",
+    "seed",
+    "n_layer",
+    "n_head",
+    "n_embd",
+    "vocab_size",
+    "block_size",
+    "batch_size",
+    "steps",
+    "learning_rate",
+    "warmup_steps",
+    "trunk",
+    "branch_step",
+    "n_params",
+    "n_params_non_embedding",
+    "n_tokens",
+    "budget",
+    "flops",
+    "flops_6n",
+    "flops_6n_attention",
+    "flops_chinchilla",
+    "flops_spent",
+    "train_loss",
+    "val_loss",
+    "loss",
+    "wall_s",
 )
 
 
@@ -63,19 +85,3 @@ def write_atomically(path: Path, text: str) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-
-
-def read_metrics(workdir: str | Path) -> list[dict]:
-    """A run's metrics.jsonl, one record per step: a resumed run logs again the steps after its
-    last checkpoint, and the later record of a step is the one the run continued from."""
-    path = Path(workdir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    by_step = {}
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # blank, or cut short by a kill mid-write
-        by_step[record["step"]] = record
-    return [by_step[step] for step in sorted(by_step)]

@@ -43,7 +43,7 @@ class ScalingPoints:
         for name, values in numeric.items():
             if values.shape != n_params.shape or values.ndim != 1:
                 raise ValueError(
-                        f"{name} has shape {values.shape} but n_params has {n_params.shape}; give one value per point."
+                    f"{name} has shape {values.shape} but n_params has {n_params.shape}; give one value per point."
                 )
             if not np.all(np.isfinite(values) & (values > 0)):
                 raise ValueError(f"every {name} must be a positive finite number, since the fits take its logarithm.")
@@ -51,7 +51,7 @@ class ScalingPoints:
             run = np.asarray(run)
             if run.shape != n_params.shape:
                 raise ValueError(
-                        f"run has shape {run.shape} but n_params has {n_params.shape}; give one run id per point."
+                    f"run has shape {run.shape} but n_params has {n_params.shape}; give one run id per point."
                 )
         return cls(n_params, n_tokens, loss, flops, run, budget)
 
@@ -89,7 +89,7 @@ def load_results(path) -> ScalingPoints:
         missing = [name for name in REQUIRED_COLUMNS if name not in columns]
         if missing:
             raise ValueError(
-                    f"{path} lacks the column(s) {', '.join(missing)}; it needs {', '.join(REQUIRED_COLUMNS)}."
+                f"{path} lacks the column(s) {', '.join(missing)}; it needs {', '.join(REQUIRED_COLUMNS)}."
             )
         rows = list(reader)
     if not rows:

@@ -1,11 +1,8 @@
 """Runs a sweep's points through ``train.run``, resumably, shared out among workers.
 
-A sweep workdir holds
-  sweep.json      the sweep config, its points and the data's meta.json (written at start)
-  points/RUN/     each point's (and each trunk's) training workdir: checkpoints, metrics.jsonl
-  locks/JOB.lock  held by the worker running that job (see ``locks``)
-  results.csv     one row per finished point (see ``records``)
-  sessions.jsonl  one line per invocation of a worker: when, where, what it ran, how long
+The sweep workdir's files are named in ``gpt2jax/workdir.py``: sweep.json, points/RUN/
+(each point's training workdir), locks/ (see ``locks``), results.csv (see ``records``) and
+sessions.jsonl (one line per invocation of a worker: when, where, what it ran, how long).
 
 Run again after a kill, a worker skips the points results.csv already has and resumes the
 others from their checkpoints, since ``train.run`` resumes by itself. A branched job
@@ -26,10 +23,7 @@ from pathlib import Path
 from gpt2jax.scaling import records
 from gpt2jax.scaling.locks import STALE_AFTER_S, FileLock
 from gpt2jax.scaling.plan import Job, Point, SweepPlan
-
-SWEEP_FILE = "sweep.json"
-RESULTS_FILE = "results.csv"
-SESSIONS_FILE = "sessions.jsonl"
+from gpt2jax.workdir import LOCKS_DIR, METRICS_FILE, POINTS_DIR, RESULTS_FILE, SESSIONS_FILE, SWEEP_FILE, read_metrics
 
 
 def _duration(seconds: float) -> str:
@@ -40,9 +34,9 @@ def _duration(seconds: float) -> str:
 
 def final_record(workdir: Path, steps: int) -> dict:
     """The metrics line of a run's last step, with its validation loss."""
-    finals = [record for record in records.read_metrics(workdir) if record["step"] == steps and "val_loss" in record]
+    finals = [record for record in read_metrics(workdir) if record["step"] == steps and "val_loss" in record]
     if not finals:
-        raise RuntimeError(f"{workdir} finished training but its metrics.jsonl has no val_loss at step {steps}.")
+        raise RuntimeError(f"{workdir} finished training but its {METRICS_FILE} has no val_loss at step {steps}.")
     return finals[-1]
 
 
@@ -58,34 +52,46 @@ class Sweep:
         return self.workdir / RESULTS_FILE
 
     def point_dir(self, run: str) -> Path:
-        return (self.workdir / "points" / run).absolute()
+        return (self.workdir / POINTS_DIR / run).absolute()
 
     def finished_runs(self) -> set[str]:
         return {row["run"] for row in records.read_rows(self.results_path)}
 
     def start(self, config_spec: str) -> None:
         """Writes sweep.json, preparing the data once; refuses a workdir of another sweep."""
-        from gpt2jax import train
+        from gpt2jax.data import loader
 
         self.workdir.mkdir(parents=True, exist_ok=True)
         path = self.workdir / SWEEP_FILE
         config = json.loads(self.plan.config.to_json())
         if path.is_file() and json.loads(path.read_text())["config"] != config:
-            raise ValueError(f"{self.workdir} holds another sweep (its {SWEEP_FILE} has another config); "
-                             "use a new --workdir.")
+            raise ValueError(
+                f"{self.workdir} holds another sweep (its {SWEEP_FILE} has another config); use a new --workdir."
+            )
         first = self.plan.points[0]
-        meta = train.prepared_data(self.plan.train_config(first, self.point_dir)).meta
-        description = {"config_spec": config_spec, "config": config, "data_meta": meta,
-                       "points": [dataclasses.asdict(point) for point in self.plan.points]}
+        meta = loader.prepared_data(self.plan.train_config(first, self.point_dir)).meta
+        description = {
+            "config_spec": config_spec,
+            "config": config,
+            "data_meta": meta,
+            "points": [dataclasses.asdict(point) for point in self.plan.points],
+        }
         records.write_atomically(path, json.dumps(description, indent=2) + "\n")
 
     def row(self, point: Point, final: dict, wall_s: float) -> dict:
         model = self.plan.config.base.model
         row = {field.name: getattr(point, field.name) for field in dataclasses.fields(point)}
         row.update(self.plan.accounting(point))
-        row.update(kind="branch" if point.trunk else "run", vocab_size=model.vocab_size, block_size=model.block_size,
-                   flops_spent=self.plan.spent_flops(point), train_loss=final["train_loss"],
-                   val_loss=final["val_loss"], loss=final["val_loss"], wall_s=round(wall_s, 2))
+        row.update(
+            kind="branch" if point.trunk else "run",
+            vocab_size=model.vocab_size,
+            block_size=model.block_size,
+            flops_spent=self.plan.spent_flops(point),
+            train_loss=final["train_loss"],
+            val_loss=final["val_loss"],
+            loss=final["val_loss"],
+            wall_s=round(wall_s, 2),
+        )
         return row
 
     def run_job(self, job: Job, finished: set[str], on_point) -> None:
@@ -114,13 +120,23 @@ class Sweep:
         mine = [point for job in jobs for point in job.points]
         done = self.finished_runs()
         to_spend = sum(self.plan.spent_flops(point) for point in mine if point.run not in done)
-        log(f"sweep {self.workdir}: shard {index}/{count} has {len(jobs)} job(s), {len(mine)} of "
+        log(
+            f"sweep {self.workdir}: shard {index}/{count} has {len(jobs)} job(s), {len(mine)} of "
             f"{len(self.plan.points)} point(s), {sum(p.run in done for p in mine)} done; "
-            f"{to_spend:.3g} of {total_flops:.3g} FLOPs (6N) to spend")
+            f"{to_spend:.3g} of {total_flops:.3g} FLOPs (6N) to spend"
+        )
         # The load average says how much of the machine the other jobs on it took meanwhile.
-        session = {"host": socket.gethostname(), "cpus": os.cpu_count(), "pid": os.getpid(), "shard": f"{index}/{count}",
-                   "started": time.time(), "load_average_start": os.getloadavg()[0], "points_run": [],
-                   "skipped_locked": [], "flops_spent": 0.0}
+        session = {
+            "host": socket.gethostname(),
+            "cpus": os.cpu_count(),
+            "pid": os.getpid(),
+            "shard": f"{index}/{count}",
+            "started": time.time(),
+            "load_average_start": os.getloadavg()[0],
+            "points_run": [],
+            "skipped_locked": [],
+            "flops_spent": 0.0,
+        }
         clock = time.perf_counter()
 
         def on_point(point: Point, row: dict) -> None:
@@ -132,16 +148,18 @@ class Sweep:
             estimate = _duration(elapsed * left / session["flops_spent"]) if left > 0 else _duration(0)
             rows = records.read_rows(self.results_path)
             spent_all = sum(float(done["flops_spent"]) for done in rows)
-            log(f"sweep: {len(rows)}/{len(self.plan.points)} points done ({point.run}: loss {row['loss']:.4f}); "
+            log(
+                f"sweep: {len(rows)}/{len(self.plan.points)} points done ({point.run}: loss {row['loss']:.4f}); "
                 f"{spent_all:.3g}/{total_flops:.3g} FLOPs spent; {_duration(elapsed)} elapsed, "
-                f"about {estimate} left for this shard")
+                f"about {estimate} left for this shard"
+            )
 
         try:
             for job in jobs:
                 finished = self.finished_runs()
                 if all(point.run in finished for point in job.points):
                     continue
-                lock = FileLock(self.workdir / "locks" / f"{job.name}.lock", stale_after)
+                lock = FileLock(self.workdir / LOCKS_DIR / f"{job.name}.lock", stale_after)
                 if not lock.try_acquire():
                     session["skipped_locked"].append(job.name)
                     log(f"sweep: {job.name} is held by another worker; skipping it")

@@ -11,7 +11,13 @@ def get_config():
     config.model.update(n_layer=2, n_head=4, n_embd=128, block_size=64, remat="dots")
     config.data.update(source="synthetic", synthetic_train_tokens=1_000_000, synthetic_val_tokens=50_000)
     config.train.update(
-        batch_size=16, steps=400, learning_rate=1e-3, warmup_steps=40,
-        log_every=10, eval_every=100, eval_batches=8, checkpoint_every=200,
+        batch_size=16,
+        steps=400,
+        learning_rate=1e-3,
+        warmup_steps=40,
+        log_every=10,
+        eval_every=100,
+        eval_batches=8,
+        checkpoint_every=200,
     )
     return config

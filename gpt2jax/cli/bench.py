@@ -1,7 +1,7 @@
-"""Time the real jitted train step: ``python -m gpt2jax.bench --config configs/small.py --steps 20``.
+"""Time the real jitted train step (drives ``benchmark.benchmark``).
 
-Prints tokens/s, step time, compile time, MFU and peak memory, as ``benchmark.benchmark``
-measures them.
+``python -m gpt2jax.cli.bench --config small --steps 20`` prints tokens/s, step time,
+compile time, MFU and peak memory.
 """
 
 import json
@@ -10,9 +10,14 @@ from absl import flags
 from ml_collections import config_flags
 
 from gpt2jax import cli
-from gpt2jax.benchmark import benchmark
+from gpt2jax.config import SHIPPED_CONFIGS
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Path to a config file.", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config",
+    str(SHIPPED_CONFIGS / "tiny.py"),
+    "A config file, or a shipped config's name (tiny, small, ...).",
+    lock_config=True,
+)
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps after the compiling one.")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
 
@@ -20,6 +25,8 @@ _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a tab
 def main(argv):
     del argv
     cli.initialize_distributed()
+    from gpt2jax.benchmark import benchmark
+
     result = benchmark(_CONFIG.value, _STEPS.value)
     if _JSON.value:
         print(json.dumps(result))
@@ -28,5 +35,9 @@ def main(argv):
         print(f"{key:>20}: {value:.4g}" if isinstance(value, float) else f"{key:>20}: {value}")
 
 
-if __name__ == "__main__":
+def entry() -> None:
     cli.run_absl(main)
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,135 @@
+"""The commands, and the one error path they share.
+
+Each module here is one command and stays thin: it parses flags and calls the library.
+``train`` (also ``python -m gpt2jax.main``), ``evaluate``, ``sample``, ``export``, ``bench``
+and ``prepare`` run as ``python -m gpt2jax.cli.NAME`` or as the console script
+``gpt2jax-NAME``; the scaling tools are subcommands of ``python -m gpt2jax.scaling``
+(``gpt2jax-scaling``): ``sweep``, ``fit``, ``backtest``, ``plot``, ``report`` and ``budget``.
+
+Every command reports an error a user can cause (a bad flag value, missing data, a
+mismatched checkpoint, a full disk, the NaN stop) in one sentence on stderr and exits 1;
+a malformed command line exits 2. ``GPT2JAX_TRACEBACK=1`` re-raises instead, for a
+developer who wants the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+# Errors a user causes end in one sentence; anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, OSError, RuntimeError)
+USER_ERROR_EXIT = 1
+USAGE_EXIT = 2
+TRACEBACK_VARIABLE = "GPT2JAX_TRACEBACK"
+
+
+def user_error_message(error: BaseException) -> str:
+    """One sentence for a user error; an OSError names its file, as its str does, without the errno."""
+    if isinstance(error, OSError) and error.strerror and error.filename:
+        return f"{error.strerror}: {error.filename}"
+    return str(error)
+
+
+def guarded(main):
+    """``main`` with user errors turned into one sentence and exit code 1, unless GPT2JAX_TRACEBACK is set."""
+
+    def run(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except USER_ERRORS as error:
+            if os.environ.get(TRACEBACK_VARIABLE):
+                raise
+            print(f"error: {user_error_message(error)}", file=sys.stderr)
+            sys.exit(USER_ERROR_EXIT)
+
+    return run
+
+
+def usage_error(message: str) -> None:
+    """A malformed command line: one line on stderr, exit code 2."""
+    print(f"error: {message.rstrip('.')}; pass --help for the flags.", file=sys.stderr)
+    sys.exit(USAGE_EXIT)
+
+
+def run_absl(main) -> None:
+    """Runs an absl command: its flags parsed by absl, its user errors reported in one sentence."""
+    from absl import app
+
+    def main_with_usage(argv):
+        try:
+            return main(argv)
+        except app.UsageError as error:
+            usage_error(str(error))
+
+    app.run(guarded(main_with_usage), flags_parser=_parse_absl_flags)
+
+
+def _parse_absl_flags(argv):
+    """absl's parser, with its errors (and ml_collections' for an unknown --config.KEY) made one sentence."""
+    from absl import flags
+
+    try:
+        return flags.FLAGS(_with_config_paths(argv))
+    except FileNotFoundError as error:
+        usage_error(str(error))
+    except flags.Error as error:
+        usage_error(str(error))
+    except (AttributeError, KeyError) as error:
+        bad = [arg.split("=")[0] for arg in argv[1:] if arg.startswith("--config.")]
+        usage_error(
+            f"unknown config key {str(error).strip(chr(34) + chr(39))!r} among {bad}; "
+            "see gpt2jax/config.py for the keys a config has."
+        )
+
+
+def _with_config_paths(argv: list[str]) -> list[str]:
+    """``--config NAME`` (or ``--config=NAME[:ARGS]``) with NAME made the file ``config.config_path`` finds."""
+    from gpt2jax.config import config_path
+
+    def resolved(value: str) -> str:
+        path, colon, rest = value.partition(":")
+        return str(config_path(path)) + colon + rest
+
+    out = list(argv[:1])
+    args = iter(argv[1:])
+    for arg in args:
+        if arg == "--config":
+            out += [arg, resolved(next(args, ""))]
+        elif arg.startswith("--config="):
+            out.append("--config=" + resolved(arg.removeprefix("--config=")))
+        else:
+            out.append(arg)
+    return out
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a malformed command line reported as absl commands report it."""
+
+    def error(self, message):
+        usage_error(f"{self.prog}: {message}")
+
+
+def run_argparse(main, argv=None) -> None:
+    """Runs ``main(argv)`` of an argparse command, its user errors reported in one sentence."""
+    guarded(main)(argv)
+
+
+def initialize_distributed() -> None:
+    """Joins a multi-process run when a launcher describes one, before jax touches a device.
+
+    ``jax.distributed.initialize()`` finds SLURM, Open MPI and cloud TPU launchers by
+    itself; JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID describe a
+    run started by hand (one process per host, or several on one host for tests).
+    """
+    import jax
+
+    if os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        jax.distributed.initialize(
+            coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
+            num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+            process_id=int(os.environ["JAX_PROCESS_ID"]),
+        )
+    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        jax.distributed.initialize()

@@ -1,0 +1,33 @@
+"""``python -m gpt2jax.scaling budget``: what one GPU's time buys (drives ``scaling.budget``).
+
+``python -m gpt2jax.scaling budget --gpu rtx-4070-ti --days 365 --utilization 0.9 [--mfu 0.4] [--json]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = "what one GPU's time buys, against GPT-2's original budget and the compute-optimal one"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from gpt2jax import flops
+    from gpt2jax.scaling.budget import DEFAULT_MFU
+
+    parser.add_argument("--gpu", default="rtx-4070-ti", help=f"one of {', '.join(sorted(flops.DEVICE_PEAKS))}")
+    parser.add_argument("--days", type=float, default=365.0, help="days the GPU runs")
+    parser.add_argument("--utilization", type=float, default=0.9, help="fraction of bf16 peak the budget counts")
+    parser.add_argument(
+        "--mfu", type=float, default=DEFAULT_MFU, help="fraction of peak a training run achieves, for wall times"
+    )
+    parser.add_argument("--fit", help="JSON from python -m gpt2jax.scaling fit --json, to add the project's own law")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+
+def run(args: argparse.Namespace) -> None:
+    from gpt2jax.scaling.budget import budget_report, format_report, load_fit_law
+
+    fit = load_fit_law(args.fit) if args.fit else None
+    report = budget_report(args.gpu, args.days, args.utilization, args.mfu, fit)
+    print(json.dumps(report, indent=2) if args.json else format_report(report))

@@ -1,0 +1,30 @@
+"""Export a trained run as a Hugging Face GPT-2 directory (drives ``inference.export_checkpoint``).
+
+``python -m gpt2jax.cli.export --workdir runs/x [--step N] --out exported/``, then
+``GPT2LMHeadModel.from_pretrained("exported/")`` in transformers. Prints one JSON object.
+"""
+
+import json
+
+from absl import flags
+
+from gpt2jax import cli
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir.", required=True)
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
+_OUT = flags.DEFINE_string("out", None, "Directory to write config.json and model.safetensors into.", required=True)
+
+
+def main(argv):
+    del argv
+    from gpt2jax import inference
+
+    print(json.dumps(inference.export_checkpoint(_WORKDIR.value, _OUT.value, _STEP.value)))
+
+
+def entry() -> None:
+    cli.run_absl(main)
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,46 @@
+"""``python -m gpt2jax.scaling fit``: Chinchilla's three approaches on a results CSV (drives ``scaling.fit``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = "fit Chinchilla's three scaling approaches to a results CSV"
+
+
+def add_start_grid_option(parser: argparse.ArgumentParser) -> None:
+    """``--grid``: the L-BFGS starts of approach 3, for every command that fits a law."""
+    from gpt2jax.scaling.fit import START_GRIDS
+
+    parser.add_argument(
+        "--grid",
+        choices=sorted(START_GRIDS),
+        default="hoffmann",
+        help="approach 3's L-BFGS starts: Hoffmann et al.'s 4500 or a coarse 108 (faster)",
+    )
+
+
+def add_bootstrap_options(parser: argparse.ArgumentParser) -> None:
+    """``--bootstrap`` and ``--seed``, for every command whose figures carry bootstrap intervals."""
+    parser.add_argument("--bootstrap", type=int, default=100, help="resamples for percentile intervals")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--results", required=True, help="CSV with n_params, n_tokens, loss and optionally flops, run, budget"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_bootstrap_options(parser)
+    add_start_grid_option(parser)
+
+
+def run(args: argparse.Namespace) -> None:
+    from gpt2jax.scaling import fit
+    from gpt2jax.scaling.results import load_results
+
+    if args.bootstrap < 0:
+        raise ValueError(f"--bootstrap is {args.bootstrap}; give 0 or more resamples.")
+    points = load_results(args.results)
+    summary = fit.fit_summary(points, n_bootstrap=args.bootstrap, seed=args.seed, starts=fit.START_GRIDS[args.grid])
+    print(json.dumps(summary, indent=2) if args.json else fit.format_summary(summary, args.results))

@@ -1,0 +1,61 @@
+"""``python -m gpt2jax.scaling report --workdir runs/X --out experiments/REPORT.md`` (drives ``scaling.report``)."""
+
+from __future__ import annotations
+
+import argparse
+
+from gpt2jax.cli.fit import add_bootstrap_options, add_start_grid_option
+
+HELP = "write a Markdown report of a sweep's fit and what it predicts for GPT-2"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from gpt2jax import flops
+
+    parser.add_argument("--workdir", required=True, help="the sweep's --workdir")
+    parser.add_argument("--out", required=True, help="the Markdown file to write")
+    parser.add_argument("--compare", help="workdir of a sweep of separate runs to set the WSD branches against")
+    parser.add_argument("--figures", help="folder of the sweep's PNGs (scaling plot --out), linked from the report")
+    add_bootstrap_options(parser)
+    add_start_grid_option(parser)
+    parser.add_argument(
+        "--gpu",
+        default="rtx-4070-ti",
+        choices=sorted(flops.DEVICE_PEAKS),
+        help="with --days and --utilization: the one-GPU budget to compare allocations at",
+    )
+    parser.add_argument("--days", type=float, default=365.0)
+    parser.add_argument("--utilization", type=float, default=0.9)
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The report command that reproduces ``args``, with the options that differ from their defaults."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    defaults = vars(parser.parse_args(["--workdir", "", "--out", ""]))
+    options = [
+        f"--{name} {value}"
+        for name, value in vars(args).items()
+        if name in defaults and value is not None and value != defaults[name]
+    ]
+    return "python -m gpt2jax.scaling report " + " ".join(options)
+
+
+def run(args: argparse.Namespace) -> None:
+    from gpt2jax.scaling.fit import START_GRIDS
+    from gpt2jax.scaling.report import write_report
+
+    if args.bootstrap < 2:
+        raise ValueError(f"--bootstrap is {args.bootstrap}; the intervals need at least 2 resamples.")
+    write_report(
+        args.workdir,
+        args.out,
+        compare=args.compare,
+        figures=args.figures,
+        n_bootstrap=args.bootstrap,
+        seed=args.seed,
+        starts=START_GRIDS[args.grid],
+        one_gpu=(args.gpu, args.days, args.utilization),
+        command=command_line(args),
+    )
+    print(args.out)

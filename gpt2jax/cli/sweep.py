@@ -1,0 +1,69 @@
+"""``python -m gpt2jax.scaling sweep``: run a scaling sweep (drives ``scaling.sweep``).
+
+``python -m gpt2jax.scaling sweep --config experiments/X.py --workdir runs/X [--shard i/n]``.
+Run it again to resume: finished points are skipped, unfinished ones continue from their
+checkpoints. ``--shard i/n`` runs worker i's share of n (e.g. a SLURM array task per GPU,
+``--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT``); a lock per job keeps two workers
+off one job. ``--plan`` prints the points and their FLOPs and trains nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+from pathlib import Path
+
+HELP = "run a sweep's points (resumable, shardable over workers), or print its plan"
+
+
+def _shard(text: str) -> tuple[int, int]:
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit()) or not int(index) < int(count):
+        raise argparse.ArgumentTypeError(f"{text!r} is not i/n with 0 <= i < n, e.g. 0/4")
+    return int(index), int(count)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from gpt2jax import flops
+
+    parser.add_argument("--config", required=True, help="sweep config file, optionally FILE:VARIANT")
+    parser.add_argument("--workdir", help="sweep directory: points, results.csv, locks")
+    parser.add_argument("--shard", type=_shard, default=(0, 1), help="i/n: run worker i's share of n workers")
+    parser.add_argument("--plan", action="store_true", help="print the points and their FLOPs; train nothing")
+    parser.add_argument("--device", choices=sorted(flops.DEVICE_PEAKS), help="with --plan: estimate hours on it")
+    parser.add_argument("--mfu", type=float, default=0.4, help="with --device: fraction of peak achieved")
+    parser.add_argument(
+        "--stale_after",
+        type=float,
+        default=600.0,
+        help="seconds without a heartbeat after which another worker's lock is broken",
+    )
+
+
+def run(args: argparse.Namespace) -> None:
+    from gpt2jax.scaling.plan import expand, format_plan, load_sweep_config
+
+    if not 0 < args.mfu <= 1:
+        raise ValueError(f"--mfu is {args.mfu}; give a fraction of peak in (0, 1].")
+    plan = expand(load_sweep_config(args.config))
+    if args.plan:
+        print(format_plan(plan, args.device, args.mfu))
+        return
+    if not args.workdir:
+        raise ValueError("--workdir is required to run a sweep (or pass --plan).")
+    # SLURM and kill send SIGTERM: unwind, so locks are released and checkpoints closed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    import jax
+
+    from gpt2jax.scaling.sweep import Sweep
+
+    # Points of one shape compile the same init and eval steps; a resumed run, its train step.
+    jax.config.update("jax_compilation_cache_dir", str((Path(args.workdir) / "jax_cache").absolute()))
+    sweep = Sweep(plan, args.workdir)
+    sweep.start(args.config)
+    session = sweep.run(args.shard, args.stale_after)
+    print(
+        json.dumps({key: session[key] for key in ("shard", "points_run", "skipped_locked", "elapsed_s", "completed")})
+    )

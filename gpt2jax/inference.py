@@ -1,0 +1,114 @@
+"""Weights restored for inference: evaluation, sampling, export and scoring.
+
+Inference needs the model config, a mesh over this machine's devices and the parameters'
+shardings; no optimizer and no Trainer. A checkpoint restores onto whatever devices are
+here, whatever mesh it was trained on: the parameters are split along ``fsdp`` over the
+most devices that divide every dimension the partition table splits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh
+
+from gpt2jax import sharding
+from gpt2jax import workdir as workdir_files
+from gpt2jax.checkpoint import Checkpointer
+from gpt2jax.init_from import InitFrom
+from gpt2jax.model import GPTConfig, abstract_model
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedModel:
+    """Parameters on a mesh, with what it takes to run them."""
+
+    source: InitFrom
+    model_config: GPTConfig
+    graphdef: nnx.GraphDef
+    params: nnx.State
+    mesh: Mesh
+    step: int | None = None  # the checkpoint's step; None for Hugging Face weights
+    run_config: object = None  # the config a checkpoint's run trained with; None for Hugging Face weights
+
+    @property
+    def param_shardings(self):
+        return jax.tree.map(lambda leaf: leaf.sharding, self.params)
+
+
+def inference_mesh(model_config: GPTConfig, devices=None) -> Mesh:
+    """A mesh of the most devices here (all on fsdp) that divide every dimension the table splits."""
+    devices = jax.devices() if devices is None else list(devices)
+    _, params = abstract_model(model_config)
+    for count in range(len(devices), 0, -1):
+        if len(devices) % count:
+            continue
+        mesh = sharding.make_mesh({"data": 1, "fsdp": count, "tensor": 1}, devices[:count])
+        try:
+            sharding.tree_shardings(mesh, params)
+        except ValueError:
+            continue
+        return mesh
+    raise AssertionError("one device divides every dimension")
+
+
+def abstract_params(model_config: GPTConfig, mesh: Mesh):
+    """(graphdef, parameter ShapeDtypeStructs carrying their shardings on ``mesh``)."""
+    graphdef, params = abstract_model(model_config)
+    shardings = sharding.tree_shardings(mesh, params)
+    return graphdef, jax.tree.map(
+        lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), params, shardings
+    )
+
+
+def restore_checkpoint(workdir: str | Path, step: int | None = None, devices=None) -> LoadedModel:
+    """A training workdir's parameters at ``step`` (the latest if None), on this machine's devices."""
+    run_config = workdir_files.load_run_config(workdir)
+    model_config = GPTConfig.from_config(run_config.model)
+    mesh = inference_mesh(model_config, devices)
+    graphdef, abstract = abstract_params(model_config, mesh)
+    checkpointer = Checkpointer(Path(workdir) / workdir_files.CHECKPOINTS_DIR)
+    try:
+        step = checkpointer.saved_step(step)
+        params = checkpointer.restore_params(step, abstract)
+    finally:
+        checkpointer.close()
+    return LoadedModel(
+        InitFrom("checkpoint", Path(workdir), step), model_config, graphdef, params, mesh, step, run_config
+    )
+
+
+def load_hf_weights(directory: str | Path, model_config: GPTConfig | None = None, devices=None) -> LoadedModel:
+    """A Hugging Face GPT-2 directory's weights on this machine's devices.
+
+    Without ``model_config`` the model is GPTConfig's defaults with the checkpoint's shape;
+    with one, its shape must be the checkpoint's.
+    """
+    from gpt2jax.interop import hf
+
+    model_config, host_params = hf.load_hf(directory, model_config)
+    mesh = inference_mesh(model_config, devices)
+    graphdef, abstract = abstract_params(model_config, mesh)
+    params = jax.device_put(host_params, jax.tree.map(lambda leaf: leaf.sharding, abstract))
+    return LoadedModel(InitFrom("hf", Path(directory)), model_config, graphdef, params, mesh)
+
+
+def load_weights(source: InitFrom, devices=None) -> LoadedModel:
+    """The weights ``source`` names: a checkpoint of a workdir or a Hugging Face directory."""
+    if source.kind == "checkpoint":
+        return restore_checkpoint(source.path, source.step, devices)
+    if source.kind == "hf":
+        return load_hf_weights(source.path, devices=devices)
+    raise ValueError(f"init_from={source} names no weights to read; give hf:DIR or checkpoint:WORKDIR[@STEP].")
+
+
+def export_checkpoint(workdir: str | Path, out_dir: str | Path, step: int | None = None) -> dict:
+    """Writes a run's checkpoint at ``step`` (the latest if None) as a Hugging Face GPT-2 directory."""
+    from gpt2jax.interop import hf
+
+    loaded = restore_checkpoint(workdir, step)
+    hf.save_hf(loaded.model_config, loaded.params, out_dir)
+    return {"step": loaded.step, "out": str(out_dir)}

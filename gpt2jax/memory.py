@@ -1,0 +1,160 @@
+"""The dry run: parameter counts, FLOPs per token and a train step's memory per device, training nothing.
+
+``python -m gpt2jax.main --config C --dry_run`` prints it. The step is lowered and compiled
+for the config's mesh, as a real run would compile it, and never run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+
+from gpt2jax import flops, steps
+from gpt2jax.train import Trainer, build_trainer
+
+CARDS_GIB = (12, 24, 80)
+
+
+def usable_fraction() -> float:
+    """The share of a card's memory JAX lets XLA use: XLA_PYTHON_CLIENT_MEM_FRACTION, 0.75 unless set."""
+    return float(os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", 0.75))
+
+
+def dry_run(config) -> dict:
+    """Parameter counts, FLOPs per token and the compiled step's memory per device, training nothing.
+
+    ``fits`` says whether the step fits a 12, 24 or 80 GiB card by the platform-independent
+    ``estimate``, against the share of the card JAX lets XLA use: XLA_PYTHON_CLIENT_MEM_FRACTION,
+    0.75 unless set.
+    """
+    trainer = build_trainer(config)
+    summary = {"model": dict(config.model), "mesh": dict(trainer.mesh.shape)}
+    summary.update(flops.model_accounting(trainer.model_config))
+    micro = trainer.micro_batch_size
+    block = trainer.model_config.block_size
+    batch = jax.ShapeDtypeStruct(
+        (trainer.accum_steps, micro, block), jnp.int32, sharding=trainer.batch_sharding(leading_unsharded=1)
+    )
+    compiled = trainer.train_step.lower(trainer.abstract_state, batch, batch).compile()
+    summary["per_device_bytes"] = per_device_bytes(trainer, compiled)
+    usable = usable_fraction()
+    summary["fits"] = {
+        f"{gib} GiB": summary["per_device_bytes"]["estimate_total"] <= usable * gib * 2**30 for gib in CARDS_GIB
+    }
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    if cost and cost.get("flops"):
+        # XLA counts the accumulation loop's body once: its FLOPs are one micro-batch's.
+        tokens_per_device = micro * block / trainer.mesh.size
+        summary["xla_flops_per_token"] = cost["flops"] / tokens_per_device
+    return summary
+
+
+def _shard_bytes(tree) -> int:
+    """Bytes of this device's shards of a pytree of ShapeDtypeStructs carrying shardings."""
+    return int(
+        sum(math.prod(leaf.sharding.shard_shape(leaf.shape)) * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
+    )
+
+
+def _aval_bytes(var) -> int:
+    return math.prod(var.aval.shape) * var.aval.dtype.itemsize
+
+
+def _micro_batch_tokens(trainer: Trainer):
+    """This device's rows of one micro-batch, as the abstract token array the step's loss reads."""
+    rows = trainer.micro_batch_size // (trainer.mesh.shape["data"] * trainer.mesh.shape["fsdp"])
+    return jax.ShapeDtypeStruct((rows, trainer.model_config.block_size), jnp.int32)
+
+
+def saved_for_backward_bytes(trainer: Trainer) -> int:
+    """What the backward pass of this device's rows of one micro-batch keeps, read from the traced step.
+
+    The figure ``model.remat`` trades for recompute, the same on every platform (counted
+    whole along the tensor axis, so an upper bound when mesh.tensor > 1).
+    """
+    from jax.extend.core import Var
+
+    def pullback(params, tokens_BxT):
+        return jax.vjp(lambda p: steps.loss_fn(p, trainer.graphdef, tokens_BxT, tokens_BxT), params)[1]
+
+    # The pullback closes over the residuals; the parameters it merely reads are its inputs.
+    jaxpr = jax.make_jaxpr(pullback)(trainer.abstract_state["params"], _micro_batch_tokens(trainer)).jaxpr
+    inputs = set(jaxpr.invars)
+    return int(sum(_aval_bytes(v) for v in jaxpr.outvars if isinstance(v, Var) and v not in inputs))
+
+
+def _intermediate_sizes(jaxpr) -> list[int]:
+    """Sizes of the values one step of ``jaxpr`` computes, loop bodies included once.
+
+    A loop's own outputs (the layers' stacked residuals and gradients) are left out: they
+    are counted as saved activations and gradients.
+    """
+    sizes = []
+    for eqn in jaxpr.eqns:
+        looped = eqn.primitive.name in ("scan", "while")
+        if not looped:
+            sizes += [_aval_bytes(v) for v in eqn.outvars]
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (list, tuple)) else (value,):
+                inner = getattr(sub, "jaxpr", sub)
+                if hasattr(inner, "eqns"):
+                    sizes += _intermediate_sizes(inner)
+    return sizes
+
+
+def largest_temporaries_bytes(trainer: Trainer) -> int:
+    """The two largest values the forward and backward pass of one micro-batch compute, added.
+
+    The op that writes the largest temporary (on GPT-2 small, the B x T x V logits or
+    their gradient) reads another of about its size, so both are live at that moment.
+    """
+    grad_fn = jax.value_and_grad(lambda p, tokens: steps.loss_fn(p, trainer.graphdef, tokens, tokens))
+    jaxpr = jax.make_jaxpr(grad_fn)(trainer.abstract_state["params"], _micro_batch_tokens(trainer)).jaxpr
+    return int(sum(sorted(_intermediate_sizes(jaxpr))[-2:]))
+
+
+def estimate(trainer: Trainer) -> dict:
+    """Bytes one device needs for a train step, from shapes alone: the same on every platform.
+
+    The float32 parameters and AdamW moments (this device's shards), the float32 gradients
+    of one micro-batch and their running sum (``steps.train_step`` sums micro-batches in a
+    scan whatever their number), the activations the
+    backward pass keeps, and the two largest temporaries. XLA's own buffer total depends
+    on the platform it compiles for (XLA:CPU keeps bfloat16 activations at float32 cost);
+    this estimate does not, and ``fits`` is read from it.
+    """
+    params = _shard_bytes(trainer.abstract_state["params"])
+    report = {
+        "params": params,
+        "optimizer_state": _shard_bytes(trainer.abstract_state["opt_state"]),
+        "gradients": 2 * params,
+        "activations_saved_for_backward": saved_for_backward_bytes(trainer),
+        "largest_temporaries": largest_temporaries_bytes(trainer),
+    }
+    report["total"] = sum(report.values())
+    return report
+
+
+def per_device_bytes(trainer: Trainer, compiled) -> dict:
+    """Bytes one device holds during a train step: ``estimate``'s parts, and XLA's buffer assignment.
+
+    From XLA: ``xla_activations_and_temporaries``, everything the compiled step allocates
+    besides its arguments (saved activations, gradients and their accumulator, workspace),
+    and ``xla_total``, which adds the arguments (state and batch) and the outputs the
+    donated state does not absorb.
+    """
+    report = {f"estimate_{key}" if key == "total" else key: value for key, value in estimate(trainer).items()}
+    memory = compiled.memory_analysis()
+    if memory is not None:
+        report["xla_activations_and_temporaries"] = int(memory.temp_size_in_bytes)
+        report["xla_total"] = int(
+            memory.argument_size_in_bytes
+            + memory.temp_size_in_bytes
+            + memory.output_size_in_bytes
+            - memory.alias_size_in_bytes
+        )
+    return report

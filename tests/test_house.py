@@ -1,0 +1,261 @@
+"""The house rules: one error path for every command, no import cycles, one init_from parser,
+parameter tables that refuse what they do not know, shipped configs found by name, one formatter."""
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from gpt2jax import init_from, optim, sharding
+from gpt2jax.config import config_path, shipped_config_names
+from gpt2jax.interop import hf
+from gpt2jax.model import GPTConfig, abstract_model
+from tests.helpers import REPO
+
+PACKAGE = REPO / "gpt2jax"
+# The two entry modules that keep short public names and only call into cli/.
+ENTRY_ALIASES = {"gpt2jax.main", "gpt2jax.scaling.__main__"}
+
+# Per command: a command line with a user error (exit 1, one sentence), and a malformed one (exit 2).
+COMMANDS = {
+    "train": (
+        ["gpt2jax.main", "--config", "tiny", "--dry_run", "--config.train.init_from=bogus"],
+        ["gpt2jax.main", "--no_such_flag"],
+    ),
+    "evaluate": (["gpt2jax.cli.evaluate", "--workdir", "{missing}"], ["gpt2jax.cli.evaluate", "--step", "x"]),
+    "sample": (["gpt2jax.cli.sample", "--workdir", "{missing}"], ["gpt2jax.cli.sample", "--no_such_flag"]),
+    "export": (
+        ["gpt2jax.cli.export", "--workdir", "{missing}", "--out", "{missing}/out"],
+        ["gpt2jax.cli.export", "--workdir", "{missing}"],
+    ),
+    "bench": (
+        ["gpt2jax.cli.bench", "--config", "tiny", "--config.model.n_head=3"],
+        ["gpt2jax.cli.bench", "--config", "no_such_config"],
+    ),
+    "prepare": (
+        ["gpt2jax.cli.prepare", "--source", "bogus", "--out", "{missing}"],
+        ["gpt2jax.cli.prepare", "--source", "synthetic"],
+    ),
+    "sweep": (
+        ["gpt2jax.scaling", "sweep", "--config", "{missing}/sweep.py", "--plan"],
+        ["gpt2jax.scaling", "sweep", "--shard", "3/2", "--config", "x"],
+    ),
+    "fit": (["gpt2jax.scaling", "fit", "--results", "{missing}/results.csv"], ["gpt2jax.scaling", "fit"]),
+    "plot": (["gpt2jax.scaling", "plot", "--workdir", "{missing}"], ["gpt2jax.scaling", "plot"]),
+    "report": (
+        ["gpt2jax.scaling", "report", "--workdir", "{missing}", "--out", "{missing}/r.md"],
+        ["gpt2jax.scaling", "report", "--workdir", "x"],
+    ),
+    "budget": (["gpt2jax.scaling", "budget", "--gpu", "gtx-480"], ["gpt2jax.scaling", "nope"]),
+}
+
+
+@pytest.fixture(scope="module")
+def command_results(tmp_path_factory):
+    """Every command's user error, with and without GPT2JAX_TRACEBACK, and its malformed line, run at once."""
+    missing = tmp_path_factory.mktemp("cli") / "missing"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop("GPT2JAX_TRACEBACK", None)
+    runs = {}
+    for name, (user_error, malformed) in COMMANDS.items():
+        for case, args, extra_env in (
+            ("user", user_error, {}),
+            ("traceback", user_error, {"GPT2JAX_TRACEBACK": "1"}),
+            ("usage", malformed, {}),
+        ):
+            command = [sys.executable, "-m", *(arg.format(missing=missing) for arg in args)]
+            runs[name, case] = subprocess.Popen(
+                command, cwd=REPO, env=dict(env, **extra_env), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+    results = {key: (process.wait(timeout=300), *process.communicate()) for key, process in runs.items()}
+    assert not missing.exists(), "a command that failed created files"
+    return results
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_reports_user_errors_in_one_sentence_and_exits_1(command_results, name):
+    code, stdout, stderr = command_results[name, "user"]
+    assert code == 1, stderr[-2000:]
+    lines = stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and "Traceback" not in stderr, stderr[-2000:]
+    assert not stdout.strip()
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_gpt2jax_traceback_shows_the_traceback_for_every_command(command_results, name):
+    code, _, stderr = command_results[name, "traceback"]
+    assert code != 0 and "Traceback (most recent call last)" in stderr, stderr[-2000:]
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_a_malformed_command_line_exits_2_for_every_command(command_results, name):
+    code, _, stderr = command_results[name, "usage"]
+    assert code == 2, stderr[-2000:]
+    assert "Traceback" not in stderr and "error: " in stderr
+
+
+# The import graph.
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, modules: set[str]) -> set[str]:
+    """The package's modules that ``path`` imports, at module level or inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name in modules}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("gpt2jax"):
+            found |= {node.module} & modules
+            found |= {f"{node.module}.{alias.name}" for alias in node.names} & modules
+    return found
+
+
+@pytest.fixture(scope="module")
+def import_graph():
+    paths = {_module_name(path): path for path in PACKAGE.rglob("*.py") if "configs" not in path.parts}
+    return {name: _imports(path, set(paths)) - {name} for name, path in paths.items()}
+
+
+def test_the_import_graph_has_no_cycle(import_graph):
+    state = {}
+
+    def visit(module, trail):
+        if state.get(module) == "done":
+            return
+        assert state.get(module) != "open", f"import cycle: {' -> '.join(trail + [module])}"
+        state[module] = "open"
+        for imported in sorted(import_graph[module]):
+            visit(imported, trail + [module])
+        state[module] = "done"
+
+    for module in sorted(import_graph):
+        visit(module, [])
+
+
+def test_no_library_module_imports_a_command(import_graph):
+    library = [
+        module for module in import_graph if not module.startswith("gpt2jax.cli") and module not in ENTRY_ALIASES
+    ]
+    offenders = {module: sorted(m for m in import_graph[module] if m.startswith("gpt2jax.cli")) for module in library}
+    assert not {module: found for module, found in offenders.items() if found}
+
+
+def test_no_library_module_parses_arguments():
+    for path in PACKAGE.rglob("*.py"):
+        if "cli" in path.relative_to(PACKAGE).parts:
+            continue
+        text = path.read_text()
+        assert "argparse" not in text and "absl import flags" not in text, path
+
+
+# init_from, parsed once.
+
+
+def test_init_from_parses_every_form_and_refuses_the_rest():
+    assert init_from.parse("resume") == init_from.InitFrom("resume")
+    assert init_from.parse("scratch").kind == "scratch"
+    assert init_from.parse("hf:some/dir") == init_from.InitFrom("hf", Path("some/dir"))
+    assert init_from.parse("checkpoint:runs/a@12") == init_from.InitFrom("checkpoint", Path("runs/a"), 12)
+    assert init_from.parse("checkpoint:runs/a") == init_from.InitFrom("checkpoint", Path("runs/a"))
+    for value in ("hf:some/dir", "checkpoint:runs/a@12", "resume"):
+        assert str(init_from.parse(value)) == value
+    with pytest.raises(ValueError, match="names no directory"):
+        init_from.parse("hf:")
+    with pytest.raises(ValueError, match=r"must be checkpoint:WORKDIR\[@STEP\]"):
+        init_from.parse("checkpoint:runs/a@last")
+    with pytest.raises(
+        ValueError,
+        match=r"train.init_from='gpt2' is not one of resume, scratch, hf:DIR, "
+        r"checkpoint:WORKDIR\[@STEP\]\.",
+    ):
+        init_from.parse("gpt2")
+
+
+def test_inference_flags_become_one_weights_source():
+    assert init_from.weights_source("runs/a", None, 5) == init_from.InitFrom("checkpoint", Path("runs/a"), 5)
+    assert init_from.weights_source(None, "hf:d", None) == init_from.InitFrom("hf", Path("d"))
+    with pytest.raises(ValueError, match="pass either --workdir"):
+        init_from.weights_source("runs/a", "hf:d", None)
+    with pytest.raises(ValueError, match="Hugging Face weights have none"):
+        init_from.weights_source(None, "hf:d", 3)
+    with pytest.raises(ValueError, match=r"--init_from='resume' does not apply here; give one of hf:DIR"):
+        init_from.weights_source(None, "resume", None)
+
+
+# The parameter contract.
+
+
+def test_a_parameter_no_table_knows_is_refused_by_all_three(tmp_path):
+    model_config = GPTConfig(n_layer=2, n_head=4, n_embd=32, block_size=16)
+    _, params = abstract_model(model_config)
+    pure = nnx.to_pure_dict(params)
+    pure["h"]["attn"]["rotary_table"] = jax.ShapeDtypeStruct((2, 16, 32), jnp.float32)
+    mesh = sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
+    with pytest.raises(
+        ValueError,
+        match=r"parameter h/attn/rotary_table \(2, 16, 32\) is a matrix that no rule in "
+        r"sharding.PARTITION_RULES names",
+    ):
+        sharding.tree_shardings(mesh, pure)
+    with pytest.raises(ValueError, match="parameter h/attn/rotary_table matches no rule in optim.DECAY_RULES"):
+        optim.decay_mask(pure)
+    host = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), pure)
+    with pytest.raises(ValueError, match="parameter h/attn/rotary_table has no Hugging Face name"):
+        hf.save_hf(model_config, host, tmp_path / "out")
+
+
+def test_a_mesh_axis_that_does_not_divide_a_dimension_is_refused():
+    _, params = abstract_model(GPTConfig(n_layer=1, n_head=4, n_embd=36, block_size=16))
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 8, "tensor": 1})
+    with pytest.raises(
+        ValueError,
+        match=r"mesh.fsdp=8 does not divide dimension 36 of parameter \S+ .*"
+        r"choose a mesh.fsdp that divides 36",
+    ):
+        sharding.tree_shardings(mesh, params)
+
+
+# Configs by name, from anywhere.
+
+
+def test_shipped_configs_are_found_by_name_from_any_directory(tmp_path):
+    assert set(shipped_config_names()) >= {"tiny", "small", "medium", "large", "xl"}
+    for spec in ("small", "small.py", "configs/small.py"):
+        assert config_path(spec).resolve() == PACKAGE / "configs" / "small.py"
+    with pytest.raises(FileNotFoundError, match="config file nope does not exist; .* shipped configs: .*tiny"):
+        config_path("nope")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run(
+        [sys.executable, "-m", "gpt2jax.main", "--config", "tiny", "--dry_run"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert '"n_params"' in result.stdout
+
+
+# One formatter.
+
+
+def test_the_code_is_formatted_and_linted():
+    """ruff (a test extra) with the settings in pyproject.toml."""
+    paths = ["gpt2jax", "tests", "scripts", "bench", "experiments"]
+    ruff = [sys.executable, "-m", "ruff"]
+    formatted = subprocess.run([*ruff, "format", "--check", *paths], cwd=REPO, capture_output=True, text=True)
+    assert formatted.returncode == 0, formatted.stdout[-3000:]
+    linted = subprocess.run([*ruff, "check", *paths], cwd=REPO, capture_output=True, text=True)
+    assert linted.returncode == 0, linted.stdout[-3000:]
