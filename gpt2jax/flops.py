@@ -168,22 +168,40 @@ def format_count(value: float) -> str:
     return f"{value:.3g}"
 
 
-# Peak dense throughput in FLOP/s from vendors' datasheets (dense, no sparsity).
-# "bf16" is the tensor-core bf16 (or fp16 where the card has no bf16) peak, "fp32" the
-# plain fp32 peak. Keys are matched against jax's ``device_kind`` by ``device_peak``.
+# Peak dense throughput in FLOP/s per precision, from the vendors' datasheets and whitepapers,
+# never with 2:4 sparsity (datasheets print sparse tensor figures; dense is half):
+#   fp32  plain float32 on the CUDA cores (TPUs: XLA's HIGHEST precision, six bf16 passes);
+#   tf32  float32 matmuls on the tensor cores (TF32, which XLA:GPU uses for float32 by default);
+#   bf16  bfloat16 or float16 tensor-core matmuls with float32 accumulation, what mixed
+#         precision training runs (GeForce cards run fp16 accumulation twice as fast; no
+#         trainer uses it).
+# Keys are matched against jax's ``device_kind`` by ``device_key``.
 DEVICE_PEAKS: dict[str, dict[str, float]] = {
-    "h100-sxm": {"bf16": 989e12, "fp32": 67e12, "memory_gib": 80},
-    "h100-pcie": {"bf16": 756e12, "fp32": 51e12, "memory_gib": 80},
-    "h200": {"bf16": 989e12, "fp32": 67e12, "memory_gib": 141},
-    "a100": {"bf16": 312e12, "fp32": 19.5e12, "memory_gib": 80},
-    "rtx-4090": {"bf16": 165.2e12, "fp32": 82.6e12, "memory_gib": 24},
-    # 40.1 TFLOP/s fp32 and fp16-accumulate-fp32 tensor throughput: the ~40 TFLOP/s
-    # the one-GPU-year question assumes.
-    "rtx-4070-ti": {"bf16": 40.1e12, "fp32": 40.1e12, "memory_gib": 12},
-    "v100": {"bf16": 125e12, "fp32": 15.7e12, "memory_gib": 32},
-    "tpu-v4": {"bf16": 275e12, "fp32": 275e12 / 8, "memory_gib": 32},
-    "tpu-v5e": {"bf16": 197e12, "fp32": 197e12 / 8, "memory_gib": 16},
+    # H100 SXM5 datasheet: FP32 67 TFLOPS; TF32 989, BF16/FP16 1979 TFLOPS "with sparsity".
+    "h100-sxm": {"fp32": 67e12, "tf32": 494.5e12, "bf16": 989.5e12, "memory_gib": 80},
+    # H100 PCIe datasheet: FP32 51; TF32 756, BF16 1513 with sparsity.
+    "h100-pcie": {"fp32": 51e12, "tf32": 378e12, "bf16": 756.5e12, "memory_gib": 80},
+    # H200 SXM datasheet: the H100 SXM's compute (FP32 67; TF32 989, BF16 1979 with sparsity), 141 GB HBM3e.
+    "h200": {"fp32": 67e12, "tf32": 494.5e12, "bf16": 989.5e12, "memory_gib": 141},
+    # A100 datasheet: FP32 19.5; TF32 156 and BF16 312 dense (312 and 624 with sparsity).
+    "a100": {"fp32": 19.5e12, "tf32": 156e12, "bf16": 312e12, "memory_gib": 80},
+    # Ada whitepaper, appendix A (RTX 4090): FP32 82.6; TF32 82.6, BF16 with FP32 accumulate 165.2
+    # dense (FP16 accumulate 330.3); llm.c's Ada table uses the same 165.2.
+    "rtx-4090": {"fp32": 82.6e12, "tf32": 82.6e12, "bf16": 165.2e12, "memory_gib": 24},
+    # RTX 4070 Ti: 7680 CUDA cores x 2.61 GHz boost x 2 = 40.1 TFLOPS fp32, the rate the one-GPU-year
+    # question's 1.14e21 assumes. NVIDIA gives 641 "AI TOPS", sparse FP8: 320 dense FP8, 160 FP16 with
+    # FP16 accumulate, and GeForce Ada halves that with FP32 accumulate: 80.2 (60 SMs x 2.61 GHz x
+    # 512 FLOP per SM per clock, the 4090's 165.2 / (128 x 2.52) ratio); TF32 is half of that again.
+    "rtx-4070-ti": {"fp32": 40.1e12, "tf32": 40.1e12, "bf16": 80.2e12, "memory_gib": 12},
+    # V100 SXM2 datasheet: FP32 15.7, FP16 tensor (FP32 accumulate) 125; no bf16 and no TF32, so
+    # float32 matmuls run at the fp32 rate.
+    "v100": {"fp32": 15.7e12, "tf32": 15.7e12, "bf16": 125e12, "memory_gib": 32},
+    # TPU v4 and v5e: 275 and 197 TFLOPS bf16 (Google Cloud's system architecture pages). A float32
+    # matmul at JAX's default precision is one bf16 pass (the tf32 column); at HIGHEST, six.
+    "tpu-v4": {"fp32": 275e12 / 6, "tf32": 275e12, "bf16": 275e12, "memory_gib": 32},
+    "tpu-v5e": {"fp32": 197e12 / 6, "tf32": 197e12, "bf16": 197e12, "memory_gib": 16},
 }
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 # jax device_kind strings -> table keys, most specific first.
 _DEVICE_KIND_PATTERNS = (
@@ -209,8 +227,26 @@ def device_key(device_kind: str) -> str | None:
     return None
 
 
+def compute_precision(dtype: str) -> str:
+    """The DEVICE_PEAKS column a step computing in ``dtype`` runs its matmuls at.
+
+    bfloat16 and float16 compute is "bf16"; float32 is "tf32" unless jax's default matmul
+    precision asks for full float32 ("highest" or "float32"), which makes it "fp32". A
+    precision name ("fp32", "tf32", "bf16") is returned as it is.
+    """
+    if dtype in PRECISIONS:
+        return dtype
+    if dtype in ("bfloat16", "float16", "fp16"):
+        return "bf16"
+    if dtype not in ("float32", "fp32"):
+        raise ValueError(f"compute dtype {dtype!r} is not float32, bfloat16 or float16.")
+    import jax
+
+    return "fp32" if jax.config.jax_default_matmul_precision in ("highest", "float32") else "tf32"
+
+
 def device_peak(device, dtype: str = "bf16") -> float | None:
-    """Peak FLOP/s of one jax device for a compute dtype ("bf16" or "fp32").
+    """Peak FLOP/s of one jax device at the precision a ``dtype`` step computes in (``compute_precision``).
 
     A CPU has no datasheet figure: its peak is a float32 matmul measured once.
     Unknown accelerators give None, so MFU is reported as unknown rather than wrong.
@@ -220,7 +256,7 @@ def device_peak(device, dtype: str = "bf16") -> float | None:
     key = device_key(device.device_kind)
     if key is None:
         return None
-    return DEVICE_PEAKS[key]["bf16" if dtype in ("bf16", "bfloat16", "fp16", "float16") else "fp32"]
+    return DEVICE_PEAKS[key][compute_precision(dtype)]
 
 
 @functools.cache

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 from pathlib import Path
@@ -32,6 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", help="sweep directory: points, results.csv, locks")
     parser.add_argument("--shard", type=_shard, default=(0, 1), help="i/n: run worker i's share of n workers")
     parser.add_argument("--plan", action="store_true", help="print the points and their FLOPs; train nothing")
+    parser.add_argument(
+        "--max_budget",
+        type=float,
+        default=math.inf,
+        help="train only the points of budgets up to this, e.g. the ones a backtest fits before it predicts the rest",
+    )
     parser.add_argument("--device", choices=sorted(flops.DEVICE_PEAKS), help="with --plan: estimate hours on it")
     parser.add_argument("--mfu", type=float, default=0.4, help="with --device: fraction of peak achieved")
     parser.add_argument(
@@ -63,7 +70,7 @@ def run(args: argparse.Namespace) -> None:
     jax.config.update("jax_compilation_cache_dir", str((Path(args.workdir) / "jax_cache").absolute()))
     sweep = Sweep(plan, args.workdir)
     sweep.start(args.config)
-    session = sweep.run(args.shard, args.stale_after)
+    session = sweep.run(args.shard, args.stale_after, max_budget=args.max_budget)
     print(
         json.dumps({key: session[key] for key in ("shard", "points_run", "skipped_locked", "elapsed_s", "completed")})
     )

@@ -7,12 +7,18 @@ A sweep config (an ml_collections file in ``experiments/``, ``get_config(variant
   grid       'isoflop': ``budgets`` are FLOPs C, each shape trains on D = C / (6N) tokens;
              'tokens': ``budgets`` are token counts D, every shape trains on each
   budgets    the FLOP or token budgets
-  seeds      one point per seed
+  seeds      one point per seed; at least two, so each fit comes with its seed-to-seed spread
+  params     'total' (default, Chinchilla's count) or 'non_embedding' (Kaplan's): the N in
+             D = C / (6N) and in tokens per parameter
   schedule   'cosine', 'wsd' or 'constant': every point is a run of its own;
              'wsd_branches': per shape and seed, one constant-rate trunk, and each point a
              WSD cooldown branched from it (Hägele et al. 2024)
   rules      learning rate, batch size and warmup as functions of the model (see below)
-  limits     min_steps, min_tokens_per_param, max_tokens_per_param: points outside are dropped
+  limits     min_steps, min_tokens_per_param, max_tokens_per_param: points outside are dropped;
+             max_epochs: a grid whose points would read their corpus more often is refused
+  lr_check   multipliers of the rule's learning rate (e.g. [0.5, 2.0]) that the smallest and
+             the largest shape also train at, at their lowest budget and first seed
+  smoke_test True lifts the floors below, for tests and quick trials; never for a fit
   evals_per_run, checkpoints_per_run
              how often a point evaluates (its loss curve) and saves (what a killed run loses)
 
@@ -27,13 +33,20 @@ The rules, since an untuned size biases the fitted exponents:
       the point's own, or for a trunk its shortest branch's, so every branch shares the warmup.
 
 N counts all parameters (flops.count_params with the model's true vocabulary), as
-Chinchilla does, and FLOPs are 6ND unless a column says otherwise.
+Chinchilla does, unless ``params`` says non_embedding, and FLOPs are 6ND unless a column says otherwise.
+
+Floors the planner enforces (a config below them is refused, unless ``smoke_test``): at
+least ``MIN_STEPS`` steps and ``MIN_TOKENS_PER_PARAM`` token per parameter per point, warmup
+at most ``MAX_WARMUP_FRACTION`` of a point's steps, and ``MIN_SEEDS`` seeds. The old CPU
+sweep had points of 73 steps, 10 of them warmup, and one seed; their losses carried more
+schedule than model.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import ml_collections
 
@@ -44,6 +57,14 @@ from gpt2jax.optim import wsd_stable_end
 GRIDS = ("isoflop", "tokens")
 BRANCHED = "wsd_branches"
 SCHEDULES = ("cosine", "wsd", "constant", BRANCHED)
+PARAM_COUNTS = {"total": "n_params", "non_embedding": "n_params_non_embedding"}
+MIN_STEPS = 200
+MIN_TOKENS_PER_PARAM = 1.0
+MAX_WARMUP_FRACTION = 0.1
+MIN_SEEDS = 2
+# Muennighoff et al. (2023) find up to ~4 epochs nearly as good as fresh data, but a law fitted
+# on repeated tokens mixes that effect into its D term; by default a point reads its corpus once.
+DEFAULT_MAX_EPOCHS = 1.0
 
 
 def load_sweep_config(spec: str) -> ml_collections.ConfigDict:
@@ -68,6 +89,7 @@ class Point:
     budget: float  # the IsoFLOP budget; for a tokens grid, the point's own 6ND
     trunk: str = ""  # the constant-rate run it branches from, "" for a run of its own
     branch_step: int = 0  # the trunk step it starts from
+    lr_multiplier: float = 1.0  # of the rule's rate: 1 for the grid, others for the learning-rate check
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +123,19 @@ class SweepPlan:
 
     def tokens(self, point: Point, steps: int | None = None) -> int:
         return (point.steps if steps is None else steps) * point.batch_size * self.block_size
+
+    @property
+    def max_epochs(self) -> float:
+        return self.config.limits.get("max_epochs", DEFAULT_MAX_EPOCHS)
+
+    @property
+    def param_count(self) -> str:
+        """The accounting key of the N this sweep's budgets and floors use."""
+        return PARAM_COUNTS[self.config.get("params", "total")]
+
+    def epochs(self, point: Point, unique_tokens: int) -> float:
+        """How many times the point reads its corpus of ``unique_tokens`` training tokens."""
+        return self.tokens(point) / unique_tokens
 
     def accounting(self, point: Point) -> dict:
         """Parameter counts, and training FLOPs by each formula, of the point trained alone."""
@@ -213,7 +248,78 @@ def shape_name(shape: dict) -> str:
     return f"L{shape['n_layer']}H{shape['n_head']}W{shape['n_embd']}"
 
 
+def repeated_fraction(epochs: float) -> float:
+    """The share of a point's tokens that repeat ones it already read: windows start uniformly at random,
+    so after E epochs a token has been read at least once with probability 1 - exp(-E)."""
+    return 1.0 - (1.0 - math.exp(-epochs)) / epochs if epochs > 0 else 0.0
+
+
+def _check_floors(config) -> None:
+    """Refuses limits, rules and seeds below the floors, unless the config is a smoke test."""
+    if config.get("smoke_test", False):
+        return
+    limits, rules = config.limits, config.rules
+    below = []
+    if limits.min_steps < MIN_STEPS:
+        below.append(f"limits.min_steps={limits.min_steps} (at least {MIN_STEPS})")
+    if limits.min_tokens_per_param < MIN_TOKENS_PER_PARAM:
+        below.append(f"limits.min_tokens_per_param={limits.min_tokens_per_param:g} (at least {MIN_TOKENS_PER_PARAM:g})")
+    if rules.warmup_fraction > MAX_WARMUP_FRACTION:
+        below.append(f"rules.warmup_fraction={rules.warmup_fraction:g} (at most {MAX_WARMUP_FRACTION:g})")
+    if len(config.seeds) < MIN_SEEDS:
+        below.append(f"{len(config.seeds)} seed(s) (at least {MIN_SEEDS}, for the seed-to-seed spread)")
+    if below:
+        raise ValueError(
+            f"the sweep is below the planner's floors: {'; '.join(below)}; raise them, or set smoke_test=True "
+            "for a trial whose points no fit should use."
+        )
+
+
+def _check_warmup(plan: "SweepPlan") -> None:
+    if plan.config.get("smoke_test", False):
+        return
+    for point in plan.points:
+        shortest = min(p.steps for p in plan.points if p.trunk == point.trunk) if point.trunk else point.steps
+        if point.warmup_steps > MAX_WARMUP_FRACTION * shortest:
+            raise ValueError(
+                f"point {point.run} warms up for {point.warmup_steps} of its {shortest} steps, more than "
+                f"{MAX_WARMUP_FRACTION:.0%}; lower rules.min_warmup_steps or raise limits.min_steps."
+            )
+
+
+def unique_train_tokens(config) -> int | None:
+    """Training tokens of the sweep's corpus if known before training: a synthetic source's count, a
+    prepared directory's meta.json, or at most ``data.max_tokens``; None when only preparing it tells."""
+    from gpt2jax.data import loader, prepare
+
+    data = config.base.data
+    if prepare.is_synthetic(data.source):
+        return min(data.synthetic_train_tokens, data.max_tokens or data.synthetic_train_tokens)
+    kwargs = dict(val_fraction=data.val_fraction, text_key=data.text_key, max_tokens=data.max_tokens or None)
+    prepared = Path(data.dir) / loader.prepared_dir_name(data.source, **kwargs)
+    if (prepared / prepare.META_FILE).is_file():
+        return prepare.read_meta(prepared)["train_tokens"]
+    return data.max_tokens or None
+
+
+def check_repetition(plan: "SweepPlan", unique_tokens: int | None) -> None:
+    """Refuses a grid whose points would read their corpus more than ``limits.max_epochs`` times."""
+    if unique_tokens is None:
+        return
+    limit = plan.max_epochs
+    worst = max(plan.points, key=lambda point: plan.tokens(point))
+    epochs = plan.epochs(worst, unique_tokens)
+    if epochs > limit:
+        raise ValueError(
+            f"point {worst.run} reads {plan.tokens(worst):,} tokens, {epochs:.2f} epochs of the corpus's "
+            f"{unique_tokens:,} ({repeated_fraction(epochs):.0%} of them repeats), beyond limits.max_epochs="
+            f"{limit:g}; give the sweep more data (data.max_tokens) or smaller budgets."
+        )
+
+
 def _check(config) -> None:
+    if config.get("params", "total") not in PARAM_COUNTS:
+        raise ValueError(f"sweep params={config.params!r} is not one of {', '.join(PARAM_COUNTS)}.")
     if config.grid not in GRIDS:
         raise ValueError(f"sweep grid={config.grid!r} is not one of {', '.join(GRIDS)}.")
     if config.schedule not in SCHEDULES:
@@ -229,11 +335,11 @@ def _check(config) -> None:
             )
 
 
-def _budget_steps(config, n_params: int, tokens_per_step: int) -> dict[int, float]:
+def _budget_steps(config, n_params: int, tokens_per_step: int, budgets) -> dict[int, float]:
     """steps -> budget of one shape's points inside the limits; budgets that round to one step count make one point."""
     limits = config.limits
     budget_steps = {}
-    for budget in sorted(config.budgets):
+    for budget in sorted(budgets):
         nominal_tokens = budget / (6.0 * n_params) if config.grid == "isoflop" else budget
         steps = round(nominal_tokens / tokens_per_step)
         tokens_per_param = steps * tokens_per_step / n_params
@@ -244,13 +350,25 @@ def _budget_steps(config, n_params: int, tokens_per_step: int) -> dict[int, floa
     return budget_steps
 
 
-def _shape_jobs(config, shape: dict, seed: int, lr_multiplier: float) -> list[Job]:
-    model, rules = config.base.model, config.rules
-    n_params = flops.count_params(
+def shape_params(config, shape: dict, count: str | None = None) -> int:
+    """The shape's N in the sweep's count (``params``), or in ``count`` (total, non_embedding)."""
+    model = config.base.model
+    counts = flops.count_params(
         flops.Shape(shape["n_layer"], shape["n_head"], shape["n_embd"], model.vocab_size, model.block_size)
-    )["n_params"]
-    batch = batch_size(rules, n_params)
-    budget_steps = _budget_steps(config, n_params, batch * model.block_size)
+    )
+    return counts[PARAM_COUNTS[count or config.get("params", "total")]]
+
+
+def _shape_budget_steps(config, shape: dict, budgets) -> tuple[int, dict[int, float]]:
+    """(batch, steps -> budget) of one shape: the batch rule reads total parameters, as it always has."""
+    batch = batch_size(config.rules, shape_params(config, shape, "total"))
+    tokens_per_step = batch * config.base.model.block_size
+    return batch, _budget_steps(config, shape_params(config, shape), tokens_per_step, budgets)
+
+
+def _shape_jobs(config, shape: dict, seed: int, lr_multiplier: float, budgets=None) -> list[Job]:
+    rules = config.rules
+    batch, budget_steps = _shape_budget_steps(config, shape, config.budgets if budgets is None else budgets)
     if not budget_steps:
         return []
     common = dict(
@@ -258,6 +376,7 @@ def _shape_jobs(config, shape: dict, seed: int, lr_multiplier: float) -> list[Jo
         seed=seed,
         batch_size=batch,
         learning_rate=lr_multiplier * learning_rate(rules, shape["n_embd"]),
+        lr_multiplier=lr_multiplier,
     )
     lr_tag = "" if lr_multiplier == 1 else f"_lr{lr_multiplier:g}x"
     name = shape_name(shape)
@@ -307,9 +426,12 @@ def expand(config) -> SweepPlan:
     """Every point of the sweep, grouped into jobs; points outside ``limits`` are left out.
 
     ``lr_multipliers`` (optional, default [1]): every point once per multiplier of the rule's
-    learning rate, a scan to tune the rule with.
+    learning rate, a scan to tune the rule with. ``lr_check`` (optional): the smallest and the
+    largest shape that have points also train at each multiplier, at their lowest budget and
+    the first seed, so the report can say whether the rule's rate was the best of the three.
     """
     _check(config)
+    _check_floors(config)
     jobs = [
         job
         for seed in config.seeds
@@ -319,7 +441,26 @@ def expand(config) -> SweepPlan:
     ]
     if not jobs:
         raise ValueError("no point of the sweep is inside its limits; widen limits or change budgets or shapes.")
-    return SweepPlan(config, tuple(jobs))
+    jobs += _lr_check_jobs(config, jobs)
+    plan = SweepPlan(config, tuple(jobs))
+    _check_warmup(plan)
+    check_repetition(plan, unique_train_tokens(config))
+    return plan
+
+
+def _lr_check_jobs(config, jobs: list[Job]) -> list[Job]:
+    """The learning-rate check's jobs: the smallest and largest shape with points, at their lowest budget."""
+    multipliers = [m for m in config.get("lr_check", []) if m != 1.0]
+    if not multipliers:
+        return []
+    trained = {shape_name(dict(n_layer=p.n_layer, n_head=p.n_head, n_embd=p.n_embd)) for j in jobs for p in j.points}
+    shapes = sorted((s for s in config.shapes if shape_name(s) in trained), key=lambda s: shape_params(config, s))
+    checks = []
+    for shape in {shape_name(s): s for s in (shapes[0], shapes[-1])}.values():
+        lowest = next(b for b in sorted(config.budgets) if _shape_budget_steps(config, shape, [b])[1])
+        for multiplier in multipliers:
+            checks += _shape_jobs(config, shape, config.seeds[0], multiplier, budgets=[lowest])
+    return checks
 
 
 def costs(plan: SweepPlan) -> dict:
@@ -341,16 +482,39 @@ def costs(plan: SweepPlan) -> dict:
 
 def format_plan(plan: SweepPlan, device: str | None = None, mfu: float = 0.4) -> str:
     """The points and their FLOPs as a table; with ``device``, the hours they take on it at ``mfu``."""
-    lines = [f"{'run':<34}{'N':>10}{'D':>12}{'D/N':>8}{'steps':>7}{'batch':>6}{'lr':>9}{'warmup':>7}{'budget':>10}"]
+    unique = unique_train_tokens(plan.config)
+    count = plan.param_count
+    lines = [
+        f"{'run':<38}{'N':>10}{'D':>12}{'D/N':>8}{'steps':>7}{'batch':>6}{'lr':>9}{'warmup':>7}{'budget':>10}"
+        f"{'epochs':>8}"
+    ]
     for point in plan.points:
         counts = plan.accounting(point)
+        epochs = f"{plan.epochs(point, unique):>8.2f}" if unique else f"{'?':>8}"
         lines.append(
-            f"{point.run:<34}{counts['n_params']:>10}{counts['n_tokens']:>12}"
-            f"{counts['n_tokens'] / counts['n_params']:>8.1f}{point.steps:>7}{point.batch_size:>6}"
-            f"{point.learning_rate:>9.2e}{point.warmup_steps:>7}{point.budget:>10.3g}"
+            f"{point.run:<38}{counts[count]:>10}{counts['n_tokens']:>12}"
+            f"{counts['n_tokens'] / counts[count]:>8.1f}{point.steps:>7}{point.batch_size:>6}"
+            f"{point.learning_rate:>9.2e}{point.warmup_steps:>7}{point.budget:>10.3g}{epochs}"
         )
     total = costs(plan)
-    lines.append(f"{total['points']} points in {total['jobs']} jobs; FLOPs (6N / 6N+attention / Chinchilla):")
+    floors = (
+        "smoke test: the floors are off, no fit should use these points"
+        if plan.config.get("smoke_test", False)
+        else f"floors: >= {MIN_STEPS} steps, >= {MIN_TOKENS_PER_PARAM:g} token per parameter, warmup <= "
+        f"{MAX_WARMUP_FRACTION:.0%} of the steps, >= {MIN_SEEDS} seeds"
+    )
+    most = max(plan.tokens(point) for point in plan.points)
+    data = (
+        f"the corpus has {unique:,} training tokens; the longest point reads {most / unique:.2f} epochs "
+        f"({repeated_fraction(most / unique):.0%} repeats), limit {plan.max_epochs:g} epochs"
+        if unique
+        else f"the corpus's size is known once it is prepared; the limit is {plan.max_epochs:g} epochs"
+    )
+    lines += [
+        f"N counts {count.removeprefix('n_').replace('_', ' ')}; {floors}",
+        data,
+        f"{total['points']} points in {total['jobs']} jobs; FLOPs (6N / 6N+attention / Chinchilla):",
+    ]
     for label, key in (("each point trained alone", "flops_separate"), ("this sweep spends", "flops_spent")):
         values = total[key]
         lines.append(f"  {label:<25}{values['6n']:.3g} / {values['6n_attention']:.3g} / {values['chinchilla']:.3g}")

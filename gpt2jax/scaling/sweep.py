@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import socket
 import time
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from gpt2jax.scaling import records
 from gpt2jax.scaling.locks import STALE_AFTER_S, FileLock
-from gpt2jax.scaling.plan import Job, Point, SweepPlan
+from gpt2jax.scaling.plan import Job, Point, SweepPlan, check_repetition
 from gpt2jax.workdir import LOCKS_DIR, METRICS_FILE, POINTS_DIR, RESULTS_FILE, SESSIONS_FILE, SWEEP_FILE, read_metrics
 
 
@@ -70,6 +71,7 @@ class Sweep:
             )
         first = self.plan.points[0]
         meta = loader.prepared_data(self.plan.train_config(first, self.point_dir)).meta
+        check_repetition(self.plan, meta["train_tokens"])  # the corpus's size is known for sure only now
         description = {
             "config_spec": config_spec,
             "config": config,
@@ -78,10 +80,18 @@ class Sweep:
         }
         records.write_atomically(path, json.dumps(description, indent=2) + "\n")
 
+    def unique_tokens(self) -> int | None:
+        """The corpus's training tokens, from the data meta.json that ``start`` recorded."""
+        path = self.workdir / SWEEP_FILE
+        return json.loads(path.read_text())["data_meta"]["train_tokens"] if path.is_file() else None
+
     def row(self, point: Point, final: dict, wall_s: float) -> dict:
         model = self.plan.config.base.model
         row = {field.name: getattr(point, field.name) for field in dataclasses.fields(point)}
         row.update(self.plan.accounting(point))
+        unique = self.unique_tokens()
+        if unique:
+            row["epochs"] = round(self.plan.epochs(point, unique), 4)
         row.update(
             kind="branch" if point.trunk else "run",
             vocab_size=model.vocab_size,
@@ -94,12 +104,12 @@ class Sweep:
         )
         return row
 
-    def run_job(self, job: Job, finished: set[str], on_point) -> None:
-        """Trains the job's unfinished points; ``on_point(point, row)`` follows each one's row."""
+    def run_job(self, job: Job, finished: set[str], on_point, max_budget: float = math.inf) -> None:
+        """Trains the job's unfinished points up to ``max_budget``; ``on_point(point, row)`` follows each one's row."""
         from gpt2jax import train
 
         for point in job.points:
-            if point.run in finished:
+            if point.run in finished or point.budget > max_budget:
                 continue
             start = time.perf_counter()
             if job.is_branched:
@@ -112,12 +122,23 @@ class Sweep:
             records.upsert_row(self.results_path, row)
             on_point(point, row)
 
-    def run(self, shard: tuple[int, int] = (0, 1), stale_after: float = STALE_AFTER_S, log=print) -> dict:
-        """Runs this worker's share; returns what it did. Jobs another live worker holds are skipped."""
+    def run(
+        self,
+        shard: tuple[int, int] = (0, 1),
+        stale_after: float = STALE_AFTER_S,
+        log=print,
+        max_budget: float = math.inf,
+    ) -> dict:
+        """Runs this worker's share; returns what it did. Jobs another live worker holds are skipped.
+
+        ``max_budget``: train only the points of budgets up to it, so that a law fitted on them can
+        predict the rest before they are trained; a later run without it trains the rest (a branch's
+        trunk resumes where the last trained branch left it).
+        """
         index, count = shard
         jobs = self.plan.shard(index, count)
         total_flops = sum(self.plan.spent_flops(point) for point in self.plan.points)
-        mine = [point for job in jobs for point in job.points]
+        mine = [point for job in jobs for point in job.points if point.budget <= max_budget]
         done = self.finished_runs()
         to_spend = sum(self.plan.spent_flops(point) for point in mine if point.run not in done)
         log(
@@ -157,7 +178,7 @@ class Sweep:
         try:
             for job in jobs:
                 finished = self.finished_runs()
-                if all(point.run in finished for point in job.points):
+                if all(point.run in finished or point.budget > max_budget for point in job.points):
                     continue
                 lock = FileLock(self.workdir / LOCKS_DIR / f"{job.name}.lock", stale_after)
                 if not lock.try_acquire():
@@ -166,7 +187,7 @@ class Sweep:
                     continue
                 try:
                     # Read again under the lock: another worker may have finished it meanwhile.
-                    self.run_job(job, self.finished_runs(), on_point)
+                    self.run_job(job, self.finished_runs(), on_point, max_budget)
                 finally:
                     lock.release()
         finally:

@@ -1,0 +1,81 @@
+"""The CPU study on a synthetic source with power-law structure, run as a prediction.
+
+python -m gpt2jax.scaling sweep --config experiments/cpu_topics.py --plan
+python -m gpt2jax.scaling sweep --config experiments/cpu_topics.py --workdir runs/cpu_topics --max_budget 8e11
+python -m gpt2jax.scaling backtest --results runs/cpu_topics/results.csv --train_below 8e11 \
+    --predict experiments/cpu_topics.py --json > experiments/cpu_topics/prediction.json
+python -m gpt2jax.scaling sweep --config experiments/cpu_topics.py --workdir runs/cpu_topics
+python -m gpt2jax.scaling backtest --results runs/cpu_topics/results.csv --train_below 8e11
+
+The first sweep trains the lower decade of budgets (7e10 to 7e11 FLOPs), the backtest fits it
+and predicts the top budget's losses and N_opt from the plan before a step of it is trained
+(the prediction carries the time it was made), and the second sweep trains the rest; the
+last backtest sets the prediction against what happened. experiments/REPORT.md holds both.
+
+The source is a Zipf mixture of 32 Markov "topics" (data/synthetic.py): 64 words each, 32
+Zipf-weighted successors a word, topic k drawn with weight 1/k. Its entropy rate, 2.9073
+nats/token, is the loss no model can beat; how often a row is seen falls as a power law, so
+loss keeps falling with both data and capacity across these sizes. Compact ids (2049 of them).
+
+Six widths of two layers at four FLOP budgets 1.5 decades apart, two seeds; each width is
+one constant-rate trunk with a WSD cooldown branched off at each budget (``wsd_branches``).
+The limits keep 1 to 25 tokens per parameter, around the ~8 the earlier single-chain sweep
+found, so each budget has shapes on both sides of its optimum. Rules: learning rate 2e-2 at
+width 64 times (64 / width)^0.75, tuned on the single-chain source (the lr check here asks
+again, x0.5 and x2 at the smallest and largest widths); batch 8 sequences of 64 tokens, so
+the smallest point still has 200 steps; warmup 5% of the shortest branch, at least 10 steps.
+"""
+
+import ml_collections
+
+from gpt2jax.config import base_config
+
+TOPICS, WORDS, SUCCESSORS = 32, 64, 32
+
+
+def get_config(variant: str = "") -> ml_collections.ConfigDict:
+    if variant:
+        raise ValueError(f"cpu_topics has no variant {variant!r}.")
+    config = ml_collections.ConfigDict()
+    base = base_config()
+    base.model.update(n_layer=2, n_head=4, n_embd=64, block_size=64, vocab_size=TOPICS * WORDS + 1, vocab_multiple=8)
+    base.data.update(
+        source=f"synthetic:num_states={WORDS},support_size={SUCCESSORS},topics={TOPICS},vocabulary=compact",
+        synthetic_train_tokens=20_000_000,
+        synthetic_val_tokens=200_000,
+    )
+    base.train.update(weight_decay=0.1, min_lr_ratio=0.1, decay_fraction=0.2, eval_batches=32, log_every=50)
+    config.base = base
+    config.shapes = [
+        dict(n_layer=2, n_head=2, n_embd=16),
+        dict(n_layer=2, n_head=2, n_embd=24),
+        dict(n_layer=2, n_head=2, n_embd=32),
+        dict(n_layer=2, n_head=3, n_embd=48),
+        dict(n_layer=2, n_head=4, n_embd=64),
+        dict(n_layer=2, n_head=4, n_embd=96),
+    ]
+    config.grid = "isoflop"
+    config.budgets = [7e10, 2.2e11, 7e11, 2.2e12]
+    config.seeds = [0, 1]
+    config.schedule = "wsd_branches"
+    config.rules = ml_collections.ConfigDict(
+        dict(
+            learning_rate=2e-2,
+            width_reference=64,
+            lr_width_exponent=0.75,
+            batch_size=8,
+            params_reference=1e5,
+            batch_params_exponent=0.0,
+            min_batch_size=8,
+            max_batch_size=8,
+            warmup_fraction=0.05,
+            min_warmup_steps=10,
+        )
+    )
+    config.limits = ml_collections.ConfigDict(
+        dict(min_steps=200, min_tokens_per_param=1.0, max_tokens_per_param=25.0, max_epochs=1.0)
+    )
+    config.lr_check = [0.5, 2.0]
+    config.evals_per_run = 4
+    config.checkpoints_per_run = 4
+    return config
