@@ -1,11 +1,11 @@
 """The CPU study on a synthetic source with power-law structure, run as a prediction.
 
 python -m gpt2jax.scaling sweep --config experiments/cpu_topics.py --plan
-python -m gpt2jax.scaling sweep --config experiments/cpu_topics.py --workdir runs/cpu_topics --max_budget 8e11
-python -m gpt2jax.scaling backtest --results runs/cpu_topics/results.csv --train_below 8e11 \
+python -m gpt2jax.scaling sweep --config experiments/cpu_topics.py --workdir runs/cpu_topics --max_budget 1.5e12
+python -m gpt2jax.scaling backtest --results runs/cpu_topics/results.csv --train_below 1.5e12 \
     --predict experiments/cpu_topics.py --json > experiments/cpu_topics/prediction.json
 python -m gpt2jax.scaling sweep --config experiments/cpu_topics.py --workdir runs/cpu_topics
-python -m gpt2jax.scaling backtest --results runs/cpu_topics/results.csv --train_below 8e11
+python -m gpt2jax.scaling backtest --results runs/cpu_topics/results.csv --train_below 1.5e12
 
 The first sweep trains the lower decade of budgets (7e10 to 7e11 FLOPs), the backtest fits it
 and predicts the top budget's losses and N_opt from the plan before a step of it is trained
@@ -30,7 +30,7 @@ import ml_collections
 
 from gpt2jax.config import base_config
 
-TOPICS, WORDS, SUCCESSORS = 32, 64, 32
+TOPICS, WORDS, SUCCESSORS = 32, 32, 24
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
@@ -55,7 +55,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
         dict(n_layer=2, n_head=4, n_embd=96),
     ]
     config.grid = "isoflop"
-    config.budgets = [7e10, 2.2e11, 7e11, 2.2e12]
+    config.budgets = [1.2e11, 3.8e11, 1.2e12, 3.8e12]
     config.seeds = [0, 1]
     config.schedule = "wsd_branches"
     config.rules = ml_collections.ConfigDict(
@@ -63,17 +63,17 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
             learning_rate=2e-2,
             width_reference=64,
             lr_width_exponent=0.75,
-            batch_size=8,
+            batch_size=16,
             params_reference=1e5,
             batch_params_exponent=0.0,
-            min_batch_size=8,
-            max_batch_size=8,
+            min_batch_size=16,
+            max_batch_size=16,
             warmup_fraction=0.05,
             min_warmup_steps=10,
         )
     )
     config.limits = ml_collections.ConfigDict(
-        dict(min_steps=200, min_tokens_per_param=1.0, max_tokens_per_param=25.0, max_epochs=1.0)
+        dict(min_steps=200, min_tokens_per_param=1.0, max_tokens_per_param=60.0, max_epochs=1.0)
     )
     config.lr_check = [0.5, 2.0]
     config.evals_per_run = 4

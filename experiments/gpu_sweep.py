@@ -1,29 +1,37 @@
-"""An IsoFLOP sweep of GPT-2s from 16M to 124M parameters on C4, sized for one H100 hour.
+"""An IsoFLOP sweep of GPT-2s from 7M to 124M parameters on FineWeb-Edu, sized for about 2.3 H100 hours.
 
 python -m gpt2jax.scaling sweep --config experiments/gpu_sweep.py --plan --device h100-sxm
+python -m gpt2jax.scaling sweep --config experiments/gpu_sweep.py --workdir runs/gpu_sweep --max_budget 7e16
+python -m gpt2jax.scaling backtest --results runs/gpu_sweep/results.csv --train_below 7e16 --predict experiments/gpu_sweep.py
 python -m gpt2jax.scaling sweep --config experiments/gpu_sweep.py --workdir runs/gpu_sweep [--shard i/n]
 
-Five shapes at three FLOP budgets (2e16, 6e16, 2e17), 11 points once the limits drop the
-allocations beyond 1 to 100 tokens per parameter; each shape is one constant-rate trunk with
-a WSD cooldown branched off at each budget. ``--plan --device h100-sxm`` prints the estimate:
-1.04e18 FLOPs (6N + attention; 1.26e18 had every point been trained alone), 0.73 hours at
-40% MFU of the H100's bf16 peak. Models this small rarely reach 40% MFU, so expect longer;
-``--shard`` splits it over GPUs.
+Eight shapes at three FLOP budgets (2e16, 6e16, 2e17), two seeds, the points beyond 1 to 100
+tokens per parameter dropped; each shape is one constant-rate trunk with a WSD cooldown
+branched off at each budget. The shapes are centred on Epoch AI's law (laws.EPOCH_REFIT):
+its N_opt is 10.8M, 19.0M and 35.3M parameters at the three budgets, and every budget has
+shapes on both sides of it (2e16: 7.0M to 30M; 2e17: 22.6M to 124M), so each IsoFLOP
+parabola has a minimum inside its sizes. The first sweep and the backtest above predict the
+top budget from the two below before it is trained. ``--plan --device h100-sxm`` prints the
+estimate: 38 points (four of them the lr check) for 3.25e18 FLOPs (6N + attention; 3.87e18
+had every point been trained alone), 2.3 hours at 40% MFU of the H100's 989.5 TFLOP/s bf16
+peak; models this small rarely reach 40% MFU, so expect longer; ``--shard`` splits it over GPUs.
 
 A real corpus, not the synthetic source: the question is how GPT-2 should have spent its
-compute on web text, and the exponents of a law are properties of the data. The synthetic
-Markov chain is mastered by models far smaller than these, so its law would say nothing
-about GPT-2. C4 through TFDS is the corpus of configs/small.py; prepare it once before the
-hour starts (``tfds build c4/en --file_format=array_record``, then the first point
-tokenizes the 1.2B tokens the sweep reads, which takes far longer than the hour on a few
-CPU cores). GPT-2's full vocabulary and context keep the shapes' parameter counts GPT-2's.
+compute on web text, and the exponents of a law are properties of the data. FineWeb-Edu's
+10B-token sample through the ``hf:`` source; the sweep reads at most 2B tokens of it, so that
+its longest point (1.48B tokens, the 22.6M model at 2e17) reads under one epoch: the planner
+refuses a grid that repeats data (the old 1.2B-token cut gave the 30M model at 2e17 ~40%
+repeated tokens). Preparing 2B tokens takes hours on a few CPU cores: do it before the GPU
+time starts (``python -m gpt2jax.cli.prepare --source hf:HuggingFaceFW/fineweb-edu:sample-10BT
+--max_tokens 2000000000 --out data/...``, or let the first point prepare it). GPT-2's full
+vocabulary and context keep the shapes' parameter counts GPT-2's.
 
 Rules (plan.py): learning rate 1e-3 at width 768 times (768 / width), the 1/width of muP for
 Adam, giving GPT-2 small the rate nanoGPT's reproductions use within 2x; batch 128
 sequences of 1024 tokens at 5e7 parameters times (N / 5e7)^0.5, a power of two in
 [64, 256], since the best batch grows as the loss falls; warmup 5% of the shortest branch,
-at least 50 steps. They are untuned at this scale: a first GPU session should spend
-minutes on a learning-rate trial per end of the size range before the sweep.
+at least 20 steps. They are untuned at this scale: the lr check trains the smallest and the
+largest shape at x0.5 and x2 of the rule's rate, and the report says whether it was right.
 """
 
 import ml_collections
@@ -37,13 +45,16 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     base = base_config()
     base.model.update(block_size=1024, dtype="bfloat16")
-    base.data.update(source="tfds:c4/en", max_tokens=1_200_000_000)
+    base.data.update(source="hf:HuggingFaceFW/fineweb-edu:sample-10BT", max_tokens=2_000_000_000)
     base.train.update(
         grad_accum_steps=4, weight_decay=0.1, min_lr_ratio=0.1, decay_fraction=0.2, eval_batches=20, log_every=20
     )
     config.base = base
     config.shapes = [
+        dict(n_layer=2, n_head=2, n_embd=128),
+        dict(n_layer=3, n_head=3, n_embd=192),
         dict(n_layer=4, n_head=4, n_embd=256),
+        dict(n_layer=5, n_head=5, n_embd=320),
         dict(n_layer=6, n_head=6, n_embd=384),
         dict(n_layer=8, n_head=8, n_embd=512),
         dict(n_layer=10, n_head=10, n_embd=640),
@@ -51,7 +62,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     ]
     config.grid = "isoflop"
     config.budgets = [2e16, 6e16, 2e17]
-    config.seeds = [0]
+    config.seeds = [0, 1]
     config.schedule = "wsd_branches"
     config.rules = ml_collections.ConfigDict(
         dict(
@@ -64,10 +75,13 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
             min_batch_size=64,
             max_batch_size=256,
             warmup_fraction=0.05,
-            min_warmup_steps=50,
+            min_warmup_steps=20,
         )
     )
-    config.limits = ml_collections.ConfigDict(dict(min_steps=200, min_tokens_per_param=1.0, max_tokens_per_param=100.0))
+    config.limits = ml_collections.ConfigDict(
+        dict(min_steps=200, min_tokens_per_param=1.0, max_tokens_per_param=100.0, max_epochs=1.0)
+    )
+    config.lr_check = [0.5, 2.0]
     config.evals_per_run = 4
     config.checkpoints_per_run = 4
     return config

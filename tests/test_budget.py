@@ -6,6 +6,8 @@ import pytest
 from gpt2jax.cli import scaling as scaling_cli
 from gpt2jax.scaling import budget, laws
 
+ONE_YEAR = 365 * 86_400
+
 
 def budget_command(args):
     scaling_cli.entry(["budget", *args])
@@ -19,43 +21,91 @@ def user_error(capsys, args) -> str:
     return capsys.readouterr().err.strip()
 
 
+def params_bytes(n_layer: int, n_embd: int) -> int:
+    """A stand-in for memory.estimate: 16 bytes a parameter, no activations."""
+    return 16 * budget._shape_params(n_layer, n_embd)
+
+
 @pytest.fixture(scope="module")
 def default_report():
-    return budget.budget_report("rtx-4070-ti", days=365, utilization=0.9, mfu=0.4)
+    """The command's default answer, with the real dry-run estimates (bf16, MFU assumed)."""
+    return budget.budget_report("rtx-4070-ti", days=365, utilization=0.9, bench_records="/nonexistent")
 
 
-def test_one_gpu_year(default_report):
-    assert default_report["total_flops"] == pytest.approx(1.14e21, rel=0.03)
-    assert default_report["gpt2_xl_original_flops"] == pytest.approx(6 * 1_557_611_200 * 10e9)
-    assert default_report["ratio_to_gpt2_xl_original"] == pytest.approx(12, abs=0.5)
-    # At 40% MFU, FLOPs counted at 90% of peak take 0.9 / 0.4 as long.
+def test_the_questions_premise_is_the_fp32_rate_for_a_year(default_report):
+    fp32 = budget.budget_report("rtx-4070-ti", 365, 0.9, mfu=0.4, precision="fp32", step_bytes=params_bytes)
+    assert fp32["total_flops"] == pytest.approx(40.1e12 * 0.9 * ONE_YEAR) == pytest.approx(1.138e21, rel=1e-3)
+    assert fp32["total_flops"] == default_report["premise"]["flops"]
+    # The default counts the tensor cores in bf16 with fp32 accumulate: twice the fp32 rate on this card.
+    assert default_report["precision"] == "bf16"
+    assert default_report["total_flops"] == pytest.approx(80.2e12 * 0.9 * ONE_YEAR)
+    assert default_report["tensor_flops"] == default_report["total_flops"]
+    # What a run gets: the peak at the assumed 40% MFU, and the days it takes to spend the budget.
+    assert default_report["mfu"] == 0.4 and "assumed" in default_report["mfu_source"]
+    assert default_report["achieved_flops"] == pytest.approx(80.2e12 * 0.4 * ONE_YEAR)
     assert default_report["budget_days_at_mfu"] == pytest.approx(365 * 0.9 / 0.4)
+    # At the premise's 1.14e21 FLOPs, 40% of the tensor-core peak spends them in ~411 days, not 821.
+    assert fp32["total_flops"] / (80.2e12 * 0.4) / 86_400 == pytest.approx(411, abs=1)
 
 
-def test_gpt2_small_compute_optimal(default_report):
-    assert default_report["gpt2_small_optimal_flops"] == pytest.approx(2.4e18, rel=0.15)
-    assert default_report["gpt2_small_optimal_tokens"] == pytest.approx(3.3e9, rel=0.15)
-
-
-def test_compute_optimal_allocation_spends_the_budget(default_report):
+def test_the_headline_optimum_is_epochs_law_and_the_others_stand_beside_it(default_report):
+    assert default_report["optimal_law"] == "epoch2024"
     params, tokens = default_report["compute_optimal_params"], default_report["compute_optimal_tokens"]
+    assert (params, tokens) == tuple(float(v) for v in laws.EPOCH_REFIT.compute_optimal(default_report["total_flops"]))
     assert 6 * params * tokens == pytest.approx(default_report["total_flops"])
     assert set(default_report["laws"]) == set(laws.PUBLISHED_LAWS)
     for entry in default_report["laws"].values():
-        assert {"params", "tokens", "tokens_per_param", "predicted_loss"} <= entry.keys()
+        assert {"params", "tokens", "tokens_per_param", "predicted_loss", "fits_in_memory"} <= entry.keys()
+    assert "MassiveText" in default_report["loss_units"] and "32k SentencePiece" in default_report["loss_units"]
+    assert default_report["gpt2_small_optimal_flops"] == pytest.approx(2.3e18, rel=0.05)
+    assert default_report["gpt2_small_optimal_tokens"] == pytest.approx(3.1e9, rel=0.05)
+
+
+def test_the_memory_constrained_optimum_is_the_largest_model_whose_step_fits(default_report):
+    constrained = default_report["memory_constrained"]
+    usable = default_report["usable_memory_bytes"]
+    assert usable == pytest.approx(0.75 * 12 * 2**30)
+    assert constrained["memory_binds"]  # Epoch's 4.2B-parameter optimum needs far more than 9 GiB
+    assert constrained["estimated_memory_bytes"] <= usable
+    size = constrained["n_layer"]
+    assert budget.training_step_bytes(*budget._family_shape(size + 1)) > usable  # the next size does not fit
+    assert 300e6 < constrained["params"] < 500e6
+    assert constrained["tokens"] == pytest.approx(default_report["total_flops"] / (6 * constrained["params"]))
+    assert constrained["loss_gap"] > 0
+    law = laws.EPOCH_REFIT
+    assert constrained["predicted_loss"] == pytest.approx(float(law.loss(constrained["params"], constrained["tokens"])))
 
 
 def test_gpt2_sizes_against_a_12_gib_card(default_report):
     models = default_report["models"]
     assert list(models) == ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl"]
     assert models["gpt2"]["fits_in_memory"]
-    assert not models["gpt2-xl"]["fits_in_memory"]
+    # gpt2-large's AdamW state alone (12.4 GB) is under the card's 12.9 GB, but its training step is not.
+    assert models["gpt2-large"]["training_memory_bytes"] < 12 * 2**30
+    assert not models["gpt2-large"]["fits_in_memory"] and not models["gpt2-xl"]["fits_in_memory"]
     xl = models["gpt2-xl"]
-    assert xl["original_days"] == pytest.approx(xl["original_flops"] / (40.1e12 * 0.4) / 86_400)
+    assert xl["original_days"] == pytest.approx(xl["original_flops"] / (80.2e12 * 0.4) / 86_400)
 
 
-def test_cli_json_keys(capsys):
-    budget_command(["--gpu", "rtx-4070-ti", "--days", "365", "--utilization", "0.9", "--json"])
+def test_a_recorded_bench_figure_sets_the_mfu(tmp_path):
+    records = tmp_path / "records.jsonl"
+    records.write_text(
+        json.dumps({"device": "NVIDIA H100 80GB HBM3", "model_flops_per_s": 300e12, "n_devices": 1})
+        + "\n"
+        + json.dumps({"device": "NVIDIA GeForce RTX 4070 Ti", "model_flops_per_s": 30e12, "n_devices": 1})
+        + "\n"
+        + json.dumps({"device": "NVIDIA GeForce RTX 4070 Ti", "model_flops_per_s": 24.06e12, "n_devices": 1})
+        + "\n"
+    )
+    report = budget.budget_report("rtx-4070-ti", 365, 0.9, bench_records=records, step_bytes=params_bytes)
+    assert report["mfu"] == pytest.approx(24.06e12 / 80.2e12) and str(records) in report["mfu_source"]
+    assert budget.budget_report("rtx-4070-ti", 365, 0.9, mfu=0.5, bench_records=records, step_bytes=params_bytes)[
+        "mfu"
+    ] == pytest.approx(0.5)
+
+
+def test_cli_json_keeps_every_key_and_fp32_gives_the_questions_figure(capsys):
+    budget_command(["--gpu", "rtx-4070-ti", "--days", "365", "--utilization", "0.9", "--precision", "fp32", "--json"])
     report = json.loads(capsys.readouterr().out)
     for key in (
         "total_flops",
@@ -67,26 +117,44 @@ def test_cli_json_keys(capsys):
         "gpt2_small_optimal_tokens",
         "laws",
         "models",
+        "premise",
+        "memory_constrained",
+        "loss_units",
+        "predicted_loss",
     ):
         assert key in report
+    assert report["total_flops"] == pytest.approx(1.14e21, rel=0.01)
 
 
-def test_cli_text(capsys):
-    budget_command([])
-    assert "GPT-2 xl" in capsys.readouterr().out
+def test_cli_text_leads_with_the_three_lines(capsys):
+    budget_command(["--mfu", "0.4"])
+    lines = capsys.readouterr().out.splitlines()
+    assert "the question's premise" in lines[1] and "1.14e+21" in lines[1]
+    assert "tensor cores at bf16" in lines[2] and "2.28e+21" in lines[2]
+    assert "what a run really gets" in lines[3] and "40% MFU (--mfu)" in lines[3]
+    assert any("memory-constrained optimum" in line for line in lines)
 
 
 def test_fit_file_adds_the_projects_law(tmp_path):
     path = tmp_path / "fit.json"
     path.write_text(json.dumps({"E": 1.8, "A": 480.0, "B": 2000.0, "alpha": 0.35, "beta": 0.37, "a": 0.51, "b": 0.49}))
-    report = budget.budget_report("rtx-4070-ti", 365, 0.9, fit=budget.load_fit_law(path))
+    report = budget.budget_report("rtx-4070-ti", 365, 0.9, fit=budget.load_fit_law(path), step_bytes=params_bytes)
     assert report["laws"]["fit"]["params"] > 0
 
 
-def test_unknown_gpu_names_the_known_ones(capsys):
-    assert re.fullmatch(
-        "error: unknown GPU 'gtx-480'; known GPUs are .*rtx-4070-ti.*", user_error(capsys, ["--gpu", "gtx-480"])
-    )
+@pytest.mark.parametrize(
+    "args, pattern",
+    [
+        (["--gpu", "gtx-480"], "error: unknown GPU 'gtx-480'; known GPUs are .*rtx-4070-ti.*"),
+        (["--days", "inf"], r"error: days is inf; give a positive, finite number of days\."),
+        (["--days", "nan"], r"error: days is nan; give a positive, finite number of days\."),
+        (["--days", "-3"], r"error: days is -3.0; give a positive, finite number of days\."),
+        (["--utilization", "1.5"], r"error: utilization is 1.5; give a fraction of peak in \(0, 1\]\."),
+        (["--mfu", "0"], r"error: mfu is 0.0; give a fraction of peak in \(0, 1\]\."),
+    ],
+)
+def test_nonsense_values_are_one_sentence(capsys, args, pattern):
+    assert re.fullmatch(pattern, user_error(capsys, args))
 
 
 def test_fit_file_without_constants_is_refused(tmp_path, capsys):

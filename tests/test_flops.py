@@ -66,7 +66,43 @@ def test_device_table_has_every_required_key():
     required = {"h100-sxm", "h100-pcie", "h200", "a100", "rtx-4090", "rtx-4070-ti", "v100", "tpu-v4", "tpu-v5e"}
     assert required <= flops.DEVICE_PEAKS.keys()
     for key in required:
-        assert {"bf16", "fp32", "memory_gib"} <= flops.DEVICE_PEAKS[key].keys()
+        assert {*flops.PRECISIONS, "memory_gib"} <= flops.DEVICE_PEAKS[key].keys()
+        peaks = flops.DEVICE_PEAKS[key]
+        assert peaks["fp32"] <= peaks["tf32"] <= peaks["bf16"]
+
+
+# Dense peaks (TFLOP/s) from the datasheets and whitepapers, with the arithmetic of the flops.py comments:
+# sparse datasheet figures halved; the RTX 4070 Ti's 641 sparse FP8 TOPS -> 320 dense FP8 -> 160 FP16
+# with FP16 accumulate -> 80 with FP32 accumulate, the 4090's ratio (165.2 of 330.3).
+PINNED_PEAKS = {
+    "rtx-4070-ti": {"fp32": 40.1, "tf32": 40.1, "bf16": 80.2},
+    "rtx-4090": {"fp32": 82.6, "tf32": 82.6, "bf16": 165.2},
+    "a100": {"fp32": 19.5, "tf32": 156, "bf16": 312},
+    "h100-sxm": {"fp32": 67, "tf32": 989 / 2, "bf16": 1979 / 2},
+    "h200": {"fp32": 67, "tf32": 989 / 2, "bf16": 1979 / 2},
+}
+
+
+@pytest.mark.parametrize("key", sorted(PINNED_PEAKS))
+def test_device_peaks_are_the_dense_datasheet_figures(key):
+    for precision, tflops in PINNED_PEAKS[key].items():
+        assert flops.DEVICE_PEAKS[key][precision] == pytest.approx(tflops * 1e12, rel=2e-3), precision
+    assert flops.DEVICE_PEAKS["rtx-4070-ti"]["bf16"] == pytest.approx(641e12 / 2 / 2 / 2, rel=2e-3)
+
+
+def test_mfu_uses_the_precision_the_step_computes_in():
+    import jax
+
+    h100 = types.SimpleNamespace(platform="gpu", device_kind="NVIDIA H100 80GB HBM3")
+    assert flops.compute_precision("bfloat16") == flops.compute_precision("float16") == "bf16"
+    assert flops.device_peak(h100, "bfloat16") == flops.DEVICE_PEAKS["h100-sxm"]["bf16"]
+    # float32 matmuls run on TF32 tensor cores unless jax is told to keep full float32.
+    assert flops.device_peak(h100, "float32") == flops.DEVICE_PEAKS["h100-sxm"]["tf32"]
+    with jax.default_matmul_precision("highest"):
+        assert flops.compute_precision("float32") == "fp32"
+        assert flops.mesh_peak_flops([h100] * 2, "float32") == 2 * flops.DEVICE_PEAKS["h100-sxm"]["fp32"]
+    with pytest.raises(ValueError, match="compute dtype 'int8' is not float32, bfloat16 or float16"):
+        flops.compute_precision("int8")
 
 
 @pytest.mark.parametrize(

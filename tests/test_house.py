@@ -48,6 +48,10 @@ COMMANDS = {
         ["gpt2jax.scaling", "sweep", "--shard", "3/2", "--config", "x"],
     ),
     "fit": (["gpt2jax.scaling", "fit", "--results", "{missing}/results.csv"], ["gpt2jax.scaling", "fit"]),
+    "backtest": (
+        ["gpt2jax.scaling", "backtest", "--results", "{missing}/results.csv", "--train_below", "1e12"],
+        ["gpt2jax.scaling", "backtest", "--train_below", "x"],
+    ),
     "plot": (["gpt2jax.scaling", "plot", "--workdir", "{missing}"], ["gpt2jax.scaling", "plot"]),
     "report": (
         ["gpt2jax.scaling", "report", "--workdir", "{missing}", "--out", "{missing}/r.md"],

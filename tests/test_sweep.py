@@ -3,7 +3,9 @@ resumed, WSD branches against a run from scratch), checkpoint:DIR@STEP, plots an
 
 import collections
 import json
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,8 +20,9 @@ import pytest
 from gpt2jax import flops, optim, train
 from gpt2jax.checkpoint import Checkpointer
 from gpt2jax.cli import scaling as scaling_cli
-from gpt2jax.scaling import fit, locks, records
+from gpt2jax.scaling import backtest, fit, laws, locks, records
 from gpt2jax.scaling import plan as plan_module
+from gpt2jax.scaling import report as report_module
 from gpt2jax.scaling.laws import ChinchillaLaw
 from gpt2jax.scaling.plot import FIGURES, plot_sweep
 from gpt2jax.scaling.report import write_report
@@ -37,8 +40,19 @@ def get_config(variant=""):
     config = tiny_sweep_config({data_dir!r}, schedule=variant or "wsd_branches", budgets={budgets!r})
     config.shapes = config.shapes[:1]
     config.checkpoints_per_run = 8
+    config.smoke_test = True
+    config.limits.max_epochs = 100.0
     return config
 """
+
+
+def smoke_config(*args, **kwargs):
+    """``tiny_sweep_config`` with the planner's floors lifted (a few steps a point, one seed), reading its
+    50k-token corpus as often as it likes."""
+    config = tiny_sweep_config(*args, **kwargs)
+    config.smoke_test = True
+    config.limits.max_epochs = 100.0
+    return config
 
 
 def _tokens_per_step(plan, point):
@@ -49,7 +63,7 @@ def _tokens_per_step(plan, point):
 
 
 def test_isoflop_points_train_on_c_over_6n_tokens():
-    config = tiny_sweep_config("unused")
+    config = smoke_config("unused")
     config.grid, config.budgets = "isoflop", [2e9, 6e9]
     plan = plan_module.expand(config)
     assert len(plan.points) == 4 and len({point.run for point in plan.points}) == 4
@@ -71,7 +85,7 @@ def test_isoflop_points_train_on_c_over_6n_tokens():
 
 
 def test_token_grid_and_the_rules():
-    config = tiny_sweep_config("unused", schedule="cosine")
+    config = smoke_config("unused", schedule="cosine")
     plan = plan_module.expand(config)
     assert sorted(plan.accounting(point)["n_tokens"] for point in plan.points) == [4096, 4096, 8192, 8192]
     assert {point.budget for point in plan.points} == {plan.accounting(point)["flops"] for point in plan.points}
@@ -95,7 +109,7 @@ def test_token_grid_and_the_rules():
 
 
 def test_branches_share_the_trunk_warmup_and_start_where_wsd_decays():
-    config = tiny_sweep_config("unused", budgets=[4096.0, 16384.0, 65536.0])
+    config = smoke_config("unused", budgets=[4096.0, 16384.0, 65536.0])
     config.rules.warmup_fraction = 0.05
     plan = plan_module.expand(config)
     for job in plan.jobs:
@@ -111,7 +125,7 @@ def test_branches_share_the_trunk_warmup_and_start_where_wsd_decays():
 
 
 def test_shards_are_disjoint_cover_every_job_and_balance():
-    config = tiny_sweep_config("unused", schedule="cosine", budgets=[4096.0 * 2**k for k in range(6)])
+    config = smoke_config("unused", schedule="cosine", budgets=[4096.0 * 2**k for k in range(6)])
     plan = plan_module.expand(config)
     for count in (1, 2, 3, 5):
         shares = [plan.shard(index, count) for index in range(count)]
@@ -125,10 +139,10 @@ def test_shards_are_disjoint_cover_every_job_and_balance():
 
 def test_bad_sweeps_are_one_sentence(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        scaling_cli.entry(["sweep", "--config", str(REPO / "experiments/cpu_sweep.py:nope"), "--plan"])
+        scaling_cli.entry(["sweep", "--config", str(REPO / "experiments/cpu_topics.py:nope"), "--plan"])
     assert exit_info.value.code == 1
-    assert capsys.readouterr().err.startswith("error: unknown variant 'nope' of cpu_sweep")
-    config = tiny_sweep_config("unused")
+    assert capsys.readouterr().err.startswith("error: cpu_topics has no variant 'nope'")
+    config = smoke_config("unused")
     config.grid = "flops"
     with pytest.raises(ValueError, match="grid='flops' is not one of isoflop, tokens"):
         plan_module.expand(config)
@@ -137,15 +151,28 @@ def test_bad_sweeps_are_one_sentence(capsys):
         plan_module.expand(config)
 
 
-@pytest.mark.parametrize("name", ["cpu_sweep.py", "cpu_sweep.py:cosine", "cpu_sweep.py:lr_scan", "gpu_sweep.py"])
-def test_shipped_sweeps_expand(name):
-    plan = plan_module.expand(plan_module.load_sweep_config(str(REPO / "experiments" / name)))
+@pytest.mark.parametrize("name", ["cpu_topics.py", "cpu_text.py", "gpu_sweep.py"])
+def test_shipped_sweeps_expand_with_shapes_on_both_sides_of_each_optimum(name):
+    config = plan_module.load_sweep_config(str(REPO / "experiments" / name))
+    plan = plan_module.expand(config)
     costs = plan_module.costs(plan)
-    assert costs["points"] >= 6
+    assert costs["points"] >= 6 and len(config.seeds) >= 2
+    grid = [point for point in plan.points if point.lr_multiplier == 1.0 and point.seed == config.seeds[0]]
+    budgets = sorted({point.budget for point in grid})
+    assert math.log10(budgets[-1] / budgets[0]) >= 1.0
+    for budget in budgets:
+        sizes = [plan.accounting(point)[plan.param_count] for point in grid if point.budget == budget]
+        assert len(sizes) >= 3, f"{name}: budget {budget:g} has {len(sizes)} shapes"
     if name == "gpu_sweep.py":
-        # Sized for one H100 hour at 40% MFU of its bf16 peak, by 6N + attention FLOPs.
+        # Every budget's optimum under Epoch's law lies inside its shapes, with shapes on both sides.
+        for budget in budgets:
+            sizes = [plan.accounting(point)["n_params"] for point in grid if point.budget == budget]
+            n_opt = float(laws.EPOCH_REFIT.compute_optimal(budget)[0])
+            assert min(sizes) < n_opt < max(sizes)
+        # About 2.3 H100 hours at 40% MFU of its bf16 peak, by 6N + attention FLOPs.
         hours = costs["flops_spent"]["6n_attention"] / (0.4 * flops.DEVICE_PEAKS["h100-sxm"]["bf16"]) / 3600
-        assert 0.5 < hours <= 1.0
+        assert 2.0 < hours <= 2.5
+        assert plan.config.base.data.source == "hf:HuggingFaceFW/fineweb-edu:sample-10BT"
 
 
 # Locks and results rows.
@@ -225,7 +252,7 @@ def test_results_rows_are_written_whole(tmp_path):
 
 
 def test_two_workers_on_one_share_never_run_one_point(tmp_path, monkeypatch):
-    plan = plan_module.expand(tiny_sweep_config(tmp_path / "data", schedule="cosine"))
+    plan = plan_module.expand(smoke_config(tmp_path / "data", schedule="cosine"))
     trained = collections.Counter()
 
     def fake_run(config, workdir):
@@ -389,7 +416,7 @@ TRUE_LAW = ChinchillaLaw(E=2.9, A=60.0, B=400.0, alpha=0.45, beta=0.4, name="tru
 def known_sweep(tmp_path_factory):
     """A sweep workdir whose losses follow TRUE_LAW (with 0.3% noise): 4 sizes at 4 IsoFLOP budgets."""
     workdir = tmp_path_factory.mktemp("known")
-    config = tiny_sweep_config("unused")
+    config = smoke_config("unused")
     config.grid = "isoflop"
     rng = np.random.default_rng(0)
     meta = {
@@ -451,15 +478,106 @@ def test_plots_are_written(known_sweep, tmp_path):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
 
 
-def test_report_holds_the_fitted_law_and_the_entropy_check(known_sweep, tmp_path):
+def test_report_holds_the_fitted_law_the_entropy_check_and_the_prediction(known_sweep, tmp_path):
     out = tmp_path / "REPORT.md"
-    text = write_report(known_sweep, out, n_bootstrap=8, starts=fit.COARSE_STARTS)
+    prediction = backtest.backtest(
+        load_results(known_sweep / "results.csv"), 1.5e12, n_bootstrap=8, starts=fit.COARSE_STARTS
+    )
+    prediction["predicted_at"] = "2026-01-01T00:00:00+00:00"
+    (tmp_path / "prediction.json").write_text(json.dumps(prediction))
+    text = write_report(
+        known_sweep, out, predictions=[tmp_path / "prediction.json"], n_bootstrap=8, starts=fit.COARSE_STARTS
+    )
     assert out.read_text() == text
     law = fit.parametric_fit(load_results(known_sweep / "results.csv"), fit.COARSE_STARTS).law
     assert abs(law.E - TRUE_LAW.E) < 0.1 and abs(law.exponents()[0] - TRUE_LAW.exponents()[0]) < 0.1
-    assert f"the fitted irreducible loss E is {law.E:.4f}" in text
+    assert f"The fitted irreducible loss E is {law.E:.4f}" in text
     assert "entropy rate is 2.9000 nats/token" in text
-    assert f"| gpt2 on 10B tokens | this fit | {6 * 124_439_808 * 1e10:.3g} |" in text
+    assert f"| gpt2 on 10B tokens | fit: synthetic:vocabulary=compact | {6 * 124_439_808 * 1e10:.3g} |" in text
     assert f"D_opt / N_opt is {float(law.tokens_per_parameter(3e11)):.1f} at 3e+11" in text
-    assert "This is not a prediction for GPT-2." in text
+    assert "They do not say how GPT-2 should spend a GPU-year on web text." in text
     assert "python -m gpt2jax.scaling sweep --config experiments/known.py" in text
+    # The prediction made before training, met by the points trained after it: 0.3% noise on a known law.
+    assert "Predicted at **2026-01-01T00:00:00+00:00**" in text
+    outcome = re.search(r"Mean absolute relative error \*\*([0-9.]+)%\*\*", text)
+    assert outcome and float(outcome.group(1)) < 1.0
+    assert text.count("| N" + "4") == 0  # every held-out row names its run
+    assert sum(f"| N{n:.0f}_C1e+13 |" in text for n in (2e4, 5e4, 1.2e5, 3e5)) == 4
+
+
+def test_learning_rate_check_says_which_rate_was_best():
+    rows = [
+        {"n_layer": "2", "n_head": "2", "n_embd": "16", "budget": "1e11", "seed": "0", "lr_multiplier": m, "loss": loss}
+        for m, loss in (("1.0", "3.10"), ("0.5", "3.20"), ("2.0", "3.05"))
+    ] + [
+        {"n_layer": "2", "n_head": "2", "n_embd": "32", "budget": "1e11", "seed": "0", "lr_multiplier": "", "loss": "3"}
+    ]
+    (check,) = report_module.lr_check(rows)
+    assert check["shape"] == "L2H2W16" and check["best_multiplier"] == 2.0 and not check["rule_is_best"]
+    assert check["losses"] == {0.5: 3.2, 1.0: 3.1, 2.0: 3.05}
+
+
+# The planner's floors, seeds, learning-rate check and unique tokens.
+
+
+def test_the_planner_refuses_sweeps_below_its_floors():
+    config = tiny_sweep_config("unused")
+    with pytest.raises(ValueError) as refused:
+        plan_module.expand(config)
+    message = str(refused.value)
+    for floor in ("limits.min_steps=4 (at least 200)", "min_tokens_per_param=0 (at least 1)", "1 seed(s) (at least 2"):
+        assert floor in message
+    config.update(seeds=[0, 1], smoke_test=False)
+    config.limits.update(min_steps=200, min_tokens_per_param=1.0)
+    config.rules.warmup_fraction = 0.2
+    with pytest.raises(ValueError, match=r"rules.warmup_fraction=0.2 \(at most 0.1\)"):
+        plan_module.expand(config)
+    config.rules.update(warmup_fraction=0.05, min_warmup_steps=30)
+    config.budgets = [200 * 128.0, 300 * 128.0]  # 200 and 300 steps of 8 x 16 tokens
+    with pytest.raises(ValueError, match="warms up for 30 of its 200 steps, more than 10%"):
+        plan_module.expand(config)
+    config.rules.min_warmup_steps = 10
+    plan = plan_module.expand(config)
+    assert {point.seed for point in plan.points} == {0, 1}
+    assert min(point.steps for point in plan.points) >= 200
+
+
+def test_the_lr_check_branches_the_smallest_and_largest_shape_at_their_lowest_budget():
+    config = smoke_config("unused", schedule="cosine", budgets=[4096.0, 8192.0])
+    config.shapes.append(dict(n_layer=1, n_head=2, n_embd=24))
+    config.seeds = [3, 4]
+    config.lr_check = [0.5, 2.0]
+    plan = plan_module.expand(config)
+    checks = [point for point in plan.points if point.lr_multiplier != 1.0]
+    assert sorted((p.n_embd, p.lr_multiplier) for p in checks) == [(16, 0.5), (16, 2.0), (32, 0.5), (32, 2.0)]
+    assert {p.seed for p in checks} == {3} and {plan.tokens(p) for p in checks} == {4096}
+    for point in checks:
+        rule = plan_module.learning_rate(config.rules, point.n_embd)
+        assert point.learning_rate == pytest.approx(point.lr_multiplier * rule)
+    assert len({point.run for point in plan.points}) == len(plan.points)
+
+
+def test_the_planner_refuses_a_grid_that_repeats_its_corpus():
+    config = smoke_config("unused", budgets=[4096.0, 8192.0])
+    config.base.data.synthetic_train_tokens = 6000
+    config.limits.max_epochs = 1.0
+    with pytest.raises(
+        ValueError, match=r"reads 8,192 tokens, 1.37 epochs of the corpus's 6,000 .*limits.max_epochs=1"
+    ):
+        plan_module.expand(config)
+    config.limits.max_epochs = 1.5
+    plan = plan_module.expand(config)
+    assert max(plan.epochs(point, 6000) for point in plan.points) == pytest.approx(8192 / 6000)
+    assert plan_module.repeated_fraction(1.0) == pytest.approx(1 - (1 - math.exp(-1)))
+    assert "epochs" in plan_module.format_plan(
+        plan
+    ) and "the longest point reads 1.37 epochs" in plan_module.format_plan(plan)
+
+
+def test_non_embedding_sweeps_count_budgets_in_non_embedding_parameters():
+    config = smoke_config("unused", budgets=[4096.0])
+    config.update(params="non_embedding", grid="isoflop", budgets=[1e9])
+    plan = plan_module.expand(config)
+    for point in plan.points:
+        counts = plan.accounting(point)
+        assert abs(counts["n_tokens"] - 1e9 / (6 * counts["n_params_non_embedding"])) <= _tokens_per_step(plan, point)

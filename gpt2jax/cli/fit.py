@@ -26,11 +26,30 @@ def add_bootstrap_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
 
 
+def add_law_options(parser: argparse.ArgumentParser) -> None:
+    """``--params`` and ``--flops``: which N and which C a fit reads from the results CSV."""
+    from gpt2jax.scaling.results import FLOP_COUNTS, PARAM_COLUMNS
+
+    parser.add_argument(
+        "--params",
+        choices=sorted(PARAM_COLUMNS),
+        default="total",
+        help="N: every parameter (Chinchilla) or the non-embedding ones (Kaplan)",
+    )
+    parser.add_argument(
+        "--flops", choices=FLOP_COUNTS, default="6n", help="C: 6ND, or 6ND plus PaLM's attention term 12 L d T D"
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--results", required=True, help="CSV with n_params, n_tokens, loss and optionally flops, run, budget"
+        "--results",
+        nargs="+",
+        required=True,
+        help="CSV(s) with n_params, n_tokens, loss and optionally flops, run, budget, seed",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_law_options(parser)
     add_bootstrap_options(parser)
     add_start_grid_option(parser)
 
@@ -41,6 +60,7 @@ def run(args: argparse.Namespace) -> None:
 
     if args.bootstrap < 0:
         raise ValueError(f"--bootstrap is {args.bootstrap}; give 0 or more resamples.")
-    points = load_results(args.results)
+    points = load_results(args.results, params=args.params, flops=args.flops)
     summary = fit.fit_summary(points, n_bootstrap=args.bootstrap, seed=args.seed, starts=fit.START_GRIDS[args.grid])
-    print(json.dumps(summary, indent=2) if args.json else fit.format_summary(summary, args.results))
+    summary.update(params=args.params, flops=args.flops)
+    print(json.dumps(summary, indent=2) if args.json else fit.format_summary(summary, " ".join(args.results)))

@@ -1,8 +1,13 @@
-"""``python -m gpt2jax.scaling report --workdir runs/X --out experiments/REPORT.md`` (drives ``scaling.report``)."""
+"""``python -m gpt2jax.scaling report --workdir runs/X [runs/Y] --out experiments/REPORT.md`` (drives ``scaling.report``).
+
+``--prediction`` and ``--figures`` pair with the workdirs in order: the JSON ``scaling backtest
+--predict --json`` wrote before the sweep's held-out points were trained, and the folder of its PNGs.
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from gpt2jax.cli.fit import add_bootstrap_options, add_start_grid_option
 
@@ -12,10 +17,12 @@ HELP = "write a Markdown report of a sweep's fit and what it predicts for GPT-2"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from gpt2jax import flops
 
-    parser.add_argument("--workdir", required=True, help="the sweep's --workdir")
+    parser.add_argument("--workdir", nargs="+", required=True, help="the sweeps' --workdir, one section each")
     parser.add_argument("--out", required=True, help="the Markdown file to write")
-    parser.add_argument("--compare", help="workdir of a sweep of separate runs to set the WSD branches against")
-    parser.add_argument("--figures", help="folder of the sweep's PNGs (scaling plot --out), linked from the report")
+    parser.add_argument("--prediction", nargs="+", help="per workdir: the backtest --predict JSON made before training")
+    parser.add_argument("--preamble", help="a Markdown file to place after the title")
+    parser.add_argument("--compare", help="workdir of a sweep of separate runs to set the first's WSD branches against")
+    parser.add_argument("--figures", nargs="+", help="per workdir: folder of its PNGs (scaling plot --out)")
     add_bootstrap_options(parser)
     add_start_grid_option(parser)
     parser.add_argument(
@@ -34,7 +41,7 @@ def command_line(args: argparse.Namespace) -> str:
     add_arguments(parser)
     defaults = vars(parser.parse_args(["--workdir", "", "--out", ""]))
     options = [
-        f"--{name} {value}"
+        f"--{name} {' '.join(map(str, value)) if isinstance(value, list) else value}"
         for name, value in vars(args).items()
         if name in defaults and value is not None and value != defaults[name]
     ]
@@ -50,6 +57,8 @@ def run(args: argparse.Namespace) -> None:
     write_report(
         args.workdir,
         args.out,
+        predictions=args.prediction,
+        preamble=Path(args.preamble).read_text() if args.preamble else "",
         compare=args.compare,
         figures=args.figures,
         n_bootstrap=args.bootstrap,

@@ -7,11 +7,12 @@ adding one is a new module and one line in ``SUBCOMMANDS``.
 from __future__ import annotations
 
 from gpt2jax import cli
-from gpt2jax.cli import budget, fit, plot, report, sweep
+from gpt2jax.cli import backtest, budget, fit, plot, report, sweep
 
 SUBCOMMANDS = {
     "sweep": sweep,
     "fit": fit,
+    "backtest": backtest,
     "plot": plot,
     "report": report,
     "budget": budget,

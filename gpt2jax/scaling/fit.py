@@ -76,6 +76,11 @@ class AllocationFit:
     flops: np.ndarray
     n_opt: np.ndarray
     d_opt: np.ndarray
+    log_n_intercept: float = 0.0  # log N_opt at C = 1
+
+    def n_opt_at(self, flops):
+        """The fitted power law's N_opt at ``flops``, within or beyond the budgets it was fitted on."""
+        return np.exp(self.log_n_intercept + self.a * np.log(flops))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,9 +102,9 @@ def _allocation_fit(flops, n_opt, d_opt, approach: str, min_points: int) -> Allo
             f"{approach} found {found} compute-optimal point(s) at distinct FLOPs and needs {min_points}."
         )
     log_c = np.log(flops)
-    a = np.polyfit(log_c, np.log(n_opt), 1)[0]
+    a, log_n_intercept = np.polyfit(log_c, np.log(n_opt), 1)
     b = np.polyfit(log_c, np.log(d_opt), 1)[0]
-    return AllocationFit(float(a), float(b), flops, n_opt, d_opt)
+    return AllocationFit(float(a), float(b), flops, n_opt, d_opt, float(log_n_intercept))
 
 
 def envelope_fit(points: ScalingPoints, n_bins: int = ENVELOPE_BINS) -> AllocationFit:
@@ -387,6 +392,7 @@ def fit_summary(
             samples[name].append(value)
     return {
         **_law_values(parametric.law),
+        "seed_spread": seed_spread(final),
         "huber_objective": parametric.objective,
         "n_points": len(final),
         "n_rows": len(points),
@@ -410,6 +416,40 @@ def fit_summary(
             confidence,
         ),
     }
+
+
+def seed_spread(points: ScalingPoints) -> dict | None:
+    """How much the loss moves with the seed alone: over the points trained at one (N, D) with several
+    seeds, the sample standard deviation of their losses. None without such points.
+
+    It is a floor under how closely any law can fit or predict these points.
+    """
+    if points.seed is None:
+        return None
+    groups: dict[tuple[float, float], list[float]] = {}
+    for n, d, loss in zip(points.n_params, points.n_tokens, points.loss):
+        groups.setdefault((float(n), float(d)), []).append(float(loss))
+    repeated = [np.array(losses) for losses in groups.values() if len(losses) > 1]
+    if not repeated:
+        return None
+    std = np.array([losses.std(ddof=1) for losses in repeated])
+    relative = np.array([losses.std(ddof=1) / losses.mean() for losses in repeated])
+    return {
+        "groups": len(repeated),
+        "seeds_per_group": float(np.mean([len(losses) for losses in repeated])),
+        "mean_std": float(std.mean()),
+        "max_std": float(std.max()),
+        "mean_relative_std": float(relative.mean()),
+    }
+
+
+def format_seed_spread(spread: dict | None) -> str:
+    if spread is None:
+        return "seed-to-seed spread: no point was trained with more than one seed"
+    return (
+        f"seed-to-seed spread over {spread['groups']} points with {spread['seeds_per_group']:.0f} seeds each: "
+        f"loss std {spread['mean_std']:.4f} on average ({spread['mean_relative_std']:.2%}), {spread['max_std']:.4f} at most"
+    )
 
 
 def _interval(interval) -> str:
@@ -436,6 +476,7 @@ def format_summary(summary: dict, source: str) -> str:
         f"approach 3: L(N, D) = E + A/N^alpha + B/D^beta  (summed Huber loss {summary['huber_objective']:.6g})",
     ]
     lines += [f"  {name:<6} {summary[name]:<10.4g} {_interval(summary['ci'][name])}".rstrip() for name in LAW_CONSTANTS]
+    lines.append(f"  {format_seed_spread(summary['seed_spread'])}")
     lines += ["", "compute-optimal exponents, N_opt ~ C^a and D_opt ~ C^b", f"  {'':<12}{'a':<28}b"]
     approach3 = {"a": summary["a"], "b": summary["b"], "ci": summary["ci"]}
     approaches = {"approach 1": summary["approach1"], "approach 2": summary["approach2"], "approach 3": approach3}

@@ -21,8 +21,8 @@ import numpy as np  # noqa: E402
 
 from gpt2jax.scaling import fit, records  # noqa: E402
 from gpt2jax.scaling.budget import GPT2_ORIGINAL_TOKENS, gpt2_param_counts  # noqa: E402
-from gpt2jax.scaling.laws import HOFFMANN_ROUNDED  # noqa: E402
-from gpt2jax.scaling.results import load_results  # noqa: E402
+from gpt2jax.scaling.laws import EPOCH_REFIT  # noqa: E402
+from gpt2jax.scaling.results import load_results, sweep_param_count  # noqa: E402
 from gpt2jax.workdir import POINTS_DIR, read_metrics, results_path  # noqa: E402
 
 FIGURES = ("loss_vs_compute.png", "isoflop.png", "allocation.png")
@@ -137,7 +137,7 @@ def plot_allocation(points, law, path: Path) -> None:
     figure, panels = plt.subplots(1, 2, figsize=(12, 5))
     for panel, (label, index) in zip(panels, (("parameters N_opt", 0), ("tokens D_opt", 1))):
         panel.plot(
-            budgets, HOFFMANN_ROUNDED.compute_optimal(budgets)[index], "k--", label="Chinchilla (Hoffmann et al. 2022)"
+            budgets, EPOCH_REFIT.compute_optimal(budgets)[index], "k--", label="Chinchilla, Epoch AI refit (2024)"
         )
         panel.plot(
             budgets,
@@ -190,8 +190,8 @@ def plot_sweep(workdir: str | Path, out: str | Path | None = None, starts=fit.HO
     path = results_path(workdir)
     out = Path(out) if out else workdir
     out.mkdir(parents=True, exist_ok=True)
-    rows = records.read_rows(path)
-    points = load_results(path)
+    rows = [row for row in records.read_rows(path) if float(row.get("lr_multiplier") or 1.0) == 1.0]
+    points = load_results(path, params=sweep_param_count(workdir))
     paths = [out / name for name in FIGURES]
     plot_loss_vs_compute(workdir, rows, paths[0])
     plot_isoflop(points, paths[1])

@@ -5,7 +5,17 @@ A results CSV has the columns ``n_params``, ``n_tokens`` and ``loss``, and optio
 - ``run``: an id shared by the checkpoints of one training run, so that its rows form a
     training curve. Without it every row is the final point of its own run.
 - ``budget``: the nominal FLOP budget of the IsoFLOP profile the run belongs to.
+- ``seed``: the training seed; rows of one shape and token count with different seeds give
+    the seed-to-seed spread.
+- ``lr_multiplier``: rows other than 1 are a learning-rate check, not points of the law; they
+    are left out.
+- ``n_params_non_embedding``, ``n_layer``, ``n_embd``, ``block_size``: what ``params='non_embedding'``
+    and ``flops='6n_attention'`` read.
 Other columns are ignored.
+
+``params`` chooses N: 'total' (Chinchilla's count, the ``n_params`` column) or 'non_embedding'
+(Kaplan's). ``flops`` chooses C: '6n' is 6ND with that N (the ``flops`` column when N is total and
+it has one), '6n_attention' adds PaLM's attention term 12 L d T per token (flops.flops_per_token_palm).
 """
 
 from __future__ import annotations
@@ -17,6 +27,8 @@ import pathlib
 import numpy as np
 
 REQUIRED_COLUMNS = ("n_params", "n_tokens", "loss")
+PARAM_COLUMNS = {"total": "n_params", "non_embedding": "n_params_non_embedding"}
+FLOP_COUNTS = ("6n", "6n_attention")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,9 +41,10 @@ class ScalingPoints:
     flops: np.ndarray
     run: np.ndarray | None = None
     budget: np.ndarray | None = None
+    seed: np.ndarray | None = None
 
     @classmethod
-    def from_arrays(cls, n_params, n_tokens, loss, *, flops=None, run=None, budget=None) -> "ScalingPoints":
+    def from_arrays(cls, n_params, n_tokens, loss, *, flops=None, run=None, budget=None, seed=None) -> "ScalingPoints":
         """Checks the arrays; FLOPs default to 6ND."""
         n_params = np.asarray(n_params, dtype=float)
         n_tokens = np.asarray(n_tokens, dtype=float)
@@ -53,7 +66,11 @@ class ScalingPoints:
                 raise ValueError(
                     f"run has shape {run.shape} but n_params has {n_params.shape}; give one run id per point."
                 )
-        return cls(n_params, n_tokens, loss, flops, run, budget)
+        if seed is not None:
+            seed = np.asarray(seed)
+            if seed.shape != n_params.shape:
+                raise ValueError(f"seed has shape {seed.shape} but n_params has {n_params.shape}; give one per point.")
+        return cls(n_params, n_tokens, loss, flops, run, budget, seed)
 
     def __len__(self) -> int:
         return len(self.loss)
@@ -78,36 +95,75 @@ class ScalingPoints:
         return self.subset(np.array(sorted(last.values())))
 
 
-def load_results(path) -> ScalingPoints:
-    """Reads a results CSV; a missing file, column or number raises an error naming it."""
-    path = pathlib.Path(path)
+def _read_rows(path: pathlib.Path) -> tuple[list[str], list[dict]]:
     if not path.is_file():
         raise FileNotFoundError(f"results file {path} does not exist; pass the CSV a sweep wrote.")
     with path.open(newline="") as handle:
         reader = csv.DictReader(handle)
         columns = reader.fieldnames or []
-        missing = [name for name in REQUIRED_COLUMNS if name not in columns]
-        if missing:
-            raise ValueError(
-                f"{path} lacks the column(s) {', '.join(missing)}; it needs {', '.join(REQUIRED_COLUMNS)}."
-            )
         rows = list(reader)
+    missing = [name for name in REQUIRED_COLUMNS if name not in columns]
+    if missing:
+        raise ValueError(f"{path} lacks the column(s) {', '.join(missing)}; it needs {', '.join(REQUIRED_COLUMNS)}.")
     if not rows:
         raise ValueError(f"{path} has a header but no rows.")
+    return columns, [dict(row, _line=line, _path=path) for line, row in enumerate(rows, start=2)]
 
-    def numbers(name):
+
+def load_results(path, params: str = "total", flops: str = "6n") -> ScalingPoints:
+    """Reads one results CSV or several (a list); a missing file, column or number raises an error naming it."""
+    if params not in PARAM_COLUMNS:
+        raise ValueError(f"params {params!r} is not one of {', '.join(PARAM_COLUMNS)}.")
+    if flops not in FLOP_COUNTS:
+        raise ValueError(f"flops {flops!r} is not one of {', '.join(FLOP_COUNTS)}.")
+    paths = [pathlib.Path(p) for p in (path if isinstance(path, (list, tuple)) else [path])]
+    tables = [_read_rows(p) for p in paths]
+    columns = set.intersection(*(set(table_columns) for table_columns, _ in tables))
+    rows = [row for _, table_rows in tables for row in table_rows]
+    needed = {PARAM_COLUMNS[params]}
+    if flops == "6n_attention":
+        needed |= {"n_layer", "n_embd", "block_size"}
+    absent = sorted(needed - columns)
+    if absent:
+        raise ValueError(
+            f"{', '.join(map(str, paths))} lack(s) the column(s) {', '.join(absent)} that params={params} and "
+            f"flops={flops} read; a sweep's results.csv has them."
+        )
+
+    def numbers(name, chosen):
         values = []
-        for line, row in enumerate(rows, start=2):
+        for row in chosen:
             try:
                 values.append(float(row[name]))
             except (TypeError, ValueError):
-                raise ValueError(f"{path} line {line}: {name} is {row[name]!r}, not a number.") from None
-        return values
+                raise ValueError(
+                    f"{row['_path']} line {row['_line']}: {name} is {row[name]!r}, not a number."
+                ) from None
+        return np.array(values)
 
-    required = [numbers(name) for name in REQUIRED_COLUMNS]
-    optional = {name: numbers(name) for name in ("flops", "budget") if name in columns}
+    if "lr_multiplier" in columns:
+        rows = [row for row in rows if row["lr_multiplier"] in ("", None) or float(row["lr_multiplier"]) == 1.0]
+    n_params, n_tokens, loss = numbers(PARAM_COLUMNS[params], rows), numbers("n_tokens", rows), numbers("loss", rows)
+    if flops == "6n":
+        use_column = params == "total" and "flops" in columns
+        compute = numbers("flops", rows) if use_column else 6.0 * n_params * n_tokens
+    else:
+        attention = 12.0 * numbers("n_layer", rows) * numbers("n_embd", rows) * numbers("block_size", rows)
+        compute = (6.0 * n_params + attention) * n_tokens
+    optional = {name: numbers(name, rows) for name in ("budget",) if name in columns}
     run = [row["run"] for row in rows] if "run" in columns else None
+    seed = [row["seed"] for row in rows] if "seed" in columns else None
     try:
-        return ScalingPoints.from_arrays(*required, run=run, **optional)
+        return ScalingPoints.from_arrays(n_params, n_tokens, loss, flops=compute, run=run, seed=seed, **optional)
     except ValueError as error:
-        raise ValueError(f"{path}: {error}") from None
+        raise ValueError(f"{', '.join(map(str, paths))}: {error}") from None
+
+
+def sweep_param_count(workdir) -> str:
+    """The parameter count (``params``) a sweep workdir's config chose: 'total' unless it says otherwise."""
+    import json
+
+    from gpt2jax.workdir import SWEEP_FILE
+
+    path = pathlib.Path(workdir) / SWEEP_FILE
+    return json.loads(path.read_text())["config"].get("params", "total") if path.is_file() else "total"

@@ -1,0 +1,54 @@
+"""``python -m gpt2jax.scaling backtest``: fit on the budgets up to C, predict the rest (drives ``scaling.backtest``).
+
+``python -m gpt2jax.scaling backtest --results CSV [CSV ...] --train_below C [--params total|non_embedding]
+[--flops 6n|6n_attention] [--predict SWEEP_CONFIG] [--json]``
+
+With ``--predict`` the points to predict are the sweep plan's points above C, before any of
+them is trained: the JSON records when the prediction was made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from gpt2jax.cli.fit import add_bootstrap_options, add_law_options, add_start_grid_option
+
+HELP = "fit each approach on the points up to a budget and predict the points above it"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results", nargs="+", required=True, help="results CSV(s) of one or more sweeps")
+    parser.add_argument("--train_below", type=float, required=True, help="fit on the budgets up to this many FLOPs")
+    parser.add_argument("--predict", help="a sweep config (FILE[:VARIANT]): predict its points above --train_below")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_law_options(parser)
+    add_bootstrap_options(parser)
+    add_start_grid_option(parser)
+
+
+def run(args: argparse.Namespace) -> None:
+    from gpt2jax.scaling import backtest
+    from gpt2jax.scaling.fit import START_GRIDS
+    from gpt2jax.scaling.results import load_results
+
+    train_below = backtest.finite_budget(args.train_below)
+    if args.bootstrap < 2:
+        raise ValueError(f"--bootstrap is {args.bootstrap}; the intervals need at least 2 resamples.")
+    points = load_results(args.results, params=args.params, flops=args.flops)
+    targets = labels = None
+    if args.predict:
+        from gpt2jax.scaling.plan import expand, load_sweep_config
+
+        targets, labels = backtest.plan_targets(expand(load_sweep_config(args.predict)), train_below, args.params)
+    report = backtest.backtest(
+        points,
+        train_below,
+        targets=targets,
+        labels=labels,
+        n_bootstrap=args.bootstrap,
+        seed=args.seed,
+        starts=START_GRIDS[args.grid],
+    )
+    report.update(results=args.results, params=args.params, flops=args.flops)
+    print(json.dumps(report, indent=2) if args.json else backtest.format_backtest(report, " ".join(args.results)))
