@@ -36,11 +36,37 @@ def split(points: ScalingPoints, train_below: float) -> tuple[np.ndarray, np.nda
 
 
 def _prediction_samples(law, boot_laws, residuals, n_params, n_tokens, rng) -> np.ndarray:
-    """[bootstrap, points] losses a new run could show: each refit's prediction times exp(a drawn residual)."""
-    laws = boot_laws or [law]
-    predictions = np.array([boot.loss(n_params, n_tokens) for boot in laws])
+    """[bootstrap, points] losses a new run could show: each refit's prediction times exp(a drawn residual).
+
+    A refit whose predictions overflow (a resample that left the law unidentified) is left out.
+    """
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        predictions = np.array([boot.loss(n_params, n_tokens) for boot in boot_laws or [law]])
+    predictions = predictions[np.all(np.isfinite(predictions), axis=1)]
+    if not len(predictions):
+        predictions = law.loss(n_params, n_tokens)[None]
     drawn = rng.choice(residuals, size=predictions.shape)
     return predictions * np.exp(drawn)
+
+
+def has_optimum(law) -> bool:
+    """Whether the law's loss falls with both N and D, so that C = 6ND has a compute-optimal split."""
+    return law.alpha > 0 and law.beta > 0 and law.A > 0 and law.B > 0
+
+
+def _approach3_predictions(law, boot_laws, budgets) -> dict:
+    if not has_optimum(law):
+        return {
+            "skipped": f"the fitted law has alpha = {law.alpha:.3g} and beta = {law.beta:.3g}: its loss does not fall "
+            "with both N and D, so it has no compute-optimal size"
+        }
+    valid = [boot for boot in boot_laws if has_optimum(boot)]
+    samples = np.array([[float(boot.compute_optimal(b)[0]) for b in budgets] for boot in valid])
+    return {
+        "n_opt": [float(law.compute_optimal(budget)[0]) for budget in budgets],
+        "ci": [fit.percentile_interval(column, CONFIDENCE) for column in samples.T] if valid else [None] * len(budgets),
+        "bootstrap_fits": len(valid),
+    }
 
 
 def _observed_n_opt(points: ScalingPoints) -> dict[float, float | None]:
@@ -123,14 +149,7 @@ def backtest(
 
     budgets = sorted(set(held.budget.tolist() if held.budget is not None else []))
     observed_n_opt = _observed_n_opt(held) if observed is not None else {}
-    n3 = [float(law.compute_optimal(budget)[0]) for budget in budgets]
-    n3_samples = np.array([[float(boot.compute_optimal(b)[0]) for b in budgets] for boot in boot_laws])
-    approach3 = {
-        "n_opt": n3,
-        "ci": [fit.percentile_interval(column, CONFIDENCE) for column in n3_samples.T]
-        if len(boot_laws)
-        else [None] * len(budgets),
-    }
+    approach3 = _approach3_predictions(law, boot_laws, budgets)
     approach2 = _approach2_predictions(train, budgets, n_bootstrap, np.random.default_rng([seed, 4]))
     n_opt_rows = []
     for index, budget in enumerate(budgets):
@@ -160,6 +179,7 @@ def backtest(
         "points": rows,
         "n_opt": n_opt_rows,
         "approach2": {key: approach2[key] for key in ("a", "skipped") if key in approach2},
+        "approach3": {key: approach3[key] for key in ("skipped",) if key in approach3},
     }
     if observed is None:
         report["predicted_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
@@ -250,7 +270,10 @@ def format_backtest(report: dict, source: str) -> str:
                 + (f" x{cell['ratio']:.2f}" if cell["ratio"] else "")
             )
         observed = format_count(row["observed"]) if row["observed"] else "none inside"
-        lines.append(f"  {row['budget']:<33.3g}{cells[0]:>28}{cells[1]:>28}{observed:>10}")
+        lines.append(f"  {row['budget']:<33.3g}{cells[0]:>28}{cells[1]:>28}  {observed:>10}")
+    for name in ("approach2", "approach3"):
+        if "skipped" in report.get(name, {}):
+            lines.append(f"  {name.replace('approach', 'approach ')} skipped: {report[name]['skipped']}")
     return "\n".join(line.rstrip() for line in lines)
 
 
