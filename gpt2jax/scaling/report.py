@@ -22,6 +22,7 @@ import numpy as np
 from gpt2jax.flops import format_count
 from gpt2jax.scaling import budget as budget_module
 from gpt2jax.scaling import fit, records
+from gpt2jax.scaling.backtest import has_optimum
 from gpt2jax.scaling.laws import PUBLISHED_LAWS
 from gpt2jax.scaling.results import load_results, sweep_param_count
 from gpt2jax.workdir import SESSIONS_FILE, SWEEP_FILE, results_path
@@ -397,7 +398,10 @@ def _study_section(workdir: Path, prediction_path, figures, out: Path, n_bootstr
         "",
         "Under the fitted law, D_opt / N_opt is "
         + ", ".join(f"{float(law.tokens_per_parameter(c)):.1f} at {c:.3g}" for c in sweep_budgets)
-        + " FLOPs.",
+        + " FLOPs."
+        if has_optimum(law)
+        else f"The fitted law has alpha = {law.alpha:.3g} and beta = {law.beta:.3g}: its loss does not fall with both "
+        "N and D, so it has no compute-optimal allocation.",
     ]
     approach2 = summary["approach2"]
     lines.append(
@@ -492,7 +496,11 @@ def write_report(
     premise = budget_module.budget_report(gpu, days, utilization, precision="fp32")
     gpt2 = budget_module.gpt2_param_counts()
     one_gpu_flops = premise["total_flops"]
-    laws = {f"fit: {study['source']}": study["law"] for study in studies if study["params"] == "total"}
+    laws = {
+        f"fit: {study['source']}": study["law"]
+        for study in studies
+        if study["params"] == "total" and has_optimum(study["law"])
+    }
     laws.update(PUBLISHED_LAWS)
     lines += [
         "## What these fits say, and do not say, about GPT-2 on web text",
