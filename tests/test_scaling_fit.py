@@ -141,16 +141,8 @@ def test_fit_summary_has_every_estimate_and_interval():
 
 @pytest.mark.skipif(not EPOCH_DATA.is_file(), reason="the shared Chinchilla data (../shared/data) is absent")
 def test_epoch_refit_of_chinchilla_data():
-    with open(EPOCH_DATA, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    n_params = np.array([float(row["Model Size"]) for row in rows])
-    flops = np.array([float(row["Training FLOP"]) for row in rows])
-    loss = np.array([float(row["loss"]) for row in rows])
-    # Besiroglu et al. drop the five highest losses, the worst-extracted and least converged runs.
-    keep = loss < np.sort(loss)[-5]
-    assert keep.sum() == 240
-    n_params, flops, loss = n_params[keep], flops[keep], loss[keep]
-    points = ScalingPoints.from_arrays(n_params, flops / (6.0 * n_params), loss, flops=flops)
+    points = epoch_points()
+    assert len(points) == 240
     law = fit.parametric_fit(points, fit.COARSE_STARTS).law
     assert law.E == pytest.approx(laws.EPOCH_REFIT.E, abs=0.03)
     assert law.alpha == pytest.approx(laws.EPOCH_REFIT.alpha, abs=0.02)
@@ -204,7 +196,8 @@ def test_cli_fit_rejects_a_missing_column(tmp_path, capsys):
 
 
 def epoch_points() -> ScalingPoints:
-    """Besiroglu et al.'s 240 points (the five highest losses dropped, as they do), FLOPs as extracted."""
+    """Besiroglu et al.'s 240 points: they drop the five highest losses, the worst-extracted and least
+    converged runs. FLOPs as extracted."""
     with open(EPOCH_DATA, newline="") as handle:
         rows = list(csv.DictReader(handle))
     n_params = np.array([float(row["Model Size"]) for row in rows])

@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from gpt2jax.scaling import fit, records  # noqa: E402
+from gpt2jax.scaling.backtest import has_optimum  # noqa: E402
 from gpt2jax.scaling.budget import GPT2_ORIGINAL_TOKENS, gpt2_param_counts  # noqa: E402
 from gpt2jax.scaling.laws import EPOCH_REFIT  # noqa: E402
 from gpt2jax.scaling.results import load_results, sweep_param_count  # noqa: E402
@@ -139,12 +140,13 @@ def plot_allocation(points, law, path: Path) -> None:
         panel.plot(
             budgets, EPOCH_REFIT.compute_optimal(budgets)[index], "k--", label="Chinchilla, Epoch AI refit (2024)"
         )
-        panel.plot(
-            budgets,
-            law.compute_optimal(budgets)[index],
-            color="tab:blue",
-            label=f"this sweep, approach 3 (a={law.exponents()[0]:.2f})",
-        )
+        if has_optimum(law):  # a law whose loss does not fall with N and D has no allocation to draw
+            panel.plot(
+                budgets,
+                law.compute_optimal(budgets)[index],
+                color="tab:blue",
+                label=f"this sweep, approach 3 (a={law.exponents()[0]:.2f})",
+            )
         if isoflop is not None:
             optimum = isoflop.n_opt if index == 0 else isoflop.d_opt
             exponent = isoflop.a if index == 0 else isoflop.b

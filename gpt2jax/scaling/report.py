@@ -176,20 +176,26 @@ def _lr_lines(checks: list[dict], spread: dict | None) -> list[str]:
         lines.append(
             f"| {check['shape']} | {check['budget']:.3g} | {check['seed']} | {cells} | x{check['best_multiplier']:g} |"
         )
-    verdict = (
-        "the rule's rate was the best of the three at every width checked"
-        if all(check["rule_is_best"] for check in checks)
-        else "the rule's rate was not the best at "
-        + ", ".join(f"{c['shape']} (x{c['best_multiplier']:g} was)" for c in checks if not c["rule_is_best"])
-    )
-    margins = [min(loss for m, loss in check["losses"].items() if m != 1.0) - check["losses"][1.0] for check in checks]
-    noise = f"; the seed-to-seed spread is {spread['mean_std']:.4f}" if spread else ""
-    lines += [
-        "",
-        f"So {verdict}: the nearest other rate was {min(margins):+.4f} to {max(margins):+.4f} nats from the "
-        f"rule's{noise}.",
-    ]
-    return lines
+    noise = 2 * spread["mean_std"] if spread else 0.0
+    verdicts = []
+    for check in checks:
+        others = {m: loss for m, loss in check["losses"].items() if m != 1.0}
+        best_other = min(others, key=others.get)
+        margin = others[best_other] - check["losses"][1.0]
+        if margin >= 0:
+            verdicts.append(f"at {check['shape']} the rule's rate was the best")
+        elif -margin <= noise:
+            verdicts.append(
+                f"at {check['shape']} x{best_other:g} was {-margin:.4f} nats better, within twice the seed-to-seed spread"
+            )
+        else:
+            verdicts.append(
+                f"at {check['shape']} x{best_other:g} was {-margin:.4f} nats better, more than twice the seed-to-seed "
+                "spread: the rule's rate was not the best"
+            )
+    spread_text = f" (seed-to-seed spread {spread['mean_std']:.4f})" if spread else ""
+    text = "; ".join(verdicts)
+    return lines + ["", text[0].upper() + text[1:] + spread_text + "."]
 
 
 def _observed_n_opt(points, budget: float) -> float | None:
@@ -315,7 +321,12 @@ def _e_check_lines(law, boot_laws, entropy: float, lowest: float) -> tuple[list[
         + (
             "So the fit finds the floor it should: a check of the fitter itself."
             if passes
-            else "So these points do not identify E, and the check says nothing about the fitter."
+            else (
+                "So the interval is too wide to say anything, and the check says nothing about the fitter."
+                if not narrow
+                else "So the fitted E is where these shapes and this recipe level off as the fit extrapolates "
+                "them, not the source's floor: the check does not pass, and says nothing about the fitter."
+            )
         )
     ]
     return lines, passes
@@ -427,14 +438,28 @@ def _study_section(workdir: Path, prediction_path, figures, out: Path, n_bootstr
 
 
 def _reproduce_commands(workdirs, predictions, figures, out, command) -> list[str]:
+    """Per sweep: the lower budgets, the prediction, the rest, the outcome and the figures; then the report."""
     commands = []
     for index, workdir in enumerate(workdirs):
         spec = _sweep_files(Path(workdir))[0]["config_spec"]
-        commands.append(f"python -m gpt2jax.scaling sweep --config {spec} --workdir {workdir}")
-        if figures and index < len(figures):
+        results = results_path(Path(workdir))
+        if index < len(predictions):
+            prediction = json.loads(Path(predictions[index]).read_text())
+            below, params = f"{prediction['train_below']:g}", prediction.get("params", "total")
+            law = f" --params {params}" if params != "total" else ""
+            commands += [
+                f"python -m gpt2jax.scaling sweep --config {spec} --workdir {workdir} --max_budget {below}",
+                f"python -m gpt2jax.scaling backtest --results {results} --train_below {below}{law} "
+                f"--predict {spec} --json > {predictions[index]}",
+                f"python -m gpt2jax.scaling sweep --config {spec} --workdir {workdir}",
+                f"python -m gpt2jax.scaling backtest --results {results} --train_below {below}{law}",
+            ]
+        else:
+            commands.append(f"python -m gpt2jax.scaling sweep --config {spec} --workdir {workdir}")
+        if index < len(figures):
             commands += [
                 f"python -m gpt2jax.scaling plot --workdir {workdir} --out {figures[index]}",
-                f"cp {results_path(Path(workdir))} {Path(figures[index]) / 'results.csv'}",
+                f"cp {results} {Path(workdir) / SESSIONS_FILE} {figures[index]}/",
             ]
     commands.append(command or f"python -m gpt2jax.scaling report --workdir {' '.join(map(str, workdirs))} --out {out}")
     return commands
