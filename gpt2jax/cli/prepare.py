@@ -1,22 +1,33 @@
-"""Tokenize a data source into token files (drives ``data.prepare.prepare``); prints its meta.json.
+"""Tokenize a data source into token shards (drives ``data.prepare.prepare``); prints its meta.json.
 
 ``python -m gpt2jax.cli.prepare --source "text:corpus/*.jsonl" --out data/corpus``
+``python -m gpt2jax.cli.prepare --source hf:HuggingFaceFW/fineweb-edu:sample-10BT --out data/fineweb-edu``
+
+Run it again after an interruption (SIGKILL, SIGTERM, Ctrl-C) and it continues after the last shard.
 """
 
 import json
+from pathlib import Path
 
 from gpt2jax import cli
 
 
 def main(argv: list[str] | None = None) -> None:
+    from gpt2jax.data.prepare import DEFAULT_SHARD_TOKENS, prepare
+
     parser = cli.ArgumentParser(
         prog="python -m gpt2jax.cli.prepare",
-        description="Tokenize a data source into train.bin, val.bin and meta.json.",
+        description="Tokenize a data source into train and val token shards and meta.json, resumably.",
     )
-    parser.add_argument("--source", required=True, help="synthetic[:key=value,...] | text:GLOB | tfds:NAME[/CONFIG]")
+    parser.add_argument(
+        "--source",
+        required=True,
+        help="synthetic[:key=value,...] | text:GLOB | parquet:GLOB | hf:OWNER/NAME[:CONFIG][@REVISION] | hf:DIR "
+        "| tfds:NAME[/CONFIG]",
+    )
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--val_fraction", type=float, default=0.005, help="share of documents carved out for val")
-    parser.add_argument("--text_key", default="text", help="field holding the text in .jsonl and TFDS records")
+    parser.add_argument("--text_key", default="text", help="field or column holding the text")
     parser.add_argument("--tfds_data_dir", default=None, help="TFDS data directory (default: TFDS's own)")
     parser.add_argument("--synthetic_train_tokens", type=int, default=2_000_000)
     parser.add_argument("--synthetic_val_tokens", type=int, default=100_000)
@@ -27,8 +38,10 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="stop after this many train tokens (and val after max_tokens * val_fraction)",
     )
+    parser.add_argument("--shard_tokens", type=int, default=DEFAULT_SHARD_TOKENS, help="tokens per shard file")
+    parser.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: every core)")
+    parser.add_argument("--hub_cache", default=None, help="where hf: datasets are downloaded (default: OUT/../hub)")
     args = parser.parse_args(argv)
-    from gpt2jax.data.prepare import prepare
 
     meta = prepare(
         args.source,
@@ -40,6 +53,9 @@ def main(argv: list[str] | None = None) -> None:
         synthetic_val_tokens=args.synthetic_val_tokens,
         seed=args.seed,
         max_tokens=args.max_tokens,
+        shard_tokens=args.shard_tokens,
+        workers=args.workers,
+        hub_cache=args.hub_cache or Path(args.out).parent / "hub",
     )
     print(json.dumps(meta, indent=2))
 
