@@ -121,13 +121,11 @@ def test_a_directory_without_a_card_follows_the_hubs_file_naming(tmp_path):
     ]
     assert [path.name for path in found.files["val"]] == ["validation-00000-of-00001.parquet"]
     (tmp_path / "plain_text" / "validation-00000-of-00001.parquet").unlink()
-    assert hub.resolve(str(tmp_path)).val_origin == "test"
+    assert hub.resolve(str(tmp_path)).val_split == "test"
     for path in (tmp_path / "plain_text").glob("t*"):
         path.rename(path.with_name(path.name.replace("train", "part").replace("test", "more")))
-    assert (
-        len(hub.resolve(str(tmp_path)).files["train"]) == 3
-        and hub.resolve(str(tmp_path)).val_origin == "carved from train"
-    )
+    unnamed = hub.resolve(str(tmp_path))
+    assert len(unnamed.files["train"]) == 3 and unnamed.val_split is None
 
 
 def test_a_hub_name_is_read_from_the_cache_offline(tmp_path, offline):

@@ -26,7 +26,7 @@ import os
 import re
 from pathlib import Path
 
-from gpt2jax.data.sources import CARVED, TEXT_SUFFIXES, file_kind
+from gpt2jax.data.formats import DATA_SUFFIXES, READABLE, file_kind
 
 # The Hub's conventions for split names in file paths (huggingface.co/docs/datasets/repository_structure).
 SPLIT_KEYWORDS = {
@@ -34,15 +34,13 @@ SPLIT_KEYWORDS = {
     "validation": ("validation", "valid", "val", "dev"),
     "test": ("test", "testing", "eval", "evaluation"),
 }
-DATA_SUFFIXES = (".parquet", ".arrow") + TEXT_SUFFIXES
-_READABLE = ".parquet, .arrow, .jsonl, .json and .txt files (each optionally .gz)"
 _HUB_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetFiles:
     files: dict[str, list[Path]]  # "train", and "val" when the dataset has a validation or test split
-    val_origin: str
+    val_split: str | None  # "validation" or "test": the split "val" holds; None: carve val from train
     origin: dict  # where the files came from, for meta.json
 
 
@@ -84,7 +82,7 @@ def _is_dir(location: str) -> bool:
 def _dataset_files(files: dict[str, list[Path]], origin: dict) -> DatasetFiles:
     val_split = next((split for split in ("validation", "test") if files.get(split)), None)
     chosen = {"train": files["train"]} | ({"val": files[val_split]} if val_split else {})
-    return DatasetFiles(chosen, val_split or CARVED, {key: value for key, value in origin.items() if value})
+    return DatasetFiles(chosen, val_split, {key: value for key, value in origin.items() if value})
 
 
 # The Hub.
@@ -277,7 +275,7 @@ def _conventional_splits(root: Path, config: str | None, name: str) -> dict[str,
         if path.is_file() and path.name.endswith(DATA_SUFFIXES) and not _hidden(path.relative_to(root))
     )
     if not files:
-        raise FileNotFoundError(f"{base} holds no data files; prepare reads {_READABLE}.")
+        raise FileNotFoundError(f"{base} holds no data files; prepare reads {READABLE}.")
     named = {
         split: [path for path in files if _split_role(_path_split(path, base)) == split] for split in SPLIT_KEYWORDS
     }
@@ -305,7 +303,7 @@ def _split_role(split: str | None) -> str | None:
 def _check_readable(files: list[Path], name: str) -> None:
     unreadable = [path for path in files if file_kind(path) is None]
     if unreadable:
-        raise ValueError(f"{name} has files prepare cannot read, e.g. {unreadable[0].name}; it reads {_READABLE}.")
+        raise ValueError(f"{name} has files prepare cannot read, e.g. {unreadable[0].name}; it reads {READABLE}.")
 
 
 def _saved_files(root: Path) -> dict[str, list[Path]]:

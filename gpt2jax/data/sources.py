@@ -38,13 +38,12 @@ from pathlib import Path
 
 import numpy as np
 
+from gpt2jax.data.formats import PARQUET_SUFFIX, TEXT_SUFFIXES, file_kind
+
 TEXT_PREFIX = "text:"
 PARQUET_PREFIX = "parquet:"
 HF_PREFIX = "hf:"
 TFDS_PREFIX = "tfds:"
-TEXT_SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".jsonl.gz", ".json", ".json.gz")
-ARROW_SUFFIX = ".arrow"  # what datasets' save_to_disk writes
-PARQUET_SUFFIX = ".parquet"
 CARVED = "carved from train"  # the val origin of a corpus without its own validation split
 JSONL_PIECE_BYTES = 32 << 20  # an uncompressed .jsonl is read in pieces of this many bytes
 TFDS_PIECE_RECORDS = 8192
@@ -124,12 +123,12 @@ def open_source(
         from gpt2jax.data import hub
 
         dataset = hub.resolve(source.removeprefix(HF_PREFIX), cache_dir=hub_cache, revision=revision)
-        val_files = dataset.files.get("val")
-        role = "train" if val_files else "carve"
-        pieces = _file_pieces(dataset.files["train"], role, text_key)
-        if val_files:
-            pieces += _file_pieces(val_files, "val", text_key)
-        return Plan(pieces, dataset.val_origin, dataset.origin)
+        if dataset.val_split is None:
+            return Plan(_file_pieces(dataset.files["train"], "carve", text_key), CARVED, dataset.origin)
+        pieces = _file_pieces(dataset.files["train"], "train", text_key) + _file_pieces(
+            dataset.files["val"], "val", text_key
+        )
+        return Plan(pieces, dataset.val_split, dataset.origin)
     if source.startswith(TFDS_PREFIX):
         return _tfds_plan(source.removeprefix(TFDS_PREFIX), text_key, tfds_data_dir or None)
     raise ValueError(
@@ -148,20 +147,6 @@ def _glob_files(pattern: str, suffixes: tuple[str, ...], example: str) -> list[P
     if unsupported:
         raise ValueError(f"{unsupported[0]} is not a {names} file; narrow the glob {pattern!r} to those.")
     return paths
-
-
-def file_kind(path: Path) -> str | None:
-    """How a data file is read, from its name; None for a file prepare cannot read."""
-    name = path.name
-    if name.endswith(PARQUET_SUFFIX):
-        return "parquet"
-    if name.endswith(ARROW_SUFFIX):
-        return "arrow"
-    if name.endswith((".txt", ".txt.gz")):
-        return "txt"
-    if name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz")):
-        return "jsonl"
-    return None
 
 
 def _file_pieces(paths: list[Path], role: str, text_key: str) -> tuple[Piece, ...]:
