@@ -538,3 +538,26 @@ def test_eval_batches_are_fixed_evenly_spaced_windows():
     assert len(short) == 2 and short[-1][1][-1, -1] == 29
     with pytest.raises(ValueError, match="val split holds 10 tokens, fewer than block_size \\+ 1 = 11"):
         eval_batches(tokens[:10], batch_size=4, block_size=10, num_batches=2)
+
+
+def test_training_metrics_count_epochs_over_the_unique_train_tokens(tmp_path):
+    from gpt2jax.train import run
+    from gpt2jax.workdir import read_metrics
+
+    config = tiny_config(tmp_path / "data", steps=2, log_every=1, eval_every=2, eval_batches=1, checkpoint_every=2)
+    config.model.update(n_layer=1, n_head=2, n_embd=16, vocab_size=65, vocab_multiple=8)
+    # 8 x 16 tokens a step over 1,000 unique tokens: 0.128 epochs a step.
+    config.data.update(source="synthetic:num_states=64,vocabulary=compact", synthetic_train_tokens=1_000)
+    run(config, tmp_path / "run")
+    assert [record["epochs"] for record in read_metrics(tmp_path / "run")] == [0.128, 0.256]
+
+
+def test_the_prepare_command_prepares_a_configs_data_where_training_reads_it(tmp_path, capsys):
+    prepare_command(["--config", "tiny", "--data_dir", str(tmp_path)])
+    printed = json.loads(capsys.readouterr().out)
+    config = tiny_config(tmp_path)
+    config.data.update(synthetic_train_tokens=1_000_000, synthetic_val_tokens=50_000)  # configs/tiny.py's
+    assert printed["dir"] == str(prepared_data(config).path) and printed["train_tokens"] == 1_000_000
+    with pytest.raises(SystemExit) as exit_info:
+        prepare_command(["--config", "tiny", "--source", "synthetic"])
+    assert exit_info.value.code == 2
