@@ -160,10 +160,9 @@ def _file_pieces(paths: list[Path], role: str, text_key: str) -> tuple[Piece, ..
             _check_arrow_column(path, text_key)
         size = path.stat().st_size
         if kind == "jsonl" and not path.name.endswith(".gz") and size > JSONL_PIECE_BYTES:
-            pieces += [
-                Piece(str(path), kind, role, start, min(start + JSONL_PIECE_BYTES, size), JSONL_PIECE_BYTES, text_key)
-                for start in range(0, size, JSONL_PIECE_BYTES)
-            ]
+            for start in range(0, size, JSONL_PIECE_BYTES):
+                stop = min(start + JSONL_PIECE_BYTES, size)
+                pieces.append(Piece(str(path), kind, role, start, stop, stop - start, text_key))
         else:
             pieces.append(Piece(str(path), kind, role, 0, size, size, text_key))
     return tuple(pieces)
@@ -290,12 +289,11 @@ def _jsonl_text(line: str, piece: Piece, line_index: int | None, offset: int) ->
     try:
         record = json.loads(line)
     except json.JSONDecodeError:
-        record = None
         problem = "is not JSON; each line must be one JSON object"
-    text = record.get(piece.text_key) if isinstance(record, dict) else None
-    if isinstance(text, str):
-        return text
-    if record is not None:
+    else:
+        text = record.get(piece.text_key) if isinstance(record, dict) else None
+        if isinstance(text, str):
+            return text
         problem = (
             f"has no string field {piece.text_key!r}; pass --text_key (data.text_key) with the field that holds it"
         )
