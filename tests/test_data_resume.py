@@ -149,3 +149,43 @@ def test_a_prepare_stopped_by_sigterm_unwinds_with_its_journal_and_continues(cor
     assert [shard["file"] for shard in journal["splits"]["train"]["shards"]] == [p.name for p in published(partial)]
     assert journal["done"] == {"train": 0, "val": 0}
     finish(out, cache, reference, identities(published(partial)))
+
+
+def test_a_journal_is_continued_only_for_the_same_input_and_stale_files_are_removed(tmp_path, monkeypatch):
+    from gpt2jax.data.shards import ShardWriter
+    from tests.corpora import write_parquet_files
+
+    files = write_parquet_files(tmp_path / "corpus", documents(300), files=2)
+    source, out = f"parquet:{tmp_path}/corpus/*.parquet", tmp_path / "out"
+    real_publish = ShardWriter.publish
+
+    def interrupt_at_the_third_shard(self):
+        real_publish(self)
+        if len(self.published) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ShardWriter, "publish", interrupt_at_the_third_shard)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(source, out, shard_tokens=1_000)
+    monkeypatch.undo()
+    partial = tmp_path / ".out.partial"
+    with pytest.raises(ValueError, match="interrupted prepare with shard_tokens=1000; pass that"):
+        prepare(source, out, shard_tokens=2_000)
+    with pytest.raises(ValueError, match="with val_fraction=0.005 \\(not 0.1\\)"):
+        prepare(source, out, shard_tokens=1_000, val_fraction=0.1)
+    # A dead prepare's temporary files, and a shard it wrote past its journal, are not taken for work done.
+    (partial / "journal.json.tmp").write_text("{")
+    (partial / "train_000042.bin").write_bytes(b"\0" * 2_000)
+    meta = prepare(source, out, shard_tokens=1_000)
+    assert meta["shards"] == prepare(source, tmp_path / "fresh", shard_tokens=1_000)["shards"]
+    assert sorted(path.name for path in out.iterdir()) == sorted(
+        ["meta.json"] + [shard["file"] for split in ("train", "val") for shard in meta["shards"][split]]
+    )
+    # Changed files behind the source: the journal is refused, not continued over other text.
+    monkeypatch.setattr(ShardWriter, "publish", interrupt_at_the_third_shard)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(source, tmp_path / "again", shard_tokens=1_000)
+    monkeypatch.undo()
+    files[1].write_bytes(files[0].read_bytes())
+    with pytest.raises(ValueError, match="changed since the prepare interrupted in .*again.partial began"):
+        prepare(source, tmp_path / "again", shard_tokens=1_000)
