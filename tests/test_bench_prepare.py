@@ -25,4 +25,5 @@ def test_the_benchmark_times_prepare_and_tiktoken_on_the_same_tokens(tmp_path, c
         assert row["tokens"] > 20_000
         assert row["ratio"] == row["prepare_tokens_per_s"] / row["ceiling_tokens_per_s"]
         assert row["steady_tokens_per_s"] >= row["prepare_tokens_per_s"] > 0
+        assert row["cpu_ratio"] == row["prepare_tokens_per_cpu_s"] / row["ceiling_tokens_per_cpu_s"] > 0
     assert rows[0]["pool_start_s"] == 0 < rows[1]["pool_start_s"]

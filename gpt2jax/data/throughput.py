@@ -8,6 +8,10 @@ pool (spawning n interpreters that import numpy, pyarrow and tiktoken and load t
 fixed cost, a second or two, that a benchmark-sized input feels and a 10B-token prepare does not:
 it is timed on its own, and the steady rate leaves it out.
 
+On a machine other jobs share, wall-clock rates say more about the other jobs than about
+prepare; the CPU seconds each run consumed (all its threads and worker processes) do not depend
+on them, so tokens per CPU-second, and its ratio, are reported too.
+
 Without a source, the text is generated: English words from GPT-2's vocabulary (its lower-case
 words among the first 20,000 merges, drawn with Zipf weights by merge rank, so frequent words are
 frequent), in sentences and paragraphs, about 1,600 characters and 4.4 characters a token, like web
@@ -18,6 +22,7 @@ text. Give
 from __future__ import annotations
 
 import re
+import resource
 import shutil
 import tempfile
 import time
@@ -29,8 +34,8 @@ from gpt2jax.data import sources
 from gpt2jax.data.prepare import prepare
 from gpt2jax.data.tokenizer import get_tokenizer
 
-_CORPUS_FILES = 4  # parquet files the sample is written as, 1,000 documents a row group
-_ROW_GROUP_DOCUMENTS = 1000
+_CORPUS_FILES = 4  # parquet files the sample is written as
+_ROW_GROUP_BYTES = 1 << 20
 
 
 def source_sample(source: str, megabytes: float, *, text_key: str = "text", hub_cache=None) -> list[str]:
@@ -72,24 +77,39 @@ def generated_sample(megabytes: float, seed: int = 0) -> list[str]:
 
 
 def write_parquet_corpus(texts: list[str], directory: Path) -> str:
-    """texts as parquet files in directory; returns the ``parquet:`` source that reads them back in order."""
+    """texts as parquet files in directory; returns the ``parquet:`` source that reads them back in order.
+
+    Row groups (prepare's pieces) hold about 1 MB of text each, as FineWeb's hold 1,000 documents,
+    so that every core gets many pieces whatever the documents' lengths.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     directory.mkdir(parents=True, exist_ok=True)
-    for index, part in enumerate(np.array_split(np.arange(len(texts)), _CORPUS_FILES)):
-        table = pa.table({"text": [texts[i] for i in part]})
-        pq.write_table(table, directory / f"{index:03d}.parquet", row_group_size=_ROW_GROUP_DOCUMENTS)
+    group_of_text = (np.cumsum([len(text) for text in texts]) // _ROW_GROUP_BYTES).astype(int)
+    groups = [np.flatnonzero(group_of_text == group) for group in np.unique(group_of_text)]
+    for index, file_groups in enumerate(np.array_split(np.arange(len(groups)), _CORPUS_FILES)):
+        schema = pa.schema([("text", pa.string())])
+        with pq.ParquetWriter(directory / f"{index:03d}.parquet", schema) as writer:
+            for group in file_groups:
+                writer.write_table(pa.table({"text": [texts[i] for i in groups[group]]}, schema=schema))
     return f"parquet:{directory}/*.parquet"
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process's threads and of its children that have been waited for."""
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(part.ru_utime + part.ru_stime for part in usage)
+
+
 def ceiling(texts: list[str], threads: int) -> dict:
-    """tiktoken's encode_ordinary_batch over texts with threads: (tokens, seconds)."""
+    """tiktoken's encode_ordinary_batch over texts with threads: tokens, seconds and CPU seconds."""
     encoder = get_tokenizer()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _cpu_seconds()
     token_lists = encoder.encode_ordinary_batch(texts, num_threads=threads)
-    seconds = time.perf_counter() - start
-    return {"tokens": sum(map(len, token_lists)) + sum(1 for text in texts if text), "seconds": seconds}
+    seconds, cpu_seconds = time.perf_counter() - start, _cpu_seconds() - cpu_start
+    tokens = sum(map(len, token_lists)) + sum(1 for text in texts if text)  # and one <|endoftext|> each
+    return {"tokens": tokens, "seconds": seconds, "cpu_seconds": cpu_seconds}
 
 
 def pool_start(workers: int, scratch: Path) -> float:
@@ -107,13 +127,13 @@ def pool_start(workers: int, scratch: Path) -> float:
 
 
 def pipeline(source: str, workers: int, scratch: Path) -> dict:
-    """A whole prepare of source with workers tokenizer processes: (tokens written, seconds)."""
+    """A whole prepare of source with workers tokenizer processes: tokens written, seconds and CPU seconds."""
     out = scratch / f"prepared-{workers}"
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), _cpu_seconds()
     meta = prepare(source, out, workers=workers, val_fraction=0.005)
-    seconds = time.perf_counter() - start
+    seconds, cpu_seconds = time.perf_counter() - start, _cpu_seconds() - cpu_start  # the pool is joined by now
     shutil.rmtree(out)
-    return {"tokens": meta["train_tokens"] + meta["val_tokens"], "seconds": seconds}
+    return {"tokens": meta["train_tokens"] + meta["val_tokens"], "seconds": seconds, "cpu_seconds": cpu_seconds}
 
 
 def benchmark(texts: list[str], worker_counts: list[int], repeats: int = 2) -> list[dict]:
@@ -138,6 +158,7 @@ def benchmark(texts: list[str], worker_counts: list[int], repeats: int = 2) -> l
             ceiling_rate = tokens / best["ceiling"]["seconds"]
             prepare_rate = tokens / best["prepare"]["seconds"]
             steady_rate = tokens / max(best["prepare"]["seconds"] - min(starts), 1e-9)
+            cpu_rate = {name: tokens / min(run["cpu_seconds"] for run in results) for name, results in runs.items()}
             rows.append(
                 {
                     "cores": workers,
@@ -148,6 +169,9 @@ def benchmark(texts: list[str], worker_counts: list[int], repeats: int = 2) -> l
                     "pool_start_s": min(starts),
                     "steady_tokens_per_s": steady_rate,
                     "steady_ratio": steady_rate / ceiling_rate,
+                    "ceiling_tokens_per_cpu_s": cpu_rate["ceiling"],
+                    "prepare_tokens_per_cpu_s": cpu_rate["prepare"],
+                    "cpu_ratio": cpu_rate["prepare"] / cpu_rate["ceiling"],
                 }
             )
     return rows
