@@ -160,6 +160,7 @@ class Tokenizers:
                     return None
             except concurrent.futures.process.BrokenProcessPool:
                 raise RuntimeError(
-                    "a tokenizer worker died (killed, or out of memory); run the same command again to continue, "
-                    "with fewer workers (--workers, data.workers) if memory ran out."
+                    "a tokenizer worker died (killed, out of memory, or started from a script that lacks an "
+                    "`if __name__ == '__main__':` guard); run the same command again to continue, with fewer "
+                    "workers (--workers, data.workers) if memory ran out."
                 ) from None
