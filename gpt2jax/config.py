@@ -36,7 +36,8 @@ def base_config() -> ml_collections.ConfigDict:
 
     config.data = ml_collections.ConfigDict(
         dict(
-            source="synthetic",  # synthetic | text:GLOB | tfds:NAME[/CONFIG]
+            # synthetic | text:GLOB | parquet:GLOB | hf:OWNER/NAME[:CONFIG] | hf:DIR | tfds:NAME[/CONFIG]
+            source="synthetic",
             dir="data",  # prepared token files live in dir/<source slug>
             val_fraction=0.005,
             text_key="text",
@@ -44,6 +45,9 @@ def base_config() -> ml_collections.ConfigDict:
             synthetic_train_tokens=2_000_000,
             synthetic_val_tokens=100_000,
             max_tokens=0,  # stop preparing a corpus after this many train tokens; 0 reads it all
+            shard_tokens=100_000_000,  # tokens per prepared shard file (200 MB); the stream is the same for any
+            workers=0,  # tokenizer processes for prepare; 0: every core (none for an input under 16 MB)
+            hub_cache="",  # where hf: datasets are downloaded; empty: dir/hub
         )
     )
 
@@ -91,15 +95,16 @@ def gpt2_recipe(
 
     About 0.5M tokens a step (512 sequences of 1024) through gradient accumulation, linear
     warmup over 715 steps then cosine decay to 10% of the peak rate, AdamW with beta2 0.95 and
-    weight decay 0.1, bfloat16 compute, on C4's English web text through TFDS (build it once
-    with `tfds build c4/en --file_format=array_record`); its first 10B tokens cover the
-    19073 steps once.
+    weight decay 0.1, bfloat16 compute, on FineWeb-Edu's 10B-token sample (the corpus build-nanogpt
+    and llm.c train this recipe on; about 10B GPT-2 tokens, so the 19073 steps read it about once,
+    which the ``epochs`` metric shows). It is downloaded from the Hugging Face Hub into
+    ``<data.dir>/hub`` and prepared on first use (README, "Data").
     """
     from gpt2jax.model import preset as model_preset
 
     config = base_config()
     config.model.update(**model_preset(preset), block_size=1024, dtype="bfloat16", remat=remat)
-    config.data.update(source="tfds:c4/en", max_tokens=10_000_000_000)
+    config.data.update(source="hf:HuggingFaceFW/fineweb-edu:sample-10BT")
     config.train.update(
         batch_size=512,
         grad_accum_steps=grad_accum_steps,

@@ -163,8 +163,9 @@ def hellaswag_examples(
         records = builder.as_data_source(split=split)
     except (NotImplementedError, ValueError, AssertionError, FileNotFoundError):
         raise FileNotFoundError(
-            f"HellaSwag is not prepared as ArrayRecord under {builder.data_dir_root}; build it with "
-            f"`tfds build hellaswag --file_format=array_record --data_dir={builder.data_dir_root}`, "
+            f"HellaSwag is not prepared as ArrayRecord under {builder.data_dir_root}; building it needs "
+            f"TensorFlow (`pip install tensorflow`), then `tfds build hellaswag --file_format=array_record "
+            f"--data_dir={builder.data_dir_root}`, "
             "or pass --tfds_data_dir where it is."
         ) from None
     count = len(records) if limit is None else min(limit, len(records))

@@ -285,6 +285,7 @@ def run(config, workdir: str | Path) -> dict:
                     "tokens_seen": completed * step_cost["tokens_per_step"],
                     "flops_seen": completed * step_cost["flops_per_step"],
                 }
+                record["epochs"] = record["tokens_seen"] / len(data.train)  # passes over the unique train tokens
                 if window.steps:
                     speed = flops.throughput(step_cost, window.steps, window.seconds(), peak)
                     record.update(tokens_per_s=speed["tokens_per_s"], mfu=speed["mfu"])

@@ -1,4 +1,8 @@
-"""Tests for gpt2jax.data: tokenizer, synthetic language, sources, prepare and loader (CPU, seconds)."""
+"""Tests for gpt2jax.data: tokenizer, synthetic language, text sources, prepare, shards and loader (CPU, seconds).
+
+Parquet and Hugging Face sources are tested in test_data_sources.py, killed and resumed prepares in
+test_data_resume.py.
+"""
 
 from __future__ import annotations
 
@@ -18,16 +22,27 @@ import tiktoken.registry
 
 from gpt2jax.cli.prepare import entry as prepare_command
 from gpt2jax.data import prepare as prepare_module
-from gpt2jax.data.loader import batch_for_step, ensure_prepared, eval_batches, open_prepared, prepared_dir_name
+from gpt2jax.data.loader import (
+    TokenStream,
+    batch_for_step,
+    ensure_prepared,
+    eval_batches,
+    open_prepared,
+    prepared_data,
+    prepared_dir_name,
+)
 from gpt2jax.data.prepare import prepare
+from gpt2jax.data.shards import ShardWriter
 from gpt2jax.data.synthetic import SyntheticLanguage
 from gpt2jax.data.tokenizer import EOT_TOKEN_ID, GPT2_VOCAB_SIZE, get_tokenizer
+from tests.corpora import write_json_gz
+from tests.helpers import tiny_config
 
 EOT = "<|endoftext|>"
 
 
-def decode(tokens: np.ndarray) -> str:
-    return get_tokenizer().decode(tokens.tolist())
+def decode(tokens: TokenStream | np.ndarray) -> str:
+    return get_tokenizer().decode(tokens[:].tolist())
 
 
 def joined(documents: list[str]) -> str:
@@ -36,6 +51,10 @@ def joined(documents: list[str]) -> str:
 
 def sha256(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def shard_files(meta: dict) -> dict:
+    return {split: [shard["file"] for shard in meta["shards"][split]] for split in ("train", "val")}
 
 
 # Tokenizer.
@@ -119,12 +138,13 @@ def test_synthetic_options_parse_and_bad_ones_are_refused():
         SyntheticLanguage.from_source("synthetic:num_states=4,support_size=8", seed=0)
 
 
-# prepare: every source.
+# prepare: synthetic and text sources, written as shards.
 
 
-def test_prepare_synthetic(tmp_path):
+def test_prepare_synthetic_in_shards(tmp_path):
     out = tmp_path / "syn"
-    meta = prepare("synthetic", out, synthetic_train_tokens=50_000, synthetic_val_tokens=5_000, seed=1)
+    kwargs = dict(synthetic_train_tokens=50_000, synthetic_val_tokens=5_000, seed=1)
+    meta = prepare("synthetic", out, shard_tokens=12_000, **kwargs)
     language = SyntheticLanguage(seed=1)
     assert meta["entropy_rate_nats_per_token"] == pytest.approx(language.entropy_rate_nats(), rel=1e-12)
     assert meta["synthetic"] == language.spec()
@@ -133,18 +153,22 @@ def test_prepare_synthetic(tmp_path):
         GPT2_VOCAB_SIZE,
         EOT_TOKEN_ID,
         "gpt2",
-        1,
+        2,
     )
-    assert meta["sha256"] == {"train.bin": sha256(out / "train.bin"), "val.bin": sha256(out / "val.bin")}
+    # Five shards of 12,000 tokens but the last, listed in order with their counts and hashes.
+    train_shards = meta["shards"]["train"]
+    assert [shard["tokens"] for shard in train_shards] == [12_000] * 4 + [2_000]
+    assert [shard["file"] for shard in train_shards] == [f"train_{index:06d}.bin" for index in range(5)]
+    assert all(shard["sha256"] == sha256(out / shard["file"]) for shard in train_shards + meta["shards"]["val"])
     assert json.loads((out / "meta.json").read_text()) == meta
     data = open_prepared(out)
-    np.testing.assert_array_equal(data.train, language.generate(50_000, seed=0))
-    assert data.val.dtype == np.uint16 and len(data.val) == 5_000
-    assert not np.array_equal(data.train[:5_000], data.val)  # train and val are independent samples
-    # A second call reuses the directory instead of writing it again.
-    mtime = (out / "train.bin").stat().st_mtime_ns
-    assert prepare("synthetic", out, synthetic_train_tokens=50_000, synthetic_val_tokens=5_000, seed=1) == meta
-    assert (out / "train.bin").stat().st_mtime_ns == mtime
+    np.testing.assert_array_equal(data.train[:], language.generate(50_000, seed=0))
+    assert len(data.val) == 5_000 and data.val[:].dtype == np.uint16
+    assert not np.array_equal(data.train[:5_000], data.val[:])  # train and val are independent samples
+    # A second call reuses the directory, whatever its shard size, instead of writing it again.
+    mtime = (out / "train_000000.bin").stat().st_mtime_ns
+    assert prepare("synthetic", out, **kwargs) == meta
+    assert (out / "train_000000.bin").stat().st_mtime_ns == mtime
     with pytest.raises(ValueError, match="seed=1 \\(not 2\\)"):
         prepare("synthetic", out, synthetic_train_tokens=50_000, synthetic_val_tokens=5_000, seed=2)
 
@@ -153,8 +177,8 @@ def test_prepare_synthetic_compact_vocabulary(tmp_path):
     source = "synthetic:num_states=64,support_size=8,vocabulary=compact"
     meta = prepare(source, tmp_path / "compact", synthetic_train_tokens=20_000, synthetic_val_tokens=2_000)
     assert (meta["vocab_size"], meta["eot_token_id"]) == (65, 64) and "not GPT-2 BPE" in meta["tokenizer"]
-    data = open_prepared(tmp_path / "compact")
-    assert data.train.max() == 64 and np.sum(data.train == 64) > 0
+    train = open_prepared(tmp_path / "compact").train[:]
+    assert train.max() == 64 and np.sum(train == 64) > 0
     # The chain of the GPT-2-id language with the same options, its states renamed 0..64.
     wide = SyntheticLanguage(num_states=64, support_size=8)
     compact = SyntheticLanguage.from_source(source, seed=0)
@@ -165,7 +189,7 @@ def test_prepare_synthetic_compact_vocabulary(tmp_path):
 
 
 def make_text_corpus(root) -> list[str]:
-    """Writes .txt, .txt.gz and .jsonl[.gz] files; returns their documents in the order prepare reads them."""
+    """Writes .txt, .txt.gz, .jsonl[.gz] and .json.gz files; returns their documents in the order prepare reads them."""
     root.mkdir()
     txt = ["First document.\nIt has two lines.\n", "Second document, with a literal <|endoftext|> in it."]
     txt_gz = "Third document, compressed: café ☕."
@@ -179,7 +203,9 @@ def make_text_corpus(root) -> list[str]:
     (root / "d.jsonl").write_text("\n".join(lines[:3]) + "\n\n" + "\n".join(lines[3:]) + "\n")  # a blank line
     with gzip.open(root / "e.jsonl.gz", "wt", encoding="utf-8") as file:
         file.write(json.dumps({"text": jsonl_gz}) + "\n")
-    return txt + [txt_gz] + jsonl + [jsonl_gz]
+    c4_like = ["From a .json.gz file, as allenai/c4 ships them.", "Its second line."]
+    write_json_gz(root / "f.json.gz", c4_like)
+    return txt + [txt_gz] + jsonl + [jsonl_gz] + c4_like
 
 
 def test_prepare_text_files(tmp_path):
@@ -191,16 +217,20 @@ def test_prepare_text_files(tmp_path):
     data = open_prepared(tmp_path / "out")
     assert decode(data.train) == joined(train) and decode(data.val) == joined(val)
     # Every document ends in exactly one separator; the literal "<|endoftext|>" stays plain text.
-    assert np.sum(data.train == EOT_TOKEN_ID) == len(train) and np.sum(data.val == EOT_TOKEN_ID) == len(val)
+    assert np.sum(data.train[:] == EOT_TOKEN_ID) == len(train) and np.sum(data.val[:] == EOT_TOKEN_ID) == len(val)
     assert meta["val_split"] == "carved from train"
     assert (meta["train_tokens"], meta["val_tokens"]) == (len(data.train), len(data.val))
-    assert meta["sha256"]["val.bin"] == sha256(tmp_path / "out" / "val.bin")
+    assert meta["shards"]["val"][0]["sha256"] == sha256(tmp_path / "out" / "val_000000.bin")
 
 
 def test_prepare_max_tokens_caps_train_and_val(tmp_path):
     make_text_corpus(tmp_path / "corpus")
-    meta = prepare(f"text:{tmp_path}/corpus/*", tmp_path / "out", val_fraction=0.5, max_tokens=12)
+    meta = prepare(f"text:{tmp_path}/corpus/*", tmp_path / "out", val_fraction=0.5, max_tokens=12, shard_tokens=5)
     assert (meta["train_tokens"], meta["val_tokens"]) == (12, 6)
+    assert [shard["tokens"] for shard in meta["shards"]["train"]] == [5, 5, 2]
+    prepare(f"text:{tmp_path}/corpus/*", tmp_path / "full", val_fraction=0.5)
+    full = open_prepared(tmp_path / "full")
+    np.testing.assert_array_equal(open_prepared(tmp_path / "out").train[:], full.train[:12])
 
 
 def test_prepare_tfds_mocked_registered_dataset(tmp_path, monkeypatch):
@@ -257,7 +287,7 @@ def test_prepare_tfds_array_record_dataset_uses_its_validation_split(tmp_path):
         assert decode(getattr(data, split)) == joined(documents)
 
 
-# prepare: refusals, each one sentence, leaving nothing behind.
+# prepare: refusals, each one sentence, leaving nothing behind that passes for prepared data.
 
 
 @pytest.mark.parametrize(
@@ -266,15 +296,16 @@ def test_prepare_tfds_array_record_dataset_uses_its_validation_split(tmp_path):
         ({}, "text:{root}/*.txt", FileNotFoundError, "no files match"),
         ({"a.txt": b"", "b.txt": b""}, "text:{root}/*.txt", ValueError, "contains no text"),
         ({"a.txt": b"only one document"}, "text:{root}/*.txt", ValueError, "at least two non-empty documents"),
-        ({"a.md": b"markdown"}, "text:{root}/*", ValueError, "not a .txt, .txt.gz, .jsonl or .jsonl.gz file"),
+        ({"a.md": b"markdown"}, "text:{root}/*", ValueError, "not a .txt, .txt.gz, .jsonl, .jsonl.gz, .json, .json.gz"),
         ({"a.txt": b"\xff\xfe bad bytes", "b.txt": b"ok"}, "text:{root}/*.txt", ValueError, "is not UTF-8 text"),
         ({"a.txt.gz": b"not gzip", "b.txt": b"ok"}, "text:{root}/*", ValueError, "cannot read .*a.txt.gz"),
+        ({"a.json.gz": gzip.compress(b"{}")[:12]}, "text:{root}/*", ValueError, "cannot read .*a.json.gz"),
         ({"a.jsonl": b'{"body": "x"}\n'}, "text:{root}/*", ValueError, "line 1 has no string field 'text'"),
-        ({"a.jsonl": b"not json\n"}, "text:{root}/*", ValueError, "line 1 is not JSON"),
-        ({}, "tfds:tiny_shakespeare", FileNotFoundError, "not prepared as ArrayRecord.*tfds build tiny_shakespeare"),
+        ({"a.jsonl": b'{"text": "x"}\nnot json\n'}, "text:{root}/*", ValueError, "line 2 is not JSON"),
+        ({}, "tfds:tiny_shakespeare", FileNotFoundError, "not prepared as ArrayRecord.*needs TensorFlow"),
         ({}, "tfds:no_such_dataset_anywhere", ValueError, "TFDS has no dataset 'no_such_dataset_anywhere'"),
         # c4 is registered only once its module is imported, which the source does when TFDS misses it.
-        ({}, "tfds:c4/en", FileNotFoundError, "'c4/en' is not prepared as ArrayRecord"),
+        ({}, "tfds:c4/en", FileNotFoundError, "'c4/en' is not prepared as ArrayRecord.*Apache Beam"),
         ({}, "wikipedia", ValueError, "unknown data source"),
     ],
 )
@@ -287,7 +318,8 @@ def test_bad_sources_are_refused_clearly(tmp_path, files, source, error, message
     with pytest.raises(error, match=message) as raised:
         prepare(source.format(root=root), out, tfds_data_dir=str(tmp_path / "empty_tfds"))
     assert "\n" not in str(raised.value)
-    assert not out.parent.exists() or not any(out.parent.iterdir())
+    # A source refused when opened leaves nothing; one found bad while reading, only the lock file.
+    assert not out.parent.exists() or [path.name for path in out.parent.iterdir()] in ([], [".out.lock"])
 
 
 def test_cli_reports_errors_in_one_line_and_prints_meta(tmp_path, capsys):
@@ -299,35 +331,40 @@ def test_cli_reports_errors_in_one_line_and_prints_meta(tmp_path, capsys):
     make_text_corpus(tmp_path / "corpus")
     prepare_command(
         ["--source", f"text:{tmp_path}/corpus/*.txt", "--out", str(tmp_path / "out"), "--val_fraction", "0.5"]
+        + ["--shard_tokens", "4"]
     )
-    assert json.loads(capsys.readouterr().out) == open_prepared(tmp_path / "out").meta
+    meta = json.loads(capsys.readouterr().out)
+    assert meta == open_prepared(tmp_path / "out").meta and len(meta["shards"]["train"]) > 1
 
 
 # prepare: atomicity.
 
 
-def test_interrupted_prepare_leaves_nothing_that_counts_as_prepared(tmp_path, monkeypatch):
+def test_an_interrupted_prepare_leaves_nothing_that_counts_as_prepared(tmp_path, monkeypatch):
     make_text_corpus(tmp_path / "corpus")
+    source = f"text:{tmp_path}/corpus/*"
     out = tmp_path / "prepared" / "out"
-    real_append = prepare_module._TokenFile.append
+    real_append = ShardWriter.append
+    calls = []
 
     def append_then_interrupt(self, tokens):
-        real_append(self, tokens)  # some tokens reach the disk first
-        raise KeyboardInterrupt
+        real_append(self, tokens)  # the tokens reach the disk, the interrupt comes before anything else
+        calls.append(len(tokens))
+        if len(calls) == 5:
+            raise KeyboardInterrupt
 
-    monkeypatch.setattr(prepare_module._TokenFile, "append", append_then_interrupt)
+    monkeypatch.setattr(ShardWriter, "append", append_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        prepare(f"text:{tmp_path}/corpus/*", out)
-    assert list((tmp_path / "prepared").iterdir()) == []
+        prepare(source, out, shard_tokens=8)
+    assert not out.exists() and all(path.name.startswith(".") for path in out.parent.iterdir())
     with pytest.raises(FileNotFoundError, match="no prepared data"):
         open_prepared(out)
     monkeypatch.undo()
-    # A run killed before it could clean up leaves a hidden work directory, which nothing reads.
-    stale = tmp_path / "prepared" / ".out.tmp-12345-abcdefgh"
-    stale.mkdir()
-    (stale / "train.bin").write_bytes(b"\0\0")
-    meta = prepare(f"text:{tmp_path}/corpus/*", out, val_fraction=0.5)
-    assert open_prepared(out).meta == meta and len(open_prepared(out).train) == meta["train_tokens"]
+    # Started again, it ends with the shards an uninterrupted prepare writes.
+    meta = prepare(source, out, shard_tokens=8)
+    assert meta == open_prepared(out).meta
+    assert meta["shards"] == prepare(source, out.parent / "again", shard_tokens=8)["shards"]
+    assert sorted(path.name for path in out.parent.iterdir()) == [".again.lock", ".out.lock", "again", "out"]
 
 
 def test_damaged_or_foreign_directories_are_refused(tmp_path):
@@ -338,28 +375,44 @@ def test_damaged_or_foreign_directories_are_refused(tmp_path):
         prepare("synthetic", foreign, synthetic_train_tokens=1000, synthetic_val_tokens=100)
     assert (foreign / "notes.txt").read_text() == "keep me"
     out = tmp_path / "out"
-    prepare("synthetic", out, synthetic_train_tokens=1000, synthetic_val_tokens=100)
-    with open(out / "train.bin", "r+b") as file:
+    prepare("synthetic", out, synthetic_train_tokens=1000, synthetic_val_tokens=100, shard_tokens=400)
+    with open(out / "train_000001.bin", "r+b") as file:
         file.truncate(100)
-    with pytest.raises(ValueError, match="train.bin holds 50 tokens but meta.json says 1000"):
+    with pytest.raises(ValueError, match="train_000001.bin holds 50 tokens but meta.json says 400"):
         open_prepared(out)
 
 
 def test_losing_a_publish_race_keeps_the_winners_copy(tmp_path, monkeypatch):
+    # Two hosts whose filesystem shares no locks: the other one renames its copy into place first.
     out = tmp_path / "out"
     kwargs = dict(synthetic_train_tokens=2000, synthetic_val_tokens=200)
-    real_write = prepare_module._write_synthetic_source
+    real_write = prepare_module._write_synthetic
 
-    def another_process_finishes_first(*args):
+    def another_host_publishes_first(*args):
         written = real_write(*args)
-        monkeypatch.setattr(prepare_module, "_write_synthetic_source", real_write)
-        prepare("synthetic", out, **kwargs)
+        monkeypatch.setattr(prepare_module, "_write_synthetic", real_write)
+        prepare("synthetic", tmp_path / "elsewhere" / "out", **kwargs)
+        os.rename(tmp_path / "elsewhere" / "out", out)
         return written
 
-    monkeypatch.setattr(prepare_module, "_write_synthetic_source", another_process_finishes_first)
+    monkeypatch.setattr(prepare_module, "_write_synthetic", another_host_publishes_first)
     meta = prepare("synthetic", out, **kwargs)
     assert meta == open_prepared(out).meta
-    assert [path.name for path in tmp_path.iterdir()] == ["out"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".out.lock", "elsewhere", "out"]
+
+
+def test_a_directory_in_the_single_file_format_still_reads(tmp_path):
+    # Format 1 wrote one train.bin and one val.bin.
+    out = tmp_path / "old"
+    out.mkdir()
+    train, val = np.arange(300, dtype="<u2"), np.arange(40, dtype="<u2")
+    (out / "train.bin").write_bytes(train.tobytes())
+    (out / "val.bin").write_bytes(val.tobytes())
+    meta = {"format_version": 1, "source": "text:x", "settings": {}, "vocab_size": GPT2_VOCAB_SIZE}
+    (out / "meta.json").write_text(json.dumps(meta | {"train_tokens": 300, "val_tokens": 40}))
+    data = open_prepared(out)
+    np.testing.assert_array_equal(data.train[:], train)
+    np.testing.assert_array_equal(data.val[:], val)
 
 
 # loader.
@@ -380,10 +433,53 @@ def test_ensure_prepared_names_dirs_by_settings_and_serialises_processes(tmp_pat
     assert sorted(path.name for path in tmp_path.iterdir()) == sorted([paths[0].name, f".{paths[0].name}.lock"])
     assert open_prepared(paths[0]).meta["train_tokens"] == 3000
     assert paths[0].name.startswith("synthetic-")
-    # Settings that change the tokens change the name; where TFDS keeps its files does not.
+    # Settings that change the tokens change the name; how they are cut and where inputs come from do not.
     assert prepared_dir_name("synthetic", seed=1, **kwargs) != paths[0].name
-    assert prepared_dir_name("synthetic", tfds_data_dir="/elsewhere", **kwargs) == paths[0].name
+    layout = dict(tfds_data_dir="/elsewhere", hub_cache="/cache", shard_tokens=7, workers=3)
+    assert prepared_dir_name("synthetic", **layout, **kwargs) == paths[0].name
     assert prepared_dir_name("synthetic", max_tokens=0, **kwargs) == prepared_dir_name("synthetic", **kwargs)
+
+
+def test_token_stream_reads_shards_as_one_array():
+    stream_N = np.arange(1000, dtype=np.uint16)
+    cuts = [0, 1, 7, 300, 301, 640, 1000]  # shards of 1, 6, 293, 1, 339 and 360 tokens
+    stream = TokenStream([stream_N[a:b] for a, b in zip(cuts[:-1], cuts[1:])])
+    assert len(stream) == 1000
+    for start, stop in [(0, 1000), (0, 1), (5, 9), (6, 302), (299, 301), (639, 641), (990, 1000), (1000, 1000)]:
+        np.testing.assert_array_equal(stream[start:stop], stream_N[start:stop])
+    np.testing.assert_array_equal(stream[-10:], stream_N[-10:])
+    with pytest.raises(TypeError, match="contiguous slices"):
+        stream[::2]
+
+
+def test_batches_over_shards_are_the_batches_of_the_whole_stream():
+    tokens_N = np.random.default_rng(0).integers(0, 50000, 4000).astype(np.uint16)
+    shards = TokenStream([tokens_N[start : start + 100] for start in range(0, 4000, 100)])  # every window crosses one
+    args = dict(batch_size=8, block_size=128)
+    for step in range(20):
+        for got, want in zip(
+            batch_for_step(shards, seed=3, step=step, **args), batch_for_step(tokens_N, seed=3, step=step, **args)
+        ):
+            np.testing.assert_array_equal(got, want)
+    for got, want in zip(
+        eval_batches(shards, num_batches=3, **args), eval_batches(tokens_N, num_batches=3, **args), strict=True
+    ):
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_prepared_shards_give_the_batches_of_one_file(tmp_path):
+    config = tiny_config(tmp_path / "data")
+    config.data.update(shard_tokens=1_000)  # 50 shards for 50,000 train tokens
+    sharded = prepared_data(config)
+    config.data.update(shard_tokens=1_000_000, dir=str(tmp_path / "one"))
+    single = prepared_data(config)
+    assert len(sharded.meta["shards"]["train"]) == 50 and len(single.meta["shards"]["train"]) == 1
+    for step in (0, 1, 77):
+        np.testing.assert_array_equal(
+            batch_for_step(sharded.train, seed=0, step=step, batch_size=16, block_size=64)[0],
+            batch_for_step(single.train, seed=0, step=step, batch_size=16, block_size=64)[0],
+        )
 
 
 def test_batch_for_step_is_a_pure_function_of_seed_and_step():
@@ -442,3 +538,26 @@ def test_eval_batches_are_fixed_evenly_spaced_windows():
     assert len(short) == 2 and short[-1][1][-1, -1] == 29
     with pytest.raises(ValueError, match="val split holds 10 tokens, fewer than block_size \\+ 1 = 11"):
         eval_batches(tokens[:10], batch_size=4, block_size=10, num_batches=2)
+
+
+def test_training_metrics_count_epochs_over_the_unique_train_tokens(tmp_path):
+    from gpt2jax.train import run
+    from gpt2jax.workdir import read_metrics
+
+    config = tiny_config(tmp_path / "data", steps=2, log_every=1, eval_every=2, eval_batches=1, checkpoint_every=2)
+    config.model.update(n_layer=1, n_head=2, n_embd=16, vocab_size=65, vocab_multiple=8)
+    # 8 x 16 tokens a step over 1,000 unique tokens: 0.128 epochs a step.
+    config.data.update(source="synthetic:num_states=64,vocabulary=compact", synthetic_train_tokens=1_000)
+    run(config, tmp_path / "run")
+    assert [record["epochs"] for record in read_metrics(tmp_path / "run")] == [0.128, 0.256]
+
+
+def test_the_prepare_command_prepares_a_configs_data_where_training_reads_it(tmp_path, capsys):
+    prepare_command(["--config", "tiny", "--data_dir", str(tmp_path)])
+    printed = json.loads(capsys.readouterr().out)
+    config = tiny_config(tmp_path)
+    config.data.update(synthetic_train_tokens=1_000_000, synthetic_val_tokens=50_000)  # configs/tiny.py's
+    assert printed["dir"] == str(prepared_data(config).path) and printed["train_tokens"] == 1_000_000
+    with pytest.raises(SystemExit) as exit_info:
+        prepare_command(["--config", "tiny", "--source", "synthetic"])
+    assert exit_info.value.code == 2

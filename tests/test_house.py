@@ -43,6 +43,10 @@ COMMANDS = {
         ["gpt2jax.cli.prepare", "--source", "bogus", "--out", "{missing}"],
         ["gpt2jax.cli.prepare", "--source", "synthetic"],
     ),
+    "bench_prepare": (
+        ["gpt2jax.cli.bench_prepare", "--source", "parquet:{missing}/*.parquet"],
+        ["gpt2jax.cli.bench_prepare", "--workers", "two"],
+    ),
     "sweep": (
         ["gpt2jax.scaling", "sweep", "--config", "{missing}/sweep.py", "--plan"],
         ["gpt2jax.scaling", "sweep", "--shard", "3/2", "--config", "x"],

@@ -53,7 +53,7 @@ def test_every_config_loads(path):
         assert {k: config.model[k] for k in ("n_layer", "n_head", "n_embd")} == PRESETS[preset]
         assert model_config.block_size == 1024
         assert config.train.batch_size * model_config.block_size == 524_288
-        assert config.data.source.startswith("tfds:")
+        assert config.data.source == "hf:HuggingFaceFW/fineweb-edu:sample-10BT"
 
 
 def test_tiny_run_learns_logs_and_checkpoints(trained):

@@ -1,8 +1,10 @@
-"""Prepared token files, memory-mapped, and the batches cut from them.
+"""Prepared token shards, memory-mapped as one stream per split, and the batches cut from them.
 
 A training batch is a pure function of (seed, step): resuming needs only the step, and every
-process draws the same global batch and keeps its own rows. Evaluation reads the same evenly
-spaced windows of the val split every time, so evaluations are comparable across a run.
+process draws the same global batch and keeps its own rows. Window starts are uniform over the
+whole train stream; a window that crosses from one shard into the next is stitched from both, so
+the shards read as one array, and no window reads past the last token. Evaluation reads the same
+evenly spaced windows of the val split every time, so evaluations are comparable across a run.
 
 Shape letters (the package's legend, ``gpt2jax/__init__.py``): G the global batch, B this process's rows
 of it, N batches, T block_size.
@@ -11,7 +13,6 @@ of it, N batches, T block_size.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import hashlib
 import json
 import re
@@ -20,51 +21,80 @@ from pathlib import Path
 
 import numpy as np
 
-from gpt2jax.data.prepare import META_FILE, SPLIT_FILES, TOKEN_DTYPE, prepare, read_meta, token_settings
+from gpt2jax.data.prepare import DEFAULT_SHARD_TOKENS, prepare, token_settings
+from gpt2jax.data.shards import META_FILE, SPLITS, TOKEN_DTYPE, read_meta, split_shards
+
+
+class TokenStream:
+    """A split's shards read as one array of tokens: ``len`` and contiguous slices across shards."""
+
+    def __init__(self, shards: list[np.ndarray]):
+        self.shards = shards
+        self.starts = np.cumsum([0] + [len(shard) for shard in shards])  # [shards + 1]
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        """tokens[start:stop] (a copy where it crosses shards); only step-1 slices."""
+        if not isinstance(key, slice) or key.step not in (None, 1):
+            raise TypeError("a TokenStream is read by contiguous slices, e.g. tokens[start:stop].")
+        start, stop, _ = key.indices(len(self))
+        if start >= stop:
+            return np.empty(0, dtype=TOKEN_DTYPE)
+        first = int(np.searchsorted(self.starts, start, side="right")) - 1
+        last = int(np.searchsorted(self.starts, stop, side="left")) - 1
+        parts = [
+            self.shards[index][max(start - self.starts[index], 0) : stop - self.starts[index]]
+            for index in range(first, last + 1)
+        ]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 @dataclasses.dataclass(frozen=True)
 class PreparedData:
     path: Path
     meta: dict
-    train: np.ndarray  # [train_tokens] uint16, memory-mapped
-    val: np.ndarray  # [val_tokens] uint16, memory-mapped
+    train: TokenStream  # [train_tokens] uint16, memory-mapped shards
+    val: TokenStream  # [val_tokens] uint16, memory-mapped shards
 
 
 def open_prepared(data_dir: str | Path) -> PreparedData:
-    """Maps a prepared directory's token files; checks their sizes against meta.json, not their hashes."""
+    """Maps a prepared directory's shards; checks their sizes against meta.json, not their hashes."""
     path = Path(data_dir)
     meta = read_meta(path)
-    train, val = (np.memmap(path / SPLIT_FILES[split], dtype=TOKEN_DTYPE, mode="r") for split in ("train", "val"))
+    train, val = (
+        TokenStream(
+            [np.memmap(path / shard["file"], dtype=TOKEN_DTYPE, mode="r") for shard in split_shards(meta, split)]
+        )
+        for split in SPLITS
+    )
     return PreparedData(path=path, meta=meta, train=train, val=val)
 
 
 def prepared_dir_name(source: str, **prepare_kwargs) -> str:
     """``<slug of source>-<hash of the settings that decide the tokens>``, e.g. ``synthetic-3f2a9c01d4``."""
-    settings = token_settings(source, **{k: v for k, v in prepare_kwargs.items() if k != "tfds_data_dir"})
+    settings = token_settings(source, **{k: v for k, v in prepare_kwargs.items() if k not in _LAYOUT_ONLY})
     slug = re.sub(r"[^a-z0-9]+", "-", source.lower()).strip("-")[:48] or "data"
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     return f"{slug}-{digest}"
 
 
+# prepare's arguments that change where inputs come from or how tokens are cut into files, not the tokens.
+_LAYOUT_ONLY = ("tfds_data_dir", "hub_cache", "shard_tokens", "workers")
+
+
 def ensure_prepared(source: str, data_root: str | Path, **prepare_kwargs) -> Path:
-    """The prepared directory for source under data_root, preparing it on first use.
+    """The prepared directory for source under data_root, preparing (or resuming) it on first use.
 
     The name hashes the source string and settings, not file contents: after changing the files
     behind a ``text:`` glob, delete the directory to prepare it again. Processes on one machine
-    wait for each other through a lock file; across machines, prepare's atomic rename keeps one copy.
+    wait for each other through prepare's lock file; across machines, its atomic rename keeps one copy.
     """
-    data_root = Path(data_root)
-    out_dir = data_root / prepared_dir_name(source, **prepare_kwargs)
-    if (out_dir / META_FILE).exists():  # checked without the lock, so a read-only data_root works
+    out_dir = Path(data_root) / prepared_dir_name(source, **prepare_kwargs)
+    if (out_dir / META_FILE).exists():  # checked before prepare's lock, so a read-only data_root works
         return out_dir
-    data_root.mkdir(parents=True, exist_ok=True)
-    with open(data_root / f".{out_dir.name}.lock", "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
-        except OSError:
-            pass  # some network filesystems refuse locks; the atomic rename still keeps one copy
-        prepare(source, out_dir, **prepare_kwargs)
+    prepare(source, out_dir, **prepare_kwargs)
     return out_dir
 
 
@@ -83,6 +113,9 @@ def prepared_data(config) -> PreparedData:
         synthetic_train_tokens=data.synthetic_train_tokens,
         synthetic_val_tokens=data.synthetic_val_tokens,
         max_tokens=data.max_tokens or None,
+        shard_tokens=data.get("shard_tokens", DEFAULT_SHARD_TOKENS),
+        workers=data.get("workers") or None,
+        hub_cache=data.get("hub_cache") or Path(data.dir) / "hub",
     )
     prepared = open_prepared(data_dir)
     if prepared.meta["vocab_size"] > config.model.vocab_size:
@@ -101,7 +134,7 @@ def _local_batch_size(batch_size: int, process_index: int, process_count: int) -
     return batch_size // process_count
 
 
-def _check_length(tokens: np.ndarray, block_size: int, split: str) -> None:
+def _check_length(tokens: TokenStream | np.ndarray, block_size: int, split: str) -> None:
     if len(tokens) < block_size + 1:
         raise ValueError(
             f"the {split} split holds {len(tokens)} tokens, fewer than block_size + 1 = "
@@ -109,13 +142,13 @@ def _check_length(tokens: np.ndarray, block_size: int, split: str) -> None:
         )
 
 
-def _windows(tokens: np.ndarray, starts_B: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+def _windows(tokens: TokenStream | np.ndarray, starts_B: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
     window_BxT1 = np.stack([tokens[start : start + block_size + 1] for start in starts_B]).astype(np.int32)
     return np.ascontiguousarray(window_BxT1[:, :-1]), np.ascontiguousarray(window_BxT1[:, 1:])
 
 
 def batch_for_step(
-    tokens: np.ndarray,
+    tokens: TokenStream | np.ndarray,
     *,
     seed: int,
     step: int,
@@ -139,7 +172,7 @@ def batch_for_step(
 
 
 def eval_batches(
-    tokens: np.ndarray,
+    tokens: TokenStream | np.ndarray,
     *,
     batch_size: int,
     block_size: int,

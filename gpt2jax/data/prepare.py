@@ -1,41 +1,63 @@
-"""Turns a source into GPT-2 token files, atomically (``python -m gpt2jax.cli.prepare --source S --out DIR``).
+"""Turns a source into GPT-2 token shards, in parallel and resumably (``python -m gpt2jax.cli.prepare``).
 
-A prepared directory holds
-  train.bin, val.bin  raw little-endian uint16 token ids, each document followed by <|endoftext|>;
-  meta.json           written last, so its presence marks the directory complete.
-Everything is written into a hidden sibling ``.DIR.tmp-<pid>-<random>`` that is renamed to DIR at the
-end; an interrupted run leaves only that hidden directory, never a DIR that looks complete.
+A prepared directory DIR holds each split's shards and ``meta.json`` (``data/shards.py``); each
+document is followed by <|endoftext|>. The work happens in a hidden sibling ``.DIR.partial``,
+renamed to DIR once meta.json is written, so nothing that looks complete exists before it is.
 An existing DIR with a valid meta.json for the same settings is reused; an existing non-empty DIR
 without one is refused rather than overwritten, since it may hold the user's own files.
+
+Resuming: after every published shard, ``.DIR.partial/journal.json`` records the shards so far,
+how far the shard being filled has got, and where in the source's pieces that is. A prepare
+started again (killed by SIGKILL, stopped by SIGTERM or Ctrl-C, or failed on a full disk) reads
+the journal, truncates the shard being filled to what the journal recorded, and continues from
+that point: it loses at most one shard's work and writes exactly the shards an uninterrupted
+prepare writes. SIGTERM (what SLURM sends before it kills a job) and SIGINT stop the prepare at the
+next piece boundary with the journal up to date, and it exits 143 (130 for SIGINT). One prepare
+at a time writes a directory: a lock file ``.DIR.lock`` beside it serialises processes.
 """
 
 from __future__ import annotations
 
-import hashlib
-import itertools
+import contextlib
+import fcntl
 import json
 import math
 import os
 import shutil
-import tempfile
-from collections.abc import Iterable, Iterator
+import signal
+import socket
+import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
+from gpt2jax import flops
 from gpt2jax.data import sources
+from gpt2jax.data.shards import (
+    FORMAT_VERSION,
+    META_FILE,
+    PARTIAL_SUFFIX,
+    SPLITS,
+    TOKEN_DTYPE,
+    ShardWriter,
+    fsync_directory,
+    read_meta,
+    shard_name,
+    write_json_atomically,
+)
 from gpt2jax.data.synthetic import SOURCE_PREFIX as SYNTHETIC_PREFIX
 from gpt2jax.data.synthetic import SyntheticLanguage
-from gpt2jax.data.tokenizer import EOT_TOKEN_ID, GPT2_VOCAB_SIZE, get_tokenizer
+from gpt2jax.data.tokenizer import EOT_TOKEN_ID, GPT2_VOCAB_SIZE
+from gpt2jax.data.workers import Tokenizers, available_cores
 
-FORMAT_VERSION = 1
-TOKEN_DTYPE = np.dtype("<u2")  # uint16, little-endian on every machine
-SPLIT_FILES = {"train": "train.bin", "val": "val.bin"}
-META_FILE = "meta.json"
-_BATCH_CHARS = 1_000_000  # text tokenized per call: enough to keep every thread busy, bounded in memory
-_BATCH_DOCUMENTS = 4096
-_NUM_THREADS = min(8, os.cpu_count() or 1)
+DEFAULT_SHARD_TOKENS = 100_000_000  # 200 MB a shard, as build-nanogpt and llm.c write FineWeb
+JOURNAL_FILE = "journal.json"
+# Inputs smaller than this are tokenized in this process when the worker count is left to prepare:
+# starting the pool costs about as long as one core takes to tokenize them.
+POOL_MIN_INPUT_BYTES = 16 << 20
+_LOG_EVERY_S = 60.0  # progress lines when stderr is not a terminal (SLURM logs)
 
 
 def is_synthetic(source: str) -> bool:
@@ -52,7 +74,11 @@ def token_settings(
     seed: int = 0,
     max_tokens: int | None = None,
 ) -> dict:
-    """The arguments that decide which tokens get written (a data dir's identity), normalised."""
+    """The arguments that decide which tokens get written (a data dir's identity), normalised.
+
+    How the tokens are cut into shards, how many workers cut them and where downloads are
+    cached do not change the token stream, so they are not part of it.
+    """
     if max_tokens is not None and max_tokens < 0:
         raise ValueError(f"max_tokens must be positive (or 0 / None for no limit), got {max_tokens}.")
     settings = {"source": source, "max_tokens": max_tokens or None}
@@ -68,168 +94,6 @@ def token_settings(
     return settings | {"val_fraction": val_fraction, "text_key": text_key}
 
 
-def read_meta(data_dir: str | Path) -> dict:
-    """meta.json of a complete prepared directory, after checking the token files' sizes against it."""
-    data_dir = Path(data_dir)
-    meta_path = data_dir / META_FILE
-    if not meta_path.is_file():
-        raise FileNotFoundError(
-            f"{data_dir} holds no prepared data (no {META_FILE}); run "
-            f"`python -m gpt2jax.cli.prepare --source SOURCE --out {data_dir}`."
-        )
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ValueError(f"{meta_path} is not valid JSON; delete {data_dir} and prepare it again.") from None
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(
-            f"{data_dir} has data format {meta.get('format_version')}, this code reads "
-            f"{FORMAT_VERSION}; delete it and prepare it again."
-        )
-    for split, file_name in SPLIT_FILES.items():
-        path = data_dir / file_name
-        found = path.stat().st_size // TOKEN_DTYPE.itemsize if path.is_file() else 0
-        expected = meta.get(f"{split}_tokens")
-        if found != expected:
-            raise ValueError(
-                f"{path} holds {found} tokens but {META_FILE} says {expected}; delete {data_dir} and prepare it again."
-            )
-    return meta
-
-
-class _TokenFile:
-    """Appends token ids to a file up to an optional budget, counting and hashing them on the way."""
-
-    def __init__(self, path: Path, budget: int | None):
-        self.budget = budget
-        self.count = 0
-        self.sha256 = hashlib.sha256()
-        self._file = open(path, "wb")
-
-    @property
-    def full(self) -> bool:
-        return self.budget is not None and self.count >= self.budget
-
-    def append(self, tokens: np.ndarray) -> None:
-        if self.budget is not None:
-            tokens = tokens[: self.budget - self.count]
-        data = tokens.astype(TOKEN_DTYPE).tobytes()
-        self._file.write(data)
-        self.sha256.update(data)
-        self.count += len(tokens)
-
-    def close(self) -> None:
-        self._file.flush()
-        os.fsync(self._file.fileno())  # the data must be on disk before the rename publishes it
-        self._file.close()
-
-
-def _document_batches(documents: Iterable[str]) -> Iterator[list[str]]:
-    batch, chars = [], 0
-    for document in documents:
-        batch.append(document)
-        chars += len(document)
-        if chars >= _BATCH_CHARS or len(batch) >= _BATCH_DOCUMENTS:
-            yield batch
-            batch, chars = [], 0
-    if batch:
-        yield batch
-
-
-def _write_documents(documents: Iterable[str], token_file: _TokenFile, description: str) -> None:
-    encoder = get_tokenizer()
-    # disable=None: no progress bar when stderr is not a terminal (logs, CI).
-    with tqdm(total=token_file.budget, desc=description, unit="tok", unit_scale=True, disable=None) as progress:
-        for batch in _document_batches(documents):
-            # encode_ordinary: text that spells "<|endoftext|>" is tokenized as text, not as the separator.
-            token_lists = encoder.encode_ordinary_batch(batch, num_threads=_NUM_THREADS)
-            tokens = np.fromiter(
-                itertools.chain.from_iterable(ids + [EOT_TOKEN_ID] for ids in token_lists), dtype=TOKEN_DTYPE
-            )
-            before = token_file.count
-            token_file.append(tokens)
-            progress.update(token_file.count - before)
-            if token_file.full:
-                return
-
-
-def _write_text_source(text_source: sources.TextFiles | sources.TfdsDataset, work_dir: Path, settings: dict) -> dict:
-    source = settings["source"]
-    max_tokens = settings["max_tokens"]
-    val_budget = math.ceil(max_tokens * settings["val_fraction"]) if max_tokens else None
-    budgets = {"train": max_tokens, "val": val_budget}
-    counts, hashes = {}, {}
-    for split, file_name in SPLIT_FILES.items():
-        token_file = _TokenFile(work_dir / file_name, budgets[split])
-        try:
-            _write_documents(text_source.documents(split), token_file, f"{source} {split}")
-        finally:
-            token_file.close()
-        counts[split], hashes[file_name] = token_file.count, token_file.sha256.hexdigest()
-    if counts["train"] == 0:
-        raise ValueError(f"source {source!r} contains no text.")
-    if counts["val"] == 0:
-        raise ValueError(
-            f"source {source!r} gave no validation text ({text_source.val_origin}); "
-            "a carved val split needs at least two non-empty documents."
-        )
-    return {
-        "val_split": text_source.val_origin,
-        "train_tokens": counts["train"],
-        "val_tokens": counts["val"],
-        "sha256": hashes,
-    }
-
-
-def _write_synthetic_source(language: SyntheticLanguage, work_dir: Path, settings: dict) -> dict:
-    train_tokens = min(settings["synthetic_train_tokens"], settings["max_tokens"] or math.inf)
-    split_tokens = {
-        "train": language.generate(train_tokens, seed=0),
-        "val": language.generate(settings["synthetic_val_tokens"], seed=1),
-    }
-    meta = {"val_split": "independent sample", "sha256": {}}
-    for split, file_name in SPLIT_FILES.items():
-        token_file = _TokenFile(work_dir / file_name, budget=None)
-        try:
-            token_file.append(split_tokens[split])
-        finally:
-            token_file.close()
-        meta[f"{split}_tokens"], meta["sha256"][file_name] = token_file.count, token_file.sha256.hexdigest()
-    # A compact vocabulary's ids are not GPT-2 BPE: a decoder must not read them as text.
-    tokenizer = "gpt2" if language.vocabulary == "gpt2" else "none (compact synthetic ids, not GPT-2 BPE)"
-    return meta | {
-        "tokenizer": tokenizer,
-        "vocab_size": language.vocab_size,
-        "eot_token_id": language.eot_token_id,
-        "entropy_rate_nats_per_token": language.entropy_rate_nats(),
-        "synthetic": language.spec(),
-    }
-
-
-def _differences(found: dict, wanted: dict) -> str:
-    keys = list(found) + [key for key in wanted if key not in found]
-    return ", ".join(
-        f"{key}={found.get(key)!r} (not {wanted.get(key)!r})" for key in keys if found.get(key) != wanted.get(key)
-    )
-
-
-def _publish(work_dir: Path, out_dir: Path, settings: dict) -> dict:
-    """Renames work_dir to out_dir, or keeps the copy of a process that got there first."""
-    try:
-        os.rename(work_dir, out_dir)  # atomic; replaces out_dir only if it is an empty directory
-    except OSError:
-        # Another process published first (on one machine, ensure_prepared's lock prevents this).
-        meta = read_meta(out_dir)
-        if meta["settings"] != settings:
-            raise ValueError(
-                f"another process meanwhile filled {out_dir} with data prepared with "
-                f"{_differences(meta['settings'], settings)}; choose another output "
-                "directory."
-            ) from None
-        return meta
-    return read_meta(out_dir)
-
-
 def prepare(
     source: str,
     out_dir: str | Path,
@@ -241,11 +105,17 @@ def prepare(
     synthetic_val_tokens: int = 100_000,
     seed: int = 0,
     max_tokens: int | None = None,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    workers: int | None = None,
+    hub_cache: str | Path | None = None,
 ) -> dict:
-    """Writes train.bin, val.bin and meta.json for source into out_dir, or reuses them; returns the metadata.
+    """Writes source's token shards and meta.json into out_dir, or reuses them; returns the metadata.
 
-    source: ``synthetic[:key=value,...]``, ``text:GLOB`` or ``tfds:NAME[/CONFIG]``. max_tokens (None or 0:
-    no limit) caps train.bin, and a text source's val.bin at ceil(max_tokens * val_fraction).
+    source: ``synthetic[:key=value,...]``, ``text:GLOB``, ``parquet:GLOB``, ``hf:OWNER/NAME[:CONFIG]``,
+    ``hf:DIR`` or ``tfds:NAME[/CONFIG]``. max_tokens (None or 0: no limit) caps the train split, and a
+    text source's val split at ceil(max_tokens * val_fraction). workers: tokenizer processes (None:
+    every core this process may use, or none for a small input). hub_cache: where ``hf:`` datasets
+    are downloaded (None: huggingface_hub's default cache).
     """
     out_dir = Path(out_dir)
     settings = token_settings(
@@ -257,29 +127,42 @@ def prepare(
         seed=seed,
         max_tokens=max_tokens,
     )
+    if shard_tokens < 1:
+        raise ValueError(f"shard_tokens must be at least 1, got {shard_tokens}.")
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be at least 1 (or unset for every core), got {workers}.")
     if (out_dir / META_FILE).exists():
-        meta = read_meta(out_dir)
-        if meta["settings"] != settings:
-            raise ValueError(
-                f"{out_dir} holds data prepared with "
-                f"{_differences(meta['settings'], settings)}; choose another output "
-                "directory or delete it."
-            )
-        return meta
+        return _reused(out_dir, settings)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ValueError(f"{out_dir} exists but holds no prepared data; choose another output directory or delete it.")
     # Open the source first, so that a bad one is refused before anything is created.
+    partial = out_dir.parent / f".{out_dir.name}{PARTIAL_SUFFIX}"
     if is_synthetic(source):
         opened = SyntheticLanguage.from_source(source, seed=seed)
     else:
-        opened = sources.open_source(source, val_fraction=val_fraction, text_key=text_key, tfds_data_dir=tfds_data_dir)
+        # A resumed prepare reads the Hub revision it started with, whatever the Hub serves now.
+        started = _read_journal(partial)
+        revision = started.get("origin", {}).get("revision") if started.get("settings") == settings else None
+        opened = sources.open_source(
+            source,
+            val_fraction=val_fraction,
+            text_key=text_key,
+            tfds_data_dir=tfds_data_dir,
+            hub_cache=hub_cache,
+            revision=revision,
+        )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    work_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{os.getpid()}-", dir=out_dir.parent))
-    try:
+    with _exclusive(out_dir) as locked:
+        if (out_dir / META_FILE).exists():  # another process finished it while this one waited
+            return _reused(out_dir, settings)
+        if not locked:  # a filesystem without locks: a private work directory, never resumed
+            partial = partial.with_name(f"{partial.name}-{socket.gethostname()}-{os.getpid()}")
         if isinstance(opened, SyntheticLanguage):
-            written = _write_synthetic_source(opened, work_dir, settings)
+            written = _write_synthetic(opened, partial, settings, shard_tokens)
         else:
-            written = _write_text_source(opened, work_dir, settings)
+            if workers is None:
+                workers = available_cores() if opened.input_bytes >= POOL_MIN_INPUT_BYTES else 1
+            written = _write_pieces(opened, partial, settings, shard_tokens, workers)
         meta = {
             "format_version": FORMAT_VERSION,
             "source": source,
@@ -288,9 +171,354 @@ def prepare(
             "vocab_size": GPT2_VOCAB_SIZE,
             "eot_token_id": EOT_TOKEN_ID,
             "dtype": TOKEN_DTYPE.name,
+            "shard_tokens": shard_tokens,
         } | written
-        (work_dir / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        return _publish(work_dir, out_dir, settings)
+        write_json_atomically(partial / META_FILE, meta)
+        (partial / JOURNAL_FILE).unlink(missing_ok=True)
+        return _publish(partial, out_dir, settings)
+
+
+def _reused(out_dir: Path, settings: dict) -> dict:
+    meta = read_meta(out_dir)
+    if meta["settings"] != settings:
+        raise ValueError(
+            f"{out_dir} holds data prepared with {_differences(meta['settings'], settings)}; "
+            "choose another output directory or delete it."
+        )
+    return meta
+
+
+def _differences(found: dict, wanted: dict) -> str:
+    keys = list(found) + [key for key in wanted if key not in found]
+    return ", ".join(
+        f"{key}={found.get(key)!r} (not {wanted.get(key)!r})" for key in keys if found.get(key) != wanted.get(key)
+    )
+
+
+@contextlib.contextmanager
+def _exclusive(out_dir: Path):
+    """Holds ``.DIR.lock`` beside out_dir; yields False where the filesystem refuses locks."""
+    with open(out_dir.parent / f".{out_dir.name}.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        except OSError:
+            yield False
+            return
+        yield True
+
+
+def _publish(partial: Path, out_dir: Path, settings: dict) -> dict:
+    """Renames the finished partial directory to out_dir, or keeps the copy of a process that got there first."""
+    try:
+        os.rename(partial, out_dir)  # atomic; replaces out_dir only if it is an empty directory
+    except OSError:
+        # Another host published first (on one host, the lock prevents this).
+        shutil.rmtree(partial, ignore_errors=True)
+        meta = read_meta(out_dir)
+        if meta["settings"] != settings:
+            raise ValueError(
+                f"another process meanwhile filled {out_dir} with data prepared with "
+                f"{_differences(meta['settings'], settings)}; choose another output directory."
+            ) from None
+        return meta
+    fsync_directory(out_dir.parent)
+    return read_meta(out_dir)
+
+
+# Synthetic data: generated at once, so there is nothing to resume.
+
+
+def _write_synthetic(language: SyntheticLanguage, partial: Path, settings: dict, shard_tokens: int) -> dict:
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    train_tokens = min(settings["synthetic_train_tokens"], settings["max_tokens"] or math.inf)
+    split_tokens = {
+        "train": language.generate(train_tokens, seed=0),
+        "val": language.generate(settings["synthetic_val_tokens"], seed=1),
+    }
+    shards = {}
+    for split in SPLITS:
+        writer = ShardWriter(partial, split, shard_tokens, budget=None)
+        tokens = split_tokens[split]
+        while len(tokens):
+            tokens = tokens[writer.append(tokens) :]
+        writer.publish()
+        shards[split] = writer.published
+    # A compact vocabulary's ids are not GPT-2 BPE: a decoder must not read them as text.
+    tokenizer = "gpt2" if language.vocabulary == "gpt2" else "none (compact synthetic ids, not GPT-2 BPE)"
+    return {
+        "val_split": "independent sample",
+        "train_tokens": len(split_tokens["train"]),
+        "val_tokens": len(split_tokens["val"]),
+        "shards": shards,
+        "tokenizer": tokenizer,
+        "vocab_size": language.vocab_size,
+        "eot_token_id": language.eot_token_id,
+        "entropy_rate_nats_per_token": language.entropy_rate_nats(),
+        "synthetic": language.spec(),
+    }
+
+
+# Text sources: pieces tokenized by workers, written in order, journaled after every shard.
+
+
+class _Position:
+    """Where the writing stands: the piece being written, and the split counts when it began.
+
+    A piece's tokens already written are the splits' counts now minus those, so the journal can
+    never claim more or fewer than the shards hold. documents counts the carved source's
+    documents before the piece, for the carving rule.
+    """
+
+    def __init__(self, writers: dict, journal: dict | None):
+        self.writers = writers
+        self.piece = journal["piece"] if journal else 0
+        self.documents = journal["documents"] if journal else 0
+        done = journal["done"] if journal else {split: 0 for split in SPLITS}
+        self.counts_before = {split: writer.count - done[split] for split, writer in writers.items()}
+
+    def done(self, split: str) -> int:
+        return self.writers[split].count - self.counts_before[split]
+
+    def start(self, piece: int) -> None:
+        """Moves to piece; a resumed piece keeps what it had written, any other starts from nothing."""
+        if piece != self.piece:
+            self.piece = piece
+            self.counts_before = {split: writer.count for split, writer in self.writers.items()}
+
+    def state(self) -> dict:
+        return {"piece": self.piece, "done": {split: self.done(split) for split in SPLITS}, "documents": self.documents}
+
+
+def _write_pieces(plan: sources.Plan, partial: Path, settings: dict, shard_tokens: int, workers: int) -> dict:
+    journal = _resume(partial, settings, shard_tokens, plan)
+    max_tokens = settings["max_tokens"]
+    budgets = {"train": max_tokens, "val": math.ceil(max_tokens * settings["val_fraction"]) if max_tokens else None}
+    writers = {
+        split: ShardWriter(partial, split, shard_tokens, budgets[split], **_writer_state(journal, split))
+        for split in SPLITS
+    }
+    position = _Position(writers, journal)
+
+    def write_journal() -> None:
+        for writer in writers.values():
+            writer.sync()
+        write_json_atomically(
+            partial / JOURNAL_FILE,
+            {
+                "settings": settings,
+                "shard_tokens": shard_tokens,
+                "fingerprint": plan.fingerprint(),
+                "origin": plan.origin,
+                **position.state(),
+                "splits": {split: writer.state() for split, writer in writers.items()},
+            },
+        )
+
+    def needed(piece: sources.Piece) -> bool:
+        wanted = {"train": ("train",), "val": ("val",), "carve": SPLITS}[piece.role]
+        return not all(writers[split].full for split in wanted)
+
+    progress = _Progress(settings["source"], plan, budgets)
+    stop = _StopSignals()
+    completed = False
+    try:
+        with stop, Tokenizers(workers) as tokenizers:
+            todo = ((index, plan.pieces[index]) for index in range(position.piece, len(plan.pieces)))
+            for index, (tokens, lengths) in tokenizers.in_order(
+                ((index, piece) for index, piece in todo if needed(piece)), stop.requested
+            ):
+                position.start(index)
+                piece = plan.pieces[index]
+                _write_piece(piece, tokens, lengths, writers, position, settings["val_fraction"], write_journal)
+                position.documents += len(lengths) if piece.role == "carve" else 0
+                position.start(index + 1)
+                progress.update(sum(writer.count for writer in writers.values()), index + 1)
+                if all(writer.full for writer in writers.values()):
+                    break
+            if stop.signum is not None:
+                published = sum(len(writer.published) for writer in writers.values())
+                print(
+                    f"prepare: stopped by {signal.Signals(stop.signum).name} with {published} shards published; "
+                    "the same command continues from there.",
+                    file=sys.stderr,
+                )
+                raise _Stopped(stop.signum)
+        for writer in writers.values():
+            writer.publish()
+        completed = True
+    except ValueError:
+        shutil.rmtree(partial, ignore_errors=True)  # bad input: the journal could not be resumed
+        raise
     finally:
-        if work_dir.exists():
-            shutil.rmtree(work_dir)  # an interrupted or failed run leaves nothing behind
+        if not completed and partial.exists():
+            write_journal()  # an interrupted or failed prepare continues from here
+        for writer in writers.values():
+            writer.close()
+        progress.close()
+    counts = {split: writer.count for split, writer in writers.items()}
+    if counts["train"] == 0 or counts["val"] == 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        if counts["train"] == 0:
+            raise ValueError(f"source {settings['source']!r} contains no text.")
+        raise ValueError(
+            f"source {settings['source']!r} gave no validation text ({plan.val_origin}); "
+            "a carved val split needs at least two non-empty documents."
+        )
+    return {
+        "val_split": plan.val_origin,
+        "train_tokens": counts["train"],
+        "val_tokens": counts["val"],
+        "shards": {split: writer.published for split, writer in writers.items()},
+    } | ({"origin": plan.origin} if plan.origin else {})
+
+
+def _write_piece(piece, tokens, lengths, writers, position: _Position, val_fraction: float, write_journal) -> None:
+    """Appends one piece's documents to their splits, past what position.done says is already written."""
+    if piece.role == "carve":
+        to_val = sources.carved_to_val(position.documents, len(lengths), val_fraction)
+    else:
+        to_val = np.full(len(lengths), piece.role == "val")
+    token_to_val = np.repeat(to_val, lengths)
+    for split, part in (("train", tokens[~token_to_val]), ("val", tokens[token_to_val])):
+        writer = writers[split]
+        while position.done(split) < len(part) and not writer.full:
+            writer.append(part[position.done(split) :])
+            if writer.just_published:
+                write_journal()
+
+
+class _Stopped(SystemExit):
+    """A prepare stopped by SIGTERM or SIGINT, its journal written: exits 128 + the signal's number."""
+
+    def __init__(self, signum: int):
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+class _StopSignals:
+    """Turns SIGTERM and SIGINT into a stop at the next piece boundary; a second one stops at once.
+
+    Installed only in the main thread and only over the default handlers, so a command that
+    handles these signals itself keeps its handlers.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise _Stopped(signum)  # a second signal: stop now; the finally clauses still write the journal
+        self.signum = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.SIGNALS:
+                if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
+                    self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def _read_journal(partial: Path) -> dict:
+    try:
+        return json.loads((partial / JOURNAL_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _writer_state(journal: dict | None, split: str) -> dict:
+    if not journal:
+        return {}
+    state = journal["splits"][split]
+    return {"published": state["shards"], "open_tokens": state["open_tokens"]}
+
+
+def _resume(partial: Path, settings: dict, shard_tokens: int, plan: sources.Plan) -> dict | None:
+    """The journal of an interrupted prepare to continue, after removing what it does not list; None to start afresh."""
+    journal = _read_journal(partial)
+    if not journal:
+        shutil.rmtree(partial, ignore_errors=True)  # nothing published yet: nothing to keep
+        partial.mkdir(parents=True)
+        return None
+    if journal.get("settings") != settings:
+        raise ValueError(
+            f"{partial} holds an interrupted prepare with {_differences(journal.get('settings', {}), settings)}; "
+            "prepare with those settings to continue it, or delete it."
+        )
+    if journal.get("shard_tokens") != shard_tokens:
+        raise ValueError(
+            f"{partial} holds an interrupted prepare with shard_tokens={journal.get('shard_tokens')}; pass that "
+            "to continue it, or delete it."
+        )
+    if journal.get("fingerprint") != plan.fingerprint():
+        raise ValueError(
+            f"the files of {settings['source']!r} changed since the prepare interrupted in {partial} began; "
+            "delete it to prepare from the start."
+        )
+    keep = {JOURNAL_FILE}
+    for split in SPLITS:
+        shards = journal["splits"][split]["shards"]
+        keep |= {shard["file"] for shard in shards}
+        keep |= {shard_name(split, len(shards)), shard_name(split, len(shards)) + PARTIAL_SUFFIX}
+        for shard in shards:
+            path = partial / shard["file"]
+            if not path.is_file() or path.stat().st_size != shard["tokens"] * TOKEN_DTYPE.itemsize:
+                raise ValueError(f"{path} is missing or damaged; delete {partial} to prepare from the start.")
+    for path in partial.iterdir():
+        if path.name not in keep:
+            path.unlink()  # a stale temporary file of the dead prepare
+    return journal
+
+
+class _Progress:
+    """A progress bar (tokens, tokens/s, ETA) on a terminal; a line a minute otherwise, for logs."""
+
+    def __init__(self, source: str, plan: sources.Plan, budgets: dict):
+        from tqdm import tqdm
+
+        self.plan = plan
+        self.budget = None if None in budgets.values() else sum(budgets.values())
+        self._cumulative_bytes = np.cumsum([0] + [piece.size for piece in plan.pieces])
+        self._start = time.monotonic()
+        self._last_line = self._start
+        self._start_tokens = None
+        self._source = source
+        self._bar = None
+        if sys.stderr.isatty():
+            self._bar = tqdm(desc=f"prepare {source}", unit="tok", unit_scale=True, dynamic_ncols=True)
+
+    def update(self, tokens: int, pieces_done: int) -> None:
+        if self._start_tokens is None:
+            self._start_tokens = tokens  # a resumed prepare's rate counts only this run's tokens
+        fraction = self._cumulative_bytes[pieces_done] / max(self._cumulative_bytes[-1], 1)
+        estimate = tokens / fraction if fraction > 0 else None
+        total = min(filter(None, (estimate, self.budget)), default=None)
+        if self._bar is not None:
+            self._bar.total = round(total) if total else None
+            self._bar.update(tokens - self._bar.n)
+            return
+        now = time.monotonic()
+        if now - self._last_line >= _LOG_EVERY_S:
+            self._last_line = now
+            rate = (tokens - self._start_tokens) / (now - self._start)
+            eta = f", ETA {(total - tokens) / rate / 60:.0f} min" if total and rate > 0 else ""
+            print(
+                f"prepare {self._source}: {flops.format_count(tokens)} tokens, "
+                f"{flops.format_count(rate)} tokens/s, {fraction:.0%} of the input{eta}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

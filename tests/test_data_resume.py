@@ -1,0 +1,191 @@
+"""A real prepare process killed (SIGKILL) or stopped (SIGTERM, as SLURM does) mid-way, and started again.
+
+Each run reads a Hub dataset from a local cache with HF_HUB_OFFLINE=1 through two tokenizer
+workers, so the offline Hub path, the worker pool and the journal are the ones a user runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from huggingface_hub import constants as hub_constants
+
+from gpt2jax.data.prepare import JOURNAL_FILE, prepare
+from tests.corpora import documents, write_fineweb_layout, write_hub_cache
+from tests.helpers import REPO
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+SHARD_TOKENS = 5_000
+SOURCE = "hf:testowner/tinyweb:sample-10BT"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """About 0.5M tokens in 120 parquet row groups, in the Hub cache layout; and the shards one uninterrupted pass writes."""
+    root = tmp_path_factory.mktemp("resume")
+    cache = root / "hub"
+    write_hub_cache(
+        cache, "testowner/tinyweb", COMMIT, lambda snapshot: write_fineweb_layout(snapshot, documents(6_000))
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+        reference = prepare(SOURCE, root / "reference", hub_cache=cache, shard_tokens=SHARD_TOKENS, workers=1)
+    assert len(reference["shards"]["train"]) > 60
+    return cache, reference
+
+
+def start_prepare(out: Path, cache: Path) -> subprocess.Popen:
+    python_path = os.pathsep.join([str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    command = [sys.executable, "-m", "gpt2jax.cli.prepare", "--source", SOURCE, "--out", str(out)]
+    command += ["--hub_cache", str(cache), "--shard_tokens", str(SHARD_TOKENS), "--workers", "2"]
+    env = dict(os.environ, PYTHONPATH=python_path, HF_HUB_OFFLINE="1")
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def published(partial: Path) -> list[Path]:
+    return sorted(partial.glob("train_*.bin"))
+
+
+def wait_for_shards(process: subprocess.Popen, partial: Path, count: int) -> None:
+    deadline = time.monotonic() + 120
+    while len(published(partial)) < count:
+        assert process.poll() is None, f"prepare ended before {count} shards: {process.communicate()}"
+        assert time.monotonic() < deadline, "prepare published no shards in 120 s"
+        time.sleep(0.005)
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of pid (its tokenizer workers and multiprocessing's resource tracker), from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(stat.parent.name))
+    return found
+
+
+def wait_until_gone(pids: list[int], timeout: float = 20) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while (alive := [pid for pid in pids if Path(f"/proc/{pid}").exists() and _not_zombie(pid)]) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+    return alive
+
+
+def _not_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def identities(paths: list[Path]) -> dict[str, tuple[int, int]]:
+    return {path.name: (path.stat().st_ino, path.stat().st_mtime_ns) for path in paths}
+
+
+def finish(out: Path, cache: Path, reference: dict, kept: dict) -> None:
+    """Runs the prepare to its end: the shards of one uninterrupted pass, with the kept ones never rewritten."""
+    process = start_prepare(out, cache)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    meta = json.loads(stdout)
+    assert meta["shards"] == reference["shards"] and meta["train_tokens"] == reference["train_tokens"]
+    assert sorted(path.name for path in out.parent.iterdir()) == [f".{out.name}.lock", out.name]
+    assert identities([out / name for name in kept]) == kept
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads worker processes from /proc")
+def test_a_killed_prepare_loses_at_most_one_shard_and_ends_with_the_same_shards(corpus, tmp_path):
+    cache, reference = corpus
+    out = tmp_path / "out"
+    partial = tmp_path / ".out.partial"
+    kept = {}
+    for kill_at in (3, 20, 45):  # three kills at different points, then a run to the end
+        process = start_prepare(out, cache)
+        wait_for_shards(process, partial, kill_at)
+        workers = children(process.pid)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert len(workers) >= 2 and wait_until_gone(workers) == [], "tokenizer workers outlived their prepare"
+        journal = json.loads((partial / JOURNAL_FILE).read_text())
+        journaled = [shard["file"] for shard in journal["splits"]["train"]["shards"]]
+        # Every shard on disk but at most the last one is in the journal: at most one shard's work is lost.
+        on_disk = [path.name for path in published(partial)]
+        assert on_disk[: len(journaled)] == journaled and len(on_disk) - len(journaled) <= 1
+        # What a previous run published and journaled is kept as it was, not written again.
+        assert {name: kept[name] for name in kept} == {
+            name: identity for name, identity in identities(published(partial)).items() if name in kept
+        }
+        kept = identities([partial / name for name in journaled])
+    finish(out, cache, reference, kept)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads worker processes from /proc")
+def test_a_prepare_stopped_by_sigterm_unwinds_with_its_journal_and_continues(corpus, tmp_path):
+    cache, reference = corpus
+    out = tmp_path / "out"
+    partial = tmp_path / ".out.partial"
+    process = start_prepare(out, cache)
+    wait_for_shards(process, partial, 10)
+    workers = children(process.pid)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "stopped by SIGTERM" in stderr and "Traceback" not in stderr
+    assert wait_until_gone(workers, timeout=1) == []  # stopped by the prepare itself, before it exited
+    journal = json.loads((partial / JOURNAL_FILE).read_text())
+    # Stopped at a piece boundary with the journal written then: nothing on disk is unaccounted for.
+    assert [shard["file"] for shard in journal["splits"]["train"]["shards"]] == [p.name for p in published(partial)]
+    assert journal["done"] == {"train": 0, "val": 0}
+    finish(out, cache, reference, identities(published(partial)))
+
+
+def test_a_journal_is_continued_only_for_the_same_input_and_stale_files_are_removed(tmp_path, monkeypatch):
+    from gpt2jax.data.shards import ShardWriter
+    from tests.corpora import write_parquet_files
+
+    files = write_parquet_files(tmp_path / "corpus", documents(300), files=2)
+    source, out = f"parquet:{tmp_path}/corpus/*.parquet", tmp_path / "out"
+    real_publish = ShardWriter.publish
+
+    def interrupt_at_the_third_shard(self):
+        real_publish(self)
+        if len(self.published) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ShardWriter, "publish", interrupt_at_the_third_shard)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(source, out, shard_tokens=1_000)
+    monkeypatch.undo()
+    partial = tmp_path / ".out.partial"
+    with pytest.raises(ValueError, match="interrupted prepare with shard_tokens=1000; pass that"):
+        prepare(source, out, shard_tokens=2_000)
+    with pytest.raises(ValueError, match="with val_fraction=0.005 \\(not 0.1\\)"):
+        prepare(source, out, shard_tokens=1_000, val_fraction=0.1)
+    # A dead prepare's temporary files, and a shard it wrote past its journal, are not taken for work done.
+    (partial / "journal.json.tmp").write_text("{")
+    (partial / "train_000042.bin").write_bytes(b"\0" * 2_000)
+    meta = prepare(source, out, shard_tokens=1_000)
+    assert meta["shards"] == prepare(source, tmp_path / "fresh", shard_tokens=1_000)["shards"]
+    assert sorted(path.name for path in out.iterdir()) == sorted(
+        ["meta.json"] + [shard["file"] for split in ("train", "val") for shard in meta["shards"][split]]
+    )
+    # Changed files behind the source: the journal is refused, not continued over other text.
+    monkeypatch.setattr(ShardWriter, "publish", interrupt_at_the_third_shard)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(source, tmp_path / "again", shard_tokens=1_000)
+    monkeypatch.undo()
+    files[1].write_bytes(files[0].read_bytes())
+    with pytest.raises(ValueError, match="changed since the prepare interrupted in .*again.partial began"):
+        prepare(source, tmp_path / "again", shard_tokens=1_000)
