@@ -206,7 +206,9 @@ def _saved_for_backward(config, tokens):
 def test_remat_policies_keep_the_named_tensors_and_nothing_else():
     config = dataclasses.replace(TINY, dtype="bfloat16")
     tokens = _tokens(6, config)
-    saved = {policy: _saved_for_backward(dataclasses.replace(config, remat=policy), tokens) for policy in REMAT_POLICIES}
+    saved = {
+        policy: _saved_for_backward(dataclasses.replace(config, remat=policy), tokens) for policy in REMAT_POLICIES
+    }
     batch, seq_len = tokens.shape
     per_layer = config.n_layer * batch * seq_len * 2  # bf16 elements of one B x T x . array per layer
     # "attention" keeps, beyond what "full" keeps, each layer's attention output (B x T x H x K);
@@ -244,6 +246,7 @@ def test_unrolled_layers_match_the_scan_and_keep_the_stacked_parameters():
     np.testing.assert_allclose(unrolled_loss, loss, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(unrolled_grads)):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
     # Decoding with the cache runs through the unrolled loop too.
     def decode(p):
         model = nnx.merge(unrolled_graphdef, p)
