@@ -36,7 +36,9 @@ def base_config() -> ml_collections.ConfigDict:
             # (model.REMAT_POLICIES); attention keeps the attention output and recomputes the rest
             remat="none",
             scan_layers=True,  # run the stacked blocks under jax.lax.scan; False unrolls them (same parameters)
-            loss_chunk=128,  # positions of every row whose logits the cross-entropy holds at once
+            # positions of every row whose logits the cross-entropy holds at once; 0: the full float32
+            # B x T x V logits (faster on a CPU, configs/tiny.py)
+            loss_chunk=128,
         )
     )
 

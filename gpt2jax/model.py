@@ -122,8 +122,8 @@ class GPTConfig:
             raise ValueError(f"model.remat={self.remat!r} is not one of {sorted(REMAT_POLICIES)}.")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout={self.dropout} must be in [0, 1).")
-        if self.loss_chunk < 1:
-            raise ValueError(f"model.loss_chunk={self.loss_chunk} must be a positive number of positions.")
+        if self.loss_chunk < 0:
+            raise ValueError(f"model.loss_chunk={self.loss_chunk} must be a number of positions, or 0 for none.")
 
     @property
     def padded_vocab_size(self) -> int:
@@ -378,8 +378,14 @@ class GPT(nnx.Module):
         )
 
     def loss(self, tokens_BxT, targets_BxT, *, dropout_key=None, residual_sharding=None):
-        """Mean next-token cross-entropy in nats, by ``chunked_cross_entropy``: the loss training differentiates."""
+        """Mean next-token cross-entropy in nats, the loss training differentiates.
+
+        By ``chunked_cross_entropy``; ``model.loss_chunk=0`` computes the full float32 logits
+        and their ``cross_entropy`` instead (a B x T x V array; for comparison).
+        """
         h_BxTxD = self.hidden_states(tokens_BxT, dropout_key=dropout_key, residual_sharding=residual_sharding)
+        if self.config.loss_chunk == 0:
+            return cross_entropy(self._logits(h_BxTxD), targets_BxT)
         return chunked_cross_entropy(
             h_BxTxD, self.wte[...], targets_BxT, self.config.vocab_size, self.config.loss_chunk
         )
