@@ -342,6 +342,7 @@ def test_dropout_is_a_function_of_its_key():
         (dict(attention="flash"), "model.attention"),
         (dict(attention="cudnn"), "needs model.dtype"),
         (dict(remat="some"), "model.remat"),
+        (dict(loss_chunk=-1), "model.loss_chunk"),
     ],
 )
 def test_bad_model_config_is_one_sentence(bad, message):
