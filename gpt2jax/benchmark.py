@@ -1,8 +1,8 @@
 """Timing of the real jitted train step, after compilation.
 
 MFU is measured against ``flops.DEVICE_PEAKS`` (on a CPU, against its measured matmul
-peak). Batches are random tokens, so no corpus is needed; everything else is the step
-``main`` trains with.
+peak), under PaLM's count (``mfu``) and the causal one (``mfu_causal``). Batches are
+random tokens, so no corpus is needed; everything else is the step ``main`` trains with.
 """
 
 import resource
@@ -12,9 +12,13 @@ import jax
 import numpy as np
 
 from gpt2jax import flops, sharding, train
+from gpt2jax.model import attention_implementation
+
+PROFILED_STEPS = 3
 
 
-def benchmark(config, steps: int) -> dict:
+def benchmark(config, steps: int, profile_dir: str | None = None) -> dict:
+    """Times ``steps`` train steps after the compiling one; with ``profile_dir``, then traces a few more there."""
     trainer = train.build_trainer(config)
     accounting = flops.model_accounting(trainer.model_config)
     rng = np.random.default_rng(0)
@@ -38,15 +42,29 @@ def benchmark(config, steps: int) -> dict:
     jax.block_until_ready((state, metrics))
     step_s = (time.perf_counter() - start) / steps
 
+    if profile_dir:
+        # A trace of a few steps (jax.profiler; open it in TensorBoard's or Perfetto's viewer).
+        with jax.profiler.trace(profile_dir):
+            for i in range(PROFILED_STEPS):
+                state, metrics = trainer.train_step(state, *batches[i % len(batches)])
+            jax.block_until_ready((state, metrics))
+
     step = flops.step_accounting(trainer.model_config, config.train.batch_size)
     devices = list(trainer.mesh.devices.flat)
     peak = flops.mesh_peak_flops(devices, trainer.model_config.dtype)
     speed = flops.throughput(step, steps, step_s * steps, peak)
+    model_config = trainer.model_config
     return {
         "device": devices[0].device_kind,
         "n_devices": len(devices),
         "mesh": dict(trainer.mesh.shape),
         "n_params": accounting["n_params"],
+        "dtype": model_config.dtype,
+        "attention": attention_implementation(model_config),
+        "remat": model_config.remat,
+        "scan_layers": model_config.scan_layers,
+        "micro_batch_size": trainer.micro_batch_size,
+        "grad_accum_steps": trainer.accum_steps,
         "tokens_per_step": step["tokens_per_step"],
         "tokens_per_s": speed["tokens_per_s"],
         "step_ms": 1e3 * step_s,
@@ -54,6 +72,7 @@ def benchmark(config, steps: int) -> dict:
         "model_flops_per_s": speed["model_flops_per_s"],
         "peak_flops_per_s": peak,
         "mfu": speed["mfu"],
+        "mfu_causal": speed["mfu_causal"],
         "peak_memory_bytes": _peak_memory(devices),
         "final_loss": float(metrics["loss"]),
     }

@@ -29,8 +29,16 @@ def base_config() -> ml_collections.ConfigDict:
             vocab_multiple=64,  # pad the embedding rows to a multiple of this (50257 -> 50304)
             dropout=0.0,
             dtype="float32",  # compute dtype: float32 | bfloat16 | float16 (parameters stay float32)
-            attention="auto",  # auto | xla | cudnn: auto is xla (model.attention) until cuDNN is measured faster
-            remat="none",  # none | dots | full: activation checkpointing policy per block
+            # auto | xla | cudnn: auto is cuDNN's fused attention on a GPU where a start-up probe of it
+            # runs (bf16/fp16), else XLA; on a CPU, gpt2jax's einsum attention (model.attention)
+            attention="auto",
+            # none | dots | attention | attention_mlp | full: what each block keeps for the backward pass
+            # (model.REMAT_POLICIES); attention keeps the attention output and recomputes the rest
+            remat="none",
+            scan_layers=True,  # run the stacked blocks under jax.lax.scan; False unrolls them (same parameters)
+            # positions of every row whose logits the cross-entropy holds at once; 0: the full float32
+            # B x T x V logits (faster on a CPU, configs/tiny.py)
+            loss_chunk=128,
         )
     )
 

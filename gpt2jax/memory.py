@@ -6,6 +6,8 @@ for the config's mesh, as a real run would compile it, and never run.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 import os
 
@@ -13,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from gpt2jax import flops, steps
+from gpt2jax.model import REMAT_POLICIES, attention_implementation
 from gpt2jax.train import Trainer, build_trainer
 
 CARDS_GIB = (12, 24, 80)
@@ -31,7 +34,11 @@ def dry_run(config) -> dict:
     0.75 unless set.
     """
     trainer = build_trainer(config)
-    summary = {"model": dict(config.model), "mesh": dict(trainer.mesh.shape)}
+    summary = {
+        "model": dict(config.model),
+        "mesh": dict(trainer.mesh.shape),
+        "attention": attention_implementation(trainer.model_config),
+    }
     summary.update(flops.model_accounting(trainer.model_config))
     micro = trainer.micro_batch_size
     block = trainer.model_config.block_size
@@ -44,13 +51,68 @@ def dry_run(config) -> dict:
     summary["fits"] = {
         f"{gib} GiB": summary["per_device_bytes"]["estimate_total"] <= usable * gib * 2**30 for gib in CARDS_GIB
     }
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    if cost and cost.get("flops"):
-        # XLA counts the accumulation loop's body once: its FLOPs are one micro-batch's.
-        tokens_per_device = micro * block / trainer.mesh.size
-        summary["xla_flops_per_token"] = cost["flops"] / tokens_per_device
+    summary["activations_saved_for_backward_by_remat"] = {
+        policy: saved_for_backward_bytes(_with_remat(trainer, policy)) for policy in REMAT_POLICIES
+    }
+    summary["xla_flops_per_token"] = xla_flops_per_token(trainer)
     return summary
+
+
+def _with_remat(trainer: Trainer, policy: str) -> Trainer:
+    """The same trainer with another ``model.remat``: its graphdef is all that the traced step reads of it."""
+    from gpt2jax.model import abstract_model
+
+    model_config = dataclasses.replace(trainer.model_config, remat=policy)
+    return dataclasses.replace(trainer, model_config=model_config, graphdef=abstract_model(model_config)[0])
+
+
+def xla_flops_per_token(trainer: Trainer) -> float:
+    """FLOPs per token of the whole train step (accumulation and optimizer included), as XLA counts them.
+
+    XLA's cost analysis counts a loop's body once (jax-ml/jax#18672), which for a scanned
+    GPT-2 small counts one of its 12 layers. Here every ``scan`` in the step's jaxpr, at
+    any depth, is costed on its own and multiplied by its trip count (``scanned_flops``).
+    Lowered abstractly and unsharded, without compiling: no memory is spent.
+    """
+    step = functools.partial(steps.train_step, graphdef=trainer.graphdef, optimizer=trainer.optimizer)
+    batch = jax.ShapeDtypeStruct(
+        (trainer.accum_steps, trainer.micro_batch_size, trainer.model_config.block_size), jnp.int32
+    )
+    state = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), trainer.abstract_state)
+    tokens_per_step = trainer.config.train.batch_size * trainer.model_config.block_size
+    return scanned_flops(jax.make_jaxpr(step)(state, batch, batch)) / tokens_per_step
+
+
+def scanned_flops(closed_jaxpr) -> float:
+    """XLA's FLOP count of a closed jaxpr with every scan body counted as often as it runs.
+
+    XLA's count counts each body once, so each scan adds (length - 1) more of its body's
+    own count, and length times whatever its body's nested scans add in turn.
+    """
+    return _xla_flops(closed_jaxpr) + _uncounted_scan_flops(closed_jaxpr.jaxpr)
+
+
+def _xla_flops(closed_jaxpr) -> float:
+    from jax.extend.core import jaxpr_as_fun
+
+    args = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in closed_jaxpr.jaxpr.invars]
+    cost = jax.jit(jaxpr_as_fun(closed_jaxpr)).lower(*args).cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float((cost or {}).get("flops", 0.0))
+
+
+def _uncounted_scan_flops(jaxpr) -> float:
+    from jax.extend.core import jaxprs_in_params
+
+    extra = 0.0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scan":
+            body, length = eqn.params["jaxpr"], eqn.params["length"]
+            extra += (length - 1) * _xla_flops(body) + length * _uncounted_scan_flops(body.jaxpr)
+            continue
+        for sub in jaxprs_in_params(eqn.params):
+            extra += _uncounted_scan_flops(sub)
+    return extra
 
 
 def _shard_bytes(tree) -> int:

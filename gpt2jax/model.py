@@ -3,7 +3,10 @@
 Learned position embeddings, pre-LayerNorm blocks (eps 1e-5), tanh-approximated GELU,
 biases everywhere, a final LayerNorm, and the output projection tied to the token
 embedding. Parameters are float32; ``dtype`` sets the compute precision, with
-LayerNorm statistics, softmax and logits kept in float32.
+LayerNorm statistics, the attention softmax and the loss's softmax statistics kept in
+float32. Training reads the loss from ``GPT.loss``, whose cross-entropy runs a chunk of
+positions at a time (``chunked_cross_entropy``) so that no float32 B x T x V array
+exists; ``GPT.__call__`` still returns the full float32 logits, for scoring and sampling.
 
 Shapes in names follow the package's legend (``gpt2jax/__init__.py``): B batch, T query
 length, S key length, D width, H heads, K head size, F MLP width, V padded vocabulary,
@@ -18,12 +21,15 @@ forward pass scans over. The model itself never names a device.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import logging
 import math
 from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from gpt2jax import flops
 
@@ -34,18 +40,50 @@ PRESETS: dict[str, dict[str, int]] = {
     "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
 }
 
+# The tensors of a block the remat policies choose between, named with checkpoint_name.
+# A block's output needs no name: it is the next block's input, which the scan (or the
+# unrolled loop) keeps whatever the policy.
+ATTENTION_OUT = "attention_out"  # B x T x H x K, attention's result before the out projection
+MLP_HIDDEN = "mlp_hidden"  # B x T x F, the MLP's fc output before GELU
+
+# jax.nn.dot_product_attention's cuDNN forward: its outputs (the attention output and the
+# float32 softmax statistics, B x H x T) are what the cuDNN backward reads, so a policy that
+# keeps the attention output keeps them too, or the backward reruns the fused forward.
+_CUDNN_ATTENTION_FORWARD = "dot_product_attention_fwd_wrapper"
+
+
+def _keeps_attention(prim, *_, **params) -> bool:
+    """Saves the named attention output and, under cuDNN, the fused forward's outputs."""
+    if prim.name == "name":
+        return params["name"] == ATTENTION_OUT
+    return prim.name == _CUDNN_ATTENTION_FORWARD
+
+
 REMAT_POLICIES = {
     "none": None,
-    # Recompute everything in the backward pass: least memory.
+    # Recompute everything in the backward pass but each block's input: least memory.
     "full": jax.checkpoint_policies.nothing_saveable,
-    # Keep matmul outputs, recompute the cheap elementwise ops around them.
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    # Keep the weight matmuls' outputs and the attention output, recompute the elementwise
+    # ops around them (and, with XLA attention, the scores).
+    "dots": jax.checkpoint_policies.save_from_both_policies(
+        jax.checkpoint_policies.dots_with_no_batch_dims_saveable, _keeps_attention
+    ),
+    # Keep only the attention output (cuDNN's forward never reruns) and recompute the
+    # projections, the MLP and the LayerNorms: little more memory than "full".
+    "attention": _keeps_attention,
+    # Also keep the MLP's fc output, the block's largest matmul, so only the qkv
+    # projection and the elementwise ops are recomputed.
+    "attention_mlp": jax.checkpoint_policies.save_from_both_policies(
+        _keeps_attention, jax.checkpoint_policies.save_only_these_names(MLP_HIDDEN)
+    ),
 }
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 # xla: ``attention`` below; cudnn: jax.nn.dot_product_attention's cuDNN kernel (GPU, bf16/fp16);
-# auto: xla, until bench/gpu.sh shows cuDNN ahead on a GPU.
+# auto: cudnn on a GPU where a probe of it runs (``attention_implementation``), else xla.
 _ATTENTION = ("auto", "xla", "cudnn")
+
+_log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +97,9 @@ class GPTConfig:
     dropout: float = 0.0
     dtype: str = "float32"
     attention: Literal["auto", "xla", "cudnn"] = "auto"
-    remat: Literal["none", "full", "dots"] = "none"
+    remat: Literal["none", "full", "dots", "attention", "attention_mlp"] = "none"
+    scan_layers: bool = True
+    loss_chunk: int = 128
 
     @classmethod
     def from_config(cls, model_config) -> "GPTConfig":
@@ -82,6 +122,8 @@ class GPTConfig:
             raise ValueError(f"model.remat={self.remat!r} is not one of {sorted(REMAT_POLICIES)}.")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout={self.dropout} must be in [0, 1).")
+        if self.loss_chunk < 0:
+            raise ValueError(f"model.loss_chunk={self.loss_chunk} must be a number of positions, or 0 for none.")
 
     @property
     def padded_vocab_size(self) -> int:
@@ -94,6 +136,46 @@ class GPTConfig:
     @property
     def compute_dtype(self):
         return _DTYPES[self.dtype]
+
+
+def attention_implementation(config: GPTConfig) -> str:
+    """The attention a config runs: ``xla`` or ``cudnn``; ``auto`` is decided once per shape and platform."""
+    if config.attention != "auto":
+        return config.attention
+    return _auto_attention(jax.default_backend(), config.dtype, config.block_size, config.n_head, config.head_size)
+
+
+@functools.cache
+def _auto_attention(platform: str, dtype: str, seq_len: int, n_head: int, head_size: int) -> str:
+    """cuDNN's fused attention on a GPU where it runs this shape, forward and backward; XLA otherwise.
+
+    The probe compiles and runs cuDNN attention once, on one sequence of the model's shape,
+    because it fails in ways no version check predicts (jax-ml/jax#32430 under the CUDA 13
+    plugin, "No valid engine configs" on Ada cards in jax-ml/jax#23227). A CPU keeps the
+    einsum attention, which was 1.4x faster there than jax.nn.dot_product_attention's XLA path.
+    """
+    if platform != "gpu":
+        return "xla"
+    if dtype == "float32":
+        _log.warning("model.attention=auto: cuDNN attention needs bfloat16 or float16 compute; using XLA attention.")
+        return "xla"
+
+    def probe(q_BxTxHxK):
+        out_BxTxHxK = jax.nn.dot_product_attention(
+            q_BxTxHxK, q_BxTxHxK, q_BxTxHxK, is_causal=True, implementation="cudnn"
+        )
+        return jnp.sum(out_BxTxHxK.astype(jnp.float32))
+
+    try:
+        # Run now even when asked while a step is being traced: the probe must execute, not be staged.
+        with jax.ensure_compile_time_eval():
+            q_BxTxHxK = jnp.ones((1, seq_len, n_head, head_size), _DTYPES[dtype])
+            jax.block_until_ready(jax.jit(jax.value_and_grad(probe))(q_BxTxHxK))
+    except Exception as error:  # any failure of the probe means: do not use cuDNN
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        _log.warning("model.attention=auto: cuDNN attention does not run here (%s); using XLA attention.", reason)
+        return "xla"
+    return "cudnn"
 
 
 def _normal(stddev: float):
@@ -166,13 +248,14 @@ class Attention(nnx.Module):
         qkv_BxTx3xHxK = qkv_BxTx3xHxK + self.qkv_bias[...].astype(dtype)
         q_BxTxHxK, k_BxTxHxK, v_BxTxHxK = (qkv_BxTx3xHxK[:, :, i] for i in range(3))
         if cache is None:
-            if self.config.attention == "cudnn":
+            if attention_implementation(self.config) == "cudnn":
                 out_BxTxHxK = jax.nn.dot_product_attention(
                     q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, is_causal=True, implementation="cudnn"
                 )
             else:
                 positions_T = jnp.arange(x_BxTxD.shape[1])
                 out_BxTxHxK = attention(q_BxTxHxK, k_BxTxHxK, v_BxTxHxK, positions_T, positions_T)
+            out_BxTxHxK = checkpoint_name(out_BxTxHxK, ATTENTION_OUT)
         else:
             cache = KVCache(
                 jax.lax.dynamic_update_slice(
@@ -206,7 +289,7 @@ class MLP(nnx.Module):
 
     def __call__(self, x_BxTxD):
         h_BxTxF = x_BxTxD @ self.fc_kernel[...].astype(self.dtype) + self.fc_bias[...].astype(self.dtype)
-        h_BxTxF = jax.nn.gelu(h_BxTxF, approximate=True)
+        h_BxTxF = jax.nn.gelu(checkpoint_name(h_BxTxF, MLP_HIDDEN), approximate=True)
         return h_BxTxF @ self.proj_kernel[...].astype(self.dtype) + self.proj_bias[...].astype(self.dtype)
 
 
@@ -234,6 +317,8 @@ def stacked_blocks(config: GPTConfig, rngs: nnx.Rngs) -> Block:
     keeps each layer's residual gradient in its own buffer. Unrolled, XLA:CPU fuses the
     whole chain of residual-gradient sums into every weight-gradient transpose and
     recomputes it there, which made GPT-2 small's step 1.2 to 1.4x slower on a CPU.
+    ``model.scan_layers=False`` unrolls the loop over the same stacked parameters, so
+    checkpoints and Hugging Face interop are the same either way.
     """
     keys_L = jax.random.split(rngs.params(), config.n_layer)
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: Block(config, nnx.Rngs(0))))
@@ -255,20 +340,14 @@ class GPT(nnx.Module):
         x_BxTxD = self.wte[...][tokens_BxT].astype(dtype) + self.wpe[...][positions_T].astype(dtype)
         return _dropout(x_BxTxD, self.config.dropout, dropout_key)
 
-    def _logits(self, x_BxTxD):
-        """Tied output projection; padding rows of the vocabulary get no probability."""
-        dtype = self.config.compute_dtype
-        logits_BxTxV = jnp.einsum(
-            "btd,vd->btv", self.ln_f(x_BxTxD), self.wte[...].astype(dtype), preferred_element_type=jnp.float32
-        )
-        # An additive mask: unlike a select, its backward pass keeps no B x T x V mask alive.
-        padding_bias_V = jnp.where(
-            jnp.arange(self.config.padded_vocab_size) < self.config.vocab_size, 0.0, jnp.finfo(jnp.float32).min
-        )
-        return logits_BxTxV + padding_bias_V
+    def _logits(self, h_BxTxD):
+        """Float32 logits of the tied output projection; padding rows of the vocabulary get no probability."""
+        wte_VxD = self.wte[...].astype(self.config.compute_dtype)
+        logits_BxTxV = jnp.einsum("btd,vd->btv", h_BxTxD, wte_VxD, preferred_element_type=jnp.float32)
+        return logits_BxTxV + _padding_bias(self.config.vocab_size, self.config.padded_vocab_size)
 
-    def __call__(self, tokens_BxT, *, dropout_key=None, residual_sharding=None):
-        """Float32 logits over the padded vocabulary for every position.
+    def hidden_states(self, tokens_BxT, *, dropout_key=None, residual_sharding=None):
+        """The final LayerNorm's output for every position, in the compute dtype: what the output projection reads.
 
         ``residual_sharding`` (from ``sharding.residual_sharding``) pins the B x T x D
         residual stream between blocks to the batch split; left to itself, XLA follows
@@ -289,13 +368,35 @@ class GPT(nnx.Module):
                 x_BxTxD = jax.lax.with_sharding_constraint(x_BxTxD, residual_sharding)
             return x_BxTxD, None
 
-        x_BxTxD, _ = self._scan_blocks(block_step, x_BxTxD, block_keys_L, REMAT_POLICIES[self.config.remat])
-        return self._logits(x_BxTxD)
+        x_BxTxD, _ = self._run_blocks(block_step, x_BxTxD, block_keys_L, REMAT_POLICIES[self.config.remat])
+        return self.ln_f(x_BxTxD)
 
-    def _scan_blocks(self, block_step, x_BxTxD, per_layer, remat_policy=None):
-        """``block_step(block, x, per_layer[i])`` for each layer i in turn, under ``jax.lax.scan``.
+    def __call__(self, tokens_BxT, *, dropout_key=None, residual_sharding=None):
+        """Float32 logits over the padded vocabulary for every position (scoring and sampling read these)."""
+        return self._logits(
+            self.hidden_states(tokens_BxT, dropout_key=dropout_key, residual_sharding=residual_sharding)
+        )
 
-        Returns x after the last block and block_step's second outputs, stacked by layer.
+    def loss(self, tokens_BxT, targets_BxT, *, dropout_key=None, residual_sharding=None):
+        """Mean next-token cross-entropy in nats, the loss training differentiates.
+
+        By ``chunked_cross_entropy``; ``model.loss_chunk=0`` computes the full float32 logits
+        and their ``cross_entropy`` instead (a B x T x V array; for comparison).
+        """
+        h_BxTxD = self.hidden_states(tokens_BxT, dropout_key=dropout_key, residual_sharding=residual_sharding)
+        if self.config.loss_chunk == 0:
+            return cross_entropy(self._logits(h_BxTxD), targets_BxT)
+        return chunked_cross_entropy(
+            h_BxTxD, self.wte[...], targets_BxT, self.config.vocab_size, self.config.loss_chunk
+        )
+
+    def _run_blocks(self, block_step, x_BxTxD, per_layer, remat_policy=None):
+        """``block_step(block, x, per_layer[i])`` for each layer i in turn.
+
+        Under ``jax.lax.scan`` by default; with ``model.scan_layers=False`` as an unrolled
+        loop over the same stacked parameters (split apart, so their gradients are
+        concatenated back rather than summed), for comparing the two on a GPU. Returns x
+        after the last block and block_step's second outputs, stacked by layer.
         """
         graphdef, stacked_state = nnx.split(self.h)
 
@@ -305,7 +406,13 @@ class GPT(nnx.Module):
 
         if remat_policy is not None:
             layer = jax.checkpoint(layer, policy=remat_policy)
-        return jax.lax.scan(layer, x_BxTxD, (stacked_state, per_layer))
+        if self.config.scan_layers:
+            return jax.lax.scan(layer, x_BxTxD, (stacked_state, per_layer))
+        outputs = []
+        for layer_slice in _unstack((stacked_state, per_layer), self.config.n_layer):
+            x_BxTxD, output = layer(x_BxTxD, layer_slice)
+            outputs.append(output)
+        return x_BxTxD, jax.tree.map(lambda *per_layer_outputs: jnp.stack(per_layer_outputs), *outputs)
 
     def init_cache(self, batch_size: int, length: int | None = None) -> KVCache:
         """An empty cache for every layer, stacked along a leading layer axis like the blocks."""
@@ -321,10 +428,25 @@ class GPT(nnx.Module):
         """
         positions_T = start + jnp.arange(tokens_BxT.shape[1])
         x_BxTxD = self._embed(tokens_BxT, positions_T, None)
-        x_BxTxD, cache = self._scan_blocks(
+        x_BxTxD, cache = self._run_blocks(
             lambda block, x_BxTxD, layer_cache: block(x_BxTxD, None, layer_cache, start), x_BxTxD, cache
         )
-        return self._logits(x_BxTxD), cache
+        return self._logits(self.ln_f(x_BxTxD)), cache
+
+
+def _unstack(tree, n: int) -> list:
+    """The n slices of a pytree's leading axis, by one split per leaf (whose transpose is a concatenation)."""
+    leaves, treedef = jax.tree.flatten(tree)
+    parts = [jnp.split(leaf, n) for leaf in leaves]
+    return [treedef.unflatten([part[i][0] for part in parts]) for i in range(n)]
+
+
+def _padding_bias(vocab_size: int, padded_vocab_size: int):
+    """0 for the real tokens, float32's lowest for the padding rows.
+
+    An additive mask: unlike a select, its backward pass keeps no B x T x V mask alive.
+    """
+    return jnp.where(jnp.arange(padded_vocab_size) < vocab_size, 0.0, jnp.finfo(jnp.float32).min)
 
 
 def preset(name: str) -> dict[str, int]:
@@ -356,5 +478,95 @@ def token_logprobs(logits_BxTxV, targets_BxT):
 
 
 def cross_entropy(logits_BxTxV, targets_BxT):
-    """Mean next-token loss in nats (float32)."""
+    """Mean next-token loss in nats (float32) of logits already computed in full."""
     return -token_logprobs(logits_BxTxV, targets_BxT).mean()
+
+
+def chunked_cross_entropy(h_BxTxD, wte_VxD, targets_BxT, vocab_size: int, chunk: int):
+    """Mean next-token loss of the tied output projection, ``chunk`` positions of every row at a time.
+
+    Equal to ``cross_entropy(logits, targets)`` of the full logits, but no float32 B x T x V
+    array is ever made, forward or backward: each chunk's logits (B x chunk x V) come from
+    a matmul in the compute dtype of ``h_BxTxD`` with float32 accumulation, their softmax
+    statistics and loss are float32, and their gradient is cast back to the compute dtype
+    before the two backward matmuls, so a bf16 model runs all three at bf16 speed. The
+    gradient is computed in the same pass as the loss (when differentiated), so the
+    projection is never recomputed: 6 N V D FLOPs for the head, as unchunked. ``wte_VxD`` is
+    the float32 parameter; its gradient is summed over chunks in float32. A sequence that
+    ``chunk`` does not divide is padded with positions that count for nothing.
+    """
+    return _chunked_loss(h_BxTxD, wte_VxD, targets_BxT, vocab_size, chunk)
+
+
+def _chunked(h_BxTxD, targets_BxT, chunk: int):
+    """(h, targets, weights) cut into chunks along T, chunk-major: NxBxCxD, NxBxC and NxBxC."""
+    batch, seq_len, width = h_BxTxD.shape
+    chunk = min(chunk, seq_len)
+    n_chunks = -(-seq_len // chunk)
+    pad = n_chunks * chunk - seq_len
+    weights_BxT = jnp.broadcast_to(jnp.arange(seq_len + pad) < seq_len, (batch, seq_len + pad)).astype(jnp.float32)
+    h_BxTxD = jnp.pad(h_BxTxD, ((0, 0), (0, pad), (0, 0)))
+    targets_BxT = jnp.pad(targets_BxT, ((0, 0), (0, pad)))
+
+    def chunk_major(x):
+        return x.reshape(batch, n_chunks, chunk, *x.shape[2:]).swapaxes(0, 1)
+
+    return chunk_major(h_BxTxD), chunk_major(targets_BxT), chunk_major(weights_BxT)
+
+
+def _chunk_logits_and_losses(h_BxCxD, w_VxD, targets_BxC, weights_BxC, vocab_size: int):
+    """One chunk's float32 logits, their logsumexp and its weighted per-position losses."""
+    logits_BxCxV = jnp.einsum("bcd,vd->bcv", h_BxCxD, w_VxD, preferred_element_type=jnp.float32)
+    logits_BxCxV = logits_BxCxV + _padding_bias(vocab_size, w_VxD.shape[0])
+    lse_BxC = jax.nn.logsumexp(logits_BxCxV, axis=-1)
+    target_logit_BxC = jnp.take_along_axis(logits_BxCxV, targets_BxC[..., None], axis=-1)[..., 0]
+    return logits_BxCxV, lse_BxC, (lse_BxC - target_logit_BxC) * weights_BxC
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _chunked_loss(h_BxTxD, wte_VxD, targets_BxT, vocab_size, chunk):
+    h_NxBxCxD, targets_NxBxC, weights_NxBxC = _chunked(h_BxTxD, targets_BxT, chunk)
+    w_VxD = wte_VxD.astype(h_BxTxD.dtype)
+
+    def chunk_loss(loss_sum, chunk_slices):
+        h_BxCxD, targets_BxC, weights_BxC = chunk_slices
+        losses_BxC = _chunk_logits_and_losses(h_BxCxD, w_VxD, targets_BxC, weights_BxC, vocab_size)[2]
+        return loss_sum + losses_BxC.sum(), None
+
+    loss_sum, _ = jax.lax.scan(chunk_loss, jnp.zeros((), jnp.float32), (h_NxBxCxD, targets_NxBxC, weights_NxBxC))
+    return loss_sum / targets_BxT.size
+
+
+def _chunked_loss_fwd(h_BxTxD, wte_VxD, targets_BxT, vocab_size, chunk):
+    """The loss and, in the same pass over the chunks, its gradients with respect to h and wte."""
+    batch, seq_len, _ = h_BxTxD.shape
+    h_NxBxCxD, targets_NxBxC, weights_NxBxC = _chunked(h_BxTxD, targets_BxT, chunk)
+    w_VxD = wte_VxD.astype(h_BxTxD.dtype)
+    scale = 1.0 / targets_BxT.size
+
+    def chunk_step(carry, chunk_slices):
+        loss_sum, dwte_VxD = carry
+        h_BxCxD, targets_BxC, weights_BxC = chunk_slices
+        logits_BxCxV, lse_BxC, losses_BxC = _chunk_logits_and_losses(
+            h_BxCxD, w_VxD, targets_BxC, weights_BxC, vocab_size
+        )
+        # d loss / d logits = softmax - onehot(target), per counted position, over the mean's count.
+        probs_BxCxV = jnp.exp(logits_BxCxV - lse_BxC[..., None])
+        onehot_BxCxV = jax.nn.one_hot(targets_BxC, w_VxD.shape[0], dtype=jnp.float32)
+        dlogits_BxCxV = ((probs_BxCxV - onehot_BxCxV) * (weights_BxC * scale)[..., None]).astype(w_VxD.dtype)
+        dh_BxCxD = jnp.einsum("bcv,vd->bcd", dlogits_BxCxV, w_VxD, preferred_element_type=jnp.float32)
+        dwte_VxD = dwte_VxD + jnp.einsum("bcv,bcd->vd", dlogits_BxCxV, h_BxCxD, preferred_element_type=jnp.float32)
+        return (loss_sum + losses_BxC.sum(), dwte_VxD), dh_BxCxD.astype(h_BxCxD.dtype)
+
+    init = (jnp.zeros((), jnp.float32), jnp.zeros(wte_VxD.shape, jnp.float32))
+    (loss_sum, dwte_VxD), dh_NxBxCxD = jax.lax.scan(chunk_step, init, (h_NxBxCxD, targets_NxBxC, weights_NxBxC))
+    dh_BxTxD = dh_NxBxCxD.swapaxes(0, 1).reshape(batch, -1, h_BxTxD.shape[-1])[:, :seq_len]
+    return loss_sum * scale, (dh_BxTxD, dwte_VxD.astype(wte_VxD.dtype))
+
+
+def _chunked_loss_bwd(vocab_size, chunk, gradients, g):
+    dh_BxTxD, dwte_VxD = gradients
+    return (g * dh_BxTxD).astype(dh_BxTxD.dtype), g * dwte_VxD, None
+
+
+_chunked_loss.defvjp(_chunked_loss_fwd, _chunked_loss_bwd)

@@ -12,13 +12,11 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from gpt2jax.model import cross_entropy
-
 
 def loss_fn(params, graphdef, inputs_BxT, targets_BxT, dropout_key=None, residual_sharding=None):
+    """The model's chunked cross-entropy (``GPT.loss``): no float32 B x T x V logits, forward or backward."""
     model = nnx.merge(graphdef, params)
-    logits_BxTxV = model(inputs_BxT, dropout_key=dropout_key, residual_sharding=residual_sharding)
-    return cross_entropy(logits_BxTxV, targets_BxT)
+    return model.loss(inputs_BxT, targets_BxT, dropout_key=dropout_key, residual_sharding=residual_sharding)
 
 
 def train_step(state, inputs_AxBxT, targets_AxBxT, *, graphdef, optimizer, residual_sharding=None):

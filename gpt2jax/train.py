@@ -288,7 +288,7 @@ def run(config, workdir: str | Path) -> dict:
                 record["epochs"] = record["tokens_seen"] / len(data.train)  # passes over the unique train tokens
                 if window.steps:
                     speed = flops.throughput(step_cost, window.steps, window.seconds(), peak)
-                    record.update(tokens_per_s=speed["tokens_per_s"], mfu=speed["mfu"])
+                    record.update(tokens_per_s=speed["tokens_per_s"], mfu=speed["mfu"], mfu_causal=speed["mfu_causal"])
                 if evaluate_now:
                     record["val_loss"] = trainer.evaluate(state["params"], data.val, train_config.eval_batches)
                 logger.write(record)

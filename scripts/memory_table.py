@@ -1,6 +1,6 @@
 """Per-device training memory of the four GPT-2 sizes, as a markdown table.
 
-    python scripts/memory_table.py [--micro_batch 8] [--remat none,dots,full] [--sizes small,medium,large,xl]
+    python scripts/memory_table.py [--micro_batch 8] [--remat none,dots,attention,full] [--sizes small,medium,large,xl]
 
 For each size (configs/<size>.py: bfloat16 compute, float32 parameters and AdamW state)
 and remat policy, ``memory.dry_run`` compiles the train step at a micro-batch of
@@ -8,17 +8,16 @@ and remat policy, ``memory.dry_run`` compiles the train step at a micro-batch of
 through gradient accumulation. Nothing runs; the mesh is every device here along fsdp.
 
 Columns: the shards of parameters and optimizer state; the activations the backward
-pass keeps, traced before XLA (what remat changes, on any platform); a low estimate of
-the step's memory, those activations plus parameters, optimizer state and the float32
-gradient accumulator; and XLA's total for the step as compiled here, the high estimate.
-XLA:CPU keeps bfloat16 activations at float32 cost, so on a CPU that total runs high; on
-a GPU it is the figure to trust. ``fits`` holds the estimates against the share of a 12,
-24 or 80 GiB card that JAX lets XLA use (XLA_PYTHON_CLIENT_MEM_FRACTION, 0.75 unless
-set): yes if XLA's total fits, no if even the low estimate does not, maybe in between.
+pass keeps and the largest temporaries, traced before XLA (the same on every platform);
+the estimate, those plus the parameters, AdamW state and float32 gradients
+(``memory.estimate``); and XLA's total for the step as compiled here. XLA:CPU keeps
+bfloat16 activations at float32 cost and lays buffers out for a CPU, so on a CPU the
+estimate decides ``fits``; on a GPU, XLA's own total does. ``fits`` holds that figure
+against the share of a 12, 24 or 80 GiB card that JAX lets XLA use
+(XLA_PYTHON_CLIENT_MEM_FRACTION, 0.75 unless set).
 """
 
 import argparse
-import os
 import sys
 import time
 
@@ -37,7 +36,7 @@ def load_config(size: str, micro_batch: int, remat: str):
     return config
 
 
-def table_rows(sizes: list[str], remats: list[str], micro_batch: int, usable_fraction: float):
+def table_rows(sizes: list[str], remats: list[str], micro_batch: int, usable_fraction: float, platform: str):
     from gpt2jax.memory import dry_run
 
     for size in sizes:
@@ -45,43 +44,41 @@ def table_rows(sizes: list[str], remats: list[str], micro_batch: int, usable_fra
             started = time.perf_counter()
             memory = dry_run(load_config(size, micro_batch, remat))["per_device_bytes"]
             print(f"{size} remat={remat}: compiled in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-            saved = memory["activations_saved_for_backward"]
-            low, high = memory["estimate_total"], memory["xla_total"]
-            fits = " / ".join(fit_word(low, high, usable_fraction * gib * GIB) for gib in CARDS_GIB)
+            deciding = memory["estimate_total"] if platform == "cpu" else memory["xla_total"]
+            fits = " / ".join("yes" if deciding <= usable_fraction * gib * GIB else "no" for gib in CARDS_GIB)
+            gib = {key: value / GIB for key, value in memory.items()}
             yield (
-                f"| {size} | {remat} | {memory['params'] / GIB:.2f} | {memory['optimizer_state'] / GIB:.2f} "
-                f"| {saved / GIB:.2f} | {low / GIB:.2f} | {high / GIB:.2f} | {fits} |"
+                f"| {size} | {remat} | {gib['params']:.2f} | {gib['optimizer_state']:.2f} "
+                f"| {gib['activations_saved_for_backward']:.2f} | {gib['largest_temporaries']:.2f} "
+                f"| {gib['estimate_total']:.2f} | {gib['xla_total']:.2f} | {fits} |"
             )
-
-
-def fit_word(low: int, high: int, usable: float) -> str:
-    if high <= usable:
-        return "yes"
-    return "no" if low > usable else "maybe"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--micro_batch", type=int, default=8, help="sequences of 1024 tokens per micro-batch")
-    parser.add_argument("--remat", default="none,dots,full", help="comma-separated model.remat policies")
+    parser.add_argument("--remat", default="none,dots,attention,full", help="comma-separated model.remat policies")
     parser.add_argument("--sizes", default="small,medium,large,xl", help="comma-separated configs/<size>.py")
     args = parser.parse_args()
 
     import jax
 
     devices = jax.devices()
-    usable_fraction = float(os.environ.get("XLA_PYTHON_CLIENT_MEM_FRACTION", 0.75))
+    from gpt2jax.memory import usable_fraction as memory_usable_fraction
+
+    usable_fraction = memory_usable_fraction()
     print(
         f"GiB per device on {len(devices)} x {devices[0].device_kind} (mesh fsdp={len(devices)}), "
         f"micro-batch {args.micro_batch} x 1024 tokens, bfloat16 compute; fits: within "
         f"{usable_fraction:g} of a {' / '.join(map(str, CARDS_GIB))} GiB card.\n"
     )
+    platform = devices[0].platform
     print(
-        "| model | remat | params | optimizer state | activations saved for backward | low estimate "
-        f"| XLA total on {devices[0].platform} (high estimate) | fits 12 / 24 / 80 GiB |"
+        "| model | remat | params | optimizer state | activations saved for backward | largest temporaries "
+        f"| estimate | XLA total on {platform} | fits 12 / 24 / 80 GiB ({'estimate' if platform == 'cpu' else 'XLA'}) |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---|")
-    for row in table_rows(args.sizes.split(","), args.remat.split(","), args.micro_batch, usable_fraction):
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
+    for row in table_rows(args.sizes.split(","), args.remat.split(","), args.micro_batch, usable_fraction, platform):
         print(row, flush=True)
 
 

@@ -18,13 +18,18 @@ def test_benchmark_reports_consistent_figures():
     assert result["tokens_per_s"] == pytest.approx(tokens_per_step / (result["step_ms"] / 1e3))
     per_token = flops.flops_per_token_palm(flops.Shape(2, 4, 32, 50257, 16))
     assert result["model_flops_per_s"] == pytest.approx(per_token * result["tokens_per_s"])
-    assert result["mfu"] == pytest.approx(result["model_flops_per_s"] / result["peak_flops_per_s"])
+    # MFU under both conventions, or unknown (None) where the measured peak would put it over 1.
+    causal = flops.flops_per_token_palm(flops.Shape(2, 4, 32, 50257, 16), causal=True)
+    for key, count in (("mfu", per_token), ("mfu_causal", causal)):
+        utilisation = count * result["tokens_per_s"] / result["peak_flops_per_s"]
+        assert result[key] == (pytest.approx(utilisation) if utilisation <= 1 else None)
+    assert result["attention"] == "xla" and result["scan_layers"] is True and result["grad_accum_steps"] == 1
     assert result["n_devices"] == 8 and result["mesh"]["fsdp"] == 8
     assert result["compile_s"] > 0 and result["peak_memory_bytes"] > 0
     assert 0 < result["final_loss"] < 11.5
 
 
-def test_bench_cli_prints_json():
+def test_bench_cli_prints_json_and_writes_a_profile(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     result = subprocess.run(
         [
@@ -39,6 +44,7 @@ def test_bench_cli_prints_json():
             "--config.model.n_embd=32",
             "--config.model.block_size=16",
             "--config.train.batch_size=8",
+            f"--profile_dir={tmp_path / 'profile'}",
         ],
         cwd=REPO,
         env=env,
@@ -48,4 +54,24 @@ def test_bench_cli_prints_json():
     )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert {"tokens_per_s", "step_ms", "compile_s", "mfu", "peak_memory_bytes"} <= report.keys()
+    assert {"tokens_per_s", "step_ms", "compile_s", "mfu", "mfu_causal", "peak_memory_bytes"} <= report.keys()
+    assert list((tmp_path / "profile").rglob("*.xplane.pb")), "no jax.profiler trace was written"
+
+
+def test_mfu_above_one_is_never_reported():
+    step = {"tokens_per_step": 1000, "flops_per_step": 2e12, "flops_per_step_causal": 1.9e12}
+    speed = flops.throughput(step, steps=1, seconds=1.0, peak_flops=1.95e12)
+    assert speed["mfu"] is None and speed["mfu_causal"] == pytest.approx(1.9 / 1.95)
+
+
+def test_cpu_peak_is_measured_once_per_host_and_kept(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPT2JAX_CACHE_DIR", str(tmp_path))
+    flops.measured_cpu_matmul_peak.cache_clear()
+    measured = flops.measured_cpu_matmul_peak()
+    cached = json.loads((tmp_path / "cpu_matmul_peak.json").read_text())
+    assert list(cached.values()) == [measured] and measured > 1e9
+    # The next process reads it instead of measuring: a planted figure comes back as is.
+    (tmp_path / "cpu_matmul_peak.json").write_text(json.dumps({key: 123e9 for key in cached}))
+    flops.measured_cpu_matmul_peak.cache_clear()
+    assert flops.measured_cpu_matmul_peak() == 123e9
+    flops.measured_cpu_matmul_peak.cache_clear()

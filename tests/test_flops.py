@@ -133,3 +133,11 @@ def test_mfu_arithmetic():
 
 def test_training_memory_is_sixteen_bytes_per_parameter():
     assert flops.training_memory_bytes(124_439_808) == 16 * 124_439_808
+
+
+def test_causal_count_halves_the_attention_term():
+    # GPT-2 small at T=1024, worked out by hand: 6 x (124,439,808 - 1024 x 768 position
+    # embedding) + 6 x 12 layers x 768 x 1024 = 798,543,360 (PaLM's full count: 855,166,464).
+    shape = flops.Shape(12, 12, 768, 50257, 1024)
+    assert flops.flops_per_token_palm(shape, causal=True) == 6 * (124_439_808 - 1024 * 768) + 6 * 12 * 768 * 1024
+    assert flops.flops_per_token_palm(shape, causal=True) == 798_543_360

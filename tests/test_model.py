@@ -1,4 +1,5 @@
 import dataclasses
+import functools
 import math
 
 import jax
@@ -8,7 +9,18 @@ import pytest
 from flax import nnx
 
 from gpt2jax import flops
-from gpt2jax.model import GPT, PRESETS, GPTConfig, attention, count_model_params, cross_entropy
+from gpt2jax.model import (
+    GPT,
+    PRESETS,
+    REMAT_POLICIES,
+    GPTConfig,
+    abstract_model,
+    attention,
+    attention_implementation,
+    chunked_cross_entropy,
+    count_model_params,
+    cross_entropy,
+)
 
 TINY = GPTConfig(n_layer=2, n_head=4, n_embd=32, block_size=16, vocab_size=300, vocab_multiple=64)
 
@@ -39,6 +51,17 @@ def test_vocabulary_padded_to_50304_by_default():
 def _tokens(key, config, batch=2, length=None):
     length = config.block_size if length is None else length
     return jax.random.randint(jax.random.key(key), (batch, length), 0, config.vocab_size)
+
+
+@functools.cache
+def _tiny_params():
+    """TINY's initial parameters, made once: every variant of TINY below (dtype, remat, chunking) shares their shapes."""
+    return nnx.split(GPT(TINY, rngs=nnx.Rngs(0)))[1]
+
+
+def _split(config):
+    """(graphdef, parameters) of a variant of TINY, without initialising it again."""
+    return abstract_model(config)[0], _tiny_params()
 
 
 def test_padding_rows_get_no_probability():
@@ -153,17 +176,152 @@ def test_bfloat16_compute_keeps_float32_params_and_close_loss():
     np.testing.assert_allclose(cross_entropy(logits16, tokens), cross_entropy(model32(tokens), tokens), rtol=1e-2)
 
 
-@pytest.mark.parametrize("policy", ["full", "dots"])
+@pytest.mark.parametrize("policy", sorted(set(REMAT_POLICIES) - {"none"}))
 def test_remat_gives_the_same_gradients(policy):
     tokens = _tokens(6, TINY)
 
     def grads(config):
-        graphdef, params = nnx.split(GPT(config, rngs=nnx.Rngs(0)))
-        loss = lambda p: cross_entropy(nnx.merge(graphdef, p)(tokens[:, :-1]), tokens[:, 1:])
-        return jax.grad(loss)(params)
+        graphdef, params = _split(config)
+        loss = lambda p: nnx.merge(graphdef, p).loss(tokens[:, :-1], tokens[:, 1:])
+        return jax.jit(jax.grad(loss))(params)
 
     for a, b in zip(jax.tree.leaves(grads(TINY)), jax.tree.leaves(grads(dataclasses.replace(TINY, remat=policy)))):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def _saved_for_backward(config, tokens):
+    """Bytes of the residuals the loss's backward pass keeps (the pullback's closure, less the parameters)."""
+    from jax.extend.core import Var
+
+    graphdef, params = _split(config)
+    pullback = lambda p: jax.vjp(lambda p: nnx.merge(graphdef, p).loss(tokens, tokens), p)[1]
+    jaxpr = jax.make_jaxpr(pullback)(params).jaxpr
+    return sum(
+        math.prod(v.aval.shape) * v.aval.dtype.itemsize
+        for v in jaxpr.outvars
+        if isinstance(v, Var) and v not in set(jaxpr.invars)
+    )
+
+
+def test_remat_policies_keep_the_named_tensors_and_nothing_else():
+    config = dataclasses.replace(TINY, dtype="bfloat16")
+    tokens = _tokens(6, config)
+    saved = {
+        policy: _saved_for_backward(dataclasses.replace(config, remat=policy), tokens) for policy in REMAT_POLICIES
+    }
+    batch, seq_len = tokens.shape
+    per_layer = config.n_layer * batch * seq_len * 2  # bf16 elements of one B x T x . array per layer
+    # "attention" keeps, beyond what "full" keeps, each layer's attention output (B x T x H x K);
+    # "attention_mlp" also its fc output before GELU (B x T x 4D).
+    assert saved["attention"] - saved["full"] == per_layer * config.n_embd
+    assert saved["attention_mlp"] - saved["attention"] == per_layer * 4 * config.n_embd
+    # "dots" keeps every weight matmul's output as well; no remat keeps everything.
+    assert saved["attention_mlp"] < saved["dots"] < saved["none"]
+
+
+def test_cudnn_attention_forward_is_saved_by_the_attention_keeping_policies():
+    """cuDNN's backward reads its forward's output and softmax statistics: keeping them stops a rerun of the fused forward."""
+    from jax._src.cudnn.fused_attention_stablehlo import _dot_product_attention_fwd_p_wrapper as cudnn_forward
+
+    keeps = {policy: bool(REMAT_POLICIES[policy](cudnn_forward)) for policy in REMAT_POLICIES if policy != "none"}
+    assert keeps == {"full": False, "dots": True, "attention": True, "attention_mlp": True}
+
+
+def test_auto_attention_is_the_einsum_attention_on_a_cpu():
+    assert attention_implementation(dataclasses.replace(TINY, attention="auto")) == "xla"
+    assert attention_implementation(dataclasses.replace(TINY, attention="cudnn", dtype="bfloat16")) == "cudnn"
+
+
+def test_unrolled_layers_match_the_scan_and_keep_the_stacked_parameters():
+    unrolled = dataclasses.replace(TINY, scan_layers=False, remat="dots")
+    graphdef, params = _split(TINY)
+    unrolled_graphdef, unrolled_params = abstract_model(unrolled)
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, unrolled_params)
+    tokens = _tokens(8, TINY)
+
+    def loss_and_grads(graphdef):
+        return jax.jit(jax.value_and_grad(lambda p: nnx.merge(graphdef, p).loss(tokens[:, :-1], tokens[:, 1:])))(params)
+
+    (loss, grads), (unrolled_loss, unrolled_grads) = loss_and_grads(graphdef), loss_and_grads(unrolled_graphdef)
+    np.testing.assert_allclose(unrolled_loss, loss, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(unrolled_grads)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+    # Decoding with the cache runs through the unrolled loop too.
+    def decode(p):
+        model = nnx.merge(unrolled_graphdef, p)
+        return model.decode(tokens[:, :5], model.init_cache(2), 0)
+
+    logits, cache = jax.jit(decode)(params)
+    np.testing.assert_allclose(logits, jax.jit(lambda p: nnx.merge(graphdef, p)(tokens))(params)[:, :5], atol=1e-5)
+    assert cache.k_BxSxHxK.shape == (TINY.n_layer, 2, TINY.block_size, TINY.n_head, TINY.head_size)
+
+
+# The chunked loss against the full logits' cross-entropy: (dtype, positions per chunk, tolerance).
+CHUNKINGS = [
+    ("float32", 16, 1e-5),  # one chunk: the whole sequence
+    ("float32", 4, 1e-5),  # chunks that divide the sequence
+    ("float32", 5, 1e-5),  # a last chunk padded with positions that count for nothing
+    ("bfloat16", 4, 2e-2),  # bf16 matmuls around float32 softmax statistics
+]
+
+
+@pytest.mark.parametrize("dtype, chunk, tolerance", CHUNKINGS)
+def test_chunked_loss_matches_the_full_logits_cross_entropy_and_its_gradients(dtype, chunk, tolerance):
+    config = dataclasses.replace(TINY, dtype=dtype, loss_chunk=chunk)
+    graphdef, params = _split(config)
+    # Perturbed away from the init, so that the logits spread and the gradients are not tiny.
+    params = jax.jit(lambda p: jax.tree.map(lambda x: x + 0.1 * jax.random.normal(jax.random.key(9), x.shape), p))(
+        params
+    )
+    tokens, targets = _tokens(10, TINY), _tokens(11, TINY)
+    full = lambda p: cross_entropy(nnx.merge(graphdef, p)(tokens), targets)
+    chunked = lambda p: nnx.merge(graphdef, p).loss(tokens, targets)
+    (loss, grads), (chunked_loss, chunked_grads) = (jax.jit(jax.value_and_grad(f))(params) for f in (full, chunked))
+    np.testing.assert_allclose(chunked_loss, loss, rtol=tolerance)
+    assert jax.tree.map(lambda g: g.dtype, chunked_grads) == jax.tree.map(lambda g: g.dtype, grads)
+    for a, b in zip(jax.tree.leaves(jax.device_get(chunked_grads)), jax.tree.leaves(jax.device_get(grads))):
+        scale = float(np.abs(b).max()) or 1.0
+        np.testing.assert_allclose(a / scale, b / scale, atol=tolerance)
+    # Without differentiation it is the same loss.
+    np.testing.assert_allclose(jax.jit(chunked)(params), chunked_loss, rtol=1e-6)
+
+
+def test_chunked_loss_gives_padding_rows_no_probability_and_scales_with_the_cotangent():
+    h = jax.random.normal(jax.random.key(0), (2, 6, 8))
+    wte = jax.random.normal(jax.random.key(1), (16, 8))
+    targets = jax.random.randint(jax.random.key(2), (2, 6), 0, 11)
+    loss = jax.jit(lambda h, w: chunked_cross_entropy(h, w, targets, 11, 4))
+    logits = jnp.einsum("btd,vd->btv", h, wte[:11])
+    np.testing.assert_allclose(loss(h, wte), cross_entropy(logits, targets), rtol=1e-6)
+    _, pullback = jax.vjp(loss, h, wte)
+    dh, dwte = pullback(jnp.float32(3.0))
+    # The 5 padding rows of the vocabulary get no gradient; a cotangent of 3 triples it.
+    assert float(jnp.abs(dwte[11:]).max()) == 0.0
+    np.testing.assert_allclose(dh, 3 * jax.grad(loss)(h, wte), rtol=1e-6)
+
+
+def test_training_loss_never_makes_a_float32_batch_x_time_x_vocab_array():
+    config = dataclasses.replace(TINY, dtype="bfloat16", loss_chunk=4)
+    graphdef, params = _split(config)
+    tokens = _tokens(12, config)
+    jaxpr = jax.make_jaxpr(jax.value_and_grad(lambda p: nnx.merge(graphdef, p).loss(tokens, tokens)))(params)
+    logits_elements = tokens.size * config.padded_vocab_size
+
+    vocab, wte_shape = config.padded_vocab_size, (config.padded_vocab_size, config.n_embd)
+
+    def float32_vocab_arrays(jaxpr):
+        """Sizes of the float32 arrays with a vocabulary axis, other than the embedding and its gradient."""
+        for eqn in jaxpr.eqns:
+            for v in eqn.outvars:
+                shape = v.aval.shape
+                if v.aval.dtype == jnp.float32 and vocab in shape and shape != wte_shape:
+                    yield math.prod(shape)
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                yield from float32_vocab_arrays(sub)
+
+    # The largest is one chunk's logits: B x 4 x V.
+    assert max(float32_vocab_arrays(jaxpr.jaxpr)) == tokens.shape[0] * 4 * vocab < logits_elements
 
 
 def test_dropout_is_a_function_of_its_key():
@@ -184,6 +342,7 @@ def test_dropout_is_a_function_of_its_key():
         (dict(attention="flash"), "model.attention"),
         (dict(attention="cudnn"), "needs model.dtype"),
         (dict(remat="some"), "model.remat"),
+        (dict(loss_chunk=-1), "model.loss_chunk"),
     ],
 )
 def test_bad_model_config_is_one_sentence(bad, message):

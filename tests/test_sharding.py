@@ -11,6 +11,7 @@ from gpt2jax import flops, inference, train
 from gpt2jax.checkpoint import Checkpointer
 from gpt2jax.config import base_config
 from gpt2jax.memory import dry_run
+from gpt2jax.model import REMAT_POLICIES
 from tests.helpers import run_main
 
 VOCAB = 512  # small enough to keep the tests fast, divisible by every mesh axis here
@@ -193,3 +194,7 @@ def test_dry_run_reports_per_device_memory_and_remat_keeps_fewer_activations():
     }
     # Full remat keeps little beyond each block's input and the logits; dots keeps the matmuls.
     assert saved["full"] < saved["dots"] < 0.6 * saved["none"]
+    # Every dry run reports what each policy would keep, whatever its own.
+    for summary in summaries.values():
+        by_remat = summary["activations_saved_for_backward_by_remat"]
+        assert by_remat.keys() == REMAT_POLICIES.keys() and {policy: by_remat[policy] for policy in saved} == saved

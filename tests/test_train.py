@@ -49,7 +49,9 @@ def test_every_config_loads(path):
     optim.learning_rate_schedule(config.train)
     if path.stem != "tiny":
         # The four GPT-2 sizes: published shapes, ~0.5M tokens a step, a real corpus.
-        preset = {"small": "gpt2", "medium": "gpt2-medium", "large": "gpt2-large", "xl": "gpt2-xl"}[path.stem]
+        preset = {"small": "gpt2", "medium": "gpt2-medium", "large": "gpt2-large", "xl": "gpt2-xl"}[
+            path.stem.split("_")[0]
+        ]
         assert {k: config.model[k] for k in ("n_layer", "n_head", "n_embd")} == PRESETS[preset]
         assert model_config.block_size == 1024
         assert config.train.batch_size * model_config.block_size == 524_288

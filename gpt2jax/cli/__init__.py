@@ -18,6 +18,8 @@ import argparse
 import os
 import sys
 
+from gpt2jax import xla_flags
+
 # Errors a user causes end in one sentence; anything else is a bug and keeps its traceback.
 USER_ERRORS = (ValueError, OSError, RuntimeError)
 USER_ERROR_EXIT = 1
@@ -123,6 +125,7 @@ def initialize_distributed() -> None:
     itself; JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID describe a
     run started by hand (one process per host, or several on one host for tests).
     """
+    xla_flags.configure()  # XLA's GPU flags, on a GPU run, before jax starts its backend
     import jax
 
     if os.environ.get("JAX_COORDINATOR_ADDRESS"):

@@ -1,7 +1,8 @@
 """Time the real jitted train step (drives ``benchmark.benchmark``).
 
 ``python -m gpt2jax.cli.bench --config small --steps 20`` prints tokens/s, step time,
-compile time, MFU and peak memory.
+compile time, MFU (PaLM's count and the causal one) and peak memory; ``--profile_dir``
+also writes a ``jax.profiler`` trace of a few steps there.
 """
 
 import json
@@ -20,6 +21,7 @@ _CONFIG = config_flags.DEFINE_config_file(
 )
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps after the compiling one.")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
+_PROFILE_DIR = flags.DEFINE_string("profile_dir", None, "Write a jax.profiler trace of a few steps here.")
 
 
 def main(argv):
@@ -27,7 +29,7 @@ def main(argv):
     cli.initialize_distributed()
     from gpt2jax.benchmark import benchmark
 
-    result = benchmark(_CONFIG.value, _STEPS.value)
+    result = benchmark(_CONFIG.value, _STEPS.value, _PROFILE_DIR.value)
     if _JSON.value:
         print(json.dumps(result))
         return

@@ -1,0 +1,48 @@
+"""The dry run's accounting, on GPT-2's real shapes, abstractly: nothing here allocates a model."""
+
+import jax
+import pytest
+
+from gpt2jax import flops, memory
+from gpt2jax.config import load_config_file
+from gpt2jax.train import build_trainer
+
+GIB = 2**30
+
+
+def _one_device_trainer(name: str, **model):
+    config = load_config_file(name)
+    config.model.update(model)
+    config.mesh.update(data=1, fsdp=1, tensor=1)
+    return build_trainer(config, devices=jax.devices()[:1])
+
+
+@pytest.mark.parametrize("name", ["small", "medium"])
+def test_xla_flops_count_every_scanned_layer_and_micro_batch(name):
+    # At depth 12, context 1024, with the config's 32 or 64 accumulated micro-batches: XLA's
+    # own count of a scan body counted once would give about 1/12 of the layers' FLOPs.
+    trainer = _one_device_trainer(name, n_layer=12)
+    analytic = flops.flops_per_token_palm(flops.Shape.from_config(trainer.model_config))
+    assert memory.xla_flops_per_token(trainer) == pytest.approx(analytic, rel=0.05)
+
+
+def test_scanned_flops_multiply_nested_scan_bodies_by_their_trip_counts():
+    import jax.numpy as jnp
+
+    def nested(x):
+        inner = lambda c, _: (c @ c, None)
+        outer = lambda c, _: (jax.lax.scan(inner, c, None, length=3)[0], None)
+        return jax.lax.scan(outer, x, None, length=5)[0]
+
+    jaxpr = jax.make_jaxpr(nested)(jax.ShapeDtypeStruct((32, 32), jnp.float32))
+    assert memory.scanned_flops(jaxpr) == pytest.approx(15 * 2 * 32**3, rel=0.01)
+
+
+def test_small_12gib_fits_a_12_gib_card_by_the_platform_independent_estimate():
+    trainer = _one_device_trainer("small_12gib")
+    assert trainer.config.train.batch_size == load_config_file("small").train.batch_size  # GPT-2's tokens a step
+    estimate = memory.estimate(trainer)
+    assert estimate["total"] <= memory.usable_fraction() * 12 * GIB
+    # The logits path keeps no float32 B x T x V: the largest temporaries are well under the 1.5 GiB
+    # that one micro-batch of 8 x 1024 float32 logits took, and their gradient as much again.
+    assert estimate["largest_temporaries"] < 8 * 1024 * 50304 * 4
