@@ -249,39 +249,51 @@ class Checkpointer:
             raise UnreadableCheckpoint(f"{where} holds NaN or infinite values.")
         return tree
 
-    def restore_newest(self, restore_step, step: int | None = None):
+    def restore_newest(self, restore_step, step: int | None = None, attempts: int = 3):
         """(step, ``restore_step(step)``) for ``step``, or for the newest committed step that reads back intact.
 
         Each newer step that does not is reported in one warning; a writer sets it aside, so
         that training does not save over it. A step that vanished meanwhile (a run deleting
-        its oldest checkpoints while this one reads) is simply passed over.
+        its oldest checkpoints while this one reads) is passed over, and the steps listed
+        again when none was left.
         """
         if step is not None:
             return step, restore_step(self.saved_step(step))
         skipped = []
-        for candidate in reversed(self.committed_steps()):
-            try:
-                restored = restore_step(candidate)
-            except UnreadableCheckpoint as error:
-                if (self.directory / str(candidate)).is_dir():
+        for _ in range(attempts):
+            listed = self.committed_steps()
+            for candidate in reversed(listed):
+                try:
+                    restored = restore_step(candidate)
+                except UnreadableCheckpoint as error:
+                    now = self.committed_steps()
+                    if candidate not in now or now[-1] > listed[-1]:
+                        break  # deleted meanwhile by the run saving newer ones: list the steps again
                     skipped.append((candidate, error))
-                continue
-            if skipped:
-                moved = [self.set_aside(self.directory / str(bad)) for bad, _ in skipped] if self.writer else []
-                reasons = "; ".join(str(error).rstrip(".") for _, error in skipped)
-                warnings.warn(
-                    f"{reasons}; using step {candidate}, the newest that reads back intact"
-                    + (f" (moved the unreadable step(s) to {moved[0].parent})." if moved else ".")
-                )
-            return candidate, restored
+                    continue
+                if skipped:
+                    self._report_skipped(skipped, candidate)
+                return candidate, restored
+            else:
+                break
         if skipped:
             raise UnreadableCheckpoint(
-                "no checkpoint in "
-                f"{self.directory} reads back intact: "
+                f"no checkpoint in {self.directory} reads back intact: "
                 + "; ".join(str(error).rstrip(".") for _, error in skipped)
                 + "; move that folder away to start again from scratch."
             )
+        if self.committed_steps():
+            raise UnreadableCheckpoint(
+                f"the checkpoints in {self.directory} changed while they were read (a run is saving and "
+                "deleting old ones); run again."
+            )
         raise FileNotFoundError(f"{self.directory} holds no checkpoint yet.")
+
+    def _report_skipped(self, skipped: list, used: int) -> None:
+        moved = [self.set_aside(self.directory / str(bad)) for bad, _ in skipped] if self.writer else []
+        reasons = "; ".join(str(error).rstrip(".") for _, error in skipped)
+        where = f" (moved the unreadable step(s) to {moved[0].parent})." if moved else "."
+        warnings.warn(f"{reasons}; using step {used}, the newest that reads back intact{where}")
 
     def check_shapes(self, step: int, abstract_state) -> None:
         """Refuses, in one sentence, a checkpoint whose parameters have other shapes."""

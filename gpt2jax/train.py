@@ -646,6 +646,10 @@ def _train(trainer: Trainer, data, workdir: Path, checkpointer: Checkpointer, st
             console.bar.update(1)
         checkpointer.wait()
     except OSError as error:
+        try:
+            checkpointer.wait()  # the save in flight is part of what was saved
+        except checkpoint.CheckpointWriteError:
+            pass
         saved = checkpointer.latest_step()
         raise RuntimeError(
             f"could not write {error.filename or workdir} ({error.strerror or error}); "

@@ -1,3 +1,4 @@
+import functools
 import json
 import os
 import signal
@@ -151,8 +152,12 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path
 
         return step
 
-    monkeypatch.setattr(train.Trainer, "train_step", property(poisoned))
-    with pytest.raises(train.NonFiniteLossError, match="at step 5"):
+    cached = functools.cached_property(poisoned)  # compiled once, as the real one is
+    cached.__set_name__(train.Trainer, "train_step")
+    monkeypatch.setattr(train.Trainer, "train_step", cached)
+    with pytest.raises(
+        train.NonFiniteLossError, match="at step 5, so training stopped and kept its newest checkpoint, step 3"
+    ):
         train.run(config, tmp_path)
     checkpointer = Checkpointer(tmp_path / "checkpoints")
     assert checkpointer.all_steps() == [3]
@@ -286,6 +291,8 @@ def test_scratch_refuses_a_workdir_with_checkpoints(trained, data_dir):
         ("--config.data.source=text:/nonexistent/*.txt", "error: "),
         ("--config.model.n_head=5", "error: model.n_embd=128 must be divisible by model.n_head=5."),
         ("--config.train.schedule=linear", "error: train.schedule='linear' is not one of"),
+        ("--config.data.sorce=x", "error: unknown config key 'sorce' in --config.data.sorce (did you mean \"source\""),
+        ("--config.train.steps=0", "error: train.steps=0 must be a whole number of at least 1."),
     ],
 )
 def test_bad_input_is_one_sentence(flag, message, tmp_path):
@@ -302,6 +309,7 @@ def test_bad_input_is_one_sentence(flag, message, tmp_path):
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(message)
+    assert not (tmp_path / "w").exists()  # refused before the workdir was made
 
 
 def test_dry_run_prints_counts_and_memory(tmp_path):

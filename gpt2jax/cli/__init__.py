@@ -42,10 +42,19 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"warning: {message}\n"
 
 
+def _quiet_unraisable(unraisable) -> None:
+    # A damaged checkpoint fails one TensorStore read; the reads still in flight then complete into
+    # Orbax's closed event loop and raise where nothing can catch them. The failure is reported once.
+    stray = unraisable.exc_type is Exception or str(unraisable.exc_value) == "Event loop is closed"
+    if not stray:
+        sys.__unraisablehook__(unraisable)
+
+
 def quiet_library_logging() -> None:
     """absl's logger off, Python's root logger at WARNING (see the module docstring)."""
     logging.getLogger("absl").setLevel(logging.CRITICAL + 1)
     logging.getLogger().setLevel(logging.WARNING)
+    sys.unraisablehook = _quiet_unraisable
 
 
 def guarded(main):
