@@ -155,8 +155,8 @@ class TfdsDataset:
             raise FileNotFoundError(
                 f"TFDS dataset {self.name!r} is not prepared as ArrayRecord under "
                 f"{self._builder.data_dir_root}; build it with `tfds build {self.name} "
-                f"--file_format=array_record --data_dir={self._builder.data_dir_root}`, or pass "
-                "--tfds_data_dir where it is."
+                f"--file_format=array_record --data_dir={self._builder.data_dir_root}`, or say where it is "
+                "(--config.data.tfds_data_dir for training, --tfds_data_dir for prepare)."
             ) from None
 
 
