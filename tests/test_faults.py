@@ -24,7 +24,6 @@ from flax import nnx
 from gpt2jax import checkpoint, inference, train
 from gpt2jax import workdir as workdir_files
 from gpt2jax.checkpoint import COMMIT_MARKER, Checkpointer, UnreadableCheckpoint
-from gpt2jax.config import base_config
 from gpt2jax.data.loader import prepared_data
 from gpt2jax.generate import GPT2_VOCABULARY, Vocabulary, generate, sample_text, vocabulary_of
 from gpt2jax.model import GPT, GPTConfig
@@ -32,29 +31,16 @@ from gpt2jax.scaling import plan as plan_module
 from gpt2jax.scaling import records
 from gpt2jax.scaling.sweep import Sweep
 from gpt2jax.scoring import _perplexity
-from tests.helpers import REPO, config_flags, run_main, tiny_sweep_config
+from tests.helpers import REPO, config_flags, run_main, tiny_config, tiny_sweep_config
 
 COMPACT_SOURCE = "synthetic:num_states=64,support_size=8,vocabulary=compact"
 
 
 def compact_config(data_dir, **train_overrides):
-    """1 layer, width 32, context 16, a 65-id vocabulary: checkpoints of ~290 KB, steps of a few ms."""
-    config = base_config()
-    config.model.update(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=65, vocab_multiple=8)
-    config.data.update(
-        source=COMPACT_SOURCE, dir=str(data_dir), synthetic_train_tokens=20_000, synthetic_val_tokens=2_000
-    )
-    config.train.update(
-        batch_size=8,
-        steps=12,
-        learning_rate=1e-2,
-        warmup_steps=2,
-        log_every=3,
-        eval_every=6,
-        eval_batches=2,
-        checkpoint_every=6,
-    )
-    config.train.update(train_overrides)
+    """tiny_config with 1 layer and a 65-id vocabulary: checkpoints of ~300 KB, steps of a few ms."""
+    config = tiny_config(data_dir, **train_overrides)
+    config.model.update(n_layer=1, n_head=2, vocab_size=65, vocab_multiple=8)
+    config.data.update(source=COMPACT_SOURCE, synthetic_train_tokens=20_000, synthetic_val_tokens=2_000)
     return config
 
 
@@ -327,6 +313,13 @@ def test_an_injected_disk_error_is_one_sentence(data_dir, tmp_path, monkeypatch)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         real_append(path, record)
 
+    def unprepared(config):
+        raise FileNotFoundError("TFDS dataset 'c4/en' is not prepared as ArrayRecord under X; build it.")
+
+    with monkeypatch.context() as patched:  # a missing dataset's own sentence is kept, not called a full disk
+        patched.setattr(train.loader, "prepared_data", unprepared)
+        with pytest.raises(FileNotFoundError, match="is not prepared as ArrayRecord under X; build it."):
+            train.run(compact_config(data_dir), tmp_path)
     monkeypatch.setattr(workdir_files, "append_jsonl", full_after_step_6)
     with pytest.raises(
         RuntimeError,
