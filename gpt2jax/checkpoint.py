@@ -138,8 +138,8 @@ class Checkpointer:
 
     # Writing.
 
-    def save(self, step: int, state, counters: dict) -> None:
-        """Starts saving ``state`` as ``step`` with ``counters`` (tokens_seen, flops_seen) and its checksums."""
+    def save(self, step: int, state, counters: dict | None = None) -> None:
+        """Starts saving ``state`` as ``step`` with its checksums and ``counters`` (tokens_seen, flops_seen)."""
         if self._manager is None:
             self._manager = ocp.CheckpointManager(
                 self.directory,
@@ -148,7 +148,7 @@ class Checkpointer:
                 ),
             )
         self.wait()  # Orbax would wait too; waiting here names the step whose save failed
-        metadata = dict(counters, checksums=checksums(state))
+        metadata = dict(counters or {}, checksums=checksums(state))
         self._saving = step
         try:
             self._manager.save(step, args=ocp.args.StandardSave(state), custom_metadata=metadata, force=True)

@@ -31,7 +31,7 @@ from gpt2jax import checkpoint, evaluation, flops, init_from, optim, sharding, s
 from gpt2jax import workdir as workdir_files
 from gpt2jax.checkpoint import Checkpointer
 from gpt2jax.data import loader
-from gpt2jax.data.prepare import META_FILE, SPLIT_FILES
+from gpt2jax.data.prepare import META_FILE
 from gpt2jax.locks import FileLock
 from gpt2jax.model import GPT, GPTConfig, abstract_model
 
@@ -397,9 +397,16 @@ def check_data_fits(data, block_size: int) -> None:
     for split, tokens in (("train", data.train), ("val", data.val)):
         if len(tokens) < block_size + 1:
             raise ValueError(
-                f"{data.path / SPLIT_FILES[split]} holds {len(tokens)} tokens, fewer than one window of "
+                f"the {split} split of {data.path} holds {len(tokens)} tokens, fewer than one window of "
                 f"model.block_size + 1 = {block_size + 1}; prepare more data or lower model.block_size."
             )
+
+
+def recorded_hashes(meta: dict) -> dict[str, str]:
+    """{token file: sha256} as meta.json records them: per shard, or per split file in the first format."""
+    if "shards" in meta:
+        return {shard["file"]: shard["sha256"] for split in meta["shards"].values() for shard in split}
+    return dict(meta.get("sha256", {}))
 
 
 def _sha256(path: Path) -> str:
@@ -421,7 +428,7 @@ def verify_data(data, workdir: Path) -> None:
     recorded = workdir_files.read_json(path) if path.is_file() else {}
     verified = recorded.get("verified", {}) if recorded.get("path") == str(data.path) else {}
     stamps = {}
-    for name, digest in data.meta.get("sha256", {}).items():
+    for name, digest in recorded_hashes(data.meta).items():
         stat = (data.path / name).stat()
         stamps[name] = [stat.st_size, stat.st_mtime_ns]
         if verified.get(name) != stamps[name] and _sha256(data.path / name) != digest:

@@ -137,7 +137,9 @@ def test_counts_that_make_no_sense_are_refused_before_anything_runs(data_dir, tm
 def test_a_val_split_shorter_than_one_window_is_refused_at_start(tmp_path):
     config = compact_config(tmp_path / "data")
     config.data.synthetic_val_tokens = 10
-    with pytest.raises(ValueError, match=r"val.bin holds 10 tokens, fewer than one window of model.block_size \+ 1"):
+    with pytest.raises(
+        ValueError, match=r"the val split of .* holds 10 tokens, fewer than one window of model.block_size \+ 1"
+    ):
         train.run(config, tmp_path / "w")
     assert not (tmp_path / "w").exists()
 
