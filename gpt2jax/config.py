@@ -82,6 +82,9 @@ def base_config() -> ml_collections.ConfigDict:
             checkpoint_every=500,
             keep_checkpoints=3,
             tensorboard=False,
+            # Resuming a workdir with a config that changes what its checkpoint means (seed, batch,
+            # schedule, rate, fewer steps...) is refused unless True; the change is then recorded.
+            allow_config_change=False,
         )
     )
 

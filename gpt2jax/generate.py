@@ -1,10 +1,27 @@
-"""Autoregressive generation with a KV cache: the prompt fills the cache in one pass."""
+"""Autoregressive generation: a KV cache while the sequence fits the context, then a sliding window.
 
+The prompt fills the cache in one pass and each new token costs one position, up to the
+model's ``block_size``. Past it, each further token is predicted from the last
+``block_size`` tokens, as nanoGPT does: positions are absolute, so the cached keys of a
+window that slid are stale and the window is recomputed whole. Any ``max_new_tokens``
+works on any model.
+
+A model trained on GPT-2 BPE text reads and writes text; one trained on a compact
+vocabulary (a synthetic source's bare ids, whose meta.json tokenizer is not gpt2) reads
+and writes its token ids, since decoding them as GPT-2 text would print garbage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from gpt2jax.data.tokenizer import EOT_TOKEN_ID, GPT2_VOCAB_SIZE
 
 
 def _pick(logits_BxV, key, temperature: float, top_k: int):
@@ -21,54 +38,125 @@ def _pick(logits_BxV, key, temperature: float, top_k: int):
 def generate(graphdef, params, prompt_BxP, key, *, max_new_tokens: int, temperature: float, top_k: int):
     """The prompt followed by ``max_new_tokens`` sampled tokens, [B, P + max_new_tokens].
 
-    The prompt fills the cache in one pass; each new token then costs one position.
+    A prompt longer than the context conditions on its last ``block_size`` tokens.
     """
     model = nnx.merge(graphdef, params)
-    batch, prompt_len = prompt_BxP.shape
-    cache = model.init_cache(batch, prompt_len + max_new_tokens)
-    logits_BxPxV, cache = model.decode(prompt_BxP, cache, 0)
+    block = model.config.block_size
+    context_BxC = prompt_BxP[:, -block:]
+    batch, context_len = context_BxC.shape
+    # The cache serves every token predicted from at most block_size positions: up to the one
+    # at position block_size, the first past the context.
+    cached = min(max_new_tokens, block - context_len + 1)
     keys = jax.random.split(key, max_new_tokens)
-    first_B = _pick(logits_BxPxV[:, -1], keys[0], temperature, top_k)
 
-    def step(carry, inputs):
+    cache = model.init_cache(batch, context_len + cached - 1)
+    logits_BxCxV, cache = model.decode(context_BxC, cache, 0)
+    first_B = _pick(logits_BxCxV[:, -1], keys[0], temperature, top_k)
+
+    def cached_step(carry, inputs):
         token_B, cache = carry
         position, step_key = inputs
         logits_Bx1xV, cache = model.decode(token_B[:, None], cache, position)
         next_B = _pick(logits_Bx1xV[:, 0], step_key, temperature, top_k)
         return (next_B, cache), token_B
 
-    positions = prompt_len + jnp.arange(max_new_tokens - 1)
-    (last_B, _), tokens_NxB = jax.lax.scan(step, (first_B, cache), (positions, keys[1:]))
-    new_BxN = jnp.concatenate([tokens_NxB.T, last_B[:, None]], axis=1)
-    return jnp.concatenate([prompt_BxP, new_BxN.astype(prompt_BxP.dtype)], axis=1)
+    positions = context_len + jnp.arange(cached - 1)
+    (last_B, _), tokens_NxB = jax.lax.scan(cached_step, (first_B, cache), (positions, keys[1:cached]))
+    new_BxN = jnp.concatenate([tokens_NxB.T, last_B[:, None]], axis=1).astype(prompt_BxP.dtype)
+
+    if max_new_tokens > cached:
+        # The whole window's logits are computed (XLA does not sink the slice to the last
+        # position: 855 MFLOP a token on configs/tiny.py, 96% of it the output layer).
+        def sliding_step(window_BxT, step_key):
+            logits_BxTxV = model(window_BxT)
+            next_B = _pick(logits_BxTxV[:, -1], step_key, temperature, top_k).astype(window_BxT.dtype)
+            return jnp.concatenate([window_BxT[:, 1:], next_B[:, None]], axis=1), next_B
+
+        window_BxT = jnp.concatenate([context_BxC, new_BxN], axis=1)[:, -block:]
+        _, slid_NxB = jax.lax.scan(sliding_step, window_BxT, keys[cached:])
+        new_BxN = jnp.concatenate([new_BxN, slid_NxB.T], axis=1)
+    return jnp.concatenate([prompt_BxP, new_BxN], axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Vocabulary:
+    """How a model's token ids are read and written: GPT-2 BPE text, or bare ids (``text=False``)."""
+
+    tokenizer: str  # "gpt2", or what the data's meta.json says its ids are
+    size: int
+    eot_token_id: int | None
+
+    @property
+    def text(self) -> bool:
+        return self.tokenizer == "gpt2"
+
+    @property
+    def default_prompt(self) -> str:
+        """A newline for text; the <|endoftext|> id, where a document starts, for ids."""
+        return "\n" if self.text or self.eot_token_id is None else str(self.eot_token_id)
+
+    def encode(self, prompt: str) -> list[int]:
+        if self.text:
+            from gpt2jax.data.tokenizer import get_tokenizer
+
+            return get_tokenizer().encode(prompt, allowed_special={"<|endoftext|>"})
+        try:
+            ids = [int(word) for word in prompt.split()]
+        except ValueError:
+            ids = None
+        if ids is None or any(not 0 <= token < self.size for token in ids):
+            example = self.eot_token_id if self.eot_token_id is not None else 0
+            raise ValueError(
+                f"this model reads token ids, not text (its data's tokenizer is {self.tokenizer!r}): give --prompt "
+                f"as ids between 0 and {self.size - 1} separated by spaces, e.g. --prompt '{example}'."
+            )
+        return ids
+
+    def render(self, prompt: str, ids: list[int]) -> str:
+        """``prompt`` followed by the generated ``ids``: text as text, ids as space-separated numbers."""
+        if self.text:
+            from gpt2jax.data.tokenizer import get_tokenizer
+
+            return prompt + get_tokenizer().decode(ids)
+        return " ".join([*prompt.split(), *map(str, ids)])
+
+
+GPT2_VOCABULARY = Vocabulary("gpt2", GPT2_VOCAB_SIZE, EOT_TOKEN_ID)
+
+
+def vocabulary_of(model_config, data_meta: dict | None) -> Vocabulary:
+    """The vocabulary a checkpoint's data used: its meta.json's tokenizer, else GPT-2's unless the model is smaller."""
+    if data_meta is not None:
+        return Vocabulary(data_meta.get("tokenizer", "gpt2"), data_meta["vocab_size"], data_meta.get("eot_token_id"))
+    if model_config.vocab_size < GPT2_VOCAB_SIZE:  # too few rows for GPT-2's ids: it was trained on others
+        return Vocabulary("unknown (fewer ids than GPT-2's)", model_config.vocab_size, None)
+    return GPT2_VOCABULARY
 
 
 def sample_text(
     graphdef,
     params,
-    block_size: int,
     prompt: str,
     *,
+    vocabulary: Vocabulary = GPT2_VOCABULARY,
     max_new_tokens: int = 100,
     temperature: float = 0.8,
     top_k: int = 200,
     seed: int = 0,
     num_samples: int = 1,
 ) -> list[str]:
-    """Continuations of ``prompt``, decoded with the GPT-2 tokenizer."""
-    from gpt2jax.data.tokenizer import get_tokenizer
-
-    tokenizer = get_tokenizer()
-    prompt_tokens = tokenizer.encode(prompt, allowed_special={"<|endoftext|>"})
-    if not prompt_tokens:
-        raise ValueError("the prompt is empty; pass some text with --prompt.")
+    """``num_samples`` samples, each ``prompt`` followed by its continuation, rendered in ``vocabulary``."""
     if max_new_tokens < 1:
         raise ValueError(f"--max_new_tokens={max_new_tokens} must be at least 1.")
-    if len(prompt_tokens) + max_new_tokens > block_size:
-        raise ValueError(
-            f"the prompt ({len(prompt_tokens)} tokens) plus --max_new_tokens={max_new_tokens} exceeds "
-            f"the model's context of {block_size} tokens; shorten one of them."
-        )
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"--temperature={temperature} must be 0 (always the most likely token) or more.")
+    if top_k < 0:
+        raise ValueError(f"--top_k={top_k} must be 0 (every token) or more.")
+    if num_samples < 1:
+        raise ValueError(f"--num_samples={num_samples} must be at least 1.")
+    prompt_tokens = vocabulary.encode(prompt)
+    if not prompt_tokens:
+        raise ValueError("the prompt is empty; pass some text with --prompt.")
     prompt_BxP = jnp.asarray([prompt_tokens] * num_samples, jnp.int32)
     tokens = generate(
         graphdef,
@@ -77,6 +165,6 @@ def sample_text(
         jax.random.key(seed),
         max_new_tokens=max_new_tokens,
         temperature=float(temperature),
-        top_k=int(top_k),
+        top_k=min(int(top_k), vocabulary.size),
     )
-    return [tokenizer.decode(row[len(prompt_tokens) :].tolist()) for row in jax.device_get(tokens)]
+    return [vocabulary.render(prompt, row[len(prompt_tokens) :].tolist()) for row in jax.device_get(tokens)]

@@ -9,6 +9,7 @@ most devices that divide every dimension the partition table splits.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import jax
@@ -33,6 +34,7 @@ class LoadedModel:
     mesh: Mesh
     step: int | None = None  # the checkpoint's step; None for Hugging Face weights
     run_config: object = None  # the config a checkpoint's run trained with; None for Hugging Face weights
+    data_meta: dict | None = None  # the meta.json of the data it trained on, when its workdir recorded it
 
     @property
     def param_shardings(self):
@@ -65,19 +67,22 @@ def abstract_params(model_config: GPTConfig, mesh: Mesh):
 
 
 def restore_checkpoint(workdir: str | Path, step: int | None = None, devices=None) -> LoadedModel:
-    """A training workdir's parameters at ``step`` (the latest if None), on this machine's devices."""
+    """A training workdir's parameters at ``step`` (the newest intact if None), on this machine's devices.
+
+    Reads only, so it may run while the run trains and saves: it takes the newest committed
+    step, and passes over (with a warning) a step that does not read back intact.
+    """
+    workdir = Path(workdir)
     run_config = workdir_files.load_run_config(workdir)
     model_config = GPTConfig.from_config(run_config.model)
     mesh = inference_mesh(model_config, devices)
     graphdef, abstract = abstract_params(model_config, mesh)
-    checkpointer = Checkpointer(Path(workdir) / workdir_files.CHECKPOINTS_DIR)
-    try:
-        step = checkpointer.saved_step(step)
-        params = checkpointer.restore_params(step, abstract)
-    finally:
-        checkpointer.close()
+    checkpointer = Checkpointer(workdir / workdir_files.CHECKPOINTS_DIR, writer=False)
+    step, params = checkpointer.restore_newest(lambda found: checkpointer.restore_params(found, abstract), step)
+    data_file = workdir / workdir_files.DATA_FILE
+    data_meta = workdir_files.read_json(data_file).get("meta") if data_file.is_file() else None
     return LoadedModel(
-        InitFrom("checkpoint", Path(workdir), step), model_config, graphdef, params, mesh, step, run_config
+        InitFrom("checkpoint", workdir, step), model_config, graphdef, params, mesh, step, run_config, data_meta
     )
 
 
@@ -105,10 +110,35 @@ def load_weights(source: InitFrom, devices=None) -> LoadedModel:
     raise ValueError(f"init_from={source} names no weights to read; give hf:DIR or checkpoint:WORKDIR[@STEP].")
 
 
-def export_checkpoint(workdir: str | Path, out_dir: str | Path, step: int | None = None) -> dict:
-    """Writes a run's checkpoint at ``step`` (the latest if None) as a Hugging Face GPT-2 directory."""
+EXPORT_MARKER = "gpt2jax_export.json"  # written last into an export, so a later one may replace it
+
+
+def check_export_target(out_dir: str | Path, overwrite: bool = False) -> None:
+    """Refuses an ``out_dir`` that is a file, or a non-empty directory that no export wrote (unless ``overwrite``)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file; give a directory to write the Hugging Face model into.")
+    if overwrite or not out_dir.is_dir() or (out_dir / EXPORT_MARKER).is_file():
+        return
+    present = sorted(path.name for path in out_dir.iterdir())
+    if present:
+        shown = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
+        raise ValueError(
+            f"--out {out_dir} already holds files that no export wrote ({shown}); "
+            "choose an empty directory, or pass --overwrite to write config.json and model.safetensors over them."
+        )
+
+
+def export_checkpoint(
+    workdir: str | Path, out_dir: str | Path, step: int | None = None, overwrite: bool = False
+) -> dict:
+    """Writes a run's checkpoint at ``step`` (the newest intact if None) as a Hugging Face GPT-2 directory."""
     from gpt2jax.interop import hf
 
+    check_export_target(out_dir, overwrite)
     loaded = restore_checkpoint(workdir, step)
     hf.save_hf(loaded.model_config, loaded.params, out_dir)
-    return {"step": loaded.step, "out": str(out_dir)}
+    result = {"step": loaded.step, "out": str(out_dir)}
+    marker = dict(result, workdir=str(Path(workdir).absolute()))
+    workdir_files.write_atomically(Path(out_dir) / EXPORT_MARKER, json.dumps(marker, indent=2) + "\n")
+    return result

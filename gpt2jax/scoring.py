@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -203,6 +204,11 @@ def evaluate_hf_on_config(directory: str | Path, config, batches: int | None = N
     return _validation_loss(loaded, config, batches)
 
 
+def _perplexity(loss: float) -> float:
+    """exp(loss), infinite past float64's range (a diverged model's loss of 5e12 would overflow)."""
+    return math.exp(loss) if loss < math.log(sys.float_info.max) else math.inf
+
+
 def _validation_loss(loaded, config, batches: int | None) -> dict:
     """Over the run's val windows, at the training micro-batch rounded up to the mesh's devices."""
     from gpt2jax import evaluation
@@ -223,7 +229,7 @@ def _validation_loss(loaded, config, batches: int | None) -> dict:
         block_size=block_size,
         num_batches=batches,
     )
-    return {"val_loss": loss, "val_perplexity": math.exp(loss), "val_tokens": batches * batch_size * block_size}
+    return {"val_loss": loss, "val_perplexity": _perplexity(loss), "val_tokens": batches * batch_size * block_size}
 
 
 def evaluate_text(
@@ -245,7 +251,7 @@ def evaluate_text(
     if logprobs_out:
         np.save(logprobs_out, logprobs)
     loss = -float(np.mean(logprobs, dtype=np.float64))
-    return {"tokens": len(tokens), "scored_tokens": len(logprobs), "loss": loss, "perplexity": math.exp(loss)}
+    return {"tokens": len(tokens), "scored_tokens": len(logprobs), "loss": loss, "perplexity": _perplexity(loss)}
 
 
 def evaluate_hellaswag(loaded, *, limit: int | None = None, data_dir: str | None = None, batch_size: int = 8) -> dict:

@@ -1,10 +1,14 @@
-"""The files of a training workdir and of a sweep workdir, named in one place.
+"""The files of a training workdir and of a sweep workdir, named in one place, and their readers and writers.
 
 A training workdir (``--workdir`` of ``gpt2jax.main``) holds
-  config.json     the config it trains with, written at start
-  metrics.jsonl   one JSON object per log line
-  checkpoints/    Orbax steps
-  tensorboard/    events, with train.tensorboard=True
+  config.json             the config it trains with (a change on resume is recorded first, see below)
+  config_changes.jsonl    one line per resume that changed the config: the differences and the step
+  data.json               the prepared data it trains on: its meta.json and the token files it verified
+  metrics.jsonl           one JSON object per log line
+  run.lock                held by the run training in it (see ``locks``)
+  checkpoints/            Orbax steps (see ``checkpoint``)
+  checkpoints_set_aside/  step folders a run found uncommitted or unreadable and moved out of its way
+  tensorboard/            events, with train.tensorboard=True
 
 A sweep workdir (``--workdir`` of ``python -m gpt2jax.scaling sweep``) holds
   sweep.json      the sweep config, its points and the data's meta.json
@@ -12,16 +16,27 @@ A sweep workdir (``--workdir`` of ``python -m gpt2jax.scaling sweep``) holds
   locks/JOB.lock  held by the worker running that job
   results.csv     one row per finished point
   sessions.jsonl  one line per invocation of a worker
+
+Appended files (the .jsonl ones) survive a crash mid-line: the next append first removes
+the cut line, which would otherwise swallow the record written after it. Whole files are
+replaced atomically, so a reader sees the old one or the new one.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
+import warnings
 from pathlib import Path
 
 CONFIG_FILE = "config.json"
+CONFIG_CHANGES_FILE = "config_changes.jsonl"
+DATA_FILE = "data.json"
 METRICS_FILE = "metrics.jsonl"
+LOCK_FILE = "run.lock"
 CHECKPOINTS_DIR = "checkpoints"
+SET_ASIDE_DIR = "checkpoints_set_aside"
 TENSORBOARD_DIR = "tensorboard"
 
 SWEEP_FILE = "sweep.json"
@@ -29,6 +44,15 @@ RESULTS_FILE = "results.csv"
 SESSIONS_FILE = "sessions.jsonl"
 POINTS_DIR = "points"
 LOCKS_DIR = "locks"
+
+
+def read_json(path: str | Path):
+    """The JSON value in ``path``; invalid JSON is a one-sentence error naming the file."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); restore it or remove it.") from None
 
 
 def load_run_config(workdir: str | Path):
@@ -40,7 +64,23 @@ def load_run_config(workdir: str | Path):
         raise FileNotFoundError(
             f"{workdir} holds no {CONFIG_FILE}: is it a gpt2jax workdir (--workdir of a training run)?"
         )
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    return ml_collections.ConfigDict(read_json(path))
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The records of a .jsonl file; a line that is not a JSON object (cut by a kill mid-write) is skipped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 def read_metrics(workdir: str | Path) -> list[dict]:
@@ -49,17 +89,69 @@ def read_metrics(workdir: str | Path) -> list[dict]:
     A resumed run logs again the steps after its last checkpoint, and the later record of
     a step is the one the run continued from.
     """
-    path = Path(workdir) / METRICS_FILE
-    if not path.is_file():
-        return []
-    by_step = {}
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # blank, or cut short by a kill mid-write
-        by_step[record["step"]] = record
+    by_step = {record["step"]: record for record in read_jsonl(Path(workdir) / METRICS_FILE) if "step" in record}
     return [by_step[step] for step in sorted(by_step)]
+
+
+def remove_cut_line(path: str | Path) -> int:
+    """Truncates ``path`` after its last newline when a crash or a full disk cut its last line; the bytes removed."""
+    path = Path(path)
+    try:
+        with path.open("rb+") as file:
+            size = file.seek(0, os.SEEK_END)
+            if size == 0:
+                return 0
+            file.seek(size - 1)
+            if file.read(1) == b"\n":
+                return 0
+            keep, chunk = size - 1, 1 << 16
+            while keep > 0:
+                start = max(0, keep - chunk)
+                file.seek(start)
+                newline = file.read(keep - start).rfind(b"\n")
+                if newline >= 0:
+                    keep = start + newline + 1
+                    break
+                keep = start
+            file.truncate(keep)
+            return size - keep
+    except FileNotFoundError:
+        return 0
+
+
+def append_jsonl(path: str | Path, record: dict) -> None:
+    """Appends ``record`` as one line, after removing a line a crash cut (with a warning)."""
+    path = Path(path)
+    try:
+        cut = remove_cut_line(path)
+        if cut:
+            warnings.warn(f"{path} ended in a line cut short ({cut} bytes, left by a crash); removed it.")
+        with path.open("a") as file:
+            file.write(json.dumps(record) + "\n")
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(path)) from error
+
+
+def write_atomically(path: str | Path, text: str) -> None:
+    """Replaces ``path`` by a file holding ``text``: readers see the old file or the new one, whole."""
+    path = Path(path)
+    try:
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(path)) from error
+    try:
+        with os.fdopen(descriptor, "w") as file:
+            os.fchmod(file.fileno(), 0o644)  # mkstemp's 0600 would hide the file from other users
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        raise OSError(error.errno, error.strerror, str(path)) from error
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def results_path(sweep_workdir: str | Path) -> Path:

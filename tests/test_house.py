@@ -3,6 +3,7 @@ parameter tables that refuse what they do not know, shipped configs found by nam
 
 import ast
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from gpt2jax.model import GPTConfig, abstract_model
 from tests.helpers import REPO
 
 PACKAGE = REPO / "gpt2jax"
+ABSL_LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d", re.MULTILINE)  # I1201 23:40:11.269697 ...
 # The two entry modules that keep short public names and only call into cli/.
 ENTRY_ALIASES = {"gpt2jax.main", "gpt2jax.scaling.__main__"}
 
@@ -254,6 +256,20 @@ def test_shipped_configs_are_found_by_name_from_any_directory(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert '"n_params"' in result.stdout
+    assert not ABSL_LOG_LINE.search(result.stderr), result.stderr[-2000:]  # library logging is quiet
+
+
+def test_verbosity_brings_library_logging_back():
+    result = subprocess.run(
+        [sys.executable, "-m", "gpt2jax.main", "--config", "tiny", "--dry_run", "--verbosity=1"],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert ABSL_LOG_LINE.search(result.stderr), result.stderr[-2000:]
 
 
 # One formatter.

@@ -17,10 +17,10 @@ import jax
 import numpy as np
 import pytest
 
-from gpt2jax import flops, optim, train
+from gpt2jax import flops, locks, optim, train
 from gpt2jax.checkpoint import Checkpointer
 from gpt2jax.cli import scaling as scaling_cli
-from gpt2jax.scaling import backtest, fit, laws, locks, records
+from gpt2jax.scaling import backtest, fit, laws, records
 from gpt2jax.scaling import plan as plan_module
 from gpt2jax.scaling import report as report_module
 from gpt2jax.scaling.laws import ChinchillaLaw

@@ -9,14 +9,20 @@ and ``prepare`` run as ``python -m gpt2jax.cli.NAME`` or as the console script
 Every command reports an error a user can cause (a bad flag value, missing data, a
 mismatched checkpoint, a full disk, the NaN stop) in one sentence on stderr and exits 1;
 a malformed command line exits 2. ``GPT2JAX_TRACEBACK=1`` re-raises instead, for a
-developer who wants the traceback.
+developer who wants the traceback. A warning is one line, ``warning: ...``.
+
+Libraries' logging is quiet unless asked for: absl's (Orbax, TFDS: about 50 INFO lines a
+checkpoint, and an ERROR traceback for a failure the command reports anyway) is off, and
+Python's (JAX) shows warnings only. ``--verbosity=0`` (absl commands) brings both back.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+import warnings
 
 from gpt2jax import xla_flags
 
@@ -34,10 +40,30 @@ def user_error_message(error: BaseException) -> str:
     return str(error)
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
+def _quiet_unraisable(unraisable) -> None:
+    # A damaged checkpoint fails one TensorStore read; the reads still in flight then complete into
+    # Orbax's closed event loop and raise where nothing can catch them. The failure is reported once.
+    stray = unraisable.exc_type is Exception or str(unraisable.exc_value) == "Event loop is closed"
+    if not stray:
+        sys.__unraisablehook__(unraisable)
+
+
+def quiet_library_logging() -> None:
+    """absl's logger off, Python's root logger at WARNING (see the module docstring)."""
+    logging.getLogger("absl").setLevel(logging.CRITICAL + 1)
+    logging.getLogger().setLevel(logging.WARNING)
+    sys.unraisablehook = _quiet_unraisable
+
+
 def guarded(main):
     """``main`` with user errors turned into one sentence and exit code 1, unless GPT2JAX_TRACEBACK is set."""
 
     def run(*args, **kwargs):
+        warnings.formatwarning = _one_line_warning
         try:
             return main(*args, **kwargs)
         except USER_ERRORS as error:
@@ -60,6 +86,10 @@ def run_absl(main) -> None:
     from absl import app
 
     def main_with_usage(argv):
+        from absl import flags
+
+        if not flags.FLAGS["verbosity"].present:
+            quiet_library_logging()
         try:
             return main(argv)
         except app.UsageError as error:
@@ -79,11 +109,22 @@ def _parse_absl_flags(argv):
     except flags.Error as error:
         usage_error(str(error))
     except (AttributeError, KeyError) as error:
-        bad = [arg.split("=")[0] for arg in argv[1:] if arg.startswith("--config.")]
-        usage_error(
-            f"unknown config key {str(error).strip(chr(34) + chr(39))!r} among {bad}; "
-            "see gpt2jax/config.py for the keys a config has."
-        )
+        usage_error(_unknown_key_message(error, argv))
+
+
+def _unknown_key_message(error: BaseException, argv: list[str]) -> str:
+    """ml_collections' KeyError (wrapped in an AttributeError) as one sentence naming the flag."""
+    message = error
+    while isinstance(message, BaseException) and message.args:
+        message = message.args[0]
+    key, _, suggestion = str(message).partition("\n")
+    key = key.strip("'\"")
+    flags_given = [arg.split("=")[0] for arg in argv[1:] if arg.startswith("--config.")]
+    culprit = next((flag for flag in flags_given if key in flag.split(".")[1:]), None)
+    where = f" in {culprit}" if culprit else ""
+    suggestion = suggestion.strip().rstrip("?")
+    hint = f" ({suggestion[:1].lower()}{suggestion[1:]}?)" if suggestion else ""
+    return f"unknown config key {key!r}{where}{hint}; see gpt2jax/config.py for the keys a config has."
 
 
 def _with_config_paths(argv: list[str]) -> list[str]:
@@ -115,6 +156,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def run_argparse(main, argv=None) -> None:
     """Runs ``main(argv)`` of an argparse command, its user errors reported in one sentence."""
+    quiet_library_logging()
     guarded(main)(argv)
 
 

@@ -2,6 +2,7 @@
 
 ``python -m gpt2jax.cli.export --workdir runs/x [--step N] --out exported/``, then
 ``GPT2LMHeadModel.from_pretrained("exported/")`` in transformers. Prints one JSON object.
+An ``--out`` that holds files no export wrote is refused unless ``--overwrite``.
 """
 
 import json
@@ -13,13 +14,14 @@ from gpt2jax import cli
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir.", required=True)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
 _OUT = flags.DEFINE_string("out", None, "Directory to write config.json and model.safetensors into.", required=True)
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Write into --out even if it holds files no export wrote.")
 
 
 def main(argv):
     del argv
     from gpt2jax import inference
 
-    print(json.dumps(inference.export_checkpoint(_WORKDIR.value, _OUT.value, _STEP.value)))
+    print(json.dumps(inference.export_checkpoint(_WORKDIR.value, _OUT.value, _STEP.value, _OVERWRITE.value)))
 
 
 def entry() -> None:

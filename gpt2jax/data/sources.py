@@ -370,7 +370,7 @@ def _tfds_data_source(builder, name: str, split: str):
             f"TFDS dataset {name!r} is not prepared as ArrayRecord under {builder.data_dir_root}; "
             f"building it needs TensorFlow (and Apache Beam for Beam datasets such as c4): "
             f"`pip install tensorflow apache-beam`, then `tfds build {name} --file_format=array_record "
-            f"--data_dir={builder.data_dir_root}`, or pass --tfds_data_dir where it is."
+            f"--data_dir={builder.data_dir_root}`, or say where it is (--config.data.tfds_data_dir for training, --tfds_data_dir for prepare)."
         ) from None
 
 

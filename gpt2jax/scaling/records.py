@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
+import warnings
 from pathlib import Path
 
-from gpt2jax.scaling.locks import FileLock
+from gpt2jax.locks import FileLock
+from gpt2jax.workdir import write_atomically
 
 COLUMNS = (
     "run",
@@ -52,11 +52,25 @@ COLUMNS = (
 
 
 def read_rows(path: str | Path) -> list[dict]:
+    """The rows of finished points. A row cut short is left out, with a warning, and is not a finished point.
+
+    Every row is written whole and ends in a newline, so a row that lacks columns, or a last
+    row without its newline, was cut (by a copy, a crash or a full disk on a filesystem that
+    does not rename atomically); the next ``upsert_row`` writes the file without it.
+    """
     path = Path(path)
     if not path.is_file():
         return []
-    with path.open(newline="") as file:
-        return list(csv.DictReader(file))
+    text = path.read_text()
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    complete = [row for row in rows if None not in row and None not in row.values()]
+    if rows and complete and complete[-1] is rows[-1] and not text.endswith("\n"):
+        complete.pop()
+    if len(complete) < len(rows):
+        warnings.warn(
+            f"{path} holds {len(rows) - len(complete)} row(s) cut short; left them out, so their points run again."
+        )
+    return complete
 
 
 def upsert_row(path: str | Path, row: dict) -> None:
@@ -72,18 +86,3 @@ def upsert_row(path: str | Path, row: dict) -> None:
         writer.writeheader()
         writer.writerows(rows)
         write_atomically(path, text.getvalue())
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Replaces ``path`` by a file holding ``text``: readers see the old file or the new one, whole."""
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "w") as file:
-            os.fchmod(file.fileno(), 0o644)  # mkstemp's 0600 would hide the results from other users
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

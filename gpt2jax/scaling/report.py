@@ -25,7 +25,7 @@ from gpt2jax.scaling import fit, records
 from gpt2jax.scaling.backtest import has_optimum
 from gpt2jax.scaling.laws import PUBLISHED_LAWS
 from gpt2jax.scaling.results import load_results, sweep_param_count
-from gpt2jax.workdir import SESSIONS_FILE, SWEEP_FILE, results_path
+from gpt2jax.workdir import SESSIONS_FILE, SWEEP_FILE, read_json, read_jsonl, results_path
 
 CONFIDENCE = 0.95
 # The study's goals (issue 12): held-out loss within 1% mean absolute relative error, coverage
@@ -49,9 +49,7 @@ def _sweep_files(workdir: Path) -> tuple[dict, list[dict]]:
         raise FileNotFoundError(
             f"{workdir} holds no {SWEEP_FILE}; is it the --workdir of python -m gpt2jax.scaling sweep?"
         )
-    sessions_file = workdir / SESSIONS_FILE
-    sessions = [json.loads(line) for line in sessions_file.read_text().splitlines()] if sessions_file.is_file() else []
-    return json.loads(sweep_file.read_text()), sessions
+    return read_json(sweep_file), read_jsonl(workdir / SESSIONS_FILE)
 
 
 def _rules_text(config: dict) -> str:

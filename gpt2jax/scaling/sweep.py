@@ -21,10 +21,21 @@ import socket
 import time
 from pathlib import Path
 
+from gpt2jax.locks import STALE_AFTER_S, FileLock
 from gpt2jax.scaling import records
-from gpt2jax.scaling.locks import STALE_AFTER_S, FileLock
 from gpt2jax.scaling.plan import Job, Point, SweepPlan, check_repetition
-from gpt2jax.workdir import LOCKS_DIR, METRICS_FILE, POINTS_DIR, RESULTS_FILE, SESSIONS_FILE, SWEEP_FILE, read_metrics
+from gpt2jax.workdir import (
+    LOCKS_DIR,
+    METRICS_FILE,
+    POINTS_DIR,
+    RESULTS_FILE,
+    SESSIONS_FILE,
+    SWEEP_FILE,
+    append_jsonl,
+    read_json,
+    read_metrics,
+    write_atomically,
+)
 
 
 def _duration(seconds: float) -> str:
@@ -65,7 +76,7 @@ class Sweep:
         self.workdir.mkdir(parents=True, exist_ok=True)
         path = self.workdir / SWEEP_FILE
         config = json.loads(self.plan.config.to_json())
-        if path.is_file() and json.loads(path.read_text())["config"] != config:
+        if path.is_file() and read_json(path).get("config") != config:
             raise ValueError(
                 f"{self.workdir} holds another sweep (its {SWEEP_FILE} has another config); use a new --workdir."
             )
@@ -78,12 +89,12 @@ class Sweep:
             "data_meta": meta,
             "points": [dataclasses.asdict(point) for point in self.plan.points],
         }
-        records.write_atomically(path, json.dumps(description, indent=2) + "\n")
+        write_atomically(path, json.dumps(description, indent=2) + "\n")
 
     def unique_tokens(self) -> int | None:
         """The corpus's training tokens, from the data meta.json that ``start`` recorded."""
         path = self.workdir / SWEEP_FILE
-        return json.loads(path.read_text())["data_meta"]["train_tokens"] if path.is_file() else None
+        return read_json(path)["data_meta"]["train_tokens"] if path.is_file() else None
 
     def row(self, point: Point, final: dict, wall_s: float) -> dict:
         model = self.plan.config.base.model
@@ -194,6 +205,5 @@ class Sweep:
             session["elapsed_s"] = round(time.perf_counter() - clock, 2)
             session["load_average_end"] = os.getloadavg()[0]
             session["completed"] = all(p.run in self.finished_runs() for p in mine)
-            with (self.workdir / SESSIONS_FILE).open("a") as file:
-                file.write(json.dumps(session) + "\n")
+            append_jsonl(self.workdir / SESSIONS_FILE, session)
         return session

@@ -1,4 +1,5 @@
-"""Lock files that keep two sweep workers (processes, GPUs, hosts) off one job.
+"""Lock files that keep two writers (processes, GPUs, hosts) off one thing: a training
+workdir (``train.run``), a sweep job (the sweep runner), a results.csv (``scaling.records``).
 
 A lock is a file created with O_CREAT | O_EXCL, which exactly one creator wins, also on
 NFS v3+. It holds its owner's host and pid, and the owner touches it every
@@ -56,6 +57,15 @@ class FileLock:
             return True
         return False
 
+    def holder(self) -> dict | None:
+        """The owner recorded in the lock file ({"host", "pid", "since"}), or None when it is free."""
+        try:
+            return json.loads(self.path.read_text() or "{}")
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return {}  # being written right now
+
     def acquire(self, poll_s: float = 0.05) -> None:
         """Waits until the lock is taken."""
         while not self.try_acquire():
@@ -97,11 +107,11 @@ class FileLock:
         """Removes a stale lock; True if there is no lock left to respect."""
         try:
             before = self.path.stat()
-            owner = json.loads(self.path.read_text() or "{}")
         except FileNotFoundError:
             return True  # released meanwhile
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            owner = {}  # being written right now: judged by its age alone
+        owner = self.holder()  # {} while being written: judged by its age alone
+        if owner is None:
+            return True
         dead_here = owner.get("host") == self.owner["host"] and "pid" in owner and not _pid_alive(owner["pid"])
         silent = time.time() - before.st_mtime > self.stale_after
         if not (dead_here or silent):
