@@ -21,10 +21,12 @@ compute on web text, and the exponents of a law are properties of the data. Fine
 10B-token sample through the ``hf:`` source; the sweep reads at most 2B tokens of it, so that
 its longest point (1.48B tokens, the 22.6M model at 2e17) reads under one epoch: the planner
 refuses a grid that repeats data (the old 1.2B-token cut gave the 30M model at 2e17 ~40%
-repeated tokens). Preparing 2B tokens takes hours on a few CPU cores: do it before the GPU
-time starts (``python -m gpt2jax.cli.prepare --source hf:HuggingFaceFW/fineweb-edu:sample-10BT
---max_tokens 2000000000 --out data/...``, or let the first point prepare it). GPT-2's full
-vocabulary and context keep the shapes' parameter counts GPT-2's.
+repeated tokens). The sweep command downloads and prepares it before its first point trains,
+under ``data/`` in the directory whose name hashes these data settings; tokenizing takes
+about 4 to 8 CPU-minutes per billion tokens (2 to 4M tokens per CPU-second,
+measured for prepare on a CPU, README "Prepare throughput"), so on a GPU machine start the
+sweep command once while the GPU time is not yet counted, or copy a ``data/`` it prepared
+elsewhere. GPT-2's full vocabulary and context keep the shapes' parameter counts GPT-2's.
 
 Rules (plan.py): learning rate 1e-3 at width 768 times (768 / width), the 1/width of muP for
 Adam, giving GPT-2 small the rate nanoGPT's reproductions use within 2x; batch 128

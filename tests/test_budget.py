@@ -161,3 +161,32 @@ def test_fit_file_without_constants_is_refused(tmp_path, capsys):
     path = tmp_path / "fit.json"
     path.write_text(json.dumps({"E": 1.8}))
     assert re.fullmatch("error: fit file .* lacks A, B, alpha, beta;.*", user_error(capsys, ["--fit", str(path)]))
+
+
+def test_the_short_command_answers_the_question_as_the_issue_spells_it():
+    """``python -m gpt2jax.budget ... --precision fp32 --json`` reproduces the question's 1.14e21 FLOPs."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    command = [
+        sys.executable,
+        "-m",
+        "gpt2jax.budget",
+        "--gpu",
+        "rtx-4070-ti",
+        "--days",
+        "365",
+        "--utilization",
+        "0.9",
+        "--precision",
+        "fp32",
+        "--json",
+    ]
+    result = subprocess.run(
+        command, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["total_flops"] == pytest.approx(1.14e21, rel=0.01)

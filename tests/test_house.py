@@ -23,7 +23,7 @@ from tests.helpers import REPO
 PACKAGE = REPO / "gpt2jax"
 ABSL_LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d", re.MULTILINE)  # I1201 23:40:11.269697 ...
 # The two entry modules that keep short public names and only call into cli/.
-ENTRY_ALIASES = {"gpt2jax.main", "gpt2jax.scaling.__main__"}
+ENTRY_ALIASES = {"gpt2jax.main", "gpt2jax.budget", "gpt2jax.scaling.__main__"}
 
 # Per command: a command line with a user error (exit 1, one sentence), and a malformed one (exit 2).
 COMMANDS = {
