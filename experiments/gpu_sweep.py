@@ -23,7 +23,7 @@ its longest point (1.48B tokens, the 22.6M model at 2e17) reads under one epoch:
 refuses a grid that repeats data (the old 1.2B-token cut gave the 30M model at 2e17 ~40%
 repeated tokens). The sweep command downloads and prepares it before its first point trains,
 under ``data/`` in the directory whose name hashes these data settings; tokenizing takes
-about 4 to 8 CPU-minutes per billion tokens (2 to 4M tokens per CPU-second,
+about 4 to 6 CPU-minutes per billion tokens (3 to 4.5M tokens per CPU-second,
 measured for prepare on a CPU, README "Prepare throughput"), so on a GPU machine start the
 sweep command once while the GPU time is not yet counted, or copy a ``data/`` it prepared
 elsewhere. GPT-2's full vocabulary and context keep the shapes' parameter counts GPT-2's.
