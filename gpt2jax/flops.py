@@ -327,7 +327,8 @@ def measured_cpu_matmul_peak() -> float:
     Kept per host in ``cache_dir()/cpu_matmul_peak.json`` with the load per core it was timed
     at: several sizes, each timed ``_CPU_PEAK_REPEATS`` times, the fastest of all, so that it
     bounds what a train step can reach. A later process times it again only when the machine
-    is quieter than it was then, and keeps the higher figure; ``mfu`` still refuses a ratio above 1.
+    is quieter than it was then (by ``_CPU_PEAK_RETIME_LOAD_DROP``), and keeps the higher
+    figure; ``mfu`` still refuses a ratio above 1.
     """
     path = cache_dir() / "cpu_matmul_peak.json"
     key = _cpu_host_key()
@@ -350,6 +351,7 @@ def measured_cpu_matmul_peak() -> float:
             fresh = json.loads(path.read_text())
         except (OSError, ValueError):
             fresh = {}
+        fresh = fresh if isinstance(fresh, dict) else {}  # a file that is not ours is replaced
         other = fresh.get(key)
         if isinstance(other, dict) and isinstance(other.get("flops"), (int, float)):
             peak = max(peak, float(other["flops"]))  # a concurrent process timed a better one
