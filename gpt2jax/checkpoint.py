@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from gpt2jax.errors import first_line
 from gpt2jax.trees import path_str
 from gpt2jax.workdir import SET_ASIDE_DIR
 
@@ -85,8 +86,7 @@ def _reason(error: BaseException) -> str:
     for code in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.ENOENT, errno.EIO):
         if os.strerror(code) in text:
             return os.strerror(code)
-    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
-    return first if len(first) <= 160 else first[:157] + "..."
+    return first_line(error, limit=160)
 
 
 class Checkpointer:
@@ -121,9 +121,6 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         steps = self.committed_steps()
         return steps[-1] if steps else None
-
-    def all_steps(self) -> list[int]:
-        return self.committed_steps()
 
     def saved_step(self, step: int | None = None) -> int:
         """``step`` if this directory holds it committed (the latest when None), else a one-sentence error."""

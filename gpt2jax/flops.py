@@ -23,6 +23,8 @@ import platform
 import time
 from pathlib import Path
 
+from gpt2jax.workdir import write_atomically
+
 
 @dataclasses.dataclass(frozen=True)
 class Shape:
@@ -291,6 +293,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpt2jax"
 
 
+def available_cores() -> int:
+    """The cores this process may run on (a SLURM or taskset allocation, not the whole machine)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
 def _cpu_host_key() -> str:
     """This host, its CPU, the cores this process may use, its CPU devices and jax: what a CPU peak depends on."""
     import jax
@@ -302,7 +312,7 @@ def _cpu_host_key() -> str:
     except OSError:
         pass
     devices = jax.device_count("cpu")
-    return f"{platform.node()} | {model} | {_usable_cores()} cores | {devices} cpu devices | jax {jax.__version__}"
+    return f"{platform.node()} | {model} | {available_cores()} cores | {devices} cpu devices | jax {jax.__version__}"
 
 
 # A cached peak is timed again when the machine is quieter by this much load per core than
@@ -311,13 +321,9 @@ def _cpu_host_key() -> str:
 _CPU_PEAK_RETIME_LOAD_DROP = 0.25
 
 
-def _usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
 def _load_per_core() -> float:
     """The 1-minute load average over the cores this process may use (0 where the OS has none)."""
-    return os.getloadavg()[0] / _usable_cores() if hasattr(os, "getloadavg") else 0.0
+    return os.getloadavg()[0] / available_cores() if hasattr(os, "getloadavg") else 0.0
 
 
 @functools.cache
@@ -356,9 +362,7 @@ def measured_cpu_matmul_peak() -> float:
         if isinstance(other, dict) and isinstance(other.get("flops"), (int, float)):
             peak = max(peak, float(other["flops"]))  # a concurrent process timed a better one
         fresh[key] = {"flops": peak, "load_per_core": round(load, 3)}
-        partial = path.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_text(json.dumps(fresh, indent=2) + "\n")
-        partial.replace(path)  # atomic: a concurrent reader sees the old file or the new one
+        write_atomically(path, json.dumps(fresh, indent=2) + "\n")  # a concurrent reader sees old or new
     except OSError:
         pass  # an unwritable cache only costs the next run the measurement
     return peak

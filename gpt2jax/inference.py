@@ -41,29 +41,22 @@ class LoadedModel:
         return jax.tree.map(lambda leaf: leaf.sharding, self.params)
 
 
-def inference_mesh(model_config: GPTConfig, devices=None) -> Mesh:
-    """A mesh of the most devices here (all on fsdp) that divide every dimension the table splits."""
+def inference_layout(model_config: GPTConfig, devices=None) -> tuple[Mesh, nnx.GraphDef, object]:
+    """(mesh, graphdef, abstract parameters laid out on it) for inference on this machine's devices.
+
+    The mesh puts the most devices here on fsdp that divide every dimension the table splits.
+    """
     devices = jax.devices() if devices is None else list(devices)
-    _, params = abstract_model(model_config)
+    graphdef, params = abstract_model(model_config)
     for count in range(len(devices), 0, -1):
         if len(devices) % count:
             continue
         mesh = sharding.make_mesh({"data": 1, "fsdp": count, "tensor": 1}, devices[:count])
         try:
-            sharding.tree_shardings(mesh, params)
+            return mesh, graphdef, sharding.laid_out(mesh, params)
         except ValueError:
             continue
-        return mesh
     raise AssertionError("one device divides every dimension")
-
-
-def abstract_params(model_config: GPTConfig, mesh: Mesh):
-    """(graphdef, parameter ShapeDtypeStructs carrying their shardings on ``mesh``)."""
-    graphdef, params = abstract_model(model_config)
-    shardings = sharding.tree_shardings(mesh, params)
-    return graphdef, jax.tree.map(
-        lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), params, shardings
-    )
 
 
 def restore_checkpoint(workdir: str | Path, step: int | None = None, devices=None) -> LoadedModel:
@@ -75,8 +68,7 @@ def restore_checkpoint(workdir: str | Path, step: int | None = None, devices=Non
     workdir = Path(workdir)
     run_config = workdir_files.load_run_config(workdir)
     model_config = GPTConfig.from_config(run_config.model)
-    mesh = inference_mesh(model_config, devices)
-    graphdef, abstract = abstract_params(model_config, mesh)
+    mesh, graphdef, abstract = inference_layout(model_config, devices)
     checkpointer = Checkpointer(workdir / workdir_files.CHECKPOINTS_DIR, writer=False)
     step, params = checkpointer.restore_newest(lambda found: checkpointer.restore_params(found, abstract), step)
     data_file = workdir / workdir_files.DATA_FILE
@@ -95,8 +87,7 @@ def load_hf_weights(directory: str | Path, model_config: GPTConfig | None = None
     from gpt2jax.interop import hf
 
     model_config, host_params = hf.load_hf(directory, model_config)
-    mesh = inference_mesh(model_config, devices)
-    graphdef, abstract = abstract_params(model_config, mesh)
+    mesh, graphdef, abstract = inference_layout(model_config, devices)
     params = jax.device_put(host_params, jax.tree.map(lambda leaf: leaf.sharding, abstract))
     return LoadedModel(InitFrom("hf", Path(directory)), model_config, graphdef, params, mesh)
 

@@ -32,6 +32,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from gpt2jax import flops
+from gpt2jax.errors import first_line
 
 PRESETS: dict[str, dict[str, int]] = {
     "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
@@ -172,7 +173,7 @@ def _auto_attention(platform: str, dtype: str, seq_len: int, n_head: int, head_s
             q_BxTxHxK = jnp.ones((1, seq_len, n_head, head_size), _DTYPES[dtype])
             jax.block_until_ready(jax.jit(jax.value_and_grad(probe))(q_BxTxHxK))
     except Exception as error:  # any failure of the probe means: do not use cuDNN
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        reason = first_line(error, limit=200)
         _log.warning("model.attention=auto: cuDNN attention does not run here (%s); using XLA attention.", reason)
         return "xla"
     return "cudnn"

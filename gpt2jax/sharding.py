@@ -82,6 +82,16 @@ def tree_shardings(mesh: Mesh, tree):
     )
 
 
+def laid_out(mesh: Mesh, tree):
+    """A pytree of arrays or ShapeDtypeStructs as ShapeDtypeStructs carrying the table's shardings on ``mesh``.
+
+    What jit lowers against and Orbax restores onto; ``leaf.sharding`` reads each one back.
+    """
+    return jax.tree.map(
+        lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), tree, tree_shardings(mesh, tree)
+    )
+
+
 def residual_sharding(mesh: Mesh) -> NamedSharding:
     """The B x T x D residual stream between blocks: rows over data x fsdp, D whole.
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import math
 import sys
@@ -30,8 +29,8 @@ from jax.sharding import PartitionSpec as P
 from gpt2jax import checkpoint, evaluation, flops, init_from, optim, sharding, steps
 from gpt2jax import workdir as workdir_files
 from gpt2jax.checkpoint import Checkpointer
-from gpt2jax.data import loader
-from gpt2jax.data.prepare import META_FILE
+from gpt2jax.data import loader, shards
+from gpt2jax.data.shards import META_FILE
 from gpt2jax.locks import FileLock
 from gpt2jax.model import GPT, GPTConfig, abstract_model
 
@@ -192,10 +191,8 @@ def build_trainer(config, devices=None) -> Trainer:
         "opt_state": jax.eval_shape(optimizer.init, abstract_params),
         "rng": jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))),
     }
-    state_shardings = sharding.tree_shardings(mesh, abstract_state)
-    abstract_state = jax.tree.map(
-        lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s), abstract_state, state_shardings
-    )
+    abstract_state = sharding.laid_out(mesh, abstract_state)
+    state_shardings = jax.tree.map(lambda leaf: leaf.sharding, abstract_state)
     return Trainer(config, model_config, mesh, graphdef, optimizer, abstract_state, state_shardings)
 
 
@@ -402,21 +399,6 @@ def check_data_fits(data, block_size: int) -> None:
             )
 
 
-def recorded_hashes(meta: dict) -> dict[str, str]:
-    """{token file: sha256} as meta.json records them: per shard, or per split file in the first format."""
-    if "shards" in meta:
-        return {shard["file"]: shard["sha256"] for split in meta["shards"].values() for shard in split}
-    return dict(meta.get("sha256", {}))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        while chunk := file.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def verify_data(data, workdir: Path) -> None:
     """Checks the token files against the sha256 their meta.json records, and records data.json.
 
@@ -428,10 +410,10 @@ def verify_data(data, workdir: Path) -> None:
     recorded = workdir_files.read_json(path) if path.is_file() else {}
     verified = recorded.get("verified", {}) if recorded.get("path") == str(data.path) else {}
     stamps = {}
-    for name, digest in recorded_hashes(data.meta).items():
+    for name, digest in shards.recorded_hashes(data.meta).items():
         stat = (data.path / name).stat()
         stamps[name] = [stat.st_size, stat.st_mtime_ns]
-        if verified.get(name) != stamps[name] and _sha256(data.path / name) != digest:
+        if verified.get(name) != stamps[name] and shards.file_sha256(data.path / name) != digest:
             raise ValueError(
                 f"{data.path / name} does not match the sha256 its {META_FILE} records, so it changed after it "
                 f"was prepared; delete {data.path} and prepare it again."
@@ -637,8 +619,9 @@ def _train(trainer: Trainer, data, workdir: Path, checkpointer: Checkpointer, st
                 pending = None
             if log_now:
                 speed = flops.throughput(step_cost, window.steps, window.seconds(), peak) if window.steps else None
-                record = _log_record(completed, window, float(schedule(step)), metrics, counters, speed)
-                record["epochs"] = record["tokens_seen"] / len(data.train)  # passes over the unique train tokens
+                record = _log_record(
+                    completed, window, float(schedule(step)), metrics, counters, speed, len(data.train)
+                )
                 if evaluate_now:
                     record["val_loss"] = trainer.evaluate(state["params"], data.val, train_config.eval_batches)
                 logger.write(record)
@@ -674,8 +657,10 @@ def _train(trainer: Trainer, data, workdir: Path, checkpointer: Checkpointer, st
     return record
 
 
-def _log_record(step: int, window: _Window, learning_rate: float, metrics: dict, counters: dict, speed) -> dict:
-    """The metrics line of ``step``: every key metrics.jsonl and the log line read is set here."""
+def _log_record(
+    step: int, window: _Window, learning_rate: float, metrics: dict, counters: dict, speed, unique_tokens: int
+) -> dict:
+    """The metrics line of ``step``: every key metrics.jsonl and the log line read but ``val_loss`` is set here."""
     record = {
         "step": step,
         "train_loss": float(np.mean(window.losses)),
@@ -683,6 +668,7 @@ def _log_record(step: int, window: _Window, learning_rate: float, metrics: dict,
         "grad_norm": metrics["grad_norm"],
         "tokens_seen": counters["tokens_seen"],
         "flops_seen": counters["flops_seen"],
+        "epochs": counters["tokens_seen"] / unique_tokens,  # passes over the unique train tokens
     }
     if speed is not None:
         record.update(tokens_per_s=speed["tokens_per_s"], mfu=speed["mfu"], mfu_causal=speed["mfu_causal"])

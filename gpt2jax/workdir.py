@@ -132,8 +132,23 @@ def append_jsonl(path: str | Path, record: dict) -> None:
         raise OSError(error.errno, error.strerror, str(path)) from error
 
 
+def fsync_directory(directory: Path) -> None:
+    """Makes the renames inside directory durable (a no-op where directories cannot be opened)."""
+    try:
+        descriptor = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
 def write_atomically(path: str | Path, text: str) -> None:
-    """Replaces ``path`` by a file holding ``text``: readers see the old file or the new one, whole."""
+    """Replaces ``path`` by a file holding ``text``: readers see the old file or the new one, whole.
+
+    The bytes and the rename are made durable, so after a crash the file is the old one or the new one.
+    """
     path = Path(path)
     try:
         descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -146,6 +161,7 @@ def write_atomically(path: str | Path, text: str) -> None:
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
+        fsync_directory(path.parent)
     except OSError as error:
         Path(temporary).unlink(missing_ok=True)
         raise OSError(error.errno, error.strerror, str(path)) from error

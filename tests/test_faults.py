@@ -94,7 +94,7 @@ def test_a_diverging_run_keeps_only_states_that_train_and_resumes_at_a_lower_rat
         train.run(config, tmp_path)
     assert "--config.train.allow_config_change=True" in str(stop.value)
     saved = Checkpointer(tmp_path / "checkpoints", writer=False)
-    assert saved.all_steps() == [1]
+    assert saved.committed_steps() == [1]
     loaded = inference.restore_checkpoint(tmp_path)
     assert bool(checkpoint.all_finite(loaded.params))
     config.train.update(learning_rate=1e-2, allow_config_change=True)
@@ -124,7 +124,7 @@ def test_a_state_is_saved_only_after_its_own_loss_is_known(data_dir, tmp_path, m
     monkeypatch.setattr(train.Trainer, "train_step", cached)
     with pytest.raises(train.NonFiniteLossError, match="state became NaN or infinite after the update at step 6"):
         train.run(compact_config(data_dir, checkpoint_every=3), tmp_path)
-    assert Checkpointer(tmp_path / "checkpoints", writer=False).all_steps() == [3]
+    assert Checkpointer(tmp_path / "checkpoints", writer=False).committed_steps() == [3]
 
 
 @pytest.mark.parametrize("key", train.POSITIVE_KEYS)
@@ -168,7 +168,7 @@ def test_a_truncated_newest_checkpoint_falls_back_to_the_intact_one(trained, dat
         final = train.run(compact_config(data_dir, steps=18), workdir)
     assert final["step"] == 18
     assert [path.name.split("-")[0] for path in (workdir / "checkpoints_set_aside").iterdir()] == ["12"]
-    assert Checkpointer(workdir / "checkpoints", writer=False).all_steps() == [6, 12, 18]
+    assert Checkpointer(workdir / "checkpoints", writer=False).committed_steps() == [6, 12, 18]
 
 
 def test_a_bit_flipped_checkpoint_is_refused_though_it_reads(trained, data_dir, tmp_path):
@@ -189,7 +189,7 @@ def test_a_step_folder_without_its_commit_marker_is_not_a_checkpoint(trained, da
     workdir = _copy(trained, tmp_path)
     shutil.copytree(workdir / "checkpoints" / "12", workdir / "checkpoints" / "18")
     (workdir / "checkpoints" / "18" / COMMIT_MARKER).unlink()
-    assert Checkpointer(workdir / "checkpoints", writer=False).all_steps() == [6, 12]
+    assert Checkpointer(workdir / "checkpoints", writer=False).committed_steps() == [6, 12]
     assert inference.restore_checkpoint(workdir).step == 12
     with pytest.warns(UserWarning, match=r"18 has no commit marker .* so it is not a checkpoint; moved it to"):
         final = train.run(compact_config(data_dir, steps=18), workdir)
@@ -209,7 +209,7 @@ def test_a_second_trainer_is_refused_readers_see_committed_steps_and_a_killed_lo
     try:
         deadline = time.time() + 240
         saved = Checkpointer(workdir / "checkpoints", writer=False)
-        while first.poll() is None and time.time() < deadline and not saved.all_steps():
+        while first.poll() is None and time.time() < deadline and not saved.committed_steps():
             time.sleep(0.05)
         assert first.poll() is None, first.stderr.read().decode()[-2000:]
         with pytest.raises(RuntimeError, match=rf"is in use by another training run \(pid {first.pid} on host "):
@@ -225,7 +225,7 @@ def test_a_second_trainer_is_refused_readers_see_committed_steps_and_a_killed_lo
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
-    config.train.update(steps=max(saved.all_steps()) + 2, allow_config_change=True)
+    config.train.update(steps=max(saved.committed_steps()) + 2, allow_config_change=True)
     final = train.run(config, workdir)  # the dead holder's lock is broken
     assert final["step"] == config.train.steps and not (workdir / workdir_files.LOCK_FILE).exists()
 

@@ -71,7 +71,7 @@ def test_tiny_run_learns_logs_and_checkpoints(trained):
     per_token = flops.flops_per_token_palm(flops.Shape(2, 4, 32, 50257, 16))
     assert records[-1]["flops_seen"] == pytest.approx(12 * 8 * 16 * per_token)
     checkpointer = Checkpointer(workdir / "checkpoints")
-    assert checkpointer.all_steps() == [6, 12]
+    assert checkpointer.committed_steps() == [6, 12]
     checkpointer.close()
 
 
@@ -129,7 +129,7 @@ def test_resume_after_sigkill_ends_at_the_same_loss(trained, data_dir, tmp_path)
     process.send_signal(signal.SIGKILL)
     process.wait()
     checkpointer = Checkpointer(resumed / "checkpoints")
-    assert 12 not in checkpointer.all_steps(), "the run finished before it could be killed"
+    assert 12 not in checkpointer.committed_steps(), "the run finished before it could be killed"
     checkpointer.close()
     result = run_main(args)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -162,7 +162,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path
     ):
         train.run(config, tmp_path)
     checkpointer = Checkpointer(tmp_path / "checkpoints")
-    assert checkpointer.all_steps() == [3]
+    assert checkpointer.committed_steps() == [3]
     checkpointer.close()
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 import warnings
 
@@ -104,9 +105,7 @@ def _parse_absl_flags(argv):
 
     try:
         return flags.FLAGS(_with_config_paths(argv))
-    except FileNotFoundError as error:
-        usage_error(str(error))
-    except flags.Error as error:
+    except (FileNotFoundError, flags.Error) as error:
         usage_error(str(error))
     except (AttributeError, KeyError) as error:
         usage_error(_unknown_key_message(error, argv))
@@ -158,6 +157,14 @@ def run_argparse(main, argv=None) -> None:
     """Runs ``main(argv)`` of an argparse command, its user errors reported in one sentence."""
     quiet_library_logging()
     guarded(main)(argv)
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM (kill's default, and what SLURM sends first) unwinds like an error, exit code 143.
+
+    So ``finally`` clauses run: locks are released and the checkpoint being saved completes.
+    """
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 def initialize_distributed() -> None:

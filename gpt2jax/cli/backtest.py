@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from gpt2jax.cli.fit import add_bootstrap_options, add_law_options, add_start_grid_option
+from gpt2jax.cli.fit import add_bootstrap_options, add_law_options, add_start_grid_option, require_interval_resamples
 
 HELP = "fit each approach on the points up to a budget and predict the points above it"
 
@@ -33,8 +33,7 @@ def run(args: argparse.Namespace) -> None:
     from gpt2jax.scaling.results import load_results
 
     train_below = backtest.finite_budget(args.train_below)
-    if args.bootstrap < 2:
-        raise ValueError(f"--bootstrap is {args.bootstrap}; the intervals need at least 2 resamples.")
+    require_interval_resamples(args)
     points = load_results(args.results, params=args.params, flops=args.flops)
     targets = labels = None
     if args.predict:

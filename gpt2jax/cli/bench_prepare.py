@@ -14,7 +14,6 @@ from gpt2jax import cli
 def main(argv: list[str] | None = None) -> None:
     from gpt2jax import flops
     from gpt2jax.data import throughput
-    from gpt2jax.data.workers import available_cores
 
     parser = cli.ArgumentParser(
         prog="python -m gpt2jax.cli.bench_prepare",
@@ -32,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
         worker_counts = [int(count) for count in args.workers.split(",")] if args.workers else None
     except ValueError:
         parser.error(f"--workers takes comma-separated integers, got {args.workers!r}")
-    worker_counts = worker_counts or sorted({1, min(2, available_cores()), available_cores()})
+    worker_counts = worker_counts or sorted({1, min(2, flops.available_cores()), flops.available_cores()})
     if args.megabytes <= 0 or args.repeats < 1 or min(worker_counts) < 1:
         raise ValueError("--megabytes, --repeats and every --workers count must be positive.")
     if args.source:

@@ -26,6 +26,12 @@ def add_bootstrap_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
 
 
+def require_interval_resamples(args: argparse.Namespace) -> None:
+    """Refuses a ``--bootstrap`` too small for the intervals a backtest or a report prints."""
+    if args.bootstrap < 2:
+        raise ValueError(f"--bootstrap is {args.bootstrap}; the intervals need at least 2 resamples.")
+
+
 def add_law_options(parser: argparse.ArgumentParser) -> None:
     """``--params`` and ``--flops``: which N and which C a fit reads from the results CSV."""
     from gpt2jax.scaling.results import FLOP_COUNTS, PARAM_COLUMNS

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from gpt2jax.cli.fit import add_bootstrap_options, add_start_grid_option
+from gpt2jax.cli.fit import add_bootstrap_options, add_start_grid_option, require_interval_resamples
 
 HELP = "write a Markdown report of a sweep's fit and what it predicts for GPT-2"
 
@@ -52,8 +52,7 @@ def run(args: argparse.Namespace) -> None:
     from gpt2jax.scaling.fit import START_GRIDS
     from gpt2jax.scaling.report import write_report
 
-    if args.bootstrap < 2:
-        raise ValueError(f"--bootstrap is {args.bootstrap}; the intervals need at least 2 resamples.")
+    require_interval_resamples(args)
     write_report(
         args.workdir,
         args.out,

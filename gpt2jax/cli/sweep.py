@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import signal
-import sys
 from pathlib import Path
+
+from gpt2jax import cli
 
 HELP = "run a sweep's points (resumable, shardable over workers), or print its plan"
 
@@ -60,8 +60,7 @@ def run(args: argparse.Namespace) -> None:
         return
     if not args.workdir:
         raise ValueError("--workdir is required to run a sweep (or pass --plan).")
-    # SLURM and kill send SIGTERM: unwind, so locks are released and checkpoints closed.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    cli.exit_on_sigterm()
     import jax
 
     from gpt2jax.scaling.sweep import Sweep

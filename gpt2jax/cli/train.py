@@ -8,8 +8,6 @@ xl). Running again with the same workdir resumes from its latest checkpoint;
 """
 
 import json
-import signal
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -46,8 +44,7 @@ def main(argv):
         raise app.UsageError("--workdir is required to train (or pass --dry_run).")
     from gpt2jax import train
 
-    # kill and SLURM send SIGTERM: unwind, so the workdir lock is released and the last save completes.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    cli.exit_on_sigterm()
     final = train.run(config, _WORKDIR.value)
     print(json.dumps(final))
 

@@ -27,6 +27,7 @@ import re
 from pathlib import Path
 
 from gpt2jax.data.formats import DATA_SUFFIXES, READABLE, file_kind
+from gpt2jax.errors import first_line
 
 # The Hub's conventions for split names in file paths (huggingface.co/docs/datasets/repository_structure).
 SPLIT_KEYWORDS = {
@@ -141,8 +142,7 @@ def _download(repo_id: str, revision: str | None, cache_dir, patterns: list[str]
     except errors.RevisionNotFoundError:
         raise ValueError(f"dataset {repo_id!r} has no revision {revision!r} on the Hub.") from None
     except errors.HfHubHTTPError as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise RuntimeError(f"the Hub refused to serve hf:{repo_id} ({reason}); try again later.") from None
+        raise RuntimeError(f"the Hub refused to serve hf:{repo_id} ({first_line(error)}); try again later.") from None
     return Path(folder)
 
 

@@ -42,15 +42,14 @@ from gpt2jax.data.shards import (
     SPLITS,
     TOKEN_DTYPE,
     ShardWriter,
-    fsync_directory,
     read_meta,
     shard_name,
-    write_json_atomically,
 )
 from gpt2jax.data.synthetic import SOURCE_PREFIX as SYNTHETIC_PREFIX
 from gpt2jax.data.synthetic import SyntheticLanguage
 from gpt2jax.data.tokenizer import EOT_TOKEN_ID, GPT2_VOCAB_SIZE
-from gpt2jax.data.workers import Tokenizers, available_cores
+from gpt2jax.data.workers import Tokenizers
+from gpt2jax.workdir import fsync_directory, write_atomically
 
 DEFAULT_SHARD_TOKENS = 100_000_000  # 200 MB a shard, as build-nanogpt and llm.c write FineWeb
 JOURNAL_FILE = "journal.json"
@@ -161,7 +160,7 @@ def prepare(
             written = _write_synthetic(opened, partial, settings, shard_tokens)
         else:
             if workers is None:
-                workers = available_cores() if opened.input_bytes >= POOL_MIN_INPUT_BYTES else 1
+                workers = flops.available_cores() if opened.input_bytes >= POOL_MIN_INPUT_BYTES else 1
             written = _write_pieces(opened, partial, settings, shard_tokens, workers)
         meta = {
             "format_version": FORMAT_VERSION,
@@ -173,7 +172,7 @@ def prepare(
             "dtype": TOKEN_DTYPE.name,
             "shard_tokens": shard_tokens,
         } | written
-        write_json_atomically(partial / META_FILE, meta)
+        write_atomically(partial / META_FILE, json.dumps(meta, indent=2) + "\n")
         (partial / JOURNAL_FILE).unlink(missing_ok=True)
         return _publish(partial, out_dir, settings)
 
@@ -303,17 +302,15 @@ def _write_pieces(plan: sources.Plan, partial: Path, settings: dict, shard_token
     def write_journal() -> None:
         for writer in writers.values():
             writer.sync()
-        write_json_atomically(
-            partial / JOURNAL_FILE,
-            {
-                "settings": settings,
-                "shard_tokens": shard_tokens,
-                "fingerprint": plan.fingerprint(),
-                "origin": plan.origin,
-                **position.state(),
-                "splits": {split: writer.state() for split, writer in writers.items()},
-            },
-        )
+        record = {
+            "settings": settings,
+            "shard_tokens": shard_tokens,
+            "fingerprint": plan.fingerprint(),
+            "origin": plan.origin,
+            **position.state(),
+            "splits": {split: writer.state() for split, writer in writers.items()},
+        }
+        write_atomically(partial / JOURNAL_FILE, json.dumps(record, indent=2) + "\n")
 
     def needed(piece: sources.Piece) -> bool:
         wanted = {"train": ("train",), "val": ("val",), "carve": SPLITS}[piece.role]

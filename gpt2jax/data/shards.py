@@ -33,29 +33,6 @@ def shard_name(split: str, index: int) -> str:
     return f"{split}_{index:06d}.bin"
 
 
-def fsync_directory(directory: Path) -> None:
-    """Makes the renames inside directory durable (a no-op where directories cannot be opened)."""
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def write_json_atomically(path: Path, value: dict) -> None:
-    """Writes path through a temporary sibling and a rename, so a reader sees the old or the new file."""
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w") as file:
-        file.write(json.dumps(value, indent=2) + "\n")
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
-    fsync_directory(path.parent)
-
-
 class ShardWriter:
     """Appends one split's tokens into shards of shard_tokens, up to an optional budget.
 
@@ -200,3 +177,19 @@ def split_shards(meta: dict, split: str) -> list[dict]:
     if meta["format_version"] == SINGLE_FILE_FORMAT_VERSION:
         return [{"file": f"{split}.bin", "tokens": meta[f"{split}_tokens"]}]
     return meta["shards"][split]
+
+
+def recorded_hashes(meta: dict) -> dict[str, str]:
+    """{token file: sha256} as meta.json records them: per shard, or per split file in the first format."""
+    if "shards" in meta:
+        return {shard["file"]: shard["sha256"] for split in meta["shards"].values() for shard in split}
+    return dict(meta.get("sha256", {}))
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a token file, read in chunks (memory stays flat for a 200 MB shard)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(_HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from gpt2jax.data.formats import PARQUET_SUFFIX, TEXT_SUFFIXES, file_kind
+from gpt2jax.errors import first_line
 
 TEXT_PREFIX = "text:"
 PARQUET_PREFIX = "parquet:"
@@ -175,7 +176,7 @@ def _parquet_pieces(path: Path, role: str, text_key: str) -> list[Piece]:
     try:
         metadata = pq.ParquetFile(path).metadata
     except (OSError, pa.ArrowException) as error:
-        raise ValueError(f"{path} is not a readable parquet file ({_first_line(error)}); fix or remove it.") from None
+        raise ValueError(f"{path} is not a readable parquet file ({first_line(error)}); fix or remove it.") from None
     schema = metadata.schema.to_arrow_schema()
     _check_text_field(schema, text_key, path)
     return [
@@ -192,7 +193,7 @@ def _check_arrow_column(path: Path, text_key: str) -> None:
         with pa.memory_map(str(path)) as source:
             schema = pa.ipc.open_stream(source).schema
     except (OSError, pa.ArrowException) as error:
-        raise ValueError(f"{path} is not a readable Arrow file ({_first_line(error)}); fix or remove it.") from None
+        raise ValueError(f"{path} is not a readable Arrow file ({first_line(error)}); fix or remove it.") from None
     _check_text_field(schema, text_key, path)
 
 
@@ -211,10 +212,6 @@ def _check_text_field(schema, text_key: str, path: Path) -> None:
         )
 
 
-def _first_line(error: BaseException) -> str:
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-
-
 # Reading a piece: this runs in the tokenizer workers.
 
 
@@ -227,7 +224,7 @@ def read_documents(piece: Piece) -> Iterator[str]:
     except UnicodeDecodeError:
         raise ValueError(f"{piece.path} is not UTF-8 text; convert or remove it.") from None
     except (OSError, EOFError, zlib.error) as error:  # EOFError: a truncated .gz; zlib.error: a damaged one
-        reason = error.strerror if isinstance(error, OSError) and error.strerror else _first_line(error)
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else first_line(error)
         raise ValueError(f"cannot read {piece.path}: {reason}; fix or remove the file.") from None
 
 
@@ -241,7 +238,7 @@ def _parquet_documents(piece: Piece) -> Iterator[str]:
         for batch in batches:
             yield from (text or "" for text in batch.column(0).to_pylist())
     except (OSError, pa.ArrowException) as error:  # pyarrow reports damaged pages as either
-        raise OSError(f"row group {piece.start} is damaged ({_first_line(error).rstrip('.')})") from None
+        raise OSError(f"row group {piece.start} is damaged ({first_line(error).rstrip('.')})") from None
 
 
 def _arrow_documents(piece: Piece) -> Iterator[str]:
@@ -252,7 +249,7 @@ def _arrow_documents(piece: Piece) -> Iterator[str]:
             for batch in pa.ipc.open_stream(source):
                 yield from (text or "" for text in batch.column(piece.text_key).to_pylist())
     except (OSError, pa.ArrowException) as error:
-        raise OSError(f"the Arrow stream is damaged ({_first_line(error).rstrip('.')})") from None
+        raise OSError(f"the Arrow stream is damaged ({first_line(error).rstrip('.')})") from None
 
 
 def _txt_documents(piece: Piece) -> Iterator[str]:

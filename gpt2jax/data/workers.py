@@ -35,14 +35,6 @@ _DOCUMENTS_PER_CHUNK = 1024  # between checks of the stop event, and per uint16 
 _stop_event = None  # set in each worker by _start_worker
 
 
-def available_cores() -> int:
-    """The cores this process may run on (a SLURM or taskset allocation, not the whole machine)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        return os.cpu_count() or 1
-
-
 def tokenize_piece(piece: sources.Piece) -> tuple[np.ndarray, np.ndarray] | None:
     """(tokens [N] uint16, document lengths [documents] int64) of one piece; None if the pool is stopping.
 

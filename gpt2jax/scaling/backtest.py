@@ -185,16 +185,23 @@ def backtest(
         report["predicted_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         report.update(mean_abs_rel_error=None, max_abs_rel_error=None, coverage=None)
         return report
-    errors = np.array([row["relative_error"] for row in rows])
-    report.update(
-        mean_abs_rel_error=float(np.mean(np.abs(errors))),
-        max_abs_rel_error=float(np.max(np.abs(errors))),
-        coverage=float(np.mean([row["inside"] for row in rows])),
-        over_predicted=int(np.sum(errors > 0)),
-        under_predicted=int(np.sum(errors < 0)),
-        heldout_seed_spread=fit.seed_spread(held),
-    )
+    report.update(error_summary(rows), heldout_seed_spread=fit.seed_spread(held))
     return report
+
+
+def error_summary(rows: list[dict]) -> dict:
+    """Over predicted points with their observed loss (``relative_error``, ``inside``): the held-out figures.
+
+    Mean and max absolute relative error and coverage are None when no point has been observed.
+    """
+    errors = np.array([row["relative_error"] for row in rows])
+    return {
+        "mean_abs_rel_error": float(np.mean(np.abs(errors))) if len(rows) else None,
+        "max_abs_rel_error": float(np.max(np.abs(errors))) if len(rows) else None,
+        "coverage": float(np.mean([row["inside"] for row in rows])) if len(rows) else None,
+        "over_predicted": int(np.sum(errors > 0)),
+        "under_predicted": int(np.sum(errors < 0)),
+    }
 
 
 def plan_targets(plan, train_below: float, params: str = "total") -> tuple[ScalingPoints, list[str]]:
@@ -218,7 +225,7 @@ def plan_targets(plan, train_below: float, params: str = "total") -> tuple[Scali
     return targets, [p.run for p in chosen]
 
 
-def _interval_text(interval, formatter=lambda value: f"{value:.4f}") -> str:
+def interval_text(interval, formatter=lambda value: f"{value:.4f}") -> str:
     return "n/a" if interval is None else f"[{formatter(interval[0])}, {formatter(interval[1])}]"
 
 
@@ -242,7 +249,7 @@ def format_backtest(report: dict, source: str) -> str:
         observed = row["observed_loss"]
         lines.append(
             f"  {row['run']:<34}{format_count(row['n_params']):>8}{format_count(row['n_tokens']):>8}"
-            f"{row['budget'] or row['flops']:>10.3g}{row['predicted_loss']:>11.4f}{_interval_text(row['interval']):>20}"
+            f"{row['budget'] or row['flops']:>10.3g}{row['predicted_loss']:>11.4f}{interval_text(row['interval']):>20}"
             + (
                 f"{observed:>10.4f}{row['relative_error']:>+9.2%}  {'yes' if row['inside'] else 'no'}"
                 if observed
@@ -266,7 +273,7 @@ def format_backtest(report: dict, source: str) -> str:
             cells.append(
                 "skipped".rjust(28)
                 if cell is None
-                else f"{format_count(cell['predicted'])} {_interval_text(cell['interval'], format_count)}"
+                else f"{format_count(cell['predicted'])} {interval_text(cell['interval'], format_count)}"
                 + (f" x{cell['ratio']:.2f}" if cell["ratio"] else "")
             )
         observed = format_count(row["observed"]) if row["observed"] else "none inside"

@@ -22,25 +22,15 @@ import numpy as np
 from gpt2jax.flops import format_count
 from gpt2jax.scaling import budget as budget_module
 from gpt2jax.scaling import fit, records
-from gpt2jax.scaling.backtest import has_optimum
+from gpt2jax.scaling.backtest import CONFIDENCE, error_summary, has_optimum, interval_text
 from gpt2jax.scaling.laws import PUBLISHED_LAWS
 from gpt2jax.scaling.results import load_results, sweep_param_count
 from gpt2jax.workdir import SESSIONS_FILE, SWEEP_FILE, read_json, read_jsonl, results_path
 
-CONFIDENCE = 0.95
 # The study's goals (issue 12): held-out loss within 1% mean absolute relative error, coverage
 # near 95%, N_opt within a factor of 1.5.
 GOAL_MEAN_ERROR = 0.01
 GOAL_N_OPT_FACTOR = 1.5
-
-
-def _interval(values, formatter=lambda value: f"{value:.3g}") -> str:
-    interval = fit.percentile_interval(values, CONFIDENCE)
-    return "n/a" if interval is None else f"[{formatter(interval[0])}, {formatter(interval[1])}]"
-
-
-def _pair(interval, formatter=lambda value: f"{value:.4f}") -> str:
-    return "n/a" if interval is None else f"[{formatter(interval[0])}, {formatter(interval[1])}]"
 
 
 def _sweep_files(workdir: Path) -> tuple[dict, list[dict]]:
@@ -217,7 +207,6 @@ def verify_prediction(prediction: dict, rows: list[dict], points) -> dict:
                 "inside": low <= loss <= high,
             }
         )
-    errors = np.array([row["relative_error"] for row in checked])
     n_opt = []
     for row in prediction["n_opt"]:
         observed_n = _observed_n_opt(points, row["budget"])
@@ -231,11 +220,7 @@ def verify_prediction(prediction: dict, rows: list[dict], points) -> dict:
     return {
         "points": checked,
         "missing": len(prediction["points"]) - len(checked),
-        "mean_abs_rel_error": float(np.mean(np.abs(errors))) if len(checked) else None,
-        "max_abs_rel_error": float(np.max(np.abs(errors))) if len(checked) else None,
-        "coverage": float(np.mean([row["inside"] for row in checked])) if checked else None,
-        "over_predicted": int(np.sum(errors > 0)),
-        "under_predicted": int(np.sum(errors < 0)),
+        **error_summary(checked),
         "n_opt": n_opt,
     }
 
@@ -256,7 +241,7 @@ def _prediction_lines(prediction: dict, outcome: dict, spread: dict | None) -> l
     for row in outcome["points"]:
         lines.append(
             f"| {row['run']} | {format_count(row['n_params'])} | {format_count(row['n_tokens'])} | {row['predicted_loss']:.4f} "
-            f"| {_pair(row['interval'])} | {row['observed_loss']:.4f} | {row['relative_error']:+.2%} | {'yes' if row['inside'] else 'no'} |"
+            f"| {interval_text(row['interval'])} | {row['observed_loss']:.4f} | {row['relative_error']:+.2%} | {'yes' if row['inside'] else 'no'} |"
         )
     if outcome["mean_abs_rel_error"] is None:
         return lines + ["", "None of the predicted points has been trained yet."]
@@ -283,7 +268,7 @@ def _prediction_lines(prediction: dict, outcome: dict, spread: dict | None) -> l
             cells.append(
                 "skipped"
                 if cell is None
-                else f"{format_count(cell['predicted'])} {_pair(cell['interval'], format_count)}"
+                else f"{format_count(cell['predicted'])} {interval_text(cell['interval'], format_count)}"
                 + (f", x{cell['ratio']:.2f}" if cell["ratio"] else "")
             )
         observed = format_count(row["observed"]) if row["observed"] else "no minimum inside the sizes"
@@ -312,7 +297,7 @@ def _e_check_lines(law, boot_laws, entropy: float, lowest: float) -> tuple[list[
     passes = inside and narrow
     lines = [
         f"The source's entropy rate is {entropy:.4f} nats/token, the loss no model can beat. The fitted "
-        f"irreducible loss E is {law.E:.4f} ({CONFIDENCE:.0%} interval {_pair(interval)}), {law.E - entropy:+.4f} from it; "
+        f"irreducible loss E is {law.E:.4f} ({CONFIDENCE:.0%} interval {interval_text(interval)}), {law.E - entropy:+.4f} from it; "
         f"the interval {'contains' if inside else 'does not contain'} it and is "
         f"{'narrower' if narrow else 'not narrower'} than the {lowest - entropy:.4f} nats between the rate and the "
         f"lowest loss reached ({lowest:.4f}). "
@@ -516,9 +501,8 @@ def write_report(
 
     gpu, days, utilization = one_gpu
     answer = budget_module.budget_report(gpu, days, utilization)
-    premise = budget_module.budget_report(gpu, days, utilization, precision="fp32")
     gpt2 = budget_module.gpt2_param_counts()
-    one_gpu_flops = premise["total_flops"]
+    one_gpu_flops = answer["premise"]["flops"]
     laws = {
         f"fit: {study['source']}": study["law"]
         for study in studies
@@ -539,7 +523,7 @@ def write_report(
         "",
         f"The budget command's answer (`python -m gpt2jax.scaling budget --gpu {gpu} --days {days:g} --utilization "
         f"{utilization:g}`): the question's premise, the card's fp32 rate x {utilization:.0%} x {days:g} days, is "
-        f"{premise['total_flops']:.3g} FLOPs; its tensor cores in bf16 offer {answer['total_flops']:.3g}; at "
+        f"{one_gpu_flops:.3g} FLOPs; its tensor cores in bf16 offer {answer['total_flops']:.3g}; at "
         f"{answer['mfu']:.0%} MFU a run gets {answer['achieved_flops']:.3g} in those days. At "
         f"{answer['total_flops']:.3g} FLOPs, {answer['optimal_law']} puts the optimum at "
         f"{format_count(answer['compute_optimal_params'])} parameters on {format_count(answer['compute_optimal_tokens'])} "
