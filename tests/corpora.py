@@ -1,7 +1,9 @@
-"""Small corpora the data tests write: the same documents as parquet, JSON Lines, Hub layouts and caches."""
+"""Small corpora the data tests write: the same documents as parquet, JSON Lines, Hub layouts and caches;
+and a prepare interrupted after a chosen shard."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 from pathlib import Path
@@ -9,6 +11,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
+
+from gpt2jax.data.shards import ShardWriter
 
 WORDS = (
     "the of and to in a is that for it as was with be by on not he this are or his from at which but have an they "
@@ -130,3 +135,20 @@ def write_saved_dataset(root: Path, splits: dict[str, list[str]]) -> None:
             with pa.OSFile(str(directory / name), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
                 writer.write_table(table, max_chunksize=7)
         (directory / "state.json").write_text(json.dumps({"_data_files": [{"filename": name} for name in names]}))
+
+
+@contextlib.contextmanager
+def interrupted_after_publishing(shards: int):
+    """The prepare run inside stops with KeyboardInterrupt (as at Ctrl-C) once it has published ``shards``
+    shards; the block fails if it was not interrupted."""
+    real_publish = ShardWriter.publish
+
+    def publish_then_interrupt(self):
+        real_publish(self)
+        if len(self.published) == shards:
+            raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ShardWriter, "publish", publish_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            yield

@@ -18,7 +18,13 @@ import pytest
 from huggingface_hub import constants as hub_constants
 
 from gpt2jax.data.prepare import JOURNAL_FILE, prepare
-from tests.corpora import documents, write_fineweb_layout, write_hub_cache
+from tests.corpora import (
+    documents,
+    interrupted_after_publishing,
+    write_fineweb_layout,
+    write_hub_cache,
+    write_parquet_files,
+)
 from tests.helpers import REPO
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -151,23 +157,11 @@ def test_a_prepare_stopped_by_sigterm_unwinds_with_its_journal_and_continues(cor
     finish(out, cache, reference, identities(published(partial)))
 
 
-def test_a_journal_is_continued_only_for_the_same_input_and_stale_files_are_removed(tmp_path, monkeypatch):
-    from gpt2jax.data.shards import ShardWriter
-    from tests.corpora import write_parquet_files
-
+def test_a_journal_is_continued_only_for_the_same_input_and_stale_files_are_removed(tmp_path):
     files = write_parquet_files(tmp_path / "corpus", documents(300), files=2)
     source, out = f"parquet:{tmp_path}/corpus/*.parquet", tmp_path / "out"
-    real_publish = ShardWriter.publish
-
-    def interrupt_at_the_third_shard(self):
-        real_publish(self)
-        if len(self.published) == 3:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(ShardWriter, "publish", interrupt_at_the_third_shard)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_after_publishing(3):
         prepare(source, out, shard_tokens=1_000)
-    monkeypatch.undo()
     partial = tmp_path / ".out.partial"
     with pytest.raises(ValueError, match="interrupted prepare with shard_tokens=1000; pass that"):
         prepare(source, out, shard_tokens=2_000)
@@ -182,10 +176,8 @@ def test_a_journal_is_continued_only_for_the_same_input_and_stale_files_are_remo
         ["meta.json"] + [shard["file"] for split in ("train", "val") for shard in meta["shards"][split]]
     )
     # Changed files behind the source: the journal is refused, not continued over other text.
-    monkeypatch.setattr(ShardWriter, "publish", interrupt_at_the_third_shard)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_after_publishing(3):
         prepare(source, tmp_path / "again", shard_tokens=1_000)
-    monkeypatch.undo()
     files[1].write_bytes(files[0].read_bytes())
     with pytest.raises(ValueError, match="changed since the prepare interrupted in .*again.partial began"):
         prepare(source, tmp_path / "again", shard_tokens=1_000)

@@ -22,6 +22,7 @@ from gpt2jax.data.prepare import prepare
 from gpt2jax.data.sources import carved_to_val
 from tests.corpora import (
     documents,
+    interrupted_after_publishing,
     write_c4_layout,
     write_fineweb_layout,
     write_hub_cache,
@@ -202,19 +203,8 @@ def test_a_resumed_hub_prepare_reads_the_revision_it_started_with(tmp_path, monk
     download = MirroredHub({COMMIT: old})
     monkeypatch.setattr(hub, "_snapshot_download", download)
     out, cache = tmp_path / "out", tmp_path / "hub"
-    from gpt2jax.data.shards import ShardWriter
-
-    real_publish = ShardWriter.publish
-
-    def interrupt_after_two_shards(self):
-        real_publish(self)
-        if len(self.published) == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(ShardWriter, "publish", interrupt_after_two_shards)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_after_publishing(2):
         prepare("hf:testowner/tinyweb:sample-10BT", out, hub_cache=cache, shard_tokens=1_000)
-    monkeypatch.setattr(ShardWriter, "publish", real_publish)
     download.mirrors[NEWER_COMMIT] = new  # meanwhile the dataset changed on the Hub
     meta = prepare("hf:testowner/tinyweb:sample-10BT", out, hub_cache=cache, shard_tokens=1_000)
     assert download.calls[-2]["revision"] == COMMIT and meta["origin"]["revision"] == COMMIT
