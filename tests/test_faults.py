@@ -60,11 +60,6 @@ def _env():
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("data")
-
-
-@pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_dir):
     """A 12-step compact run with checkpoints at 6 and 12, copied by the tests that damage it."""
     workdir = tmp_path_factory.mktemp("trained")

@@ -29,11 +29,6 @@ def _records(workdir):
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("data")
-
-
-@pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_dir):
     """One tiny run shared by the tests that only read its results."""
     workdir = tmp_path_factory.mktemp("run")
