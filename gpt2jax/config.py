@@ -8,10 +8,13 @@ names one wherever a command runs.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 from pathlib import Path
 
 import ml_collections
+
+from gpt2jax.model import GPTConfig
 
 SHIPPED_CONFIGS = Path(__file__).parent / "configs"
 
@@ -19,28 +22,8 @@ SHIPPED_CONFIGS = Path(__file__).parent / "configs"
 def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
 
-    config.model = ml_collections.ConfigDict(
-        dict(
-            n_layer=12,
-            n_head=12,
-            n_embd=768,
-            block_size=1024,
-            vocab_size=50257,  # GPT-2's true vocabulary; losses are always over these tokens
-            vocab_multiple=64,  # pad the embedding rows to a multiple of this (50257 -> 50304)
-            dropout=0.0,
-            dtype="float32",  # compute dtype: float32 | bfloat16 | float16 (parameters stay float32)
-            # auto | xla | cudnn: auto is cuDNN's fused attention on a GPU where a start-up probe of it
-            # runs (bf16/fp16), else XLA; on a CPU, gpt2jax's einsum attention (model.attention)
-            attention="auto",
-            # none | dots | attention | attention_mlp | full: what each block keeps for the backward pass
-            # (model.REMAT_POLICIES); attention keeps the attention output and recomputes the rest
-            remat="none",
-            scan_layers=True,  # run the stacked blocks under jax.lax.scan; False unrolls them (same parameters)
-            # positions of every row whose logits the cross-entropy holds at once; 0: the full float32
-            # B x T x V logits (faster on a CPU, configs/tiny.py)
-            loss_chunk=128,
-        )
-    )
+    # The model's keys, their defaults and their comments are GPTConfig's fields (model.py).
+    config.model = ml_collections.ConfigDict(dataclasses.asdict(GPTConfig()))
 
     config.data = ml_collections.ConfigDict(
         dict(
@@ -64,6 +47,9 @@ def base_config() -> ml_collections.ConfigDict:
             batch_size=8,  # sequences per optimizer step, over all devices and micro-batches
             grad_accum_steps=1,  # micro-batches per step: batch_size / grad_accum_steps at a time
             steps=1000,
+            # adamw | adamw_bf16 (both moments in bfloat16: half the state) | adafactor (a factored
+            # second moment, no first: almost none); training/optim.py says what each keeps
+            optimizer="adamw",
             learning_rate=6e-4,
             schedule="cosine",  # cosine | wsd | constant, each after a linear warmup
             warmup_steps=100,
@@ -75,6 +61,9 @@ def base_config() -> ml_collections.ConfigDict:
             eps=1e-8,
             grad_clip=1.0,
             seed=0,
+            # uniform: windows drawn anywhere, with replacement (tokens repeat within an epoch) |
+            # epochs: every window once per epoch, in an order permuted by (seed, epoch)
+            sampling="uniform",
             init_from="resume",  # resume (latest checkpoint if any) | scratch | hf:DIR | checkpoint:WORKDIR@STEP
             log_every=10,
             eval_every=250,
@@ -117,6 +106,7 @@ def gpt2_recipe(
     config.model.update(**model_preset(preset), block_size=1024, dtype="bfloat16", remat=remat)
     config.data.update(source="hf:HuggingFaceFW/fineweb-edu:sample-10BT")
     config.train.update(
+        sampling="epochs",  # ~1 epoch of the 10B sample: no token read twice
         batch_size=512,
         grad_accum_steps=grad_accum_steps,
         steps=19073,

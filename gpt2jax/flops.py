@@ -23,7 +23,7 @@ import platform
 import time
 from pathlib import Path
 
-from gpt2jax.workdir import write_atomically
+from gpt2jax.files.atomic import write_atomically
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,9 +51,20 @@ def padded_vocab_size(vocab_size: int, multiple: int) -> int:
     return -(-vocab_size // multiple) * multiple
 
 
+# GPT-2's MLP is this many times the model width; every count of MLP parameters, FLOPs and
+# shardings reads it through ``mlp_width``, so a new MLP changes it here once.
+MLP_EXPANSION = 4
+
+
+def mlp_width(n_embd: int) -> int:
+    """The hidden width of a block's MLP: 4d for GPT-2."""
+    return MLP_EXPANSION * n_embd
+
+
 def params_per_block(n_embd: int) -> int:
-    """Two LayerNorms (4d), qkv (3d²+3d), attention out (d²+d), MLP (8d²+5d): 12d² + 13d."""
-    return 12 * n_embd * n_embd + 13 * n_embd
+    """Two LayerNorms (4d), qkv (3d²+3d), attention out (d²+d), MLP (2df+f+d): 12d² + 13d at f = 4d."""
+    d, f = n_embd, mlp_width(n_embd)
+    return 4 * d + (3 * d * d + 3 * d) + (d * d + d) + (2 * d * f + f + d)
 
 
 def count_params(shape: Shape) -> dict[str, int]:
@@ -115,7 +126,7 @@ def flops_per_token_chinchilla_layers(shape: Shape, seq_len: int | None = None) 
     seq = shape.block_size if seq_len is None else seq_len
     d, heads = shape.n_embd, shape.n_head
     key_size = d // heads
-    ffw = 4 * d
+    ffw = mlp_width(d)
     attention = (
         2 * 3 * seq * d * (key_size * heads)  # q, k, v projections
         + 2 * seq * seq * (key_size * heads)  # q @ k logits

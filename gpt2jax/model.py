@@ -89,24 +89,37 @@ _log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class GPTConfig:
+    """The model's keys, declared once: ``config.base_config`` makes the ``model`` section from these fields."""
+
     n_layer: int = 12
     n_head: int = 12
     n_embd: int = 768
     block_size: int = 1024
-    vocab_size: int = 50257
-    vocab_multiple: int = 64
+    vocab_size: int = 50257  # GPT-2's true vocabulary; losses are always over these tokens
+    vocab_multiple: int = 64  # pad the embedding rows to a multiple of this (50257 -> 50304)
     dropout: float = 0.0
-    dtype: str = "float32"
+    dtype: str = "float32"  # compute dtype: float32 | bfloat16 | float16 (parameters stay float32)
+    # auto | xla | cudnn: auto is cuDNN's fused attention on a GPU where a start-up probe of it
+    # runs (bf16/fp16), else XLA; on a CPU, gpt2jax's einsum attention (``attention`` below)
     attention: Literal["auto", "xla", "cudnn"] = "auto"
+    # none | dots | attention | attention_mlp | full: what each block keeps for the backward pass
+    # (REMAT_POLICIES); attention keeps the attention output and recomputes the rest
     remat: Literal["none", "full", "dots", "attention", "attention_mlp"] = "none"
-    scan_layers: bool = True
+    scan_layers: bool = True  # run the stacked blocks under jax.lax.scan; False unrolls them (same parameters)
+    # positions of every row whose logits the cross-entropy holds at once; 0: the full float32
+    # B x T x V logits (faster on a CPU, configs/tiny.py)
     loss_chunk: int = 128
 
     @classmethod
     def from_config(cls, model_config) -> "GPTConfig":
-        """Builds from the ``model`` part of an ml_collections config, validating it."""
+        """Builds from the ``model`` part of a config (or a saved one), validating it; an unknown key is refused."""
         fields = {f.name for f in dataclasses.fields(cls)}
-        config = cls(**{k: v for k, v in dict(model_config).items() if k in fields})
+        unknown = sorted(set(dict(model_config)) - fields)
+        if unknown:
+            raise ValueError(
+                f"model config has unknown key(s) {', '.join(unknown)}; the model's keys are {', '.join(sorted(fields))}."
+            )
+        config = cls(**dict(model_config))
         config.validate()
         return config
 
@@ -129,6 +142,10 @@ class GPTConfig:
     @property
     def padded_vocab_size(self) -> int:
         return flops.padded_vocab_size(self.vocab_size, self.vocab_multiple)
+
+    @property
+    def mlp_width(self) -> int:
+        return flops.mlp_width(self.n_embd)
 
     @property
     def head_size(self) -> int:
@@ -280,7 +297,7 @@ class Attention(nnx.Module):
 
 class MLP(nnx.Module):
     def __init__(self, config: GPTConfig, rngs: nnx.Rngs):
-        d, f = config.n_embd, 4 * config.n_embd
+        d, f = config.n_embd, config.mlp_width
         residual_std = 0.02 / math.sqrt(2 * config.n_layer)
         self.fc_kernel = nnx.Param(_normal(0.02)(rngs.params(), (d, f), jnp.float32))
         self.fc_bias = nnx.Param(jnp.zeros((f,), jnp.float32))

@@ -37,7 +37,7 @@ def load_config(size: str, micro_batch: int, remat: str):
 
 
 def table_rows(sizes: list[str], remats: list[str], micro_batch: int, usable_fraction: float, platform: str):
-    from gpt2jax.memory import dry_run
+    from gpt2jax.training.memory import dry_run
 
     for size in sizes:
         for remat in remats:
@@ -64,7 +64,7 @@ def main() -> None:
     import jax
 
     devices = jax.devices()
-    from gpt2jax.memory import usable_fraction as memory_usable_fraction
+    from gpt2jax.training.memory import usable_fraction as memory_usable_fraction
 
     usable_fraction = memory_usable_fraction()
     print(

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from gpt2jax import flops
-from gpt2jax.benchmark import benchmark
+from gpt2jax.training.benchmark import benchmark
 from tests.helpers import REPO, tiny_config
 
 

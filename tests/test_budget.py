@@ -21,8 +21,8 @@ def user_error(capsys, args) -> str:
     return capsys.readouterr().err.strip()
 
 
-def params_bytes(n_layer: int, n_embd: int) -> int:
-    """A stand-in for memory.estimate: 16 bytes a parameter, no activations."""
+def params_bytes(n_layer: int, n_embd: int, optimizer: str = "adamw", dtype: str = "bfloat16") -> int:
+    """A stand-in for memory.estimate: 16 bytes a parameter whatever the optimizer, no activations."""
     return 16 * budget._shape_params(n_layer, n_embd)
 
 
@@ -61,19 +61,76 @@ def test_the_headline_optimum_is_epochs_law_and_the_others_stand_beside_it(defau
     assert default_report["gpt2_small_optimal_tokens"] == pytest.approx(3.1e9, rel=0.05)
 
 
-def test_the_memory_constrained_optimum_is_the_largest_model_whose_step_fits(default_report):
-    constrained = default_report["memory_constrained"]
+@pytest.mark.parametrize(
+    "optimizer, n_layer, params",
+    [("adamw", 19, 400e6), ("adamw_bf16", 20, 459e6), ("adafactor", 22, 596e6)],
+)
+def test_the_memory_constrained_optimum_of_each_optimizer_is_the_largest_model_whose_step_fits(
+    default_report, optimizer, n_layer, params
+):
+    constrained = default_report["memory_constrained_by_optimizer"][optimizer]
     usable = default_report["usable_memory_bytes"]
     assert usable == pytest.approx(0.75 * 12 * 2**30)
-    assert constrained["memory_binds"]  # Epoch's 4.2B-parameter optimum needs far more than 9 GiB
+    assert constrained["memory_binds"]  # Epoch's optimum for the year needs far more than 9 GiB
     assert constrained["estimated_memory_bytes"] <= usable
-    size = constrained["n_layer"]
-    assert budget.training_step_bytes(*budget._family_shape(size + 1)) > usable  # the next size does not fit
-    assert 300e6 < constrained["params"] < 500e6
-    assert constrained["tokens"] == pytest.approx(default_report["total_flops"] / (6 * constrained["params"]))
+    assert constrained["n_layer"] == n_layer and constrained["params"] == pytest.approx(params, rel=0.01)
+    next_size = budget._family_shape(n_layer + 1)
+    assert budget.training_step_bytes(*next_size, optimizer, "bfloat16") > usable  # the next size does not fit
+    # Spent at the run's MFU, not the tensor-core peak.
+    assert constrained["tokens"] == pytest.approx(default_report["achieved_flops"] / (6 * constrained["params"]))
     assert constrained["loss_gap"] > 0
     law = laws.EPOCH_REFIT
     assert constrained["predicted_loss"] == pytest.approx(float(law.loss(constrained["params"], constrained["tokens"])))
+    # The best that fits is the lowest predicted loss over the optimizers: Adafactor's smaller state.
+    assert default_report["memory_constrained"]["optimizer"] == "adafactor"
+
+
+def test_the_verdict_answers_for_a_4070_ti_year(default_report):
+    models = default_report["models"]
+    assert models["gpt2"]["optimal_days"] == pytest.approx(0.8, abs=0.05)
+    assert models["gpt2"]["original_days"] == pytest.approx(2.7, abs=0.05)
+    assert models["gpt2-medium"]["optimal_days"] == pytest.approx(6.5, abs=0.1)
+    assert models["gpt2-medium"]["original_days"] == pytest.approx(7.7, abs=0.1)
+    assert models["gpt2"]["fits_with"] == ["adamw", "adamw_bf16", "adafactor"]
+    assert models["gpt2-large"]["fits_with"] == [] and models["gpt2-xl"]["fits_with"] == []
+    optimum = default_report["achieved_optimum"]
+    assert 6 * optimum["params"] * optimum["tokens"] == pytest.approx(default_report["achieved_flops"])
+    assert optimum["params"] == pytest.approx(2.8e9, rel=0.05) and not optimum["fits_in_memory"]
+    text = budget.format_report(default_report)
+    first = text.splitlines()
+    assert first[0].startswith("Verdict for one rtx-4070-ti (12 GiB) running 365 days at 40% MFU")
+    assert "gpt2 (124M) trains: compute-optimally (3.13B tokens) in 0.8 days, on GPT-2's 10B in 2.7" in first[1]
+    assert "gpt2-large (774M) does not fit 12 GiB with any optimizer" in first[3]
+    assert "the best that fits: 596M params (22 layers x 1408) with adafactor" in text
+
+
+def test_allocations_are_checked_against_the_corpus(default_report):
+    assert default_report["corpus"] == "fineweb-edu-10BT" and default_report["corpus_tokens"] == 10e9
+    headline = default_report["laws"]["epoch2024"]
+    assert headline["epochs"] == pytest.approx(headline["tokens"] / 10e9) and headline["beyond_corpus"]
+    constrained = default_report["memory_constrained_by_optimizer"]["adamw"]
+    assert constrained["beyond_corpus"] and constrained["extrapolated"]  # 1055 tokens a parameter, past 341
+    assert "beyond the corpus" in budget.format_report(default_report)
+    # GPT-2 small's compute-optimal 3.1B tokens are a third of the 10B sample.
+    assert default_report["models"]["gpt2"]["optimal_epochs"] == pytest.approx(0.313, abs=0.01)
+    whole = budget.budget_report("rtx-4070-ti", 365, 0.9, mfu=0.4, step_bytes=params_bytes, corpus="fineweb-edu")
+    assert not whole["laws"]["epoch2024"]["beyond_corpus"]
+    assert budget.budget_report("rtx-4070-ti", 365, 0.9, mfu=0.4, step_bytes=params_bytes, corpus="5e9")[
+        "corpus_tokens"
+    ] == pytest.approx(5e9)
+
+
+def test_fp32_names_the_cuda_core_rate_and_sizes_a_float32_step():
+    sized = []
+
+    def recording_bytes(n_layer, n_embd, optimizer, dtype):
+        sized.append(dtype)
+        return params_bytes(n_layer, n_embd)
+
+    report = budget.budget_report("rtx-4070-ti", 365, 0.9, mfu=0.4, precision="fp32", step_bytes=recording_bytes)
+    assert set(sized) == {"float32"} and report["memory_constrained"]["training_step"]["dtype"] == "float32"
+    text = budget.format_report(report)
+    assert "CUDA cores at fp32" in text and "tensor cores at fp32" not in text
 
 
 def test_gpt2_sizes_against_a_12_gib_card(default_report):
@@ -126,12 +183,14 @@ def test_cli_json_keeps_every_key_and_fp32_gives_the_questions_figure(capsys):
     assert report["total_flops"] == pytest.approx(1.14e21, rel=0.01)
 
 
-def test_cli_text_leads_with_the_three_lines(capsys):
+def test_cli_text_leads_with_the_verdict_then_the_three_lines(capsys):
     budget_command(["--mfu", "0.4"])
     lines = capsys.readouterr().out.splitlines()
-    assert "the question's premise" in lines[1] and "1.14e+21" in lines[1]
-    assert "tensor cores at bf16" in lines[2] and "2.28e+21" in lines[2]
-    assert "what a run really gets" in lines[3] and "40% MFU (--mfu)" in lines[3]
+    assert lines[0].startswith("Verdict for one rtx-4070-ti") and "40% MFU (--mfu)" in lines[0]
+    premise = next(index for index, line in enumerate(lines) if "the question's premise" in line)
+    assert "1.14e+21" in lines[premise]
+    assert "tensor cores at bf16" in lines[premise + 1] and "2.28e+21" in lines[premise + 1]
+    assert "what a run really gets" in lines[premise + 2] and "40% MFU (--mfu)" in lines[premise + 2]
     assert any("memory-constrained optimum" in line for line in lines)
 
 
@@ -149,6 +208,8 @@ def test_fit_file_adds_the_projects_law(tmp_path):
         (["--days", "inf"], r"error: days is inf; give a positive, finite number of days\."),
         (["--days", "nan"], r"error: days is nan; give a positive, finite number of days\."),
         (["--days", "-3"], r"error: days is -3.0; give a positive, finite number of days\."),
+        (["--days", "1e300"], r"error: days is 1e\+300: its FLOPs overflow a float; .*"),
+        (["--corpus", "nowhere"], r"error: --corpus nowhere is not one of .*"),
         (["--utilization", "1.5"], r"error: utilization is 1.5; give a fraction of peak in \(0, 1\]\."),
         (["--mfu", "0"], r"error: mfu is 0.0; give a fraction of peak in \(0, 1\]\."),
     ],
@@ -164,7 +225,7 @@ def test_fit_file_without_constants_is_refused(tmp_path, capsys):
 
 
 def test_the_short_command_answers_the_question_as_the_issue_spells_it():
-    """``python -m gpt2jax.budget ... --precision fp32 --json`` reproduces the question's 1.14e21 FLOPs."""
+    """``python -m gpt2jax.scaling budget ... --precision fp32 --json`` reproduces the question's 1.14e21 FLOPs."""
     import os
     import subprocess
     import sys
@@ -174,7 +235,8 @@ def test_the_short_command_answers_the_question_as_the_issue_spells_it():
     command = [
         sys.executable,
         "-m",
-        "gpt2jax.budget",
+        "gpt2jax.scaling",
+        "budget",
         "--gpu",
         "rtx-4070-ti",
         "--days",

@@ -15,7 +15,7 @@ import pytest
 from jax import export
 
 from gpt2jax.config import load_config_file
-from gpt2jax.train import build_trainer
+from gpt2jax.training.trainer import build_trainer
 
 MICRO_BATCH, ACCUM, CONTEXT, VOCAB = 8, 2, 1024, 50304
 _TENSOR = re.compile(r"tensor<((?:\d+x)*\d+)x(f32|bf16|f16)>")

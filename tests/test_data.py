@@ -541,8 +541,8 @@ def test_eval_batches_are_fixed_evenly_spaced_windows():
 
 
 def test_training_metrics_count_epochs_over_the_unique_train_tokens(tmp_path):
-    from gpt2jax.train import run
-    from gpt2jax.workdir import read_metrics
+    from gpt2jax.files.workdir import read_metrics
+    from gpt2jax.training.loop import run
 
     config = tiny_config(tmp_path / "data", steps=2, log_every=1, eval_every=2, eval_batches=1, checkpoint_every=2)
     config.model.update(n_layer=1, n_head=2, n_embd=16, vocab_size=65, vocab_multiple=8)
@@ -561,3 +561,26 @@ def test_the_prepare_command_prepares_a_configs_data_where_training_reads_it(tmp
     with pytest.raises(SystemExit) as exit_info:
         prepare_command(["--config", "tiny", "--source", "synthetic"])
     assert exit_info.value.code == 2
+
+
+def test_epoch_sampling_reads_every_window_once_before_any_repeats():
+    """Under one epoch no token is read twice; the order is a pure function of (seed, step)."""
+    from gpt2jax.data.loader import window_starts
+
+    n_tokens, block, batch = 20_001, 16, 8
+    windows = (n_tokens - 1) // block - 1
+    steps = windows // batch
+    first = np.concatenate([window_starts(3, step, batch, n_tokens, block, "epochs") for step in range(steps)])
+    assert len(np.unique(first)) == len(first) == steps * batch
+    assert np.all(np.diff(np.sort(first)) >= block)  # windows do not overlap: no token twice in the epoch
+    assert np.array_equal(first[:batch], window_starts(3, 0, batch, n_tokens, block, "epochs"))
+    assert not np.array_equal(first[:batch], window_starts(4, 0, batch, n_tokens, block, "epochs"))
+    # The next epoch reads the windows again, in another order and at another offset.
+    second = np.concatenate(
+        [window_starts(3, step, batch, n_tokens, block, "epochs") for step in range(steps + 1, 2 * steps)]
+    )
+    assert not np.array_equal(second[:batch], first[:batch])
+    uniform = np.concatenate([window_starts(3, step, batch, n_tokens, block, "uniform") for step in range(steps)])
+    assert len(np.unique(uniform // block)) < 0.8 * len(uniform)  # drawn with replacement: ~37% repeats
+    with pytest.raises(ValueError, match="train.sampling='shuffled' is not one of uniform, epochs"):
+        window_starts(0, 0, batch, n_tokens, block, "shuffled")

@@ -168,7 +168,7 @@ def test_a_journal_is_continued_only_for_the_same_input_and_stale_files_are_remo
     with pytest.raises(ValueError, match="with val_fraction=0.005 \\(not 0.1\\)"):
         prepare(source, out, shard_tokens=1_000, val_fraction=0.1)
     # A dead prepare's temporary files, and a shard it wrote past its journal, are not taken for work done.
-    (partial / ".journal.json.k3x9q2ab").write_text("{")  # as workdir.write_atomically names its temporary
+    (partial / ".journal.json.k3x9q2ab").write_text("{")  # as files.atomic.write_atomically names its temporary
     (partial / "train_000042.bin").write_bytes(b"\0" * 2_000)
     meta = prepare(source, out, shard_tokens=1_000)
     assert meta["shards"] == prepare(source, tmp_path / "fresh", shard_tokens=1_000)["shards"]

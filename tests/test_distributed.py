@@ -11,8 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from gpt2jax import inference
-from gpt2jax.workdir import METRICS_FILE
+from gpt2jax.files.workdir import METRICS_FILE
+from gpt2jax.inference import weights
 from tests.helpers import REPO, config_flags, run_main, tiny_config
 
 MESH_FLAGS = ["--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2"]
@@ -95,8 +95,8 @@ def test_metrics_written_once_and_checkpoint_restores_on_one_device(runs):
     one_dir, _ = runs["one"]
     records = [json.loads(line) for line in (two_dir / METRICS_FILE).read_text().splitlines()]
     assert [record["step"] for record in records] == [2, 4]  # process 0 only, no doubled lines
-    two = inference.restore_checkpoint(two_dir, devices=jax.devices()[:1])
-    one = inference.restore_checkpoint(one_dir, devices=jax.devices()[:1])
+    two = weights.restore_checkpoint(two_dir, devices=jax.devices()[:1])
+    one = weights.restore_checkpoint(one_dir, devices=jax.devices()[:1])
     assert two.step == 4
     for leaf, single_leaf in zip(jax.tree.leaves(two.params), jax.tree.leaves(one.params)):
         np.testing.assert_allclose(np.asarray(leaf), np.asarray(single_leaf), atol=5e-5)

@@ -23,15 +23,17 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gpt2jax import checkpoint, inference, train
-from gpt2jax import workdir as workdir_files
-from gpt2jax.checkpoint import COMMIT_MARKER, Checkpointer, UnreadableCheckpoint
 from gpt2jax.data.loader import prepared_data
-from gpt2jax.generate import GPT2_VOCABULARY, Vocabulary, generate, sample_text, vocabulary_of
+from gpt2jax.files import workdir as workdir_files
+from gpt2jax.inference import export, weights
+from gpt2jax.inference.sampling import GPT2_VOCABULARY, Vocabulary, generate, sample_text, vocabulary_of
+from gpt2jax.inference.scoring import _perplexity
 from gpt2jax.model import GPT, GPTConfig
-from gpt2jax.scaling import records
+from gpt2jax.scaling.results import read_rows, upsert_row
 from gpt2jax.scaling.sweep import Sweep
-from gpt2jax.scoring import _perplexity
+from gpt2jax.training import checkpoint, loop
+from gpt2jax.training.checkpoint import COMMIT_MARKER, Checkpointer, UnreadableCheckpoint
+from gpt2jax.training.trainer import POSITIVE_KEYS, Trainer, build_trainer
 from tests.helpers import REPO, config_flags, run_main, tiny_config
 
 COMPACT_SOURCE = "synthetic:num_states=64,support_size=8,vocabulary=compact"
@@ -63,7 +65,7 @@ def _env():
 def trained(tmp_path_factory, data_dir):
     """A 12-step compact run with checkpoints at 6 and 12, copied by the tests that damage it."""
     workdir = tmp_path_factory.mktemp("trained")
-    final = train.run(compact_config(data_dir), workdir)
+    final = loop.run(compact_config(data_dir), workdir)
     return workdir, final
 
 
@@ -79,15 +81,15 @@ def _copy(trained, tmp_path) -> Path:
 def test_a_diverging_run_keeps_only_states_that_train_and_resumes_at_a_lower_rate(data_dir, tmp_path):
     # lr(0) is 0 under warmup, so step 1 leaves the initial state; lr 1e6 at step 2 blows it up.
     config = compact_config(data_dir, learning_rate=1e6, checkpoint_every=1, log_every=1)
-    with pytest.raises(train.NonFiniteLossError, match=r"at step 2, .*kept its newest checkpoint, step 1 in") as stop:
-        train.run(config, tmp_path)
+    with pytest.raises(loop.NonFiniteLossError, match=r"at step 2, .*kept its newest checkpoint, step 1 in") as stop:
+        loop.run(config, tmp_path)
     assert "--config.train.allow_config_change=True" in str(stop.value)
     saved = Checkpointer(tmp_path / "checkpoints", writer=False)
     assert saved.committed_steps() == [1]
-    loaded = inference.restore_checkpoint(tmp_path)
+    loaded = weights.restore_checkpoint(tmp_path)
     assert bool(checkpoint.all_finite(loaded.params))
     config.train.update(learning_rate=1e-2, allow_config_change=True)
-    final = train.run(config, tmp_path)
+    final = loop.run(config, tmp_path)
     assert final["step"] == 12 and final["val_loss"] < math.log(65)
     (change,) = workdir_files.read_jsonl(tmp_path / workdir_files.CONFIG_CHANGES_FILE)
     assert change["step"] == 1 and change["changes"]["train.learning_rate"] == [1e6, 1e-2]
@@ -95,7 +97,7 @@ def test_a_diverging_run_keeps_only_states_that_train_and_resumes_at_a_lower_rat
 
 def test_a_state_is_saved_only_after_its_own_loss_is_known(data_dir, tmp_path, monkeypatch):
     """Step n's loss is computed before update n: the state update n made is checked on the next batch."""
-    real_step = train.Trainer.train_step.func
+    real_step = Trainer.train_step.func
 
     def poisoned(trainer):
         step_fn = real_step(trainer)
@@ -109,18 +111,18 @@ def test_a_state_is_saved_only_after_its_own_loss_is_known(data_dir, tmp_path, m
         return step
 
     cached = functools.cached_property(poisoned)  # compiled once, as the real one is
-    cached.__set_name__(train.Trainer, "train_step")
-    monkeypatch.setattr(train.Trainer, "train_step", cached)
-    with pytest.raises(train.NonFiniteLossError, match="state became NaN or infinite after the update at step 6"):
-        train.run(compact_config(data_dir, checkpoint_every=3), tmp_path)
+    cached.__set_name__(Trainer, "train_step")
+    monkeypatch.setattr(Trainer, "train_step", cached)
+    with pytest.raises(loop.NonFiniteLossError, match="state became NaN or infinite after the update at step 6"):
+        loop.run(compact_config(data_dir, checkpoint_every=3), tmp_path)
     assert Checkpointer(tmp_path / "checkpoints", writer=False).committed_steps() == [3]
 
 
-@pytest.mark.parametrize("key", train.POSITIVE_KEYS)
+@pytest.mark.parametrize("key", POSITIVE_KEYS)
 def test_counts_that_make_no_sense_are_refused_before_anything_runs(data_dir, tmp_path, key):
     for value in (0, -5):
         with pytest.raises(ValueError, match=rf"train.{key}={value} must be a whole number of at least 1"):
-            train.run(compact_config(data_dir, **{key: value}), tmp_path / "w")
+            loop.run(compact_config(data_dir, **{key: value}), tmp_path / "w")
     assert not (tmp_path / "w").exists()
 
 
@@ -130,7 +132,7 @@ def test_a_val_split_shorter_than_one_window_is_refused_at_start(tmp_path):
     with pytest.raises(
         ValueError, match=r"the val split of .* holds 10 tokens, fewer than one window of model.block_size \+ 1"
     ):
-        train.run(config, tmp_path / "w")
+        loop.run(config, tmp_path / "w")
     assert not (tmp_path / "w").exists()
 
 
@@ -141,7 +143,7 @@ def test_a_token_file_edited_after_preparation_is_refused(tmp_path):
     tokens[100] = (tokens[100] + 1) % 64  # the same size and ids in range: only the hash tells
     tokens.tofile(first_train_file)
     with pytest.raises(ValueError, match=rf"{first_train_file.name} does not match the sha256 its meta.json records"):
-        train.run(config, tmp_path / "w")
+        loop.run(config, tmp_path / "w")
 
 
 def test_a_truncated_newest_checkpoint_falls_back_to_the_intact_one(trained, data_dir, tmp_path):
@@ -152,11 +154,11 @@ def test_a_truncated_newest_checkpoint_falls_back_to_the_intact_one(trained, dat
     for damaged in (workdir / "checkpoints" / "12" / "default" / "ocdbt.process_0" / "d").iterdir():
         os.truncate(damaged, 0)
     with pytest.warns(UserWarning, match=r"step 12 .* could not be read .*; using step 6, the newest that reads back"):
-        assert inference.restore_checkpoint(workdir).step == 6
+        assert weights.restore_checkpoint(workdir).step == 6
     with pytest.raises(UnreadableCheckpoint, match="the checkpoint of step 12 .* could not be read"):
-        inference.restore_checkpoint(workdir, step=12)
+        weights.restore_checkpoint(workdir, step=12)
     with pytest.warns(UserWarning, match=r"using step 6, .*moved the unreadable step\(s\) to .*checkpoints_set_aside"):
-        final = train.run(compact_config(data_dir, steps=18), workdir)
+        final = loop.run(compact_config(data_dir, steps=18), workdir)
     assert final["step"] == 18
     assert [path.name.split("-")[0] for path in (workdir / "checkpoints_set_aside").iterdir()] == ["12"]
     assert Checkpointer(workdir / "checkpoints", writer=False).committed_steps() == [6, 12, 18]
@@ -165,7 +167,7 @@ def test_a_truncated_newest_checkpoint_falls_back_to_the_intact_one(trained, dat
 def test_a_bit_flipped_checkpoint_is_refused_though_it_reads(trained, data_dir, tmp_path):
     workdir = _copy(trained, tmp_path)
     config = compact_config(data_dir, steps=18)
-    abstract_state = train.build_trainer(config).abstract_state
+    abstract_state = build_trainer(config).abstract_state
     state = Checkpointer(workdir / "checkpoints", writer=False).restore(12, abstract_state)
     # One mantissa bit of one weight: the value stays finite and plausible. It is written back
     # through Orbax, under step 12's own metadata, because Orbax compresses its chunks, and a
@@ -184,7 +186,7 @@ def test_a_bit_flipped_checkpoint_is_refused_though_it_reads(trained, data_dir, 
     with pytest.raises(UnreadableCheckpoint, match=r"step 12 .* does not match the checksums it was saved with"):
         saved.restore(12, abstract_state)
     with pytest.warns(UserWarning, match="does not match the checksums.*; using step 6"):
-        assert train.run(config, workdir)["step"] == 18
+        assert loop.run(config, workdir)["step"] == 18
 
 
 def test_a_step_folder_without_its_commit_marker_is_not_a_checkpoint(trained, data_dir, tmp_path):
@@ -192,9 +194,9 @@ def test_a_step_folder_without_its_commit_marker_is_not_a_checkpoint(trained, da
     shutil.copytree(workdir / "checkpoints" / "12", workdir / "checkpoints" / "18")
     (workdir / "checkpoints" / "18" / COMMIT_MARKER).unlink()
     assert Checkpointer(workdir / "checkpoints", writer=False).committed_steps() == [6, 12]
-    assert inference.restore_checkpoint(workdir).step == 12
+    assert weights.restore_checkpoint(workdir).step == 12
     with pytest.warns(UserWarning, match=r"18 has no commit marker .* so it is not a checkpoint; moved it to"):
-        final = train.run(compact_config(data_dir, steps=18), workdir)
+        final = loop.run(compact_config(data_dir, steps=18), workdir)
     assert final["step"] == 18  # trained from 12 and saved its own step 18 where the copy was
 
 
@@ -215,12 +217,12 @@ def test_a_second_trainer_is_refused_readers_see_committed_steps_and_a_killed_lo
             time.sleep(0.05)
         assert first.poll() is None, first.stderr.read().decode()[-2000:]
         with pytest.raises(RuntimeError, match=rf"is in use by another training run \(pid {first.pid} on host "):
-            train.run(config, workdir)
+            loop.run(config, workdir)
         # Readers may read while the run saves a step a few ms and deletes the one before.
         steps = []
         for _ in range(8):
             try:
-                steps.append(inference.restore_checkpoint(workdir).step)
+                steps.append(weights.restore_checkpoint(workdir).step)
             except UnreadableCheckpoint as error:  # the one other outcome allowed: one clear sentence
                 assert "changed while they were read" in str(error) or "could not be read" in str(error)
         assert steps and steps == sorted(steps)
@@ -228,7 +230,7 @@ def test_a_second_trainer_is_refused_readers_see_committed_steps_and_a_killed_lo
         first.send_signal(signal.SIGKILL)
         first.wait()
     config.train.update(steps=max(saved.committed_steps()) + 2, allow_config_change=True)
-    final = train.run(config, workdir)  # the dead holder's lock is broken
+    final = loop.run(config, workdir)  # the dead holder's lock is broken
     assert final["step"] == config.train.steps and not (workdir / workdir_files.LOCK_FILE).exists()
 
 
@@ -240,21 +242,21 @@ def test_a_sigkill_mid_write_of_metrics_loses_no_record(data_dir, tmp_path):
     config = compact_config(data_dir, steps=12, checkpoint_every=3)
     kill_at_step_9 = """
 import os, signal, json
-from gpt2jax import train
-real_write = train.MetricsLogger.write
+from gpt2jax.training import loop
+real_write = loop.MetricsLogger.write
 def write(self, record):
     if record["step"] == 9:
         with self.path.open("a") as file:
             file.write(json.dumps(record)[:25])  # half a line reaches the disk, then the process dies
         os.kill(os.getpid(), signal.SIGKILL)
     real_write(self, record)
-train.MetricsLogger.write = write
+loop.MetricsLogger.write = write
 """
     killed = subprocess.run(_driver(kill_at_step_9, config, workdir), cwd=REPO, env=_env(), capture_output=True)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not (workdir / "metrics.jsonl").read_text().endswith("\n")
     with pytest.warns(UserWarning, match=r"metrics.jsonl ended in a line cut short \(25 bytes, left by a crash\)"):
-        train.run(config, workdir)
+        loop.run(config, workdir)
     lines = (workdir / "metrics.jsonl").read_text().splitlines()
     assert all(json.loads(line) for line in lines)  # nothing unreadable, nothing swallowed
     assert [record["step"] for record in workdir_files.read_metrics(workdir)] == [3, 6, 9, 12]
@@ -263,16 +265,16 @@ train.MetricsLogger.write = write
 def test_a_cut_results_row_is_not_a_finished_point_and_is_repaired(tmp_path):
     path = tmp_path / "results.csv"
     for run, loss in (("a", 3.0), ("b", 2.5)):
-        records.upsert_row(path, {"run": run, "loss": loss, "n_params": 10, "n_tokens": 20, "wall_s": 12.5})
+        upsert_row(path, {"run": run, "loss": loss, "n_params": 10, "n_tokens": 20, "wall_s": 12.5})
     path.write_text(path.read_text()[:-3])  # "b"'s row loses its end, as a crash mid-copy leaves it
     with pytest.warns(UserWarning, match="holds 1 row.s. cut short; left them out"):
-        assert [row["run"] for row in records.read_rows(path)] == ["a"]
+        assert [row["run"] for row in read_rows(path)] == ["a"]
     path.write_text(path.read_text().rsplit("\n", 1)[0] + "\nb,run,cosine\n")  # a row lacking columns
     with pytest.warns(UserWarning, match="cut short"):
-        assert [row["run"] for row in records.read_rows(path)] == ["a"]
+        assert [row["run"] for row in read_rows(path)] == ["a"]
     with pytest.warns(UserWarning):
-        records.upsert_row(path, {"run": "c", "loss": 2.0, "n_params": 10, "n_tokens": 20})
-    assert [row["run"] for row in records.read_rows(path)] == ["a", "c"]  # repaired: no warning now
+        upsert_row(path, {"run": "c", "loss": 2.0, "n_params": 10, "n_tokens": 20})
+    assert [row["run"] for row in read_rows(path)] == ["a", "c"]  # repaired: no warning now
 
 
 def _disk_bytes(folder: Path) -> int:
@@ -294,9 +296,9 @@ def test_a_full_disk_is_one_sentence_saying_what_was_saved(trained, data_dir, tm
             match=r"could not write the checkpoint of step 12 to .* \(No space left on device\); "
             r"the newest checkpoint saved is step 6",
         ):
-            train.run(compact_config(data_dir), workdir)
+            loop.run(compact_config(data_dir), workdir)
         subprocess.run(["mount", "-o", "remount,size=4m", str(disk)], check=True)  # space freed
-        assert train.run(compact_config(data_dir), workdir)["step"] == 12
+        assert loop.run(compact_config(data_dir), workdir)["step"] == 12
     finally:
         subprocess.run(["umount", "-l", str(disk)])
     small = tmp_path / "small"
@@ -304,7 +306,7 @@ def test_a_full_disk_is_one_sentence_saying_what_was_saved(trained, data_dir, tm
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(small)], check=True)
     try:
         with pytest.raises(RuntimeError, match=r"could not prepare the data under .*small \(No space left on device\)"):
-            train.run(compact_config(small), tmp_path / "other")
+            loop.run(compact_config(small), tmp_path / "other")
         assert not list(small.glob("*/meta.json"))  # nothing a later run would take for prepared data
     finally:
         subprocess.run(["umount", "-l", str(small)])
@@ -322,35 +324,35 @@ def test_an_injected_disk_error_is_one_sentence(data_dir, tmp_path, monkeypatch)
         raise FileNotFoundError("TFDS dataset 'c4/en' is not prepared as ArrayRecord under X; build it.")
 
     with monkeypatch.context() as patched:  # a missing dataset's own sentence is kept, not called a full disk
-        patched.setattr(train.loader, "prepared_data", unprepared)
+        patched.setattr(loop.loader, "prepared_data", unprepared)
         with pytest.raises(FileNotFoundError, match="is not prepared as ArrayRecord under X; build it."):
-            train.run(compact_config(data_dir), tmp_path)
+            loop.run(compact_config(data_dir), tmp_path)
     monkeypatch.setattr(workdir_files, "append_jsonl", full_after_step_6)
     with pytest.raises(
         RuntimeError,
         match=r"could not write .*metrics.jsonl \(No space left on device\); the newest checkpoint saved is step 6",
     ):
-        train.run(compact_config(data_dir), tmp_path)
+        loop.run(compact_config(data_dir), tmp_path)
 
 
 # Resume means the same run.
 
 
 def test_resuming_with_another_config_is_refused_or_recorded_and_tokens_stay_true(data_dir, tmp_path):
-    train.run(compact_config(data_dir, steps=6), tmp_path)
+    loop.run(compact_config(data_dir, steps=6), tmp_path)
     before = (tmp_path / "config.json").read_text()
     with pytest.raises(ValueError, match=r"another config \(train.batch_size 8 -> 16, train.seed 0 -> 1\)"):
-        train.run(compact_config(data_dir, steps=12, batch_size=16, seed=1), tmp_path)
+        loop.run(compact_config(data_dir, steps=12, batch_size=16, seed=1), tmp_path)
     assert (tmp_path / "config.json").read_text() == before  # not overwritten
-    final = train.run(compact_config(data_dir, steps=12, batch_size=16, allow_config_change=True), tmp_path)
+    final = loop.run(compact_config(data_dir, steps=12, batch_size=16, allow_config_change=True), tmp_path)
     assert final["tokens_seen"] == 6 * 8 * 16 + 6 * 16 * 16  # tokens actually trained, across the change
     (change,) = workdir_files.read_jsonl(tmp_path / workdir_files.CONFIG_CHANGES_FILE)
     assert change["changes"] == {"train.batch_size": [8, 16], "train.steps": [6, 12]}
     assert change["meaningful"] == ["train.batch_size"]
     assert json.loads((tmp_path / "config.json").read_text())["train"]["batch_size"] == 16
     # Extending the run needs no permission; shortening it below its checkpoint trains nothing.
-    assert train.run(compact_config(data_dir, steps=15, batch_size=16), tmp_path)["step"] == 15
-    assert train.run(compact_config(data_dir, steps=9, batch_size=16), tmp_path)["step"] == 15
+    assert loop.run(compact_config(data_dir, steps=15, batch_size=16), tmp_path)["step"] == 15
+    assert loop.run(compact_config(data_dir, steps=9, batch_size=16), tmp_path)["step"] == 15
 
 
 # What a user sees, and what sampling and export do with what users give them.
@@ -407,7 +409,7 @@ def test_sampling_flags_are_checked_in_one_sentence():
 
 def test_a_compact_checkpoint_samples_its_own_ids_from_the_command_line(trained):
     workdir, _ = trained
-    loaded = inference.restore_checkpoint(workdir)
+    loaded = weights.restore_checkpoint(workdir)
     vocabulary = vocabulary_of(loaded.model_config, loaded.data_meta)
     assert not vocabulary.text and vocabulary.size == 65 and vocabulary.default_prompt == "64"
     assert vocabulary_of(loaded.model_config, None).size == 65  # a workdir without data.json: by its size
@@ -430,23 +432,23 @@ def test_export_refuses_what_it_did_not_write(trained, tmp_path):
     workdir, _ = trained
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match=r"--out .*file is a file; give a directory"):
-        inference.export_checkpoint(workdir, tmp_path / "file")
+        export.export_checkpoint(workdir, tmp_path / "file")
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("my notes")
     with pytest.raises(ValueError, match=r"already holds files that no export wrote \(notes.txt\); .*--overwrite"):
-        inference.export_checkpoint(workdir, mine)
-    assert inference.export_checkpoint(workdir, mine, overwrite=True)["step"] == 12
+        export.export_checkpoint(workdir, mine)
+    assert export.export_checkpoint(workdir, mine, overwrite=True)["step"] == 12
     assert (mine / "notes.txt").read_text() == "my notes"
-    assert inference.export_checkpoint(workdir, tmp_path / "out", step=6)["step"] == 6
-    assert inference.export_checkpoint(workdir, tmp_path / "out")["step"] == 12  # its own export: replaced
+    assert export.export_checkpoint(workdir, tmp_path / "out", step=6)["step"] == 6
+    assert export.export_checkpoint(workdir, tmp_path / "out")["step"] == 12  # its own export: replaced
 
 
 def test_invalid_json_files_are_named(trained, tmp_path):
     workdir = _copy(trained, tmp_path)
     (workdir / "config.json").write_text('{"model": ')
     with pytest.raises(ValueError, match=r"run/config.json is not valid JSON"):
-        inference.restore_checkpoint(workdir)
+        weights.restore_checkpoint(workdir)
     sweep = Sweep(types.SimpleNamespace(config=ml_collections.ConfigDict({"budgets": [1.0]})), tmp_path / "sweep")
     (tmp_path / "sweep").mkdir()
     (tmp_path / "sweep" / "sweep.json").write_text("{")

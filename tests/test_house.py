@@ -14,16 +14,17 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from gpt2jax import init_from, optim, sharding
+from gpt2jax import init_from, sharding
 from gpt2jax.config import config_path, shipped_config_names
 from gpt2jax.interop import hf
 from gpt2jax.model import GPTConfig, abstract_model
+from gpt2jax.training import optim
 from tests.helpers import REPO
 
 PACKAGE = REPO / "gpt2jax"
 ABSL_LOG_LINE = re.compile(r"^[IWEF]\d{4} \d\d:\d\d:\d\d", re.MULTILINE)  # I1201 23:40:11.269697 ...
 # The two entry modules that keep short public names and only call into cli/.
-ENTRY_ALIASES = {"gpt2jax.main", "gpt2jax.budget", "gpt2jax.scaling.__main__"}
+ENTRY_ALIASES = {"gpt2jax.main", "gpt2jax.scaling.__main__"}
 
 # Per command: a command line with a user error (exit 1, one sentence), and a malformed one (exit 2).
 COMMANDS = {
@@ -151,6 +152,66 @@ def test_the_import_graph_has_no_cycle(import_graph):
 
     for module in sorted(import_graph):
         visit(module, [])
+
+
+def _architecture_layers() -> list[tuple[str, list[str]]]:
+    """(layer, module prefixes) from docs/ARCHITECTURE.md's layer table, lowest layer first."""
+    text = (REPO / "docs" / "ARCHITECTURE.md").read_text()
+    table = text.split("## The layers, lowest first", 1)[1].split("\n## ", 1)[0]
+    layers = []
+    for line in table.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) < 3 or cells[0] in ("layer", "---"):
+            continue
+        prefixes = []
+        for name in re.findall(r"`([^`]+)`", cells[1]):
+            path = name.removesuffix(".py").removesuffix("/__init__").rstrip("/")
+            prefixes.append("gpt2jax" if path == "gpt2jax" else "gpt2jax." + path.replace("/", "."))
+        layers.append((cells[0], prefixes))
+    return layers
+
+
+def _layer_of(module: str, layers) -> int | None:
+    """The index of the layer whose longest matching prefix names ``module``."""
+    best = None
+    for index, (_, prefixes) in enumerate(layers):
+        for prefix in prefixes:
+            if module == prefix or module.startswith(prefix + "."):
+                if best is None or len(prefix) > best[1]:
+                    best = (index, len(prefix))
+    return None if best is None else best[0]
+
+
+def test_every_import_follows_the_layer_order_architecture_states(import_graph):
+    layers = _architecture_layers()
+    names = [name for name, _ in layers]
+    assert names[:3] == ["files", "accounting", "data"] and names[-1] == "commands", names
+    unplaced = sorted(module for module in import_graph if _layer_of(module, layers) is None)
+    assert not unplaced, f"modules ARCHITECTURE.md's layer table does not name: {unplaced}"
+    upward = []
+    for module, imported in import_graph.items():
+        own = _layer_of(module, layers)
+        for target in imported:
+            if _layer_of(target, layers) > own:
+                upward.append(f"{module} ({names[own]}) imports {target} ({names[_layer_of(target, layers)]})")
+    assert not upward, "imports against the layer order:\n" + "\n".join(sorted(upward))
+
+
+def test_training_never_imports_inference(import_graph):
+    offenders = {
+        module: sorted(m for m in imported if m.startswith("gpt2jax.inference"))
+        for module, imported in import_graph.items()
+        if module.startswith("gpt2jax.training")
+    }
+    assert not {module: found for module, found in offenders.items() if found}
+
+
+def test_the_layer_check_sees_an_upward_import():
+    """The check would catch a data module importing the trainer: it is not vacuous."""
+    layers = _architecture_layers()
+    assert _layer_of("gpt2jax.data.loader", layers) < _layer_of("gpt2jax.training.trainer", layers)
+    assert _layer_of("gpt2jax.files.atomic", layers) < _layer_of("gpt2jax.flops", layers)
+    assert _layer_of("gpt2jax.scaling.__main__", layers) == len(layers) - 1
 
 
 def test_no_library_module_imports_a_command(import_graph):

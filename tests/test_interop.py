@@ -187,13 +187,14 @@ def fixture_run_config(**train_changes):
 
 
 def test_restore_or_init_starts_from_hf_weights_then_resumes(tmp_path):
-    from gpt2jax import train
-    from gpt2jax.checkpoint import Checkpointer
+    from gpt2jax.training import loop
+    from gpt2jax.training.checkpoint import Checkpointer
+    from gpt2jax.training.trainer import build_trainer
 
-    trainer = train.build_trainer(fixture_run_config())
+    trainer = build_trainer(fixture_run_config())
     checkpointer = Checkpointer(tmp_path / "checkpoints", asynchronous=False)
     try:
-        state = train.restore_or_init(trainer, checkpointer)
+        state = loop.restore_or_init(trainer, checkpointer)
         _, expected = hf.load_hf(FIXTURE)
         assert int(state["step"]) == 0
         assert_same_params(state["params"], expected)
@@ -203,38 +204,40 @@ def test_restore_or_init_starts_from_hf_weights_then_resumes(tmp_path):
         assert jax.tree.structure(state["opt_state"]) == jax.tree.structure(trainer.abstract_state["opt_state"])
         checkpointer.save(7, dict(state, step=state["step"] + 7))
         checkpointer.wait()
-        assert int(train.restore_or_init(trainer, checkpointer)["step"]) == 7
+        assert int(loop.restore_or_init(trainer, checkpointer)["step"]) == 7
     finally:
         checkpointer.close()
 
 
 def test_restore_or_init_names_the_flags_for_a_mismatched_model(tmp_path):
-    from gpt2jax import train
-    from gpt2jax.checkpoint import Checkpointer
+    from gpt2jax.training import loop
+    from gpt2jax.training.checkpoint import Checkpointer
+    from gpt2jax.training.trainer import build_trainer
 
     config = fixture_run_config()
     config.model.n_embd = 64
-    trainer = train.build_trainer(config)
+    trainer = build_trainer(config)
     checkpointer = Checkpointer(tmp_path / "checkpoints", asynchronous=False)
     try:
         with pytest.raises(ValueError, match=r"pass --config.model.n_embd=32\.$"):
-            train.restore_or_init(trainer, checkpointer)
+            loop.restore_or_init(trainer, checkpointer)
     finally:
         checkpointer.close()
 
 
 def test_export_of_a_run_started_from_hf_gives_back_the_hf_weights(tmp_path):
-    from gpt2jax import train
-    from gpt2jax.checkpoint import Checkpointer
+    from gpt2jax.training import loop
+    from gpt2jax.training.checkpoint import Checkpointer
+    from gpt2jax.training.trainer import build_trainer
 
     config = fixture_run_config()
     workdir = tmp_path / "run"
     workdir.mkdir()
     (workdir / "config.json").write_text(config.to_json_best_effort())
-    trainer = train.build_trainer(config)
+    trainer = build_trainer(config)
     checkpointer = Checkpointer(workdir / "checkpoints", asynchronous=False)
     try:
-        checkpointer.save(0, train.restore_or_init(trainer, checkpointer))
+        checkpointer.save(0, loop.restore_or_init(trainer, checkpointer))
         checkpointer.wait()
     finally:
         checkpointer.close()
@@ -255,7 +258,7 @@ def test_export_of_a_run_started_from_hf_gives_back_the_hf_weights(tmp_path):
 
 def test_main_fine_tunes_from_hf_weights(tmp_path):
     """``main --init_from hf:DIR`` starts from the fixture: its first loss is the fixture's loss."""
-    from gpt2jax import inference
+    from gpt2jax.inference import weights
     from tests.helpers import run_main
 
     workdir = tmp_path / "finetune"
@@ -282,7 +285,7 @@ def test_main_fine_tunes_from_hf_weights(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     # With a zero learning rate the trained parameters are the fixture's, to the bit.
-    loaded = inference.restore_checkpoint(workdir)
+    loaded = weights.restore_checkpoint(workdir)
     _, expected = hf.load_hf(FIXTURE)
     assert loaded.step == 2
     assert_same_params(loaded.params, expected)

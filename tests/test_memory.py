@@ -3,9 +3,10 @@
 import jax
 import pytest
 
-from gpt2jax import flops, memory
+from gpt2jax import flops
 from gpt2jax.config import load_config_file
-from gpt2jax.train import build_trainer
+from gpt2jax.training import memory
+from gpt2jax.training.trainer import build_trainer
 
 GIB = 2**30
 
@@ -46,3 +47,36 @@ def test_small_12gib_fits_a_12_gib_card_by_the_platform_independent_estimate():
     # The logits path keeps no float32 B x T x V: the largest temporaries are well under the 1.5 GiB
     # that one micro-batch of 8 x 1024 float32 logits took, and their gradient as much again.
     assert estimate["largest_temporaries"] < 8 * 1024 * 50304 * 4
+
+
+def test_the_dry_run_names_the_cheapest_change_that_fits_a_card():
+    """A card the step does not fit gets a remat policy before smaller micro-batches, and full recompute last."""
+    gib = 2**30
+    summary = {
+        "model": {"remat": "none"},
+        "mesh": {"data": 1, "fsdp": 1, "tensor": 1},
+        "attention": "xla",
+        "n_params": 124e6,
+        "n_params_non_embedding": 85e6,
+        "grad_accum_steps": 32,
+        "micro_batch_size": 16,
+        "per_device_bytes": {
+            "estimate_total": 30 * gib,
+            "params": gib,
+            "optimizer_state": 2 * gib,
+            "gradients": 2 * gib,
+            "activations_saved_for_backward": 24 * gib,
+            "largest_temporaries": gib,
+        },
+        "activations_saved_for_backward_by_remat": {"none": 24 * gib, "dots": 8 * gib, "full": 2 * gib},
+        "fits": {"12 GiB": False, "24 GiB": False, "80 GiB": True},
+    }
+    text = memory.format_dry_run(summary)
+    lines = text.splitlines()
+    # 6 GiB besides the activations: dots (8 GiB) fits 18 GiB as it is, and 9 GiB at a quarter of the rows.
+    assert lines[2].endswith("does not fit; fits with --config.model.remat=dots --config.train.grad_accum_steps=128")
+    assert lines[3].endswith("does not fit; fits with --config.model.remat=dots")
+    assert lines[4].endswith("fits")
+    summary["activations_saved_for_backward_by_remat"] = {"none": 24 * gib, "full": 24 * gib}
+    summary["micro_batch_size"] = 1
+    assert "add devices (mesh.fsdp)" in memory.format_dry_run(summary).splitlines()[2]

@@ -195,15 +195,15 @@ def test_cli_fit_rejects_a_missing_column(tmp_path, capsys):
 # Backtests: a law tested by what it predicts.
 
 
-def epoch_points() -> ScalingPoints:
-    """Besiroglu et al.'s 240 points: they drop the five highest losses, the worst-extracted and least
-    converged runs. FLOPs as extracted."""
+def epoch_points(drop_highest: int = 5) -> ScalingPoints:
+    """Epoch's 245 points less the ``drop_highest`` highest losses: Besiroglu et al. drop five, the
+    worst-extracted and least converged runs, leaving 240. FLOPs as extracted."""
     with open(EPOCH_DATA, newline="") as handle:
         rows = list(csv.DictReader(handle))
     n_params = np.array([float(row["Model Size"]) for row in rows])
     flops = np.array([float(row["Training FLOP"]) for row in rows])
     loss = np.array([float(row["loss"]) for row in rows])
-    keep = loss < np.sort(loss)[-5]
+    keep = loss < np.sort(loss)[-drop_highest] if drop_highest else np.ones(len(loss), bool)
     return ScalingPoints.from_arrays(
         n_params[keep], flops[keep] / (6.0 * n_params[keep]), loss[keep], flops=flops[keep]
     )
@@ -218,10 +218,78 @@ def test_backtest_of_chinchilla_fits_below_1e21_and_predicts_the_points_above():
     assert report["mean_abs_rel_error"] == pytest.approx(0.0105, abs=0.002)
     assert report["max_abs_rel_error"] < 0.035
     assert report["over_predicted"] >= 8 and report["under_predicted"] >= 8
-    # Intervals from refits on resampled points and the fit's own residuals cover about half: these
-    # points' errors are correlated (extracted from one figure), which no resampling of them sees.
-    assert 0.3 <= report["coverage"] <= 0.8
     json.dumps(report)
+
+
+@pytest.mark.skipif(not EPOCH_DATA.is_file(), reason="the shared Chinchilla data (../shared/data) is absent")
+@pytest.mark.parametrize("drop_highest", [0, 5])
+@pytest.mark.parametrize("train_below", [1e20, 3e20, 1e21])
+def test_calibrated_intervals_cover_what_they_claim_on_chinchillas_points(drop_highest, train_below):
+    """The 95% intervals cover 85 to 100% of the held-out points, and say so with a width that says something.
+
+    The bootstrap's intervals covered 35 to 74% of the same points (issue 18's audit): their
+    errors are one law's bias, which only predicting unseen budgets inside the training range sees.
+    """
+    report = backtest.backtest(epoch_points(drop_highest), train_below, n_bootstrap=0, starts=fit.COARSE_STARTS)
+    assert 0.85 <= report["coverage"] <= 1.0, report["coverage"]
+    assert report["calibration"]["folds"] >= 2
+    # Narrow enough to bet on: a few percent of the loss, not the loss range (1.9 to 5.0 here).
+    assert 0.02 < report["mean_interval_width"] < 0.12
+    assert "coverage" in backtest.format_backtest(report, "epoch") and "wide on average" in backtest.format_backtest(
+        report, "epoch"
+    )
+
+
+def test_calibration_widens_with_extrapolation():
+    points = isoflop_points()
+    inside = points.subset(points.flops <= np.median(points.flops))
+    beyond = backtest.extrapolation_decades(inside, points)
+    assert np.all(beyond >= 0) and np.any(beyond > 0)
+    intervals = backtest.calibrated_interval(KNOWN_LAW, {"rate": 0.01}, inside, points)
+    widths = np.log(intervals[:, 1] / intervals[:, 0])
+    assert np.all(np.diff(widths[np.argsort(beyond)]) >= -1e-12)
+    assert widths.min() == pytest.approx(2 * 0.01 * backtest.NOISE_DECADES)
+
+
+def _small_sweep_points(rng, loss_of) -> ScalingPoints:
+    """5 widths x 3 IsoFLOP budgets x 2 seeds: the smallest sweep the planner's floors let through."""
+    n_params, n_tokens, budgets, seeds = [], [], [], []
+    for budget in (1e12, 3e12, 1e13):
+        for n in np.geomspace(2e5, 3e6, 5):
+            for seed in (0, 1):
+                n_params.append(n), n_tokens.append(budget / (6 * n)), budgets.append(budget), seeds.append(seed)
+    n_params, n_tokens = np.array(n_params), np.array(n_tokens)
+    loss = loss_of(n_params, n_tokens) * (1 + 0.01 * rng.standard_normal(len(n_params)))
+    return ScalingPoints.from_arrays(n_params, n_tokens, loss, budget=budgets, seed=seeds, run=np.arange(30))
+
+
+@pytest.mark.parametrize("case", ["flat in N", "data-bound", "a law"])
+def test_a_minimal_sweep_fits_with_the_default_bootstrap_or_says_it_is_unidentified(case):
+    """Whatever the losses, fit, backtest and their tables end in a result or an 'unidentified' verdict."""
+    losses = {
+        "flat in N": lambda n, d: np.full_like(n, 5.0),
+        "data-bound": lambda n, d: 2.0 + 300.0 / d**0.3,
+        "a law": lambda n, d: 1.7 + 400.0 / n**0.34 + 410.0 / d**0.28,
+    }
+    points = _small_sweep_points(np.random.default_rng(1), losses[case])
+    summary = fit.fit_summary(points, starts=fit.COARSE_STARTS)  # the default 100 resamples
+    text = fit.format_summary(summary, "sweep")
+    if summary["unidentified"]:
+        assert summary["a"] is None and "withheld" in text
+    else:
+        assert summary["a"] is not None
+    report = backtest.backtest(points, 3e12, starts=fit.COARSE_STARTS)
+    backtest.format_backtest(report, "sweep")
+    json.dumps(report)
+    if case == "flat in N":
+        assert summary["unidentified"], summary
+
+
+def test_a_fit_that_runs_off_to_overflowing_constants_is_refused_not_raised():
+    points = _small_sweep_points(np.random.default_rng(0), lambda n, d: np.full_like(n, 5.0))
+    starts = np.array([[800.0, 800.0, 800.0, 0.0, 0.0]])  # log-constants past what exp() can hold
+    with pytest.raises(fit.InsufficientData, match="too large for a float"):
+        fit.parametric_fit(points, starts)
 
 
 def test_backtest_of_a_known_law_predicts_its_top_budget():

@@ -16,8 +16,8 @@ import pytest
 import tensorflow_datasets as tfds
 import tensorflow_datasets.testing.mocking  # noqa: F401 (loads tfds.testing.mocking)
 
-from gpt2jax import scoring
 from gpt2jax.data.tokenizer import get_tokenizer
+from gpt2jax.inference import scoring
 from gpt2jax.interop import hf
 from gpt2jax.model import abstract_model
 
@@ -188,7 +188,7 @@ def test_hellaswag_runs_on_tfds_mock_data(model):
 def test_validation_loss_of_hf_weights_on_a_config(model, tmp_path):
     from gpt2jax.config import base_config
     from gpt2jax.data import loader
-    from gpt2jax.scoring import evaluate_hf_on_config
+    from gpt2jax.inference.scoring import evaluate_hf_on_config
 
     graphdef, params, block_size = model
     config = base_config()

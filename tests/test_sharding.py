@@ -7,11 +7,13 @@ import jax
 import numpy as np
 import pytest
 
-from gpt2jax import flops, inference, train
-from gpt2jax.checkpoint import Checkpointer
+from gpt2jax import flops
 from gpt2jax.config import base_config
-from gpt2jax.memory import dry_run
+from gpt2jax.inference import weights
 from gpt2jax.model import REMAT_POLICIES
+from gpt2jax.training.checkpoint import Checkpointer
+from gpt2jax.training.memory import dry_run
+from gpt2jax.training.trainer import build_trainer
 from tests.helpers import run_main
 
 VOCAB = 512  # small enough to keep the tests fast, divisible by every mesh axis here
@@ -61,9 +63,9 @@ def batches():
 def trained(layout: str | None):
     """(trainer, state after STEPS steps, losses) on one device (None) or on all 8 in a layout."""
     if layout is None:
-        trainer = train.build_trainer(tiny_config(), jax.devices()[:1])
+        trainer = build_trainer(tiny_config(), jax.devices()[:1])
     else:
-        trainer = train.build_trainer(tiny_config(**LAYOUTS[layout]))
+        trainer = build_trainer(tiny_config(**LAYOUTS[layout]))
     state = trainer.init_state()
     losses = []
     for inputs, targets in batches():
@@ -108,14 +110,14 @@ def test_checkpoint_saved_on_fsdp_x_tensor_restores_on_one_and_four_devices(tmp_
     saved = jax.device_get(state)
 
     # Evaluation on one device, the way `evaluate` and `sample` restore.
-    one = inference.restore_checkpoint(tmp_path, devices=jax.devices()[:1])
+    one = weights.restore_checkpoint(tmp_path, devices=jax.devices()[:1])
     assert one.step == STEPS and one.mesh.size == 1
     for leaf, expected in zip(jax.tree.leaves(one.params), jax.tree.leaves(saved["params"])):
         assert leaf.sharding.device_set == {jax.devices()[0]}
         np.testing.assert_array_equal(np.asarray(leaf), expected)
 
     # The whole train state on 4 other devices in another layout, to resume training there.
-    four = train.build_trainer(tiny_config(data=2, fsdp=1, tensor=2), jax.devices()[4:])
+    four = build_trainer(tiny_config(data=2, fsdp=1, tensor=2), jax.devices()[4:])
     loader = Checkpointer(tmp_path / "checkpoints")
     restored = loader.restore(STEPS, four.abstract_state)
     loader.close()
@@ -159,7 +161,7 @@ def test_layouts_that_cannot_work_are_refused_before_compiling(mesh, model, trai
     config.model.update(model)
     config.train.update(train_overrides)
     with pytest.raises(ValueError, match=message):
-        train.build_trainer(config)
+        build_trainer(config)
 
 
 def test_cli_refuses_a_mesh_in_one_sentence():

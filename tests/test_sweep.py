@@ -17,18 +17,21 @@ import jax
 import numpy as np
 import pytest
 
-from gpt2jax import flops, locks, optim, train
-from gpt2jax.checkpoint import Checkpointer
+from gpt2jax import flops
 from gpt2jax.cli import scaling as scaling_cli
-from gpt2jax.scaling import backtest, fit, laws, records
+from gpt2jax.files import locks
+from gpt2jax.files.workdir import read_metrics
+from gpt2jax.scaling import backtest, fit, laws
 from gpt2jax.scaling import plan as plan_module
 from gpt2jax.scaling import report as report_module
 from gpt2jax.scaling.laws import ChinchillaLaw
 from gpt2jax.scaling.plot import FIGURES, plot_sweep
 from gpt2jax.scaling.report import write_report
-from gpt2jax.scaling.results import load_results
+from gpt2jax.scaling.results import load_results, read_rows, upsert_row
 from gpt2jax.scaling.sweep import Sweep
-from gpt2jax.workdir import read_metrics
+from gpt2jax.training import loop, optim
+from gpt2jax.training.checkpoint import Checkpointer
+from gpt2jax.training.trainer import build_trainer
 from tests.helpers import REPO, tiny_sweep_config
 
 # Branch lengths for the runner tests: 100 and 400 steps of 8 x 16 tokens.
@@ -223,13 +226,13 @@ def test_results_rows_are_written_whole(tmp_path):
 
     def reader():
         while not stop.is_set():
-            for row in records.read_rows(path):
+            for row in read_rows(path):
                 if None in row.values() or None in row:
                     torn.append(row)
 
     def writer(index):
         for k in range(10):
-            records.upsert_row(path, {"run": f"w{index}-{k}", "loss": 3.0 + k, "n_params": 10, "n_tokens": 20})
+            upsert_row(path, {"run": f"w{index}-{k}", "loss": 3.0 + k, "n_params": 10, "n_tokens": 20})
 
     watching = threading.Thread(target=reader)
     watching.start()
@@ -240,15 +243,15 @@ def test_results_rows_are_written_whole(tmp_path):
         thread.join()
     stop.set()
     watching.join()
-    rows = records.read_rows(path)
+    rows = read_rows(path)
     assert not torn and len(rows) == 40 and len({row["run"] for row in rows}) == 40
-    records.upsert_row(path, {"run": "w0-0", "loss": 1.5, "n_params": 10, "n_tokens": 20})
-    rows = records.read_rows(path)
+    upsert_row(path, {"run": "w0-0", "loss": 1.5, "n_params": 10, "n_tokens": 20})
+    rows = read_rows(path)
     assert len(rows) == 40 and next(row for row in rows if row["run"] == "w0-0")["loss"] == "1.5"
     assert path.read_text().count("run,kind") == 1
     assert not list(tmp_path.glob(".results.csv.*"))  # no temporary file left behind
     with pytest.raises(ValueError, match="unknown columns"):
-        records.upsert_row(path, {"run": "x", "lossy": 1.0})
+        upsert_row(path, {"run": "x", "lossy": 1.0})
 
 
 def test_two_workers_on_one_share_never_run_one_point(tmp_path, monkeypatch):
@@ -263,7 +266,7 @@ def test_two_workers_on_one_share_never_run_one_point(tmp_path, monkeypatch):
         (Path(workdir) / "metrics.jsonl").write_text(json.dumps(record) + "\n")
         return record
 
-    monkeypatch.setattr(train, "run", fake_run)
+    monkeypatch.setattr(loop, "run", fake_run)
     sweep = Sweep(plan, tmp_path / "sweep")
     workers = [threading.Thread(target=sweep.run, kwargs=dict(log=lambda line: None)) for _ in range(3)]
     for worker in workers:
@@ -272,7 +275,7 @@ def test_two_workers_on_one_share_never_run_one_point(tmp_path, monkeypatch):
         worker.join()
     assert sorted(trained) == sorted(point.run for point in plan.points)
     assert set(trained.values()) == {1}
-    assert len(records.read_rows(sweep.results_path)) == len(plan.points)
+    assert len(read_rows(sweep.results_path)) == len(plan.points)
     assert not list((tmp_path / "sweep" / "locks").iterdir())
     sweep.run(log=lambda line: None)  # everything finished: nothing trains again
     assert set(trained.values()) == {1}
@@ -317,7 +320,7 @@ def branched_sweep(tmp_path_factory):
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    killed_rows = {row["run"] for row in records.read_rows(sweep.results_path)}
+    killed_rows = {row["run"] for row in read_rows(sweep.results_path)}
     killed_metrics = read_metrics(sweep.point_dir(second.run))
     killed_checkpoint = max((int(path.name) for path in checkpoints.iterdir() if path.name.isdigit()), default=None)
     rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
@@ -353,7 +356,7 @@ def test_killed_sweep_skips_finished_points_and_resumes_the_rest(branched_sweep)
 
 def test_branch_rows_account_trunk_and_cooldown_flops(branched_sweep):
     plan, sweep = branched_sweep["plan"], branched_sweep["sweep"]
-    rows = {row["run"]: row for row in records.read_rows(sweep.results_path)}
+    rows = {row["run"]: row for row in read_rows(sweep.results_path)}
     first, second = plan.points
     per_step = 6 * plan.accounting(first)["n_params"] * first.batch_size * plan.block_size
     assert float(rows[first.run]["flops_spent"]) == pytest.approx(per_step * first.steps)
@@ -370,8 +373,8 @@ def test_branched_wsd_point_equals_wsd_from_scratch(branched_sweep, tmp_path):
     command, env = _sweep_command(f"{branched_sweep['config_file']}:wsd", tmp_path / "scratch")
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    scratch = {row["steps"]: row for row in records.read_rows(tmp_path / "scratch" / "results.csv")}
-    for branched in records.read_rows(sweep.results_path):
+    scratch = {row["steps"]: row for row in read_rows(tmp_path / "scratch" / "results.csv")}
+    for branched in read_rows(sweep.results_path):
         alone = scratch[branched["steps"]]
         assert alone["trunk"] == "" and alone["warmup_steps"] == branched["warmup_steps"]
         # The same parameters: the same loss on the same validation windows.
@@ -388,9 +391,9 @@ def test_checkpoint_init_restores_the_whole_train_state(branched_sweep, tmp_path
     plan, sweep = branched_sweep["plan"], branched_sweep["sweep"]
     second = plan.points[1]
     config = plan.train_config(second, sweep.point_dir)
-    trainer = train.build_trainer(config)
+    trainer = build_trainer(config)
     empty = Checkpointer(tmp_path / "checkpoints")
-    state = train.restore_or_init(trainer, empty)
+    state = loop.restore_or_init(trainer, empty)
     trunk = Checkpointer(sweep.point_dir(second.trunk) / "checkpoints")
     saved = trunk.restore(second.branch_step, trainer.abstract_state)
     assert int(state["step"]) == second.branch_step
@@ -399,10 +402,10 @@ def test_checkpoint_init_restores_the_whole_train_state(branched_sweep, tmp_path
     missing = f"checkpoint:{sweep.point_dir(second.trunk)}@{second.branch_step + 1}"
     config.train.init_from = missing
     with pytest.raises(ValueError, match=f"has no checkpoint at step {second.branch_step + 1}; it has steps"):
-        train.restore_or_init(train.build_trainer(config), empty)
+        loop.restore_or_init(build_trainer(config), empty)
     config.train.init_from = f"checkpoint:{tmp_path / 'nowhere'}"
     with pytest.raises(FileNotFoundError, match="nowhere/checkpoints holds no checkpoint yet"):
-        train.restore_or_init(train.build_trainer(config), empty)
+        loop.restore_or_init(build_trainer(config), empty)
     for checkpointer in (empty, trunk):
         checkpointer.close()
 
@@ -445,7 +448,7 @@ def known_sweep(tmp_path_factory):
             ]
             (workdir / "points" / run).mkdir(parents=True)
             (workdir / "points" / run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in curve))
-            records.upsert_row(
+            upsert_row(
                 workdir / "results.csv",
                 {
                     "run": run,
@@ -469,6 +472,15 @@ def known_sweep(tmp_path_factory):
                 },
             )
     return workdir
+
+
+def test_the_frontier_smooths_noisy_batch_losses():
+    from gpt2jax.scaling.plot import smoothed
+
+    noisy = 3.0 + np.where(np.arange(40) % 2, 0.2, -0.2)  # batch noise around a flat loss of 3
+    assert noisy.min() == pytest.approx(2.8)
+    assert smoothed(noisy)[0] == pytest.approx(noisy[0])  # bias-corrected: starts at the first value
+    assert smoothed(noisy)[10:].min() > 2.9  # the minimum of the noise is not the frontier
 
 
 def test_plots_are_written(known_sweep, tmp_path):

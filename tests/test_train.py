@@ -12,15 +12,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gpt2jax import evaluation, flops, inference, optim, train
-from gpt2jax.checkpoint import Checkpointer
+from gpt2jax import flops
 from gpt2jax.config import SHIPPED_CONFIGS, load_config_file
 from gpt2jax.data.loader import prepared_data
-from gpt2jax.generate import sample_text
+from gpt2jax.files.workdir import METRICS_FILE
+from gpt2jax.inference import weights
+from gpt2jax.inference.sampling import sample_text
+from gpt2jax.inference.scoring import evaluate_checkpoint
 from gpt2jax.model import PRESETS, GPTConfig
-from gpt2jax.scoring import evaluate_checkpoint
+from gpt2jax.training import loop, optim, validation
+from gpt2jax.training.checkpoint import Checkpointer
+from gpt2jax.training.trainer import Trainer
 from gpt2jax.trees import path_str
-from gpt2jax.workdir import METRICS_FILE
 from tests.helpers import REPO, config_flags, run_main, tiny_config
 
 
@@ -32,7 +35,7 @@ def _records(workdir):
 def trained(tmp_path_factory, data_dir):
     """One tiny run shared by the tests that only read its results."""
     workdir = tmp_path_factory.mktemp("run")
-    final = train.run(tiny_config(data_dir), workdir)
+    final = loop.run(tiny_config(data_dir), workdir)
     return workdir, final
 
 
@@ -74,7 +77,7 @@ def test_tensorboard_events_mirror_the_metrics(data_dir, tmp_path):
     pytest.importorskip("tensorboardX")
     from tensorboardX.proto.event_pb2 import Event
 
-    train.run(tiny_config(data_dir, steps=3, log_every=1, tensorboard=True), tmp_path)
+    loop.run(tiny_config(data_dir, steps=3, log_every=1, tensorboard=True), tmp_path)
     (event_file,) = (tmp_path / "tensorboard").glob("events.out.tfevents.*")
     data, losses = event_file.read_bytes(), []
     while data:  # TFRecord framing: u64 length, u32 crc, payload, u32 crc
@@ -88,16 +91,16 @@ def test_tensorboard_events_mirror_the_metrics(data_dir, tmp_path):
 def test_same_seed_same_losses_other_seed_other_losses(trained, data_dir, tmp_path):
     workdir, _ = trained
     again = tmp_path / "again"
-    train.run(tiny_config(data_dir), again)
+    loop.run(tiny_config(data_dir), again)
     assert [r["train_loss"] for r in _records(again)] == [r["train_loss"] for r in _records(workdir)]
     other = tmp_path / "other"
-    train.run(tiny_config(data_dir, seed=1), other)
+    loop.run(tiny_config(data_dir, seed=1), other)
     assert [r["train_loss"] for r in _records(other)] != [r["train_loss"] for r in _records(workdir)]
 
 
 def test_gradient_accumulation_matches_one_big_batch(data_dir, tmp_path):
-    train.run(tiny_config(data_dir, steps=3, log_every=1, batch_size=16), tmp_path / "one")
-    train.run(tiny_config(data_dir, steps=3, log_every=1, batch_size=16, grad_accum_steps=2), tmp_path / "two")
+    loop.run(tiny_config(data_dir, steps=3, log_every=1, batch_size=16), tmp_path / "one")
+    loop.run(tiny_config(data_dir, steps=3, log_every=1, batch_size=16, grad_accum_steps=2), tmp_path / "two")
     # Step 3's loss is computed after two updates, so it checks the accumulated gradients.
     losses_one = [r["train_loss"] for r in _records(tmp_path / "one")]
     losses_two = [r["train_loss"] for r in _records(tmp_path / "two")]
@@ -136,7 +139,7 @@ def test_resume_after_sigkill_ends_at_the_same_loss(trained, data_dir, tmp_path)
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
     config = tiny_config(data_dir, checkpoint_every=3, log_every=1)
-    real_step = train.Trainer.train_step.func
+    real_step = Trainer.train_step.func
 
     def poisoned(trainer):
         step_fn = real_step(trainer)
@@ -150,12 +153,12 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path
         return step
 
     cached = functools.cached_property(poisoned)  # compiled once, as the real one is
-    cached.__set_name__(train.Trainer, "train_step")
-    monkeypatch.setattr(train.Trainer, "train_step", cached)
+    cached.__set_name__(Trainer, "train_step")
+    monkeypatch.setattr(Trainer, "train_step", cached)
     with pytest.raises(
-        train.NonFiniteLossError, match="at step 5, so training stopped and kept its newest checkpoint, step 3"
+        loop.NonFiniteLossError, match="at step 5, so training stopped and kept its newest checkpoint, step 3"
     ):
-        train.run(config, tmp_path)
+        loop.run(config, tmp_path)
     checkpointer = Checkpointer(tmp_path / "checkpoints")
     assert checkpointer.committed_steps() == [3]
     checkpointer.close()
@@ -181,11 +184,11 @@ def test_evaluate_restores_and_matches_the_run(trained):
 
 def test_evaluate_on_one_device(trained):
     workdir, final = trained
-    loaded = inference.restore_checkpoint(workdir, devices=jax.devices()[:1])
+    loaded = weights.restore_checkpoint(workdir, devices=jax.devices()[:1])
     assert loaded.mesh.size == 1 and loaded.step == 12
     data = prepared_data(loaded.run_config)
-    eval_step = evaluation.compile_eval_step(loaded.graphdef, loaded.mesh, loaded.param_shardings)
-    loss = evaluation.validation_loss(
+    eval_step = validation.compile_eval_step(loaded.graphdef, loaded.mesh, loaded.param_shardings)
+    loss = validation.validation_loss(
         eval_step,
         loaded.mesh,
         loaded.params,
@@ -200,16 +203,16 @@ def test_evaluate_on_one_device(trained):
 def test_restoring_a_step_the_run_never_saved_names_the_saved_ones(trained, tmp_path):
     workdir, _ = trained
     with pytest.raises(ValueError, match=r"has no checkpoint at step 7; it has steps \[6, 12\]"):
-        inference.restore_checkpoint(workdir, step=7)
+        weights.restore_checkpoint(workdir, step=7)
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "config.json").write_text((workdir / "config.json").read_text())
     with pytest.raises(FileNotFoundError, match="holds no checkpoint yet"):
-        inference.restore_checkpoint(tmp_path)
+        weights.restore_checkpoint(tmp_path)
 
 
 def test_sample_is_seeded_and_greedy_is_deterministic(trained):
     workdir, _ = trained
-    loaded = inference.restore_checkpoint(workdir)
+    loaded = weights.restore_checkpoint(workdir)
     args = (loaded.graphdef, loaded.params, "Hello")
     greedy = sample_text(*args, max_new_tokens=6, temperature=0.0)
     assert greedy == sample_text(*args, max_new_tokens=6, temperature=0.0, seed=5)
@@ -260,10 +263,10 @@ def test_workdir_of_another_model_shape_is_refused(trained, data_dir):
     config = tiny_config(data_dir, steps=20)
     config.model.n_embd = 64
     with pytest.raises(ValueError, match=r"holds a run trained with another config \(model.n_embd 32 -> 64\)"):
-        train.run(config, workdir)
+        loop.run(config, workdir)
     config.train.allow_config_change = True
     with pytest.raises(ValueError, match="holds a model of another shape"):
-        train.run(config, workdir)
+        loop.run(config, workdir)
 
 
 def test_data_with_more_ids_than_the_model_reads_is_refused(data_dir):
@@ -278,7 +281,7 @@ def test_data_with_more_ids_than_the_model_reads_is_refused(data_dir):
 def test_scratch_refuses_a_workdir_with_checkpoints(trained, data_dir):
     workdir, _ = trained
     with pytest.raises(ValueError, match="use a new --workdir"):
-        train.run(tiny_config(data_dir, init_from="scratch"), workdir)
+        loop.run(tiny_config(data_dir, init_from="scratch"), workdir)
 
 
 @pytest.mark.parametrize(
@@ -312,7 +315,10 @@ def test_bad_input_is_one_sentence(flag, message, tmp_path):
 def test_dry_run_prints_counts_and_memory(tmp_path):
     result = run_main(["--config", "configs/tiny.py", "--dry_run"])
     assert result.returncode == 0, result.stderr[-2000:]
-    summary = json.loads(result.stdout)
+    # A readable summary first, sizes in GiB and a verdict per card; then the JSON.
+    readable, _, json_text = result.stdout.partition("\n{")
+    assert "GiB" in readable and "12 GiB card" in readable and "fits" in readable
+    summary = json.loads("{" + json_text)
     shape = flops.Shape(2, 4, 128, 50257, 64)
     assert summary["n_params"] == flops.count_params(shape)["n_params"]
     assert summary["n_params_padded"] == summary["n_params"] + (50304 - 50257) * 128
@@ -340,7 +346,29 @@ def test_schedules(schedule):
 
 def test_weight_decay_only_on_matrices(trained):
     workdir, _ = trained
-    params = inference.restore_checkpoint(workdir).params
+    params = weights.restore_checkpoint(workdir).params
     decayed = {path_str(p): m for p, m in jax.tree_util.tree_leaves_with_path(optim.decay_mask(params))}
     assert decayed["wte"] and decayed["h/attn/qkv_kernel"] and decayed["h/mlp/proj_kernel"]
     assert not decayed["h/attn/qkv_bias"] and not decayed["h/ln_1/scale"] and not decayed["ln_f/bias"]
+
+
+@pytest.mark.parametrize("optimizer", optim.OPTIMIZERS)
+def test_every_optimizer_trains_and_keeps_the_state_it_claims(data_dir, tmp_path, optimizer):
+    """Each optimizer lowers the loss from ln(vocab) over the same steps, and its state has the size its docstring says."""
+    from gpt2jax.training import memory
+    from gpt2jax.training.trainer import build_trainer
+
+    config = tiny_config(data_dir, steps=30, optimizer=optimizer, eval_every=30, checkpoint_every=30, log_every=10)
+    final = loop.run(config, tmp_path / optimizer)
+    assert final["val_loss"] < np.log(config.model.vocab_size) - 2.0, final
+    # Adafactor factors matrices of at least 128 on both sides (optax's min_dim_size_to_factor).
+    config.model.update(n_embd=128, n_head=4)
+    estimate = memory.estimate(build_trainer(config))
+    ratio = estimate["optimizer_state"] / estimate["params"]
+    expected = {"adamw": (1.99, 2.01), "adamw_bf16": (0.99, 1.01), "adafactor": (0.0, 0.1)}[optimizer]
+    assert expected[0] <= ratio <= expected[1], ratio
+
+
+def test_an_unknown_optimizer_is_one_sentence(data_dir):
+    with pytest.raises(ValueError, match=r"train.optimizer='lion' is not one of adamw, adamw_bf16, adafactor\."):
+        optim.make_optimizer(tiny_config(data_dir, optimizer="lion").train)

@@ -96,13 +96,38 @@ def run_absl(main) -> None:
         except app.UsageError as error:
             usage_error(str(error))
 
-    app.run(guarded(main_with_usage), flags_parser=_parse_absl_flags)
+    app.run(guarded(main_with_usage), flags_parser=lambda argv: _parse_absl_flags(argv, main.__module__))
 
 
-def _parse_absl_flags(argv):
+HELP_FLAGS = ("--help", "-h", "-?", "--helpshort")
+
+
+def command_help(module_name: str) -> str:
+    """What ``--help`` prints for an absl command: its docstring and its own flags.
+
+    absl's own ``--help`` lists the flags of the ``__main__`` module, which for
+    ``python -m gpt2jax.main`` is a two-line alias that defines none.
+    """
+    from absl import flags
+
+    module = sys.modules[module_name]
+    own_flags = flags.FLAGS.module_help(module_name).split("\n", 2)[-1]
+    config_note = ""
+    if "config" in {flag.name for flag in flags.FLAGS.flags_by_module_dict().get(module_name, [])}:
+        config_note = (
+            "\n  --config.SECTION.KEY=VALUE: override any key of the config, e.g. "
+            "--config.train.learning_rate=3e-4 (the keys: gpt2jax/config.py and GPTConfig in gpt2jax/model.py)."
+        )
+    return f"{(module.__doc__ or '').strip()}\n\nflags:\n{own_flags}{config_note}\n  --helpfull: every flag, absl's included."
+
+
+def _parse_absl_flags(argv, module_name: str):
     """absl's parser, with its errors (and ml_collections' for an unknown --config.KEY) made one sentence."""
     from absl import flags
 
+    if any(arg in HELP_FLAGS for arg in argv[1:]):
+        print(command_help(module_name))
+        sys.exit(0)
     try:
         return flags.FLAGS(_with_config_paths(argv))
     except (FileNotFoundError, flags.Error) as error:

@@ -27,7 +27,7 @@ _PROFILE_DIR = flags.DEFINE_string("profile_dir", None, "Write a jax.profiler tr
 def main(argv):
     del argv
     cli.initialize_distributed()
-    from gpt2jax.benchmark import benchmark
+    from gpt2jax.training.benchmark import benchmark
 
     result = benchmark(_CONFIG.value, _STEPS.value, _PROFILE_DIR.value)
     if _JSON.value:

@@ -1,7 +1,7 @@
 """``python -m gpt2jax.scaling budget``: what one GPU's time buys (drives ``scaling.budget``).
 
 ``python -m gpt2jax.scaling budget --gpu rtx-4070-ti --days 365 --utilization 0.9 [--precision fp32|tf32|bf16]
-[--mfu 0.4 | --bench bench/records.jsonl] [--fit fit.json] [--json]``
+[--mfu 0.4 | --bench bench/records.jsonl] [--corpus fineweb-edu-10BT|DIR|TOKENS] [--fit fit.json] [--json]``
 
 Without ``--mfu`` the MFU is the last record for the card in ``--bench``, a JSON-lines file of
 ``python -m gpt2jax.cli.bench --json`` outputs (append one with ``>> bench/records.jsonl``).
@@ -17,7 +17,7 @@ HELP = "what one GPU's time buys, against GPT-2's original budget and the comput
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from gpt2jax import flops
-    from gpt2jax.scaling.budget import BENCH_RECORDS, DEFAULT_MFU
+    from gpt2jax.scaling.budget import BENCH_RECORDS, DEFAULT_CORPUS, DEFAULT_MFU, NAMED_CORPORA
 
     parser.add_argument("--gpu", default="rtx-4070-ti", help=f"one of {', '.join(sorted(flops.DEVICE_PEAKS))}")
     parser.add_argument("--days", type=float, default=365.0, help="days the GPU runs")
@@ -34,6 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"fraction of peak a training run achieves; default: the card's last --bench record, else {DEFAULT_MFU}",
     )
     parser.add_argument("--bench", default=str(BENCH_RECORDS), help="JSON lines of `bench --json` records")
+    parser.add_argument(
+        "--corpus",
+        default=DEFAULT_CORPUS,
+        help=f"the data the tokens come from: {', '.join(NAMED_CORPORA)}, a prepared data directory, or a token count",
+    )
     parser.add_argument("--fit", help="JSON from python -m gpt2jax.scaling fit --json, to add the project's own law")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
@@ -43,6 +48,13 @@ def run(args: argparse.Namespace) -> None:
 
     fit = load_fit_law(args.fit) if args.fit else None
     report = budget_report(
-        args.gpu, args.days, args.utilization, args.mfu, fit, precision=args.precision, bench_records=args.bench
+        args.gpu,
+        args.days,
+        args.utilization,
+        args.mfu,
+        fit,
+        precision=args.precision,
+        bench_records=args.bench,
+        corpus=args.corpus,
     )
     print(json.dumps(report, indent=2) if args.json else format_report(report))

@@ -58,13 +58,13 @@ def _check_flags(source) -> None:
 def main(argv):
     del argv
     cli.initialize_distributed()
-    from gpt2jax import inference, scoring
+    from gpt2jax.inference import scoring, weights
     from gpt2jax.init_from import weights_source
 
     source = weights_source(_WORKDIR.value, _INIT_FROM.value, _STEP.value)
     _check_flags(source)
     if _TEXT.value or _TASK.value:
-        loaded = inference.load_weights(source)
+        loaded = weights.load_weights(source)
         if _TEXT.value:
             result = scoring.evaluate_text(
                 loaded,

@@ -1,4 +1,4 @@
-"""Export a trained run as a Hugging Face GPT-2 directory (drives ``inference.export_checkpoint``).
+"""Export a trained run as a Hugging Face GPT-2 directory (drives ``export.export_checkpoint``).
 
 ``python -m gpt2jax.cli.export --workdir runs/x [--step N] --out exported/``, then
 ``GPT2LMHeadModel.from_pretrained("exported/")`` in transformers. Prints one JSON object.
@@ -19,9 +19,9 @@ _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Write into --out even if it 
 
 def main(argv):
     del argv
-    from gpt2jax import inference
+    from gpt2jax.inference import export
 
-    print(json.dumps(inference.export_checkpoint(_WORKDIR.value, _OUT.value, _STEP.value, _OVERWRITE.value)))
+    print(json.dumps(export.export_checkpoint(_WORKDIR.value, _OUT.value, _STEP.value, _OVERWRITE.value)))
 
 
 def entry() -> None:

@@ -30,11 +30,11 @@ _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Independent continuations
 def main(argv):
     del argv
     cli.initialize_distributed()
-    from gpt2jax import inference
-    from gpt2jax.generate import sample_text, vocabulary_of
+    from gpt2jax.inference import weights
+    from gpt2jax.inference.sampling import sample_text, vocabulary_of
     from gpt2jax.init_from import weights_source
 
-    loaded = inference.load_weights(weights_source(_WORKDIR.value, _INIT_FROM.value, _STEP.value))
+    loaded = weights.load_weights(weights_source(_WORKDIR.value, _INIT_FROM.value, _STEP.value))
     vocabulary = vocabulary_of(loaded.model_config, loaded.data_meta)
     samples = sample_text(
         loaded.graphdef,

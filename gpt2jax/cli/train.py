@@ -1,4 +1,4 @@
-"""Train GPT-2: ``python -m gpt2jax.main --config small --workdir runs/small`` (drives ``train.run``).
+"""Train GPT-2: ``python -m gpt2jax.main --config small --workdir runs/small`` (drives ``loop.run``).
 
 Override any config key on the command line, e.g. ``--config.train.learning_rate=3e-4``.
 ``--config`` takes a config file or a shipped config's name (tiny, small, medium, large,
@@ -25,7 +25,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and m
 _INIT_FROM = flags.DEFINE_string(
     "init_from", None, "resume | scratch | hf:DIR | checkpoint:WORKDIR[@STEP]; shorthand for --config.train.init_from."
 )
-_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Print parameter counts, FLOPs and memory as JSON; train nothing.")
+_DRY_RUN = flags.DEFINE_bool(
+    "dry_run", False, "Print a memory summary, then parameter counts, FLOPs and memory as JSON; train nothing."
+)
 
 
 def main(argv):
@@ -36,17 +38,20 @@ def main(argv):
     if _INIT_FROM.value:
         config.train.init_from = _INIT_FROM.value
     if _DRY_RUN.value:
-        from gpt2jax import memory
+        from gpt2jax.training import memory
 
-        print(json.dumps(memory.dry_run(config), indent=2))
+        summary = memory.dry_run(config)
+        print(memory.format_dry_run(summary))
+        print(json.dumps(summary, indent=2))
         return
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required to train (or pass --dry_run).")
-    from gpt2jax import train
+    from gpt2jax.training import loop
 
     cli.exit_on_sigterm()
-    final = train.run(config, _WORKDIR.value)
+    final = loop.run(config, _WORKDIR.value)
     print(json.dumps(final))
+    print(loop.closing_line(final, _WORKDIR.value))
 
 
 def entry() -> None:

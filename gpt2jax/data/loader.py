@@ -147,6 +147,57 @@ def _windows(tokens: TokenStream | np.ndarray, starts_B: np.ndarray, block_size:
     return np.ascontiguousarray(window_BxT1[:, :-1]), np.ascontiguousarray(window_BxT1[:, 1:])
 
 
+SAMPLINGS = ("uniform", "epochs")
+_FEISTEL_ROUNDS = 4
+
+
+def _permuted(index: np.ndarray, size: int, key: np.ndarray) -> np.ndarray:
+    """A permutation of [0, size) applied to ``index``: a keyed Feistel network on the smallest even
+    power of two above ``size``, walked until it lands inside (each walk stays in the cycle of its
+    start, so the map is a bijection). A pure function of (index, key) with nothing stored: a
+    10B-token corpus has 10M windows, whose explicit permutation would take 80 MB per epoch."""
+    half_bits = max(1, (int(size - 1).bit_length() + 1) // 2)
+    mask = np.uint64((1 << half_bits) - 1)
+    out = index.astype(np.uint64)
+    pending = np.ones(len(out), bool)
+    while pending.any():
+        value = out[pending]
+        left, right = value >> np.uint64(half_bits), value & mask
+        for round_key in key[:_FEISTEL_ROUNDS]:
+            mixed = (right * np.uint64(0x9E3779B97F4A7C15) + np.uint64(round_key)) & np.uint64(2**64 - 1)
+            mixed ^= mixed >> np.uint64(29)
+            left, right = right, left ^ (mixed & mask)
+        value = (left << np.uint64(half_bits)) | right
+        out[pending] = value
+        pending[pending] = value >= size
+    return out.astype(np.int64)
+
+
+def window_starts(seed: int, step: int, batch_size: int, n_tokens: int, block_size: int, sampling: str) -> np.ndarray:
+    """The global batch's window starts at ``step``: a pure function of (seed, step).
+
+    ``uniform``: anywhere in the stream, drawn with replacement, so tokens repeat long before an
+    epoch ends (after E epochs a token has been read with probability 1 - exp(-E)).
+    ``epochs``: the stream cut into non-overlapping windows, each read once per epoch in an order
+    permuted by (seed, epoch), with the cut shifted by an offset drawn per epoch; under one epoch
+    no token is read twice, so ``epochs`` in the metrics means passes over the data.
+    """
+    if sampling == "uniform":
+        return np.random.default_rng([seed, step]).integers(0, n_tokens - block_size, size=batch_size)
+    if sampling != "epochs":
+        raise ValueError(f"train.sampling={sampling!r} is not one of {', '.join(SAMPLINGS)}.")
+    windows = (n_tokens - 1) // block_size - 1  # one window spare for the epoch's offset
+    rows = step * batch_size + np.arange(batch_size, dtype=np.int64)  # each row's index since step 0
+    epoch, position = rows // windows, rows % windows
+    starts = np.empty(batch_size, np.int64)
+    for this_epoch in np.unique(epoch):
+        rng = np.random.default_rng([seed, int(this_epoch), 7])
+        key, offset = rng.integers(0, 2**63, size=_FEISTEL_ROUNDS, dtype=np.uint64), int(rng.integers(block_size))
+        chosen = epoch == this_epoch
+        starts[chosen] = offset + block_size * _permuted(position[chosen], windows, key)
+    return starts
+
+
 def batch_for_step(
     tokens: TokenStream | np.ndarray,
     *,
@@ -156,17 +207,18 @@ def batch_for_step(
     block_size: int,
     process_index: int = 0,
     process_count: int = 1,
+    sampling: str = "uniform",
 ) -> tuple[np.ndarray, np.ndarray]:
     """(inputs [b, T], targets [b, T]) int32 for this process, b = batch_size // process_count.
 
-    Window starts are uniform over the token stream, drawn from default_rng([seed, step]) for the
-    whole global batch; this process takes rows [process_index * b, (process_index + 1) * b).
+    The global batch's windows are ``window_starts``'; this process takes rows
+    [process_index * b, (process_index + 1) * b).
     """
     local_batch_size = _local_batch_size(batch_size, process_index, process_count)
     _check_length(tokens, block_size, "train")
     if seed < 0 or step < 0:
         raise ValueError(f"seed and step must be >= 0, got {seed} and {step}.")
-    starts_G = np.random.default_rng([seed, step]).integers(0, len(tokens) - block_size, size=batch_size)
+    starts_G = window_starts(seed, step, batch_size, len(tokens), block_size, sampling)
     starts_B = starts_G[process_index * local_batch_size : (process_index + 1) * local_batch_size]
     return _windows(tokens, starts_B, block_size)
 

@@ -49,7 +49,7 @@ from gpt2jax.data.synthetic import SOURCE_PREFIX as SYNTHETIC_PREFIX
 from gpt2jax.data.synthetic import SyntheticLanguage
 from gpt2jax.data.tokenizer import EOT_TOKEN_ID, GPT2_VOCAB_SIZE
 from gpt2jax.data.workers import Tokenizers
-from gpt2jax.workdir import fsync_directory, write_atomically
+from gpt2jax.files.atomic import fsync_directory, write_atomically
 
 DEFAULT_SHARD_TOKENS = 100_000_000  # 200 MB a shard, as build-nanogpt and llm.c write FineWeb
 JOURNAL_FILE = "journal.json"

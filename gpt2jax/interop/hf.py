@@ -21,6 +21,7 @@ from flax import nnx, traverse_util
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from gpt2jax import flops
 from gpt2jax.data.tokenizer import EOT_TOKEN_ID
 from gpt2jax.model import GPTConfig, abstract_model
 
@@ -74,8 +75,10 @@ def read_config(directory: str | Path) -> dict[str, int]:
         )
     if hf["layer_norm_epsilon"] != 1e-5:
         unsupported.append(f"layer_norm_epsilon={hf['layer_norm_epsilon']} (the model uses 1e-5)")
-    if hf["n_inner"] not in (None, 4 * hf["n_embd"]):
-        unsupported.append(f"n_inner={hf['n_inner']} (the model's MLP is 4 * n_embd = {4 * hf['n_embd']} wide)")
+    if hf["n_inner"] not in (None, flops.mlp_width(hf["n_embd"])):
+        unsupported.append(
+            f"n_inner={hf['n_inner']} (the model's MLP is {flops.MLP_EXPANSION} * n_embd = {flops.mlp_width(hf['n_embd'])} wide)"
+        )
     for flag, representable in (
         ("scale_attn_weights", True),
         ("scale_attn_by_inverse_layer_idx", False),
@@ -201,7 +204,7 @@ def _name_table(config: GPTConfig) -> list[tuple[str, tuple, int | None, tuple[i
     Layer ``i``'s HF tensors are slice ``i`` of gpt2jax's stacked block parameters; the
     layer is None for parameters outside the blocks.
     """
-    d, f = config.n_embd, 4 * config.n_embd
+    d, f = config.n_embd, config.mlp_width
     table = [
         ("wte.weight", ("wte",), None, (config.vocab_size, d)),
         ("wpe.weight", ("wpe",), None, (config.block_size, d)),

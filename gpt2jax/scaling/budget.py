@@ -1,6 +1,9 @@
 """What one GPU's time buys, against GPT-2's original budget and the compute-optimal one.
 
-``python -m gpt2jax.scaling budget`` prints it, three honest lines first:
+``python -m gpt2jax.scaling budget`` prints the verdict first (``verdict_lines``): which GPT-2
+sizes train on the card in the time, at GPT-2's 10B tokens and compute-optimally, and what the
+FLOPs a run really gets buy, with the optimizer that makes the best of them fit. Then three
+lines of arithmetic:
 1. the question's premise: the card's fp32 rate x utilization x time (an RTX 4070 Ti's
    40.1 TFLOP/s x 90% x one year is the 1.14e21 FLOPs the question names);
 2. what its tensor cores offer at the training precision (bf16 by default): that peak x
@@ -11,9 +14,13 @@
 Compute-optimal allocations follow Epoch AI's refit of Chinchilla (``laws.EPOCH_REFIT``)
 under C = 6ND; the other published laws stand beside it. Their predicted losses are in
 Chinchilla's units: nats per token of MassiveText under a 32k SentencePiece vocabulary, not
-GPT-2 BPE losses on web text. The memory-constrained optimum is the largest model whose
-training step (parameters, AdamW state, gradients, the activations the backward pass keeps)
-fits the card by ``memory.estimate``, the dry run's platform-independent figure.
+GPT-2 BPE losses on web text. The memory-constrained optimum is, for each optimizer of
+``training/optim.py``, the largest model whose training step (parameters, optimizer state,
+gradients, the activations the backward pass keeps) fits the card by ``memory.estimate``, the
+dry run's platform-independent figure, spending the FLOPs the run gets at its MFU. Every
+allocation is set against the corpus: its epochs over the corpus's unique tokens, marked
+beyond the corpus past one, and marked an extrapolation past the tokens per parameter the
+law was fitted on.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import pathlib
 from gpt2jax import flops, model
 from gpt2jax.data.tokenizer import GPT2_VOCAB_SIZE
 from gpt2jax.scaling.laws import EPOCH_REFIT, PUBLISHED_LAWS, ChinchillaLaw
+from gpt2jax.training.optim import OPTIMIZERS
 
 SECONDS_PER_DAY = 86_400
 DEFAULT_MFU = 0.4
@@ -45,8 +53,17 @@ BENCH_RECORDS = pathlib.Path(__file__).resolve().parents[2] / "bench" / "records
 # The memory-constrained optimum's training step: GPT-2's context, bfloat16 compute, remat=dots
 # (the README's memory table: a twelfth of the activations of remat=none for ~8% more time), and
 # micro-batches of one sequence, any global batch being reached by accumulation.
-MEMORY_STEP = {"block_size": GPT2_CONTEXT, "dtype": "bfloat16", "remat": "dots", "micro_batch": 1}
+MEMORY_STEP = {"block_size": GPT2_CONTEXT, "remat": "dots", "micro_batch": 1}
+# The compute dtype a step counted at each precision runs in: an fp32 or tf32 budget is a float32 step.
+STEP_DTYPES = {"bf16": "bfloat16", "tf32": "float32", "fp32": "float32"}
 HEAD_SIZE = 64
+# Published token counts of the corpora a GPT-2 run here reads (Hugging Face dataset cards):
+# FineWeb-Edu's sample-10BT and sample-100BT, and the whole of it (1.3T GPT-2 tokens).
+NAMED_CORPORA = {"fineweb-edu-10BT": 10e9, "fineweb-edu-100BT": 100e9, "fineweb-edu": 1.3e12}
+DEFAULT_CORPUS = "fineweb-edu-10BT"  # the shipped GPT-2 configs' data.source
+# The most tokens per parameter among Chinchilla's runs (Epoch's extraction of its figure 4): past
+# it a law's D term is extrapolated.
+MAX_FITTED_TOKENS_PER_PARAM = 341.0
 
 
 def load_fit_law(path) -> ChinchillaLaw:
@@ -103,7 +120,38 @@ def _check_fraction(name: str, value: float) -> None:
         raise ValueError(f"{name} is {value}; give a fraction of peak in (0, 1].")
 
 
-def _memory_config(n_layer: int, n_embd: int):
+def corpus_tokens(spec: str) -> tuple[str, float]:
+    """(name, unique training tokens) of ``--corpus``: a name of ``NAMED_CORPORA``, a prepared data
+    directory (its meta.json's train tokens), or a number of tokens."""
+    if spec in NAMED_CORPORA:
+        return spec, NAMED_CORPORA[spec]
+    path = pathlib.Path(spec)
+    if (path / "meta.json").is_file():
+        from gpt2jax.data.shards import read_meta
+
+        return str(path), float(read_meta(path)["splits"]["train"]["tokens"])
+    try:
+        tokens = float(spec)
+    except ValueError:
+        tokens = math.nan
+    if not (math.isfinite(tokens) and tokens > 0):
+        raise ValueError(
+            f"--corpus {spec} is not one of {', '.join(NAMED_CORPORA)}, a prepared data directory with a meta.json, "
+            "or a positive number of tokens."
+        )
+    return f"{tokens:.3g} tokens", tokens
+
+
+def data_use(tokens: float, params: float, corpus: float) -> dict:
+    """Epochs of an allocation over the corpus, and whether it is beyond the corpus or the law's fitted range."""
+    return {
+        "epochs": tokens / corpus,
+        "beyond_corpus": tokens > corpus,
+        "extrapolated": tokens / params > MAX_FITTED_TOKENS_PER_PARAM,
+    }
+
+
+def _memory_config(n_layer: int, n_embd: int, optimizer: str, dtype: str):
     from gpt2jax.config import base_config
 
     config = base_config()
@@ -112,21 +160,23 @@ def _memory_config(n_layer: int, n_embd: int):
         n_head=n_embd // HEAD_SIZE,
         n_embd=n_embd,
         block_size=MEMORY_STEP["block_size"],
-        dtype=MEMORY_STEP["dtype"],
+        dtype=dtype,
         remat=MEMORY_STEP["remat"],
     )
-    config.train.update(batch_size=MEMORY_STEP["micro_batch"], grad_accum_steps=1)
+    config.train.update(batch_size=MEMORY_STEP["micro_batch"], grad_accum_steps=1, optimizer=optimizer)
     return config
 
 
 @functools.cache
-def training_step_bytes(n_layer: int, n_embd: int) -> int:
+def training_step_bytes(n_layer: int, n_embd: int, optimizer: str = "adamw", dtype: str = "bfloat16") -> int:
     """``memory.estimate``'s total for one device training this shape with ``MEMORY_STEP``; compiles nothing."""
     import jax
 
-    from gpt2jax import memory, train
+    from gpt2jax.training import memory
+    from gpt2jax.training.trainer import build_trainer
 
-    return memory.estimate(train.build_trainer(_memory_config(n_layer, n_embd), devices=jax.devices()[:1]))["total"]
+    config = _memory_config(n_layer, n_embd, optimizer, dtype)
+    return memory.estimate(build_trainer(config, devices=jax.devices()[:1]))["total"]
 
 
 def _family_shape(size: int) -> tuple[int, int]:
@@ -140,7 +190,7 @@ def _shape_params(n_layer: int, n_embd: int) -> int:
     ]
 
 
-def largest_fitting_shape(usable_bytes: float, step_bytes=training_step_bytes) -> dict | None:
+def largest_fitting_shape(usable_bytes: float, step_bytes) -> dict | None:
     """The biggest shape of GPT-2 small's aspect (``_family_shape``) whose training step fits ``usable_bytes``.
 
     The estimate grows with the size, so a bisection over sizes 1 to 128 finds it in 8 estimates.
@@ -164,7 +214,9 @@ def largest_fitting_shape(usable_bytes: float, step_bytes=training_step_bytes) -
     }
 
 
-def memory_constrained_optimum(law: ChinchillaLaw, total_flops: float, usable_bytes: float, largest) -> dict:
+def memory_constrained_optimum(
+    law: ChinchillaLaw, total_flops: float, usable_bytes: float, largest, step: dict | None = None
+) -> dict:
     """The best model under ``law`` at ``total_flops`` whose training step fits: the optimum if it fits, else
     ``largest`` (``largest_fitting_shape``'s answer), since the loss is unimodal in N along C = 6ND."""
     n_opt, d_opt = (float(value) for value in law.compute_optimal(total_flops))
@@ -187,7 +239,7 @@ def memory_constrained_optimum(law: ChinchillaLaw, total_flops: float, usable_by
         "loss_gap": loss - optimal_loss,
         "memory_binds": binding,
         "usable_memory_bytes": usable_bytes,
-        "training_step": MEMORY_STEP,
+        "training_step": step or MEMORY_STEP,
     }
 
 
@@ -200,13 +252,15 @@ def budget_report(
     precision: str = "bf16",
     bench_records=BENCH_RECORDS,
     step_bytes=training_step_bytes,
+    corpus: str = DEFAULT_CORPUS,
 ) -> dict:
     """The whole comparison as a JSON-ready dict; ``fit`` adds the project's own law to ``laws``.
 
     ``mfu`` None: the last recorded bench figure for ``gpu`` in ``bench_records``, else DEFAULT_MFU.
-    ``step_bytes(n_layer, n_embd)``: the memory a training step of that shape needs (tests pass a stand-in).
+    ``step_bytes(n_layer, n_embd, optimizer, dtype)``: the memory a training step of that shape needs
+    (tests pass a stand-in). ``corpus``: what ``corpus_tokens`` reads.
     """
-    from gpt2jax.memory import usable_fraction
+    from gpt2jax.training.memory import usable_fraction
 
     if gpu not in flops.DEVICE_PEAKS:
         raise ValueError(f"unknown GPU {gpu!r}; known GPUs are {', '.join(sorted(flops.DEVICE_PEAKS))}.")
@@ -227,17 +281,26 @@ def budget_report(
     else:
         mfu, mfu_source = DEFAULT_MFU, "assumed (no --mfu, no bench record for this card)"
     _check_fraction("mfu", mfu)
+    corpus_name, corpus_size = corpus_tokens(corpus)
     memory_bytes = device["memory_gib"] * 2**30
     usable_bytes = usable_fraction() * memory_bytes
+    dtype = STEP_DTYPES[precision]
+    step = dict(MEMORY_STEP, dtype=dtype)
 
     def days_at_mfu(flop_count: float) -> float:
         return flop_count / (peak * mfu) / SECONDS_PER_DAY
 
     total = peak * seconds * utilization
+    achieved = peak * seconds * mfu
+    if not math.isfinite(total):
+        raise ValueError(f"days is {days:g}: its FLOPs overflow a float; give a number of days a card can run.")
     gpt2_params = gpt2_param_counts()
     xl_original = 6.0 * gpt2_params["gpt2-xl"] * GPT2_ORIGINAL_TOKENS
-    fitting = largest_fitting_shape(usable_bytes, step_bytes)
-    largest_fitting = fitting["params"] if fitting else 0
+    fitting = {
+        name: largest_fitting_shape(usable_bytes, lambda n_layer, n_embd: step_bytes(n_layer, n_embd, name, dtype))
+        for name in OPTIMIZERS
+    }
+    largest_fitting = max((shape["params"] for shape in fitting.values() if shape), default=0)
 
     laws = {}
     for law in [*PUBLISHED_LAWS.values(), *([fit] if fit is not None else [])]:
@@ -250,6 +313,7 @@ def budget_report(
             "training_memory_bytes": flops.training_memory_bytes(math.ceil(params)),
             "fits_in_memory": params <= largest_fitting,
             "source": law.source,
+            **data_use(tokens, params, corpus_size),
         }
 
     models = {}
@@ -257,12 +321,16 @@ def budget_report(
         optimal_flops = float(HEADLINE_LAW.optimal_flops(n_params))
         original_flops = 6.0 * n_params * GPT2_ORIGINAL_TOKENS
         preset = model.PRESETS[name]
-        estimated = step_bytes(preset["n_layer"], preset["n_embd"])
+        estimated = {opt: step_bytes(preset["n_layer"], preset["n_embd"], opt, dtype) for opt in OPTIMIZERS}
         models[name] = {
             "n_params": n_params,
             "training_memory_bytes": flops.training_memory_bytes(n_params),
-            "estimated_memory_bytes": estimated,
-            "fits_in_memory": estimated <= usable_bytes,
+            "estimated_memory_bytes": estimated["adamw"],
+            "fits_in_memory": estimated["adamw"] <= usable_bytes,
+            "estimated_memory_bytes_by_optimizer": estimated,
+            "fits_with": [opt for opt in OPTIMIZERS if estimated[opt] <= usable_bytes],
+            "optimal_epochs": float(HEADLINE_LAW.optimal_tokens(n_params)) / corpus_size,
+            "original_epochs": GPT2_ORIGINAL_TOKENS / corpus_size,
             "optimal_tokens": float(HEADLINE_LAW.optimal_tokens(n_params)),
             "optimal_flops": optimal_flops,
             "optimal_days": days_at_mfu(optimal_flops),
@@ -272,6 +340,15 @@ def budget_report(
         }
 
     headline = laws[HEADLINE_LAW.name]
+    constrained = {}
+    for name, shape in fitting.items():
+        if shape is None:
+            continue
+        optimum = memory_constrained_optimum(HEADLINE_LAW, achieved, usable_bytes, shape, step)
+        constrained[name] = dict(optimum, optimizer=name, **data_use(optimum["tokens"], optimum["params"], corpus_size))
+    if not constrained:
+        memory_constrained_optimum(HEADLINE_LAW, achieved, usable_bytes, None)  # raises, naming the card
+    achieved_params, achieved_tokens = (float(value) for value in HEADLINE_LAW.compute_optimal(achieved))
     return {
         "gpu": gpu,
         "precision": precision,
@@ -298,7 +375,19 @@ def budget_report(
         "compute_optimal_tokens": headline["tokens"],
         "predicted_loss": headline["predicted_loss"],
         "loss_units": LOSS_UNITS,
-        "memory_constrained": memory_constrained_optimum(HEADLINE_LAW, total, usable_bytes, fitting),
+        # The best model that fits, with the optimizer that fits it, on the FLOPs the run gets.
+        "memory_constrained": min(constrained.values(), key=lambda row: row["predicted_loss"]),
+        "memory_constrained_by_optimizer": constrained,
+        "achieved_optimum": {
+            "params": achieved_params,
+            "tokens": achieved_tokens,
+            "tokens_per_param": achieved_tokens / achieved_params,
+            "predicted_loss": float(HEADLINE_LAW.loss(achieved_params, achieved_tokens)),
+            "fits_in_memory": achieved_params <= largest_fitting,
+            **data_use(achieved_tokens, achieved_params, corpus_size),
+        },
+        "corpus": corpus_name,
+        "corpus_tokens": corpus_size,
         "gpt2_small_optimal_flops": models["gpt2"]["optimal_flops"],
         "gpt2_small_optimal_tokens": models["gpt2"]["optimal_tokens"],
         "laws": laws,
@@ -306,21 +395,73 @@ def budget_report(
     }
 
 
+def _data_marks(row: dict) -> str:
+    marks = []
+    if row["beyond_corpus"]:
+        marks.append(f"{row['epochs']:.1f} epochs: beyond the corpus")
+    if row["extrapolated"]:
+        marks.append(f"{row['tokens_per_param']:.0f} tokens/param: an extrapolation")
+    return "; ".join(marks)
+
+
+def verdict_lines(report: dict) -> list[str]:
+    """The answer to the question, for this card, time and MFU: which GPT-2 sizes train, and what the FLOPs buy."""
+    gib = report["memory_bytes"] / 2**30
+    days = report["days"]
+    lines = [
+        f"Verdict for one {report['gpu']} ({gib:g} GiB) running {days:g} days at {report['mfu']:.0%} MFU "
+        f"({report['mfu_source']}):"
+    ]
+    for name, size in report["models"].items():
+        fits = size["fits_with"]
+        if not fits:
+            how = f"does not fit {gib:g} GiB with any optimizer ({', '.join(OPTIMIZERS)})"
+        else:
+            optimal, original = size["optimal_days"], size["original_days"]
+            in_time = "trains" if max(optimal, original) <= days else "does not finish"
+            how = (
+                f"{in_time}: compute-optimally ({flops.format_count(size['optimal_tokens'])} tokens) in {optimal:.1f} days, "
+                f"on GPT-2's {flops.format_count(size['original_tokens'])} in {original:.1f}; its step fits with "
+                + ", ".join(fits)
+            )
+        lines.append(f"  {name} ({flops.format_count(size['n_params'])}) {how}")
+    optimum, best = report["achieved_optimum"], report["memory_constrained"]
+    optimum_fits = "fits" if optimum["fits_in_memory"] else "does not fit"
+    lines.append(
+        f"  the {report['achieved_flops']:.3g} FLOPs the run gets buy, by {report['optimal_law']}: "
+        f"{flops.format_count(optimum['params'])} params on {flops.format_count(optimum['tokens'])} tokens "
+        f"(loss {optimum['predicted_loss']:.3f}), which {optimum_fits} the card"
+        + (f" ({_data_marks(optimum)})" if _data_marks(optimum) else "")
+    )
+    lines.append(
+        f"  the best that fits: {flops.format_count(best['params'])} params ({best['n_layer']} layers x {best['n_embd']}) "
+        f"with {best['optimizer']} on {flops.format_count(best['tokens'])} tokens, loss {best['predicted_loss']:.3f} "
+        f"({best['loss_gap']:+.3f} from the optimum)" + (f"; {_data_marks(best)}" if _data_marks(best) else "")
+    )
+    lines.append(
+        f"  against {report['corpus']} ({flops.format_count(report['corpus_tokens'])} unique tokens); losses in "
+        "Chinchilla's units (see below)"
+    )
+    return lines
+
+
 def format_report(report: dict) -> str:
-    """The report as readable text."""
+    """The report as readable text: the verdict, then the arithmetic behind it."""
     gib = report["usable_memory_bytes"] / 2**30
     xl = report["models"]["gpt2-xl"]
     year = f"{report['days']:g} days at {report['utilization']:.0%}"
     premise = report["premise"]
     precision = report["precision"]
-    constrained = report["memory_constrained"]
-    step = constrained["training_step"]
-    lines = [
+    step = report["memory_constrained"]["training_step"]
+    # fp32 runs on the CUDA cores; tf32 and bf16 on the tensor cores.
+    units = "CUDA cores at fp32" if precision == "fp32" else f"tensor cores at {precision}"
+    lines = verdict_lines(report) + [
+        "",
         f"{report['gpu']}, {year}:",
         f"  the question's premise: its {premise['fp32_peak_flops_per_second'] / 1e12:.1f} TFLOP/s fp32 rate "
         f"x {year}: {premise['flops']:.3g} FLOPs",
-        f"  its tensor cores at {precision}: {report['peak_flops_per_second'] / 1e12:.1f} TFLOP/s x {year}: "
-        f"{report['total_flops']:.3g} FLOPs, the budget below",
+        f"  its {units}: {report['peak_flops_per_second'] / 1e12:.1f} TFLOP/s x {year}: "
+        f"{report['total_flops']:.3g} FLOPs, the budget of the laws' table",
         f"  what a run really gets: {report['peak_flops_per_second'] / 1e12:.1f} TFLOP/s x {report['mfu']:.0%} MFU "
         f"({report['mfu_source']}) x {report['days']:g} days: {report['achieved_flops']:.3g} FLOPs; "
         f"spending the budget takes {report['budget_days_at_mfu']:.0f} days",
@@ -331,37 +472,45 @@ def format_report(report: dict) -> str:
         "",
         f"compute-optimal use of {report['total_flops']:.3g} FLOPs (C = 6ND), headline law {report['optimal_law']}; "
         f"losses in {report['loss_units']}",
-        f"  {'law':<24}{'params':>9}{'tokens':>9}{'tokens/param':>14}{'loss':>8}  fits {gib:.1f} GiB",
+        f"  {'law':<24}{'params':>9}{'tokens':>9}{'tokens/param':>14}{'loss':>8}{'epochs':>8}  fits {gib:.1f} GiB",
     ]
     for name, law in report["laws"].items():
         lines.append(
             f"  {name:<24}{flops.format_count(law['params']):>9}{flops.format_count(law['tokens']):>9}"
-            f"{law['tokens_per_param']:>14.1f}{law['predicted_loss']:>8.3f}  {'yes' if law['fits_in_memory'] else 'no'}"
+            f"{law['tokens_per_param']:>14.1f}{law['predicted_loss']:>8.3f}{law['epochs']:>8.1f}  "
+            f"{'yes' if law['fits_in_memory'] else 'no'}" + (f"  ({_data_marks(law)})" if _data_marks(law) else "")
         )
     lines += [
         "",
-        f"memory-constrained optimum: {'the largest model whose training step fits' if constrained['memory_binds'] else 'the optimum itself, which fits'}"
-        f" ({step['dtype']}, remat={step['remat']}, micro-batch {step['micro_batch']} x {step['block_size']}, "
+        f"memory-constrained optimum on the {report['achieved_flops']:.3g} FLOPs the run gets, per optimizer "
+        f"({step['dtype']}, remat={step['remat']}, micro-batch {step['micro_batch']} x {step['block_size']}, "
         f"{gib:.1f} GiB usable of {report['memory_bytes'] / 2**30:g})",
-        f"  {constrained['n_layer']} layers x {constrained['n_embd']} wide: {flops.format_count(constrained['params'])} params"
-        f" ({constrained['estimated_memory_bytes'] / 2**30:.1f} GiB for the largest that fits) on "
-        f"{flops.format_count(constrained['tokens'])} tokens ({constrained['tokens_per_param']:.0f} per param), loss "
-        f"{constrained['predicted_loss']:.3f}, {constrained['loss_gap']:+.3f} from the unconstrained optimum",
+    ]
+    for name, row in report["memory_constrained_by_optimizer"].items():
+        lines.append(
+            f"  {name:<11} {row['n_layer']} layers x {row['n_embd']}: {flops.format_count(row['params'])} params "
+            f"({row['estimated_memory_bytes'] / 2**30:.1f} GiB) on {flops.format_count(row['tokens'])} tokens "
+            f"({row['tokens_per_param']:.0f} per param, {row['epochs']:.1f} epochs), loss {row['predicted_loss']:.3f}, "
+            f"{row['loss_gap']:+.3f} from the optimum" + (f"  ({_data_marks(row)})" if _data_marks(row) else "")
+        )
+    lines += [
         "",
         f"GPT-2 sizes on this card at {report['mfu']:.0%} MFU: compute-optimal under {report['optimal_law']}, "
         f"and the original {flops.format_count(report['gpt2_original_tokens'])} tokens",
-        f"  {'model':<13}{'params':>8}{'step GiB':>10}  fits{'opt tokens':>12}{'opt FLOPs':>11}{'days':>8}"
-        f"{'orig FLOPs':>12}{'days':>8}",
+        f"  {'model':<13}{'params':>8}{'step GiB by optimizer':>26}  {'fits with':<26}{'opt tokens':>11}{'days':>7}"
+        f"{'orig days':>10}",
     ]
     for name, size in report["models"].items():
+        by_optimizer = "/".join(
+            f"{value / 2**30:.1f}" for value in size["estimated_memory_bytes_by_optimizer"].values()
+        )
         lines.append(
-            f"  {name:<13}{flops.format_count(size['n_params']):>8}{size['estimated_memory_bytes'] / 2**30:>10.1f}"
-            f"  {'yes' if size['fits_in_memory'] else 'no':<4}{flops.format_count(size['optimal_tokens']):>12}"
-            f"{size['optimal_flops']:>11.3g}{size['optimal_days']:>8.1f}"
-            f"{size['original_flops']:>12.3g}{size['original_days']:>8.1f}"
+            f"  {name:<13}{flops.format_count(size['n_params']):>8}{by_optimizer:>26}  "
+            f"{', '.join(size['fits_with']) or 'none':<26}{flops.format_count(size['optimal_tokens']):>11}"
+            f"{size['optimal_days']:>7.1f}{size['original_days']:>10.1f}"
         )
     lines.append(
-        f"  (step GiB: parameters, AdamW state, gradients and kept activations by memory.estimate, "
-        f"{step['dtype']}, remat={step['remat']}, micro-batch {step['micro_batch']})"
+        f"  (step GiB for {'/'.join(OPTIMIZERS)}: parameters, optimizer state, gradients and kept activations by "
+        f"memory.estimate, {step['dtype']}, remat={step['remat']}, micro-batch {step['micro_batch']})"
     )
     return "\n".join(lines)

@@ -28,6 +28,13 @@ ENVELOPE_BINS = 30
 MIN_PARAMETRIC_POINTS = 6
 # Resampled fits restart from this many of the full fit's distinct local minima.
 BOOTSTRAP_STARTS = 4
+# exp() of a fitted log-constant above this overflows a float: the fit ran off without a minimum.
+MAX_LOG_CONSTANT = 700.0
+# Published exponents of L(N, D) lie between 0.07 (Kaplan's D) and 0.8; a fit far beyond this
+# (alpha ~ 400 on a data-bound study) describes no dependence that the points show.
+MAX_IDENTIFIED_EXPONENT = 3.0
+# A constant whose bootstrap interval spans more than this ratio is not pinned down by the points.
+MAX_IDENTIFIED_SPAN = 10.0
 
 
 def start_grid(alpha, beta, e, a, b) -> np.ndarray:
@@ -271,6 +278,11 @@ def parametric_fit(
         )
     best = polished if polished.fun <= results[0].fun else results[0]
     a, b, e, alpha, beta = best.x
+    if max(a, b, e) > MAX_LOG_CONSTANT:
+        raise InsufficientData(
+            f"approach 3 ran off to constants too large for a float (log A {a:.3g}, log B {b:.3g}, log E {e:.3g}): "
+            "the points do not identify the law."
+        )
     law = ChinchillaLaw(
         E=math.exp(e),
         A=math.exp(a),
@@ -356,12 +368,38 @@ def parametric_bootstrap(
     rng = _approach_rngs(seed)[2]
     parametric = parametric_fit(final, starts)
     laws = []
+    # A resample without a fit (too few distinct points, or constants that overflow) is dropped;
+    # fit_summary reports how many of the n_bootstrap resamples fitted.
     for _ in range(n_bootstrap):
         try:
             laws.append(parametric_fit(_resample(final, rng), parametric.optima).law)
         except InsufficientData:
             continue
     return parametric, laws
+
+
+def unidentified(law: ChinchillaLaw, laws: list[ChinchillaLaw], confidence: float = 0.95) -> dict[str, str]:
+    """The constants of approach 3 that its points do not pin down, each with the reason; empty when all are.
+
+    A constant is unidentified when it has the wrong sign or an implausible size, or when its
+    bootstrap interval spans more than a decade: the fit then lands anywhere along a valley
+    of about the same error, and what it implies (N_opt, D_opt, the exponents) means nothing.
+    """
+    reasons = {}
+    for name, grows in (("alpha", "N"), ("beta", "D")):
+        value = getattr(law, name)
+        if value <= 0:
+            reasons[name] = f"{name} = {value:.3g}: the fitted loss does not fall with {grows}"
+        elif value > MAX_IDENTIFIED_EXPONENT:
+            reasons[name] = f"{name} = {value:.3g}, beyond any published exponent (0.07 to 0.8)"
+    for name in LAW_CONSTANTS:
+        interval = percentile_interval([getattr(boot, name) for boot in laws], confidence)
+        if name in reasons or interval is None:
+            continue
+        low, high = interval
+        if low <= 0 or high / low > MAX_IDENTIFIED_SPAN:
+            reasons[name] = f"its {confidence:.0%} interval [{low:.3g}, {high:.3g}] spans more than a decade"
+    return reasons
 
 
 def fit_summary(
@@ -390,8 +428,13 @@ def fit_summary(
     for law in laws:
         for name, value in _law_values(law).items():
             samples[name].append(value)
+    unknown = unidentified(parametric.law, laws, confidence)
+    law_values = _law_values(parametric.law)
+    if unknown:  # the exponents and everything allocated from them depend on the unidentified constants
+        law_values.update(a=None, b=None)
     return {
-        **_law_values(parametric.law),
+        **law_values,
+        "unidentified": unknown,
         "seed_spread": seed_spread(final),
         "huber_objective": parametric.objective,
         "n_points": len(final),
@@ -466,7 +509,8 @@ def _exponent_cells(values: dict) -> str:
 def format_summary(summary: dict, source: str) -> str:
     """The fit as a readable table; ``source`` names the results file."""
     intervals = (
-        f"{summary['confidence']:.0%} percentile intervals from {summary['bootstrap']} bootstrap resamples"
+        f"{summary['confidence']:.0%} percentile intervals from {summary['bootstrap']} bootstrap resamples "
+        f"({summary['bootstrap_fits']} fitted; a resample without a fit is dropped)"
         if summary["bootstrap"]
         else "no bootstrap intervals"
     )
@@ -476,9 +520,13 @@ def format_summary(summary: dict, source: str) -> str:
         f"approach 3: L(N, D) = E + A/N^alpha + B/D^beta  (summed Huber loss {summary['huber_objective']:.6g})",
     ]
     lines += [f"  {name:<6} {summary[name]:<10.4g} {_interval(summary['ci'][name])}".rstrip() for name in LAW_CONSTANTS]
+    approach3 = {"a": summary["a"], "b": summary["b"], "ci": summary["ci"]}
+    if summary["unidentified"]:
+        reasons = "; ".join(f"{name}: {why}" for name, why in summary["unidentified"].items())
+        lines.append(f"  unidentified, so its exponents and N_opt are withheld: {reasons}")
+        approach3 = {"skipped": "withheld: the points do not identify " + ", ".join(summary["unidentified"])}
     lines.append(f"  {format_seed_spread(summary['seed_spread'])}")
     lines += ["", "compute-optimal exponents, N_opt ~ C^a and D_opt ~ C^b", f"  {'':<12}{'a':<28}b"]
-    approach3 = {"a": summary["a"], "b": summary["b"], "ci": summary["ci"]}
     approaches = {"approach 1": summary["approach1"], "approach 2": summary["approach2"], "approach 3": approach3}
     for label, values in approaches.items():
         lines.append(f"  {label:<12}{_exponent_cells(values)}".rstrip())

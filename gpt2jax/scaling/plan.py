@@ -52,7 +52,7 @@ import ml_collections
 
 from gpt2jax import flops
 from gpt2jax.config import load_config_file
-from gpt2jax.optim import wsd_stable_end
+from gpt2jax.training.optim import wsd_stable_end
 
 GRIDS = ("isoflop", "tokens")
 BRANCHED = "wsd_branches"
@@ -67,9 +67,72 @@ MIN_SEEDS = 2
 DEFAULT_MAX_EPOCHS = 1.0
 
 
+# A sweep config's keys: None marks a key it must set, anything else is the default of an optional one.
+SWEEP_KEYS = {
+    "base": None,
+    "shapes": None,
+    "grid": None,
+    "budgets": None,
+    "seeds": None,
+    "schedule": None,
+    "rules": None,
+    "limits": None,
+    "evals_per_run": None,
+    "checkpoints_per_run": None,
+    "params": "total",
+    "lr_multipliers": [1.0],
+    "lr_check": [],
+    "smoke_test": False,
+}
+RULE_KEYS = {
+    "learning_rate": None,
+    "width_reference": None,
+    "lr_width_exponent": None,
+    "batch_size": None,
+    "params_reference": None,
+    "batch_params_exponent": None,
+    "min_batch_size": None,
+    "max_batch_size": None,
+    "warmup_fraction": None,
+    "min_warmup_steps": None,
+}
+LIMIT_KEYS = {
+    "min_steps": None,
+    "min_tokens_per_param": None,
+    "max_tokens_per_param": None,
+    "max_epochs": DEFAULT_MAX_EPOCHS,
+}
+
+
 def load_sweep_config(spec: str) -> ml_collections.ConfigDict:
-    """``experiments/X.py`` or ``experiments/X.py:VARIANT``: the file's ``get_config([VARIANT])``."""
-    return load_config_file(spec)
+    """``experiments/X.py`` or ``experiments/X.py:VARIANT``: the file's ``get_config([VARIANT])``, checked."""
+    return checked_sweep_config(load_config_file(spec))
+
+
+def _checked_section(section, keys: dict, where: str) -> dict:
+    values = dict(section)
+    unknown = sorted(set(values) - set(keys))
+    if unknown:
+        raise ValueError(f"{where} has unknown key(s) {', '.join(unknown)}; its keys are {', '.join(sorted(keys))}.")
+    missing = sorted(key for key, default in keys.items() if default is None and key not in values)
+    if missing:
+        raise ValueError(f"{where} lacks the key(s) {', '.join(missing)}.")
+    return {key: values.get(key, default) for key, default in keys.items()}
+
+
+def checked_sweep_config(config) -> ml_collections.ConfigDict:
+    """The sweep config with its optional keys filled in, locked; a misspelt or missing key is refused.
+
+    A run config refuses a key it does not declare; a sweep config does the same, so a misspelt
+    ``lr_check`` or ``smoke_test`` is an error rather than a sweep that silently skips it.
+    """
+    values = _checked_section(config, SWEEP_KEYS, "the sweep config")
+    values["rules"] = _checked_section(config.rules, RULE_KEYS, "the sweep config's rules")
+    values["limits"] = _checked_section(config.limits, LIMIT_KEYS, "the sweep config's limits")
+    values["base"] = config.base
+    checked = ml_collections.ConfigDict(values)
+    checked.lock()
+    return checked
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,12 +189,12 @@ class SweepPlan:
 
     @property
     def max_epochs(self) -> float:
-        return self.config.limits.get("max_epochs", DEFAULT_MAX_EPOCHS)
+        return self.config.limits.max_epochs
 
     @property
     def param_count(self) -> str:
         """The accounting key of the N this sweep's budgets and floors use."""
-        return PARAM_COUNTS[self.config.get("params", "total")]
+        return PARAM_COUNTS[self.config.params]
 
     def epochs(self, point: Point, unique_tokens: int) -> float:
         """How many times the point reads its corpus of ``unique_tokens`` training tokens."""
@@ -207,6 +270,7 @@ class SweepPlan:
             learning_rate=point.learning_rate,
             warmup_steps=point.warmup_steps,
             init_from="resume",
+            sampling="epochs",  # every window once before any repeats: a point's epochs are passes over the data
             eval_every=max(1, span // self.config.evals_per_run),
             checkpoint_every=max(1, span // self.config.checkpoints_per_run),
             log_every=max(1, min(config.train.log_every, steps // 20)),
@@ -249,14 +313,14 @@ def shape_name(shape: dict) -> str:
 
 
 def repeated_fraction(epochs: float) -> float:
-    """The share of a point's tokens that repeat ones it already read: windows start uniformly at random,
-    so after E epochs a token has been read at least once with probability 1 - exp(-E)."""
-    return 1.0 - (1.0 - math.exp(-epochs)) / epochs if epochs > 0 else 0.0
+    """The share of a point's tokens that repeat ones it already read. A sweep's points read every
+    window once per epoch (``train.sampling='epochs'``), so only what lies past the first epoch repeats."""
+    return max(0.0, 1.0 - 1.0 / epochs) if epochs > 0 else 0.0
 
 
 def _check_floors(config) -> None:
     """Refuses limits, rules and seeds below the floors, unless the config is a smoke test."""
-    if config.get("smoke_test", False):
+    if config.smoke_test:
         return
     limits, rules = config.limits, config.rules
     below = []
@@ -276,7 +340,7 @@ def _check_floors(config) -> None:
 
 
 def _check_warmup(plan: "SweepPlan") -> None:
-    if plan.config.get("smoke_test", False):
+    if plan.config.smoke_test:
         return
     for point in plan.points:
         shortest = min(p.steps for p in plan.points if p.trunk == point.trunk) if point.trunk else point.steps
@@ -318,7 +382,7 @@ def check_repetition(plan: "SweepPlan", unique_tokens: int | None) -> None:
 
 
 def _check(config) -> None:
-    if config.get("params", "total") not in PARAM_COUNTS:
+    if config.params not in PARAM_COUNTS:
         raise ValueError(f"sweep params={config.params!r} is not one of {', '.join(PARAM_COUNTS)}.")
     if config.grid not in GRIDS:
         raise ValueError(f"sweep grid={config.grid!r} is not one of {', '.join(GRIDS)}.")
@@ -356,7 +420,7 @@ def shape_params(config, shape: dict, count: str | None = None) -> int:
     counts = flops.count_params(
         flops.Shape(shape["n_layer"], shape["n_head"], shape["n_embd"], model.vocab_size, model.block_size)
     )
-    return counts[PARAM_COUNTS[count or config.get("params", "total")]]
+    return counts[PARAM_COUNTS[count or config.params]]
 
 
 def _shape_budget_steps(config, shape: dict, budgets) -> tuple[int, dict[int, float]]:
@@ -430,13 +494,14 @@ def expand(config) -> SweepPlan:
     largest shape that have points also train at each multiplier, at their lowest budget and
     the first seed, so the report can say whether the rule's rate was the best of the three.
     """
+    config = checked_sweep_config(config)
     _check(config)
     _check_floors(config)
     jobs = [
         job
         for seed in config.seeds
         for shape in config.shapes
-        for multiplier in config.get("lr_multipliers", [1.0])
+        for multiplier in config.lr_multipliers
         for job in _shape_jobs(config, shape, seed, multiplier)
     ]
     if not jobs:
@@ -450,7 +515,7 @@ def expand(config) -> SweepPlan:
 
 def _lr_check_jobs(config, jobs: list[Job]) -> list[Job]:
     """The learning-rate check's jobs: the smallest and largest shape with points, at their lowest budget."""
-    multipliers = [m for m in config.get("lr_check", []) if m != 1.0]
+    multipliers = [m for m in config.lr_check if m != 1.0]
     if not multipliers:
         return []
     trained = {shape_name(dict(n_layer=p.n_layer, n_head=p.n_head, n_embd=p.n_embd)) for j in jobs for p in j.points}
@@ -499,7 +564,7 @@ def format_plan(plan: SweepPlan, device: str | None = None, mfu: float = 0.4) ->
     total = costs(plan)
     floors = (
         "smoke test: the floors are off, no fit should use these points"
-        if plan.config.get("smoke_test", False)
+        if plan.config.smoke_test
         else f"floors: >= {MIN_STEPS} steps, >= {MIN_TOKENS_PER_PARAM:g} token per parameter, warmup <= "
         f"{MAX_WARMUP_FRACTION:.0%} of the steps, >= {MIN_SEEDS} seeds"
     )

@@ -1,12 +1,14 @@
 """A sweep's figures, as PNGs (``python -m gpt2jax.scaling plot`` writes them).
 
-loss_vs_compute.png  every run's training curve against FLOPs, its final validation loss,
-                     and the frontier: the lowest loss any run reached with that many FLOPs
+loss_vs_compute.png  two panels, one kind of loss each: every run's smoothed training curve
+                     against FLOPs with the frontier of those curves, and every run's validation
+                     losses with their frontier and each run's final one
 isoflop.png          loss against model size at each FLOP budget, the parabolas through
                      them and their minima (approach 2)
 allocation.png       N_opt(C) and D_opt(C): the IsoFLOP minima and their power laws, the
                      fitted law's allocation (approach 3) and Chinchilla's, extended to
-                     GPT-2's scale, with GPT-2's four sizes as trained (~10B tokens each)
+                     GPT-2's scale, with GPT-2's four sizes as trained (~10B tokens each); the
+                     sweep's own fits are solid over the FLOPs they saw and dotted beyond
 """
 
 from __future__ import annotations
@@ -19,15 +21,19 @@ matplotlib.use("Agg")  # files only: no display, no GUI toolkit needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from gpt2jax.scaling import fit, records  # noqa: E402
+from gpt2jax.files.workdir import POINTS_DIR, read_metrics, results_path  # noqa: E402
+from gpt2jax.scaling import fit  # noqa: E402
 from gpt2jax.scaling.backtest import has_optimum  # noqa: E402
 from gpt2jax.scaling.budget import GPT2_ORIGINAL_TOKENS, gpt2_param_counts  # noqa: E402
 from gpt2jax.scaling.laws import EPOCH_REFIT  # noqa: E402
-from gpt2jax.scaling.results import load_results, sweep_param_count  # noqa: E402
-from gpt2jax.workdir import POINTS_DIR, read_metrics, results_path  # noqa: E402
+from gpt2jax.scaling.results import load_results, read_rows, sweep_param_count  # noqa: E402
 
 FIGURES = ("loss_vs_compute.png", "isoflop.png", "allocation.png")
 DPI = 130
+# A logged training loss is the mean over one log window of noisy batch losses; the curves and
+# their frontier use an exponential moving average over this many windows, so that the frontier
+# is not the minimum of that noise.
+SMOOTHING_WINDOWS = 5
 
 
 def _save(figure, panels, path: Path, legend_size: int = 8) -> None:
@@ -45,11 +51,28 @@ def _size_colors(n_params) -> dict:
     return {n: plt.cm.viridis(0.9 * (np.log(n) - values.min()) / span) for n in np.unique(n_params)}
 
 
+def smoothed(values) -> np.ndarray:
+    """An exponential moving average with a span of ``SMOOTHING_WINDOWS``, bias-corrected at the start."""
+    decay = 1.0 - 2.0 / (SMOOTHING_WINDOWS + 1)
+    average, weight, out = 0.0, 0.0, []
+    for value in values:
+        average = decay * average + (1 - decay) * value
+        weight = decay * weight + (1 - decay)
+        out.append(average / weight)
+    return np.array(out)
+
+
+def _frontier(panel, flops_seen, losses, label: str) -> None:
+    order = np.argsort(flops_seen)
+    lowest = np.minimum.accumulate(np.asarray(losses)[order])
+    panel.plot(np.asarray(flops_seen)[order], lowest, color="crimson", linewidth=2, label=label)
+
+
 def plot_loss_vs_compute(workdir: Path, rows: list[dict], path: Path) -> None:
-    """Curves from each point's metrics.jsonl (flops_seen, train_loss), trunks dashed."""
-    figure, axes = plt.subplots(figsize=(8, 5.5))
+    """Smoothed training curves (left) and validation losses (right) from each point's metrics.jsonl; trunks dashed."""
+    figure, (train_panel, val_panel) = plt.subplots(1, 2, figsize=(13, 5.5), sharex=True)
     colors = _size_colors([float(row["n_params"]) for row in rows])
-    frontier_flops, frontier_loss = [], []
+    train_x, train_y, val_x, val_y = [], [], [], []
     drawn_trunks = set()
     for row in rows:
         color = colors[float(row["n_params"])]
@@ -58,20 +81,24 @@ def plot_loss_vs_compute(workdir: Path, rows: list[dict], path: Path) -> None:
             drawn_trunks.add(row["trunk"])
             runs.append((row["trunk"], "--"))
         for run, style in runs:
-            curve = [record for record in read_metrics(workdir / POINTS_DIR / run) if "train_loss" in record]
+            records = read_metrics(workdir / POINTS_DIR / run)
             if run == row["run"] and row["trunk"]:
                 # A branch starts where the trunk was: join it to the trunk's record there.
-                curve = [
-                    record
-                    for record in read_metrics(workdir / POINTS_DIR / row["trunk"])
-                    if record["step"] == int(row["branch_step"])
-                ] + curve
+                trunk = read_metrics(workdir / POINTS_DIR / row["trunk"])
+                records = [record for record in trunk if record["step"] == int(row["branch_step"])] + records
+            curve = [record for record in records if "train_loss" in record]
             x = [record["flops_seen"] for record in curve]
-            y = [record["train_loss"] for record in curve]
-            axes.plot(x, y, style, color=color, linewidth=0.9, alpha=0.8)
-            frontier_flops += x
-            frontier_loss += y
-        axes.plot(
+            y = smoothed([record["train_loss"] for record in curve])
+            train_panel.plot(x, y, style, color=color, linewidth=0.9, alpha=0.8)
+            train_x += x
+            train_y += list(y)
+            evaluated = [record for record in records if "val_loss" in record]
+            x = [record["flops_seen"] for record in evaluated]
+            y = [record["val_loss"] for record in evaluated]
+            val_panel.plot(x, y, style, color=color, linewidth=0.9)
+            val_x += x
+            val_y += y
+        val_panel.plot(
             float(row["flops_6n_attention"]),
             float(row["val_loss"]),
             "o",
@@ -80,22 +107,21 @@ def plot_loss_vs_compute(workdir: Path, rows: list[dict], path: Path) -> None:
             markeredgecolor="black",
             markeredgewidth=0.5,
         )
-    order = np.argsort(frontier_flops)
-    lowest = np.minimum.accumulate(np.asarray(frontier_loss)[order])
-    axes.plot(
-        np.asarray(frontier_flops)[order], lowest, color="crimson", linewidth=2, label="frontier (lowest loss so far)"
-    )
+    _frontier(train_panel, train_x, train_y, "frontier of the smoothed curves")
+    _frontier(val_panel, val_x, val_y, "frontier of the validation losses")
     for n, color in colors.items():
-        axes.plot([], [], color=color, label=f"N = {n:,.0f}")
-    axes.plot([], [], "k--", linewidth=0.9, label="constant-rate trunk")
-    axes.plot([], [], "o", color="gray", markeredgecolor="black", label="final validation loss")
-    axes.set(
+        train_panel.plot([], [], color=color, label=f"N = {n:,.0f}")
+    train_panel.plot([], [], "k--", linewidth=0.9, label="constant-rate trunk")
+    val_panel.plot([], [], "o", color="gray", markeredgecolor="black", label="final validation loss")
+    xlabel = "training FLOPs (6N + attention, as train.run logs them)"
+    train_panel.set(
         xscale="log",
-        xlabel="training FLOPs (6N + attention, as train.run logs them)",
-        ylabel="training loss (nats/token)",
-        title="Loss against compute",
+        xlabel=xlabel,
+        ylabel=f"training loss, nats/token (EMA over {SMOOTHING_WINDOWS} log windows)",
+        title="Training loss against compute",
     )
-    _save(figure, [axes], path)
+    val_panel.set(xscale="log", xlabel=xlabel, ylabel="validation loss, nats/token", title="Validation loss")
+    _save(figure, [train_panel, val_panel], path)
 
 
 def plot_isoflop(points, path: Path) -> None:
@@ -140,13 +166,12 @@ def plot_allocation(points, law, path: Path) -> None:
         panel.plot(
             budgets, EPOCH_REFIT.compute_optimal(budgets)[index], "k--", label="Chinchilla, Epoch AI refit (2024)"
         )
+        seen = (budgets >= points.flops.min()) & (budgets <= points.flops.max())
         if has_optimum(law):  # a law whose loss does not fall with N and D has no allocation to draw
-            panel.plot(
-                budgets,
-                law.compute_optimal(budgets)[index],
-                color="tab:blue",
-                label=f"this sweep, approach 3 (a={law.exponents()[0]:.2f})",
-            )
+            allocation = law.compute_optimal(budgets)[index]
+            label = f"this sweep, approach 3 (a={law.exponents()[0]:.2f}; dotted: extrapolated)"
+            panel.plot(budgets[seen], allocation[seen], color="tab:blue", label=label)
+            panel.plot(budgets, np.where(seen, np.nan, allocation), ":", color="tab:blue")
         if isoflop is not None:
             optimum = isoflop.n_opt if index == 0 else isoflop.d_opt
             exponent = isoflop.a if index == 0 else isoflop.b
@@ -160,13 +185,14 @@ def plot_allocation(points, law, path: Path) -> None:
                 markeredgecolor="black",
                 label="IsoFLOP minima (approach 2)",
             )
+            power_law = np.exp(intercept) * budgets**exponent
             panel.plot(
-                budgets,
-                np.exp(intercept) * budgets**exponent,
-                ":",
+                budgets[seen],
+                power_law[seen],
                 color="tab:orange",
-                label=f"approach 2 power law (exponent {exponent:.2f})",
+                label=f"approach 2 power law (exponent {exponent:.2f}; dotted: extrapolated)",
             )
+            panel.plot(budgets, np.where(seen, np.nan, power_law), ":", color="tab:orange")
         for name, n_params in gpt2.items():
             flops_used = 6.0 * n_params * GPT2_ORIGINAL_TOKENS
             value = n_params if index == 0 else GPT2_ORIGINAL_TOKENS
@@ -175,7 +201,7 @@ def plot_allocation(points, law, path: Path) -> None:
             placement = dict(xytext=(5, -10)) if index == 0 else dict(xytext=(-3, 6), rotation=90)
             panel.annotate(name, (flops_used, value), textcoords="offset points", fontsize=8, **placement)
         panel.plot([], [], "s", color="tab:red", label="GPT-2 as trained (~10B tokens)")
-        panel.axvspan(points.flops.min(), points.flops.max(), color="gray", alpha=0.15, label="this sweep's range")
+        panel.axvspan(points.flops.min(), points.flops.max(), color="gray", alpha=0.15, label="the FLOPs the fits saw")
         panel.set(
             xscale="log",
             yscale="log",
@@ -192,7 +218,7 @@ def plot_sweep(workdir: str | Path, out: str | Path | None = None, starts=fit.HO
     path = results_path(workdir)
     out = Path(out) if out else workdir
     out.mkdir(parents=True, exist_ok=True)
-    rows = [row for row in records.read_rows(path) if float(row.get("lr_multiplier") or 1.0) == 1.0]
+    rows = [row for row in read_rows(path) if float(row.get("lr_multiplier") or 1.0) == 1.0]
     points = load_results(path, params=sweep_param_count(workdir))
     paths = [out / name for name in FIGURES]
     plot_loss_vs_compute(workdir, rows, paths[0])

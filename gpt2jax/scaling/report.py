@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
+from gpt2jax.files.workdir import SESSIONS_FILE, SWEEP_FILE, read_json, read_jsonl, results_path
 from gpt2jax.flops import format_count
 from gpt2jax.scaling import budget as budget_module
-from gpt2jax.scaling import fit, records
+from gpt2jax.scaling import fit
 from gpt2jax.scaling.backtest import CONFIDENCE, error_summary, has_optimum, interval_text
 from gpt2jax.scaling.laws import PUBLISHED_LAWS
-from gpt2jax.scaling.results import load_results, sweep_param_count
-from gpt2jax.workdir import SESSIONS_FILE, SWEEP_FILE, read_json, read_jsonl, results_path
+from gpt2jax.scaling.results import load_results, read_rows, sweep_param_count
 
 # The study's goals (issue 12): held-out loss within 1% mean absolute relative error, coverage
 # near 95%, N_opt within a factor of 1.5.
@@ -320,7 +320,7 @@ def _study_section(workdir: Path, prediction_path, figures, out: Path, n_bootstr
     description, sessions = _sweep_files(workdir)
     config = description["config"]
     path = results_path(workdir)
-    all_rows = records.read_rows(path)
+    all_rows = read_rows(path)
     rows = [row for row in all_rows if _lr_multiplier(row) == 1.0]
     params = sweep_param_count(workdir)
     count_column = "n_params" if params == "total" else "n_params_non_embedding"
@@ -407,7 +407,7 @@ def _study_section(workdir: Path, prediction_path, figures, out: Path, n_bootstr
     )
     if compare:
         lines += ["", "### WSD branches against separate runs", ""]
-        lines += _comparison(rows, records.read_rows(results_path(Path(compare))))
+        lines += _comparison(rows, read_rows(results_path(Path(compare))))
     return {
         "lines": lines,
         "law": law,

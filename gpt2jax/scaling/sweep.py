@@ -1,11 +1,11 @@
-"""Runs a sweep's points through ``train.run``, resumably, shared out among workers.
+"""Runs a sweep's points through ``loop.run``, resumably, shared out among workers.
 
 The sweep workdir's files are named in ``gpt2jax/workdir.py``: sweep.json, points/RUN/
 (each point's training workdir), locks/ (see ``locks``), results.csv (see ``records``) and
 sessions.jsonl (one line per invocation of a worker: when, where, what it ran, how long).
 
 Run again after a kill, a worker skips the points results.csv already has and resumes the
-others from their checkpoints, since ``train.run`` resumes by itself. A branched job
+others from their checkpoints, since ``loop.run`` resumes by itself. A branched job
 (``wsd_branches``) trains its constant-rate trunk in segments, to each branch's start, and
 after each segment trains that branch from the trunk's checkpoint with ``init_from=
 checkpoint:TRUNK@STEP``; the branch is then the WSD run of its length, step for step.
@@ -21,10 +21,9 @@ import socket
 import time
 from pathlib import Path
 
-from gpt2jax.locks import STALE_AFTER_S, FileLock
-from gpt2jax.scaling import records
-from gpt2jax.scaling.plan import Job, Point, SweepPlan, check_repetition
-from gpt2jax.workdir import (
+from gpt2jax.files.atomic import write_atomically
+from gpt2jax.files.locks import STALE_AFTER_S, FileLock
+from gpt2jax.files.workdir import (
     LOCKS_DIR,
     METRICS_FILE,
     POINTS_DIR,
@@ -34,8 +33,9 @@ from gpt2jax.workdir import (
     append_jsonl,
     read_json,
     read_metrics,
-    write_atomically,
 )
+from gpt2jax.scaling.plan import Job, Point, SweepPlan, check_repetition
+from gpt2jax.scaling.results import read_rows, upsert_row
 
 
 def _duration(seconds: float) -> str:
@@ -67,7 +67,7 @@ class Sweep:
         return (self.workdir / POINTS_DIR / run).absolute()
 
     def finished_runs(self) -> set[str]:
-        return {row["run"] for row in records.read_rows(self.results_path)}
+        return {row["run"] for row in read_rows(self.results_path)}
 
     def start(self, config_spec: str) -> None:
         """Writes sweep.json, preparing the data once; refuses a workdir of another sweep."""
@@ -117,7 +117,7 @@ class Sweep:
 
     def run_job(self, job: Job, finished: set[str], on_point, max_budget: float = math.inf) -> None:
         """Trains the job's unfinished points up to ``max_budget``; ``on_point(point, row)`` follows each one's row."""
-        from gpt2jax import train
+        from gpt2jax.training import loop
 
         for point in job.points:
             if point.run in finished or point.budget > max_budget:
@@ -125,12 +125,12 @@ class Sweep:
             start = time.perf_counter()
             if job.is_branched:
                 # Idle when the trunk already reached this branch's start (a rerun after a kill).
-                train.run(self.plan.trunk_config(job, point.branch_step), self.point_dir(job.name))
+                loop.run(self.plan.trunk_config(job, point.branch_step), self.point_dir(job.name))
             workdir = self.point_dir(point.run)
-            train.run(self.plan.train_config(point, self.point_dir), workdir)
+            loop.run(self.plan.train_config(point, self.point_dir), workdir)
             final = final_record(workdir, point.steps)
             row = self.row(point, final, time.perf_counter() - start)
-            records.upsert_row(self.results_path, row)
+            upsert_row(self.results_path, row)
             on_point(point, row)
 
     def run(
@@ -178,7 +178,7 @@ class Sweep:
             left = to_spend - session["flops_spent"]
             # At this worker's pace so far: FLOPs per second, compile time and all.
             estimate = _duration(elapsed * left / session["flops_spent"]) if left > 0 else _duration(0)
-            rows = records.read_rows(self.results_path)
+            rows = read_rows(self.results_path)
             spent_all = sum(float(done["flops_spent"]) for done in rows)
             log(
                 f"sweep: {len(rows)}/{len(self.plan.points)} points done ({point.run}: loss {row['loss']:.4f}); "

@@ -13,8 +13,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from gpt2jax import sharding, steps
+from gpt2jax import sharding
 from gpt2jax.data import loader
+from gpt2jax.training import steps
 
 
 def compile_eval_step(graphdef, mesh: Mesh, param_shardings):

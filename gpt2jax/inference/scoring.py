@@ -189,18 +189,18 @@ def _text(value) -> str:
 
 def evaluate_checkpoint(workdir: str | Path, step: int | None = None, batches: int | None = None) -> dict:
     """Validation loss of a run's checkpoint on the data and windows the run evaluated on."""
-    from gpt2jax import inference
+    from gpt2jax.inference import weights
 
-    loaded = inference.restore_checkpoint(workdir, step)
+    loaded = weights.restore_checkpoint(workdir, step)
     return {"step": loaded.step, **_validation_loss(loaded, loaded.run_config, batches)}
 
 
 def evaluate_hf_on_config(directory: str | Path, config, batches: int | None = None) -> dict:
     """Validation loss of Hugging Face weights on a config's data; the config's model must match them."""
-    from gpt2jax import inference
+    from gpt2jax.inference import weights
     from gpt2jax.model import GPTConfig
 
-    loaded = inference.load_hf_weights(directory, GPTConfig.from_config(config.model))
+    loaded = weights.load_hf_weights(directory, GPTConfig.from_config(config.model))
     return _validation_loss(loaded, config, batches)
 
 
@@ -211,16 +211,16 @@ def _perplexity(loss: float) -> float:
 
 def _validation_loss(loaded, config, batches: int | None) -> dict:
     """Over the run's val windows, at the training micro-batch rounded up to the mesh's devices."""
-    from gpt2jax import evaluation
     from gpt2jax.data import loader
+    from gpt2jax.training import validation
 
     data = loader.prepared_data(config)
     batches = config.train.eval_batches if batches is None else batches
     micro_batch = config.train.batch_size // config.train.grad_accum_steps
     batch_size = -(-micro_batch // loaded.mesh.size) * loaded.mesh.size
     block_size = loaded.model_config.block_size
-    eval_step = evaluation.compile_eval_step(loaded.graphdef, loaded.mesh, loaded.param_shardings)
-    loss = evaluation.validation_loss(
+    eval_step = validation.compile_eval_step(loaded.graphdef, loaded.mesh, loaded.param_shardings)
+    loss = validation.validation_loss(
         eval_step,
         loaded.mesh,
         loaded.params,

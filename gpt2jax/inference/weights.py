@@ -9,7 +9,6 @@ most devices that divide every dimension the partition table splits.
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import jax
@@ -17,10 +16,10 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from gpt2jax import sharding
-from gpt2jax import workdir as workdir_files
-from gpt2jax.checkpoint import Checkpointer
+from gpt2jax.files import workdir as workdir_files
 from gpt2jax.init_from import InitFrom
 from gpt2jax.model import GPTConfig, abstract_model
+from gpt2jax.training.checkpoint import Checkpointer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,37 +98,3 @@ def load_weights(source: InitFrom, devices=None) -> LoadedModel:
     if source.kind == "hf":
         return load_hf_weights(source.path, devices=devices)
     raise ValueError(f"init_from={source} names no weights to read; give hf:DIR or checkpoint:WORKDIR[@STEP].")
-
-
-EXPORT_MARKER = "gpt2jax_export.json"  # written last into an export, so a later one may replace it
-
-
-def check_export_target(out_dir: str | Path, overwrite: bool = False) -> None:
-    """Refuses an ``out_dir`` that is a file, or a non-empty directory that no export wrote (unless ``overwrite``)."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"--out {out_dir} is a file; give a directory to write the Hugging Face model into.")
-    if overwrite or not out_dir.is_dir() or (out_dir / EXPORT_MARKER).is_file():
-        return
-    present = sorted(path.name for path in out_dir.iterdir())
-    if present:
-        shown = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
-        raise ValueError(
-            f"--out {out_dir} already holds files that no export wrote ({shown}); "
-            "choose an empty directory, or pass --overwrite to write config.json and model.safetensors over them."
-        )
-
-
-def export_checkpoint(
-    workdir: str | Path, out_dir: str | Path, step: int | None = None, overwrite: bool = False
-) -> dict:
-    """Writes a run's checkpoint at ``step`` (the newest intact if None) as a Hugging Face GPT-2 directory."""
-    from gpt2jax.interop import hf
-
-    check_export_target(out_dir, overwrite)
-    loaded = restore_checkpoint(workdir, step)
-    hf.save_hf(loaded.model_config, loaded.params, out_dir)
-    result = {"step": loaded.step, "out": str(out_dir)}
-    marker = dict(result, workdir=str(Path(workdir).absolute()))
-    workdir_files.write_atomically(Path(out_dir) / EXPORT_MARKER, json.dumps(marker, indent=2) + "\n")
-    return result

@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from gpt2jax.errors import first_line
+from gpt2jax.files.workdir import SET_ASIDE_DIR
 from gpt2jax.trees import path_str
-from gpt2jax.workdir import SET_ASIDE_DIR
 
 COMMIT_MARKER = "commit_success.txt"  # orbax's atomicity_types.COMMIT_SUCCESS_FILE
 METADATA_FILE = "_CHECKPOINT_METADATA"  # orbax's step metadata, holding our custom_metadata

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -130,44 +129,6 @@ def append_jsonl(path: str | Path, record: dict) -> None:
             file.write(json.dumps(record) + "\n")
     except OSError as error:
         raise OSError(error.errno, error.strerror, str(path)) from error
-
-
-def fsync_directory(directory: Path) -> None:
-    """Makes the renames inside directory durable (a no-op where directories cannot be opened)."""
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def write_atomically(path: str | Path, text: str) -> None:
-    """Replaces ``path`` by a file holding ``text``: readers see the old file or the new one, whole.
-
-    The bytes and the rename are made durable, so after a crash the file is the old one or the new one.
-    """
-    path = Path(path)
-    try:
-        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    except OSError as error:
-        raise OSError(error.errno, error.strerror, str(path)) from error
-    try:
-        with os.fdopen(descriptor, "w") as file:
-            os.fchmod(file.fileno(), 0o644)  # mkstemp's 0600 would hide the file from other users
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-        fsync_directory(path.parent)
-    except OSError as error:
-        Path(temporary).unlink(missing_ok=True)
-        raise OSError(error.errno, error.strerror, str(path)) from error
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def results_path(sweep_workdir: str | Path) -> Path:

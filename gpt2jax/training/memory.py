@@ -14,9 +14,10 @@ import os
 import jax
 import jax.numpy as jnp
 
-from gpt2jax import flops, steps
+from gpt2jax import flops
 from gpt2jax.model import REMAT_POLICIES, attention_implementation
-from gpt2jax.train import Trainer, build_trainer
+from gpt2jax.training import steps
+from gpt2jax.training.trainer import Trainer, build_trainer
 
 CARDS_GIB = (12, 24, 80)
 
@@ -55,7 +56,57 @@ def dry_run(config) -> dict:
         policy: saved_for_backward_bytes(_with_remat(trainer, policy)) for policy in REMAT_POLICIES
     }
     summary["xla_flops_per_token"] = xla_flops_per_token(trainer)
+    summary.update(grad_accum_steps=trainer.accum_steps, micro_batch_size=trainer.micro_batch_size)
     return summary
+
+
+def format_dry_run(summary: dict) -> str:
+    """The dry run's readable summary: sizes in GiB, whether each card fits, and what would fit one that does not."""
+    gib = 2**30
+    parts = summary["per_device_bytes"]
+    usable = usable_fraction()
+    total = parts["estimate_total"]
+    saved_now = summary["activations_saved_for_backward_by_remat"][summary["model"]["remat"]]
+    lines = [
+        f"{summary['n_params'] / 1e6:.1f}M parameters ({summary['n_params_non_embedding'] / 1e6:.1f}M non-embedding), "
+        f"mesh {summary['mesh']}, attention {summary['attention']}",
+        f"train step per device (estimate from shapes): {total / gib:.2f} GiB = parameters {parts['params'] / gib:.2f}"
+        f" + optimizer {parts['optimizer_state'] / gib:.2f} + gradients {parts['gradients'] / gib:.2f}"
+        f" + kept activations {parts['activations_saved_for_backward'] / gib:.2f}"
+        f" + largest temporaries {parts['largest_temporaries'] / gib:.2f}",
+    ]
+    for card, fits in summary["fits"].items():
+        room = usable * int(card.split()[0]) * gib
+        if fits:
+            lines.append(f"  {card} card ({room / gib:.1f} GiB usable): fits")
+            continue
+        hint = _fitting_change(summary, total - saved_now, room)
+        hint = (
+            f"fits with {hint}"
+            if hint
+            else "no remat policy or micro-batch fits it: add devices (mesh.fsdp) or choose "
+            "--config.train.optimizer=adafactor"
+        )
+        lines.append(f"  {card} card ({room / gib:.1f} GiB usable): does not fit; {hint}")
+    return "\n".join(lines)
+
+
+def _fitting_change(summary: dict, without_activations: int, room: float) -> str | None:
+    """The cheapest change that fits ``room``: a remat policy at the same micro-batch, then smaller micro-batches.
+
+    What the backward pass keeps scales with the rows of a micro-batch; the rest of the step does
+    not. ``full`` recomputes the whole forward pass, so it comes after every other change.
+    """
+    accum, rows = summary["grad_accum_steps"], summary["micro_batch_size"]
+    saved = summary["activations_saved_for_backward_by_remat"]
+    partial = [policy for policy in saved if policy != "full"]
+    splits = [2**k for k in range(rows.bit_length()) if rows % 2**k == 0]
+    candidates = [(policy, split) for split in splits for policy in partial] + [("full", split) for split in splits]
+    for policy, split in candidates:
+        if without_activations + saved[policy] / split <= room:
+            more = f" --config.train.grad_accum_steps={accum * split}" if split > 1 else ""
+            return f"--config.model.remat={policy}{more}"
+    return None
 
 
 def _with_remat(trainer: Trainer, policy: str) -> Trainer:

@@ -1,0 +1,1 @@
+"""Inference: weights restored without an optimizer, sampling, scoring and export."""

@@ -1,0 +1,146 @@
+"""Optax: the optimizers (AdamW, and two that fit a small card), weight decay on matrices only,
+global-norm clipping, and schedules.
+
+``train.optimizer`` chooses:
+  adamw       AdamW with float32 moments: 8 bytes of state per parameter.
+  adamw_bf16  AdamW with both moments stored in bfloat16 (computed in float32): 4 bytes. optax's
+              ``scale_by_adam`` can store only the first moment in another dtype, hence
+              ``scale_by_adam_in`` below.
+  adafactor   Adafactor from optax's parts: a factored second moment (a row and a column per
+              matrix), no first moment, updates clipped to RMS 1: about 0 bytes per parameter
+              of a matrix; the learning rate is absolute (no scaling by the parameters' size),
+              so the same rule sets it, and weight decay is AdamW's.
+8-bit moments and host offload have no well-kept JAX implementation that runs on a GPU today
+(bitsandbytes is PyTorch's), so they are not offered.
+"""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from gpt2jax.trees import path_str
+
+OPTIMIZERS = ("adamw", "adamw_bf16", "adafactor")
+
+# (regex on the parameter's name, decayed?): weight decay on matrices (dense kernels and
+# embeddings), none on biases and LayerNorm scales. A name no rule knows is refused, so a
+# new parameter is never decayed, or left undecayed, by accident.
+DECAY_RULES: tuple[tuple[str, bool], ...] = (
+    (r"(^|_)kernel$", True),
+    (r"^(wte|wpe)$", True),
+    (r"(^|_)bias$", False),
+    (r"^scale$", False),
+)
+
+
+def learning_rate_schedule(train_config) -> optax.Schedule:
+    """Linear warmup from 0, then cosine, warmup-stable-decay (WSD) or constant.
+
+    Cosine and WSD end at ``learning_rate * min_lr_ratio``. WSD holds the peak rate and
+    decays linearly over the last ``decay_fraction`` of the steps (Hägele et al. 2024).
+    """
+    peak = train_config.learning_rate
+    warmup = train_config.warmup_steps
+    total = train_config.steps
+    floor = peak * train_config.min_lr_ratio
+    if train_config.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total, warmup + 1), floor)
+    if train_config.schedule == "constant":
+        return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup])
+    if train_config.schedule == "wsd":
+        stable_end = wsd_stable_end(total, warmup, train_config.decay_fraction)
+        return optax.join_schedules(
+            [
+                optax.linear_schedule(0.0, peak, warmup),
+                optax.constant_schedule(peak),
+                optax.linear_schedule(peak, floor, total - stable_end),
+            ],
+            [warmup, stable_end],
+        )
+    raise ValueError(f"train.schedule={train_config.schedule!r} is not one of cosine, wsd, constant.")
+
+
+def wsd_stable_end(total_steps: int, warmup_steps: int, decay_fraction: float) -> int:
+    """The step at which WSD starts to decay; up to it, WSD and constant give the same rates.
+
+    A WSD run branched from a constant-rate trunk at this step is the run trained alone.
+    """
+    decay_steps = max(1, round(decay_fraction * total_steps))
+    return max(warmup_steps, total_steps - decay_steps)
+
+
+def decay_mask(params):
+    """True where ``DECAY_RULES`` decay a parameter, False where they do not; an unknown name is refused."""
+
+    def decayed(path, _):
+        full = path_str(path)
+        name = full.rsplit("/", 1)[-1]
+        for pattern, decay in DECAY_RULES:
+            if re.search(pattern, name):
+                return decay
+        raise ValueError(
+            f"parameter {full} matches no rule in optim.DECAY_RULES, so whether weight decay "
+            "applies to it is unknown; add a rule for it."
+        )
+
+    return jax.tree_util.tree_map_with_path(decayed, params)
+
+
+def scale_by_adam_in(dtype, b1: float, b2: float, eps: float) -> optax.GradientTransformation:
+    """Adam's scaling with both moments stored in ``dtype`` and every update computed in float32.
+
+    bfloat16 keeps 8 bits of mantissa: an EMA step of (1 - b2) = 0.05 of the moment is well
+    above its rounding (2^-8 relative), so the moments still move at GPT-2's betas.
+    """
+
+    def init(params):
+        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, dtype), params)
+        return optax.ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=zeros, nu=zeros)
+
+    def update(updates, state, params=None):
+        count = optax.safe_increment(state.count)
+        mu = jax.tree.map(lambda m, g: b1 * m.astype(jnp.float32) + (1 - b1) * g, state.mu, updates)
+        nu = jax.tree.map(lambda v, g: b2 * v.astype(jnp.float32) + (1 - b2) * g * g, state.nu, updates)
+        mu_hat = jax.tree.map(lambda m: m / (1 - b1**count), mu)
+        nu_hat = jax.tree.map(lambda v: v / (1 - b2**count), nu)
+        updates = jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + eps), mu_hat, nu_hat)
+        stored = jax.tree.map(lambda x: x.astype(dtype), (mu, nu))
+        return updates, optax.ScaleByAdamState(count=count, mu=stored[0], nu=stored[1])
+
+    return optax.GradientTransformation(init, update)
+
+
+def make_optimizer(train_config) -> optax.GradientTransformation:
+    """Global-norm clipping, then ``train.optimizer`` with decoupled weight decay on ``decay_mask``'s parameters."""
+    schedule = learning_rate_schedule(train_config)
+    name = train_config.optimizer
+    if name == "adamw":
+        update = optax.adamw(
+            schedule,
+            b1=train_config.beta1,
+            b2=train_config.beta2,
+            eps=train_config.eps,
+            weight_decay=train_config.weight_decay,
+            mask=decay_mask,
+        )
+    elif name == "adamw_bf16":
+        update = optax.chain(
+            scale_by_adam_in(jnp.bfloat16, train_config.beta1, train_config.beta2, train_config.eps),
+            optax.add_decayed_weights(train_config.weight_decay, decay_mask),
+            optax.scale_by_learning_rate(schedule),
+        )
+    elif name == "adafactor":
+        # optax.adafactor adds weight_decay_rate * params after the learning rate (10% of every
+        # weight a step at 0.1: the tiny config's loss stayed at 10.5); decay here is AdamW's,
+        # scaled by the schedule like the update.
+        update = optax.chain(
+            optax.scale_by_factored_rms(),
+            optax.clip_by_block_rms(1.0),
+            optax.add_decayed_weights(train_config.weight_decay, decay_mask),
+            optax.scale_by_learning_rate(schedule),
+        )
+    else:
+        raise ValueError(f"train.optimizer={name!r} is not one of {', '.join(OPTIMIZERS)}.")
+    return optax.chain(optax.clip_by_global_norm(train_config.grad_clip), update)

@@ -1,0 +1,158 @@
+"""The train state laid out on the mesh, and the steps compiled for it.
+
+A ``Trainer`` holds everything compiled for one (config, mesh): the pure steps of
+``steps.py`` under ``jax.jit`` with their shardings, the abstract state and the batch of a
+step. ``build_trainer`` validates the config against the mesh before anything compiles;
+the loop (``loop.py``), the dry run (``memory.py``), the benchmark and the budget build on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from gpt2jax import init_from, sharding
+from gpt2jax.data import loader
+from gpt2jax.model import GPT, GPTConfig, abstract_model
+from gpt2jax.training import checkpoint, optim, steps, validation
+
+POSITIVE_KEYS = ("steps", "log_every", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints")
+
+
+@dataclasses.dataclass
+class Trainer:
+    """Everything compiled for one (config, mesh): steps, shardings and the abstract state."""
+
+    config: object
+    model_config: GPTConfig
+    mesh: jax.sharding.Mesh
+    graphdef: nnx.GraphDef
+    optimizer: optax.GradientTransformation
+    abstract_state: dict
+    state_shardings: dict
+
+    @property
+    def accum_steps(self) -> int:
+        return self.config.train.grad_accum_steps
+
+    @property
+    def micro_batch_size(self) -> int:
+        return self.config.train.batch_size // self.accum_steps
+
+    def batch_sharding(self, leading_unsharded: int = 0) -> NamedSharding:
+        return sharding.batch_sharding(self.mesh, 2 + leading_unsharded, leading_unsharded)
+
+    @functools.cached_property
+    def init_state(self):
+        seed = self.config.train.seed
+
+        def init():
+            model = GPT(self.model_config, rngs=nnx.Rngs(params=jax.random.key(seed)))
+            return steps.fresh_state(nnx.state(model), self.optimizer, seed)
+
+        # Initialised directly into its shards: no device ever holds the whole model.
+        return jax.jit(init, out_shardings=self.state_shardings)
+
+    @functools.cached_property
+    def train_step(self):
+        step = functools.partial(
+            steps.train_step,
+            graphdef=self.graphdef,
+            optimizer=self.optimizer,
+            residual_sharding=sharding.residual_sharding(self.mesh),
+        )
+        batch = self.batch_sharding(leading_unsharded=1)
+        replicated = NamedSharding(self.mesh, P())
+        return jax.jit(
+            step,
+            in_shardings=(self.state_shardings, batch, batch),
+            out_shardings=(self.state_shardings, replicated),
+            donate_argnums=0,
+        )
+
+    @functools.cached_property
+    def certify(self):
+        """(loss of the state on a batch's first micro-batch, whether the whole state is finite), on device.
+
+        A state is only saved once the loss it gives is known: step n's loss was computed
+        before update n, so it says nothing of the state update n produced.
+        """
+
+        def certify(state, inputs_AxBxT, targets_AxBxT):
+            loss = steps.loss_fn(
+                state["params"],
+                self.graphdef,
+                inputs_AxBxT[0],
+                targets_AxBxT[0],
+                residual_sharding=sharding.residual_sharding(self.mesh),
+            )
+            return loss, checkpoint.all_finite(state)
+
+        batch = self.batch_sharding(leading_unsharded=1)
+        return jax.jit(certify, in_shardings=(self.state_shardings, batch, batch))
+
+    @functools.cached_property
+    def eval_step(self):
+        return validation.compile_eval_step(self.graphdef, self.mesh, self.state_shardings["params"])
+
+    def train_batch(self, tokens, step: int):
+        """The batch of ``step``: a pure function of (seed, step), split into micro-batches."""
+        inputs, targets = loader.batch_for_step(
+            tokens,
+            seed=self.config.train.seed,
+            step=step,
+            batch_size=self.config.train.batch_size,
+            block_size=self.model_config.block_size,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            sampling=self.config.train.sampling,
+        )
+        shape = (self.accum_steps, inputs.shape[0] // self.accum_steps, inputs.shape[1])
+        return sharding.global_batch(self.mesh, (inputs.reshape(shape), targets.reshape(shape)), leading_unsharded=1)
+
+    def evaluate(self, params, tokens, num_batches: int) -> float:
+        """Mean loss over the same evenly spaced validation windows every time."""
+        return validation.validation_loss(
+            self.eval_step,
+            self.mesh,
+            params,
+            tokens,
+            batch_size=self.micro_batch_size,
+            block_size=self.model_config.block_size,
+            num_batches=num_batches,
+        )
+
+
+def check_train_config(train_config) -> None:
+    """Refuses, before anything runs, counts that make no sense (0 steps, a log interval of -5...)."""
+    for key in POSITIVE_KEYS:
+        value = train_config[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"train.{key}={value!r} must be a whole number of at least 1.")
+
+
+def build_trainer(config, devices=None) -> Trainer:
+    """Validates the config against the mesh and sets up (without compiling) the steps."""
+    check_train_config(config.train)
+    model_config = GPTConfig.from_config(config.model)
+    init_from.parse(config.train.init_from)  # refused now rather than after the data is prepared
+    mesh = sharding.make_mesh(config.mesh, devices)
+    sharding.validate_layout(mesh, model_config, config.train)
+    optimizer = optim.make_optimizer(config.train)
+    graphdef, abstract_params = abstract_model(model_config)
+    abstract_state = {
+        "step": jax.ShapeDtypeStruct((), jnp.int32),
+        "params": abstract_params,
+        "opt_state": jax.eval_shape(optimizer.init, abstract_params),
+        "rng": jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))),
+    }
+    abstract_state = sharding.laid_out(mesh, abstract_state)
+    state_shardings = jax.tree.map(lambda leaf: leaf.sharding, abstract_state)
+    return Trainer(config, model_config, mesh, graphdef, optimizer, abstract_state, state_shardings)
