@@ -1,19 +1,20 @@
-"""An IsoFLOP sweep of GPT-2s from 7M to 124M parameters on FineWeb-Edu, sized for about 2.3 H100 hours.
+"""An IsoFLOP sweep of GPT-2s from 7M to 52M parameters on FineWeb-Edu, sized for about 1.9 H100 hours.
 
 python -m gpt2jax.scaling sweep --config experiments/gpu_sweep.py --plan --device h100-sxm
 python -m gpt2jax.scaling sweep --config experiments/gpu_sweep.py --workdir runs/gpu_sweep --max_budget 7e16
 python -m gpt2jax.scaling backtest --results runs/gpu_sweep/results.csv --train_below 7e16 --predict experiments/gpu_sweep.py
 python -m gpt2jax.scaling sweep --config experiments/gpu_sweep.py --workdir runs/gpu_sweep [--shard i/n]
 
-Eight shapes at three FLOP budgets (2e16, 6e16, 2e17), two seeds, the points beyond 1 to 100
+Eight shapes at three FLOP budgets (2e16, 6e16, 2e17), two seeds, the points beyond 8 to 100
 tokens per parameter dropped; each shape is one constant-rate trunk with a WSD cooldown
 branched off at each budget. The shapes are centred on Epoch AI's law (laws.EPOCH_REFIT):
 its N_opt is 10.8M, 19.0M and 35.3M parameters at the three budgets, and every budget has
-shapes on both sides of it (2e16: 7.0M to 30M; 2e17: 22.6M to 124M), so each IsoFLOP
-parabola has a minimum inside its sizes. The first sweep and the backtest above predict the
+shapes on both sides of it (2e16: 7.0M to 16.3M; 2e17: 22.6M to 51.5M), four a budget whose
+geometric mean is within 0.03 decades of N_opt, so each IsoFLOP parabola has a minimum inside
+its sizes. The first sweep and the backtest above predict the
 top budget from the two below before it is trained. ``--plan --device h100-sxm`` prints the
-estimate: 38 points (four of them the lr check) for 3.25e18 FLOPs (6N + attention; 3.87e18
-had every point been trained alone), 2.3 hours at 40% MFU of the H100's 989.5 TFLOP/s bf16
+estimate: 28 points (four of them the lr check) for 2.75e18 FLOPs (6N + attention; 3.04e18
+had every point been trained alone), 1.9 hours at 40% MFU of the H100's 989.5 TFLOP/s bf16
 peak; models this small rarely reach 40% MFU, so expect longer; ``--shard`` splits it over GPUs.
 
 A real corpus, not the synthetic source: the question is how GPT-2 should have spent its

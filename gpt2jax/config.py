@@ -30,6 +30,9 @@ def base_config() -> ml_collections.ConfigDict:
             # synthetic | text:GLOB | parquet:GLOB | hf:OWNER/NAME[:CONFIG] | hf:DIR | tfds:NAME[/CONFIG]
             source="synthetic",
             dir="data",  # prepared token files live in dir/<source slug>
+            # a directory `python -m gpt2jax.cli.prepare --out DIR` wrote: train on it as it is,
+            # without preparing data.source again (empty: prepare data.source under data.dir)
+            prepared="",
             val_fraction=0.005,
             text_key="text",
             tfds_data_dir="",  # empty: TFDS's own default

@@ -1,5 +1,6 @@
 """Small configs shared by the tests: full GPT-2 vocabulary, everything else tiny."""
 
+import json
 import os
 import subprocess
 import sys
@@ -35,6 +36,13 @@ def config_flags(config) -> list[str]:
         for key, value in config[section].items():
             flags.append(f"--config.{section}.{key}={value}")
     return flags
+
+
+def final_record(stdout: str) -> dict:
+    """The JSON record a finished ``main`` prints just before its closing ``done:`` line."""
+    lines = stdout.strip().splitlines()
+    assert lines[-1].startswith("done: step "), lines[-1]
+    return json.loads(lines[-2])
 
 
 def run_main(args, timeout=300, **popen_kwargs):

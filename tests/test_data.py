@@ -11,6 +11,8 @@ import hashlib
 import json
 import math
 import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -36,7 +38,7 @@ from gpt2jax.data.shards import ShardWriter
 from gpt2jax.data.synthetic import SyntheticLanguage
 from gpt2jax.data.tokenizer import EOT_TOKEN_ID, GPT2_VOCAB_SIZE, get_tokenizer
 from tests.corpora import write_json_gz
-from tests.helpers import tiny_config
+from tests.helpers import REPO, tiny_config
 
 EOT = "<|endoftext|>"
 
@@ -584,3 +586,22 @@ def test_epoch_sampling_reads_every_window_once_before_any_repeats():
     assert len(np.unique(uniform // block)) < 0.8 * len(uniform)  # drawn with replacement: ~37% repeats
     with pytest.raises(ValueError, match="train.sampling='shuffled' is not one of uniform, epochs"):
         window_starts(0, 0, batch, n_tokens, block, "shuffled")
+
+
+def test_a_hand_prepared_directory_trains_as_it_is(tmp_path):
+    """prepare --out DIR names the flag that trains on DIR, and main with it tokenizes nothing again."""
+    out = tmp_path / "prepared"
+    result = subprocess.run(
+        [sys.executable, "-m", "gpt2jax.cli.prepare", "--source", "synthetic", "--out", str(out),
+         "--synthetic_train_tokens", "20000", "--synthetic_val_tokens", "2000"],
+        cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"--config.data.prepared={out}" in result.stderr
+    from gpt2jax.training.loop import run
+
+    config = tiny_config(tmp_path / "elsewhere", steps=3, eval_every=3, checkpoint_every=3, log_every=3)
+    config.data.prepared = str(out)
+    final = run(config, tmp_path / "run")
+    assert final["step"] == 3
+    assert not (tmp_path / "elsewhere").exists()  # nothing was prepared under data.dir

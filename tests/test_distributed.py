@@ -13,7 +13,7 @@ import pytest
 
 from gpt2jax.files.workdir import METRICS_FILE
 from gpt2jax.inference import weights
-from tests.helpers import REPO, config_flags, run_main, tiny_config
+from tests.helpers import REPO, config_flags, final_record, run_main, tiny_config
 
 MESH_FLAGS = ["--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2"]
 
@@ -22,10 +22,6 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
-
-
-def final_record(stdout: str) -> dict:
-    return json.loads(stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="module")

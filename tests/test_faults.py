@@ -34,7 +34,7 @@ from gpt2jax.scaling.sweep import Sweep
 from gpt2jax.training import checkpoint, loop
 from gpt2jax.training.checkpoint import COMMIT_MARKER, Checkpointer, UnreadableCheckpoint
 from gpt2jax.training.trainer import POSITIVE_KEYS, Trainer, build_trainer
-from tests.helpers import REPO, config_flags, run_main, tiny_config
+from tests.helpers import REPO, config_flags, final_record, run_main, tiny_config
 
 COMPACT_SOURCE = "synthetic:num_states=64,support_size=8,vocabulary=compact"
 
@@ -367,7 +367,11 @@ def test_the_command_line_shows_one_plain_line_per_log_and_no_library_noise(data
     assert "parameters" in lines[0] and "128 tokens/step (8 x 16)" in lines[0] and "val tokens; 6 steps" in lines[0]
     assert lines[1].startswith("step 3/6 | loss ") and " | lr " in lines[1] and " tok/s" in lines[1]
     assert lines[2].startswith("step 6/6 | loss ") and " | val " in lines[2]
-    assert json.loads(lines[-1])["step"] == 6
+    assert final_record(result.stdout)["step"] == 6
+    assert lines[-1] == f"done: step 6, train_loss {final_record(result.stdout)['train_loss']:.4f}, " + (
+        f"val_loss {final_record(result.stdout)['val_loss']:.4f}; checkpoint {tmp_path}/checkpoints/6, "
+        f"metrics {tmp_path}/metrics.jsonl"
+    )
     # No absl or Orbax log lines, no progress bar written into a file.
     assert not result.stderr.strip(), result.stderr[-2000:]
 

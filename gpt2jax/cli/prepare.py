@@ -8,6 +8,7 @@ Run it again after an interruption (SIGKILL, SIGTERM, Ctrl-C) and it continues a
 """
 
 import json
+import sys
 from pathlib import Path
 
 from gpt2jax import cli
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     if not (args.source and args.out):
         parser.error("give --source and --out (or --config)")
     from gpt2jax.data.prepare import prepare
+    from gpt2jax.data.shards import split_shards
 
     meta = prepare(
         args.source,
@@ -72,6 +74,11 @@ def main(argv: list[str] | None = None) -> None:
         hub_cache=args.hub_cache or Path(args.out).parent / "hub",
     )
     print(json.dumps(meta, indent=2))
+    print(
+        f"prepared {args.out} ({sum(shard['tokens'] for shard in split_shards(meta, 'train')):,} train tokens); train on it with "
+        f"python -m gpt2jax.main --config CONFIG --workdir WORKDIR --config.data.prepared={args.out}",
+        file=sys.stderr,
+    )
 
 
 def _prepare_config(spec: str, data_dir: str | None) -> dict:

@@ -104,6 +104,8 @@ def prepared_data(config) -> PreparedData:
     Refuses data with ids past the model's embedding, which the gather would clip silently.
     """
     data = config.data
+    if data.get("prepared"):
+        return _checked_vocab(open_prepared(Path(data.prepared)), Path(data.prepared), config)
     data_dir = ensure_prepared(
         data.source,
         data.dir,
@@ -117,7 +119,10 @@ def prepared_data(config) -> PreparedData:
         workers=data.get("workers") or None,
         hub_cache=data.get("hub_cache") or Path(data.dir) / "hub",
     )
-    prepared = open_prepared(data_dir)
+    return _checked_vocab(open_prepared(data_dir), data_dir, config)
+
+
+def _checked_vocab(prepared: PreparedData, data_dir: Path, config) -> PreparedData:
     if prepared.meta["vocab_size"] > config.model.vocab_size:
         raise ValueError(
             f"{data_dir} holds token ids up to {prepared.meta['vocab_size'] - 1} but model.vocab_size is "

@@ -127,9 +127,9 @@ def corpus_tokens(spec: str) -> tuple[str, float]:
         return spec, NAMED_CORPORA[spec]
     path = pathlib.Path(spec)
     if (path / "meta.json").is_file():
-        from gpt2jax.data.shards import read_meta
+        from gpt2jax.data.shards import read_meta, split_shards
 
-        return str(path), float(read_meta(path)["splits"]["train"]["tokens"])
+        return str(path), float(sum(shard["tokens"] for shard in split_shards(read_meta(path), "train")))
     try:
         tokens = float(spec)
     except ValueError:

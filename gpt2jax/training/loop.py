@@ -49,6 +49,7 @@ RESUMABLE_KEYS = (
     "train.init_from",
     "train.grad_accum_steps",
     "data.dir",
+    "data.prepared",  # a move of the same tokens: verify_data checks them against data.json
     "data.tfds_data_dir",
     "model.attention",
     "model.remat",
