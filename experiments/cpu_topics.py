@@ -38,8 +38,8 @@ TOPICS, WORDS, SUCCESSORS = 32, 32, 24
 
 
 def get_config(variant: str = "") -> ml_collections.ConfigDict:
-    if variant:
-        raise ValueError(f"cpu_topics has no variant {variant!r}.")
+    if variant not in ("", "smoke"):
+        raise ValueError(f"cpu_topics has no variant {variant!r}; its one variant is smoke.")
     config = ml_collections.ConfigDict()
     base = base_config()
     base.model.update(n_layer=2, n_head=4, n_embd=64, block_size=64, vocab_size=TOPICS * WORDS + 1, vocab_multiple=8)
@@ -82,4 +82,21 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.lr_check = [0.5, 2.0]
     config.evals_per_run = 4
     config.checkpoints_per_run = 4
+    if variant == "smoke":
+        _shrink_to_a_smoke_test(config)
     return config
+
+
+def _shrink_to_a_smoke_test(config: ml_collections.ConfigDict) -> None:
+    """The README's sweep: the same source and rules at three small widths and budgets a hundred times
+    smaller, with the floors off (a few dozen steps a point), so the whole path (sweep, fit, plot)
+    runs in minutes on a CPU. Its points show the commands work; they are too short for a law."""
+    config.smoke_test = True
+    config.base.data.update(synthetic_train_tokens=1_000_000, synthetic_val_tokens=20_000)
+    config.base.train.update(eval_batches=4, log_every=20)
+    config.shapes = config.shapes[:3]
+    config.budgets = [6e9, 2e10, 6e10]
+    config.limits.update(min_steps=20, min_tokens_per_param=0.5)
+    config.lr_check = []
+    config.evals_per_run = 2
+    config.checkpoints_per_run = 2

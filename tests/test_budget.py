@@ -194,11 +194,31 @@ def test_cli_text_leads_with_the_verdict_then_the_three_lines(capsys):
     assert any("memory-constrained optimum" in line for line in lines)
 
 
-def test_fit_file_adds_the_projects_law(tmp_path):
+def test_fit_file_adds_the_projects_law_and_it_leads_in_gpt2_units(tmp_path):
     path = tmp_path / "fit.json"
     path.write_text(json.dumps({"E": 1.8, "A": 480.0, "B": 2000.0, "alpha": 0.35, "beta": 0.37, "a": 0.51, "b": 0.49}))
-    report = budget.budget_report("rtx-4070-ti", 365, 0.9, fit=budget.load_fit_law(path), step_bytes=params_bytes)
-    assert report["laws"]["fit"]["params"] > 0
+    fit = budget.load_fit_law(path)
+    report = budget.budget_report("rtx-4070-ti", 365, 0.9, fit=fit, step_bytes=params_bytes)
+    assert list(report["laws"])[0] == "fit" and report["laws"]["fit"]["params"] > 0
+    own = report["own_law"]
+    n_opt, d_opt = (float(value) for value in fit.compute_optimal(report["achieved_flops"]))
+    assert own["params"] == pytest.approx(n_opt) and own["tokens"] == pytest.approx(d_opt)
+    assert own["predicted_loss"] == pytest.approx(float(fit.loss(n_opt, d_opt)))
+    verdict = budget.verdict_lines(report)
+    assert any(line.startswith("  by your fit (GPT-2 BPE nats per token on the sweep's corpus): ") for line in verdict)
+    assert not any("no law yet" in line for line in verdict)
+
+
+def test_without_a_fit_the_verdict_names_the_gpu_sweep_and_its_cost_on_the_card(default_report):
+    from gpt2jax.scaling import plan
+
+    own = default_report["own_law"]
+    sweep = plan.expand(plan.load_sweep_config(str(budget.GPU_SWEEP)))
+    assert own["flops"] == pytest.approx(plan.costs(sweep)["flops_spent"]["6n_attention"])
+    # 2.75e18 FLOPs at 40% of the 4070 Ti's 80.2 TFLOP/s bf16 peak: about a day.
+    assert own["days"] == pytest.approx(own["flops"] / (0.4 * 80.2e12) / 86_400) and 0.9 < own["days"] < 1.1
+    line = next(line for line in budget.verdict_lines(default_report) if "no law yet" in line)
+    assert "experiments/gpu_sweep.py" in line and "1.0 days on this card at 40% MFU" in line and "--fit" in line
 
 
 @pytest.mark.parametrize(

@@ -57,6 +57,10 @@ MEMORY_STEP = {"block_size": GPT2_CONTEXT, "remat": "dots", "micro_batch": 1}
 # The compute dtype a step counted at each precision runs in: an fp32 or tf32 budget is a float32 step.
 STEP_DTYPES = {"bf16": "bfloat16", "tf32": "float32", "fp32": "float32"}
 HEAD_SIZE = 64
+# The sweep that fits a law in GPT-2's own units (BPE nats on FineWeb-Edu): what the budget names,
+# with its cost on the card, when no --fit is given. Absent from an installed wheel.
+GPU_SWEEP = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "gpu_sweep.py"
+FIT_UNITS = "GPT-2 BPE nats per token on the sweep's corpus"
 # Published token counts of the corpora a GPT-2 run here reads (Hugging Face dataset cards):
 # FineWeb-Edu's sample-10BT and sample-100BT, and the whole of it (1.3T GPT-2 tokens).
 NAMED_CORPORA = {"fineweb-edu-10BT": 10e9, "fineweb-edu-100BT": 100e9, "fineweb-edu": 1.3e12}
@@ -243,6 +247,21 @@ def memory_constrained_optimum(
     }
 
 
+def own_law_guidance(peak_flops_per_second: float, mfu: float) -> dict:
+    """How to get a law in GPT-2's units when none is given: the GPU sweep, then ``fit --json``, and
+    what the sweep costs on this card at ``mfu`` (its FLOPs by 6N + attention, branches shared)."""
+    guidance = {
+        "sweep": "python -m gpt2jax.scaling sweep --config experiments/gpu_sweep.py --workdir runs/gpu_sweep",
+        "fit": "python -m gpt2jax.scaling fit --results runs/gpu_sweep/results.csv --json > fit.json",
+    }
+    if GPU_SWEEP.is_file():
+        from gpt2jax.scaling import plan
+
+        sweep_flops = plan.costs(plan.expand(plan.load_sweep_config(str(GPU_SWEEP))))["flops_spent"]["6n_attention"]
+        guidance.update(flops=sweep_flops, days=sweep_flops / (peak_flops_per_second * mfu) / SECONDS_PER_DAY)
+    return guidance
+
+
 def budget_report(
     gpu: str,
     days: float,
@@ -279,7 +298,7 @@ def budget_report(
         mfu = bench["model_flops_per_s"] / bench.get("n_devices", 1) / peak
         mfu_source = f"bench record in {bench_records} ({bench.get('n_params', '?')} parameters)"
     else:
-        mfu, mfu_source = DEFAULT_MFU, "assumed (no --mfu, no bench record for this card)"
+        mfu, mfu_source = DEFAULT_MFU, "assumed: no --mfu, no bench record for this card"
     _check_fraction("mfu", mfu)
     corpus_name, corpus_size = corpus_tokens(corpus)
     memory_bytes = device["memory_gib"] * 2**30
@@ -303,7 +322,8 @@ def budget_report(
     largest_fitting = max((shape["params"] for shape in fitting.values() if shape), default=0)
 
     laws = {}
-    for law in [*PUBLISHED_LAWS.values(), *([fit] if fit is not None else [])]:
+    # The user's own fit, in GPT-2's units, leads the table; the published laws follow.
+    for law in [*([fit] if fit is not None else []), *PUBLISHED_LAWS.values()]:
         params, tokens = (float(value) for value in law.compute_optimal(total))
         laws[law.name] = {
             "params": params,
@@ -388,10 +408,30 @@ def budget_report(
         },
         "corpus": corpus_name,
         "corpus_tokens": corpus_size,
+        # A law in GPT-2's units: the --fit's allocation of the FLOPs the run gets, else how to make one.
+        "own_law": (
+            _own_law_allocation(fit, achieved, corpus_size, largest_fitting)
+            if fit is not None
+            else own_law_guidance(peak, mfu)
+        ),
         "gpt2_small_optimal_flops": models["gpt2"]["optimal_flops"],
         "gpt2_small_optimal_tokens": models["gpt2"]["optimal_tokens"],
         "laws": laws,
         "models": models,
+    }
+
+
+def _own_law_allocation(fit: ChinchillaLaw, total_flops: float, corpus_size: float, largest_fitting: float) -> dict:
+    params, tokens = (float(value) for value in fit.compute_optimal(total_flops))
+    return {
+        "law": fit.name,
+        "source": fit.source,
+        "units": FIT_UNITS,
+        "params": params,
+        "tokens": tokens,
+        "predicted_loss": float(fit.loss(params, tokens)),
+        "fits_in_memory": params <= largest_fitting,
+        **data_use(tokens, params, corpus_size),
     }
 
 
@@ -438,9 +478,27 @@ def verdict_lines(report: dict) -> list[str]:
         f"with {best['optimizer']} on {flops.format_count(best['tokens'])} tokens, loss {best['predicted_loss']:.3f} "
         f"({best['loss_gap']:+.3f} from the optimum)" + (f"; {_data_marks(best)}" if _data_marks(best) else "")
     )
+    own = report["own_law"]
+    if "law" in own:
+        lines.append(
+            f"  by your fit ({own['units']}): {flops.format_count(own['params'])} params on "
+            f"{flops.format_count(own['tokens'])} tokens, loss {own['predicted_loss']:.3f}, which "
+            f"{'fits' if own['fits_in_memory'] else 'does not fit'} the card"
+            + (f" ({_data_marks(own)})" if _data_marks(own) else "")
+        )
+    else:
+        cost = (
+            f": {own['flops']:.3g} FLOPs, {own['days']:.1f} days on this card at {report['mfu']:.0%} MFU"
+            if "flops" in own
+            else ""
+        )
+        lines.append(
+            f"  in GPT-2's units no law yet: the GPU sweep makes one{cost} ({own['sweep']}; then {own['fit']}; "
+            "then pass --fit fit.json)"
+        )
     lines.append(
-        f"  against {report['corpus']} ({flops.format_count(report['corpus_tokens'])} unique tokens); losses in "
-        "Chinchilla's units (see below)"
+        f"  against {report['corpus']} ({flops.format_count(report['corpus_tokens'])} unique tokens); the published "
+        "laws' losses are in Chinchilla's units (see below)"
     )
     return lines
 
