@@ -36,7 +36,7 @@ from gpt2jax.data.loader import (
 from gpt2jax.data.prepare import prepare
 from gpt2jax.data.shards import ShardWriter
 from gpt2jax.data.synthetic import SyntheticLanguage
-from gpt2jax.data.tokenizer import EOT_TOKEN_ID, GPT2_VOCAB_SIZE, get_tokenizer
+from gpt2jax.data.tokenizer import EOT_TOKEN_ID, GPT2_VOCAB_SIZE, VOCAB_BPE, get_tokenizer
 from tests.corpora import write_json_gz
 from tests.helpers import REPO, tiny_config
 
@@ -62,11 +62,20 @@ def shard_files(meta: dict) -> dict:
 # Tokenizer.
 
 
-def test_tokenizer_loads_offline_from_packaged_files(monkeypatch):
-    def no_network(url):
-        raise AssertionError(f"tried to download {url}")
+@pytest.mark.parametrize("cache_dir", [None, "empty"])
+def test_tokenizer_loads_offline_from_packaged_files(monkeypatch, tmp_path, cache_dir):
+    """Offline with no tiktoken cache, and with TIKTOKEN_CACHE_DIR set to a cache without GPT-2's
+    files (as GPU images set it), which sent tiktoken's own loader to the network."""
+    read_file = tiktoken.load.read_file
 
-    monkeypatch.delenv("TIKTOKEN_CACHE_DIR", raising=False)
+    def no_network(path):
+        assert "://" not in path, f"tried to download {path}"
+        return read_file(path)
+
+    if cache_dir is None:
+        monkeypatch.delenv("TIKTOKEN_CACHE_DIR", raising=False)
+    else:
+        monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(tiktoken.load, "read_file", no_network)
     monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})  # forget any encoding already loaded
     get_tokenizer.cache_clear()
@@ -76,9 +85,30 @@ def test_tokenizer_loads_offline_from_packaged_files(monkeypatch):
         text = "Déjà vu, 12 345 tokens!\n\nNew paragraph."
         assert encoding.decode(encoding.encode(text)) == text
         assert encoding.n_vocab == GPT2_VOCAB_SIZE and encoding.eot_token == EOT_TOKEN_ID
-        assert "TIKTOKEN_CACHE_DIR" not in os.environ
+        assert os.environ.get("TIKTOKEN_CACHE_DIR") == (None if cache_dir is None else str(tmp_path))
+        assert list(tmp_path.iterdir()) == []  # nothing copied into the user's cache
     finally:
         get_tokenizer.cache_clear()
+
+
+def test_tokenizer_encodes_as_tiktokens_own_gpt2(monkeypatch):
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(VOCAB_BPE.parent))  # tiktoken's loader, on the packaged files
+    monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})
+    reference = tiktoken.get_encoding("gpt2")
+    texts = [
+        "Hello world",
+        "  two spaces,\tTabs\t\tand\n\n\nnewlines   \n",
+        "I'm, you're, we'll, they've, she'd, it's, O'Neil's DON'T",
+        "1234567 3.14159 -42 1e-9 ½ ² ①",
+        "Déjà vu: naïve café, Ελληνικά, русский, 中文, 日本語, 한국어, emoji 🙂👍🏽",
+        "<|endoftext|> is only special when allowed",
+        "trailing space ",
+        "x" * 300 + " " * 17 + "y",
+    ]
+    ours = get_tokenizer()
+    for text in texts:
+        assert ours.encode_ordinary(text) == reference.encode_ordinary(text), text
+        assert ours.encode(text, allowed_special="all") == reference.encode(text, allowed_special="all"), text
 
 
 # Synthetic language.

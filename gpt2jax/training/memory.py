@@ -6,6 +6,7 @@ for the config's mesh, as a real run would compile it, and never run.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import math
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 from gpt2jax import flops
 from gpt2jax.model import REMAT_POLICIES, attention_implementation
 from gpt2jax.training import steps
+from gpt2jax.training.optim import OPTIMIZERS
 from gpt2jax.training.trainer import Trainer, build_trainer
 
 CARDS_GIB = (12, 24, 80)
@@ -55,6 +57,7 @@ def dry_run(config) -> dict:
     summary["activations_saved_for_backward_by_remat"] = {
         policy: saved_for_backward_bytes(_with_remat(trainer, policy)) for policy in REMAT_POLICIES
     }
+    summary["optimizer_state_by_optimizer"] = {name: optimizer_state_bytes(config, name) for name in OPTIMIZERS}
     summary["xla_flops_per_token"] = xla_flops_per_token(trainer)
     summary.update(grad_accum_steps=trainer.accum_steps, micro_batch_size=trainer.micro_batch_size)
     return summary
@@ -80,12 +83,11 @@ def format_dry_run(summary: dict) -> str:
         if fits:
             lines.append(f"  {card} card ({room / gib:.1f} GiB usable): fits")
             continue
-        hint = _fitting_change(summary, total - saved_now, room)
+        hint = _fitting_change(summary, total - saved_now, room) or _fitting_optimizer(summary, total - saved_now, room)
         hint = (
             f"fits with {hint}"
             if hint
-            else "no remat policy or micro-batch fits it: add devices (mesh.fsdp) or choose "
-            "--config.train.optimizer=adafactor"
+            else "no remat policy, micro-batch or optimizer fits it: add devices (mesh.fsdp)"
         )
         lines.append(f"  {card} card ({room / gib:.1f} GiB usable): does not fit; {hint}")
     return "\n".join(lines)
@@ -107,6 +109,25 @@ def _fitting_change(summary: dict, without_activations: int, room: float) -> str
             more = f" --config.train.grad_accum_steps={accum * split}" if split > 1 else ""
             return f"--config.model.remat={policy}{more}"
     return None
+
+
+def _fitting_optimizer(summary: dict, without_activations: int, room: float) -> str | None:
+    """An optimizer with less state that fits ``room`` (with the cheapest remat change it then needs), the
+    closest to AdamW first: bfloat16 moments before a factored second moment."""
+    current = summary["per_device_bytes"]["optimizer_state"]
+    for name, state in summary.get("optimizer_state_by_optimizer", {}).items():
+        if state < current:
+            change = _fitting_change(summary, without_activations - current + state, room)
+            if change:
+                return f"--config.train.optimizer={name} {change}"
+    return None
+
+
+def optimizer_state_bytes(config, optimizer: str) -> int:
+    """This device's bytes of ``optimizer``'s state for ``config``'s model and mesh, from shapes alone."""
+    config = copy.deepcopy(config)
+    config.train.optimizer = optimizer
+    return _shard_bytes(build_trainer(config).abstract_state["opt_state"])
 
 
 def _with_remat(trainer: Trainer, policy: str) -> Trainer:
