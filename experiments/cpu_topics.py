@@ -89,14 +89,15 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
 
 def _shrink_to_a_smoke_test(config: ml_collections.ConfigDict) -> None:
     """The README's sweep: the same source and rules at three small widths and budgets a hundred times
-    smaller, with the floors off (a few dozen steps a point), so the whole path (sweep, fit, plot)
-    runs in minutes on a CPU. Its points show the commands work; they are too short for a law."""
+    smaller, with the floors off (a few dozen steps a point), so the whole path (tuning scan, sweep,
+    fit, plot) runs in minutes on a CPU. Its points show the commands work; they are too short for a law."""
     config.smoke_test = True
     config.base.data.update(synthetic_train_tokens=1_000_000, synthetic_val_tokens=20_000)
     config.base.train.update(eval_batches=4, log_every=20)
     config.shapes = config.shapes[:3]
     config.budgets = [6e9, 2e10, 6e10]
     config.limits.update(min_steps=20, min_tokens_per_param=0.5)
+    config.lr_tuning = [0.5, 1.0, 2.0]  # the tuning stage, at its smallest scan
     config.lr_check = []
     config.evals_per_run = 2
     config.checkpoints_per_run = 2

@@ -1,4 +1,4 @@
-"""An IsoFLOP sweep of GPT-2s from 7M to 52M parameters on FineWeb-Edu, sized for about 1.9 H100 hours.
+"""An IsoFLOP sweep of GPT-2s from 7M to 52M parameters on FineWeb-Edu, sized for about 2.1 H100 hours.
 
 python -m gpt2jax.scaling sweep --config experiments/gpu_sweep.py --plan --device h100-sxm
 python -m gpt2jax.scaling sweep --config experiments/gpu_sweep.py --workdir runs/gpu_sweep --max_budget 7e16
@@ -13,9 +13,10 @@ shapes on both sides of it (2e16: 7.0M to 16.3M; 2e17: 22.6M to 51.5M), four a b
 geometric mean is within 0.03 decades of N_opt, so each IsoFLOP parabola has a minimum inside
 its sizes. The first sweep and the backtest above predict the
 top budget from the two below before it is trained. ``--plan --device h100-sxm`` prints the
-estimate: 28 points (four of them the lr check) for 2.75e18 FLOPs (6N + attention; 3.04e18
-had every point been trained alone), 1.9 hours at 40% MFU of the H100's 989.5 TFLOP/s bf16
-peak; models this small rarely reach 40% MFU, so expect longer; ``--shard`` splits it over GPUs.
+estimate: a tuning scan of 10 points (2.17e17 FLOPs), then 28 points (four of them the lr
+check) for 2.75e18 FLOPs (6N + attention; 3.04e18 had every point been trained alone), 2.1
+hours in all at 40% MFU of the H100's 989.5 TFLOP/s bf16 peak; models this small rarely reach
+40% MFU, so expect longer; ``--shard`` splits it over GPUs.
 
 A real corpus, not the synthetic source: the question is how GPT-2 should have spent its
 compute on web text, and the exponents of a law are properties of the data. FineWeb-Edu's
@@ -33,8 +34,11 @@ Rules (plan.py): learning rate 1e-3 at width 768 times (768 / width), the 1/widt
 Adam, giving GPT-2 small the rate nanoGPT's reproductions use within 2x; batch 128
 sequences of 1024 tokens at 5e7 parameters times (N / 5e7)^0.5, a power of two in
 [64, 256], since the best batch grows as the loss falls; warmup 5% of the shortest branch,
-at least 20 steps. They are untuned at this scale: the lr check trains the smallest and the
-largest shape at x0.5 and x2 of the rule's rate, and the report says whether it was right.
+at least 20 steps. The learning-rate rule is tuned before any point trains (``lr_tuning``,
+``scaling/tuning.py``): the smallest and largest shape of 2e16 (widths 128 and 256) train at
+x0.25 to x4 of it, and the power law in width through their best rates sets every point's
+rate; the lr check then trains the smallest and largest shape at x0.5 and x2 of the tuned
+rate, and the report says whether it was right.
 """
 
 import ml_collections
@@ -81,6 +85,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.limits = ml_collections.ConfigDict(
         dict(min_steps=200, min_tokens_per_param=8.0, max_tokens_per_param=100.0, max_epochs=1.0)
     )
+    config.lr_tuning = [0.25, 0.5, 1.0, 2.0, 4.0]
     config.lr_check = [0.5, 2.0]
     config.evals_per_run = 4
     config.checkpoints_per_run = 4

@@ -51,11 +51,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     from gpt2jax.scaling.plan import expand, format_plan, load_sweep_config
+    from gpt2jax.scaling.tuning import TuningStage, describe, tuned_config
 
     if not 0 < args.mfu <= 1:
         raise ValueError(f"--mfu is {args.mfu}; give a fraction of peak in (0, 1].")
-    plan = expand(load_sweep_config(args.config))
+    config = load_sweep_config(args.config)
+    plan = expand(config)
+    stage = TuningStage(config, plan, Path(args.workdir)) if config.lr_tuning and args.workdir else None
+    rule = stage.rule() if stage else None
     if args.plan:
+        if config.lr_tuning:
+            scan = TuningStage(config, plan, Path(".")).scan
+            print(f"tuning stage, trained first:\n{format_plan(scan, args.device, args.mfu)}\n")
+            if rule:
+                print(f"{describe(rule)}\n")
+                plan = expand(tuned_config(config, rule))
+            else:
+                print("the sweep, its learning rates the untuned rule's until the tuning stage fits its own:")
         print(format_plan(plan, args.device, args.mfu))
         return
     if not args.workdir:
@@ -67,6 +79,14 @@ def run(args: argparse.Namespace) -> None:
 
     # Points of one shape compile the same init and eval steps; a resumed run, its train step.
     jax.config.update("jax_compilation_cache_dir", str((Path(args.workdir) / "jax_cache").absolute()))
+    if stage and rule is None:
+        rule = stage.run(args.config, args.shard, args.stale_after)
+        if rule is None:
+            raise RuntimeError(
+                "the tuning stage is not finished (other workers hold its points); run the same command again once they finish."
+            )
+    if rule:
+        plan = expand(tuned_config(config, rule))
     sweep = Sweep(plan, args.workdir)
     sweep.start(args.config)
     session = sweep.run(args.shard, args.stale_after, max_budget=args.max_budget)

@@ -249,15 +249,16 @@ def memory_constrained_optimum(
 
 def own_law_guidance(peak_flops_per_second: float, mfu: float) -> dict:
     """How to get a law in GPT-2's units when none is given: the GPU sweep, then ``fit --json``, and
-    what the sweep costs on this card at ``mfu`` (its FLOPs by 6N + attention, branches shared)."""
+    what the sweep costs on this card at ``mfu`` (its FLOPs by 6N + attention, branches shared, the
+    tuning scan included)."""
     guidance = {
         "sweep": "python -m gpt2jax.scaling sweep --config experiments/gpu_sweep.py --workdir runs/gpu_sweep",
         "fit": "python -m gpt2jax.scaling fit --results runs/gpu_sweep/results.csv --json > fit.json",
     }
     if GPU_SWEEP.is_file():
-        from gpt2jax.scaling import plan
+        from gpt2jax.scaling import plan, tuning
 
-        sweep_flops = plan.costs(plan.expand(plan.load_sweep_config(str(GPU_SWEEP))))["flops_spent"]["6n_attention"]
+        sweep_flops = tuning.spent_flops(plan.load_sweep_config(str(GPU_SWEEP)))
         guidance.update(flops=sweep_flops, days=sweep_flops / (peak_flops_per_second * mfu) / SECONDS_PER_DAY)
     return guidance
 

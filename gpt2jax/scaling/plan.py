@@ -18,6 +18,8 @@ A sweep config (an ml_collections file in ``experiments/``, ``get_config(variant
              max_epochs: a grid whose points would read their corpus more often is refused
   lr_check   multipliers of the rule's learning rate (e.g. [0.5, 2.0]) that the smallest and
              the largest shape also train at, at their lowest budget and first seed
+  lr_tuning  multipliers (e.g. [0.25, 0.5, 1, 2, 4]) of a scan those two shapes train at first;
+             the rule fitted to its best rates then sets every point's rate (``scaling.tuning``)
   smoke_test True lifts the floors below, for tests and quick trials; never for a fit
   evals_per_run, checkpoints_per_run
              how often a point evaluates (its loss curve) and saves (what a killed run loses)
@@ -82,6 +84,7 @@ SWEEP_KEYS = {
     "params": "total",
     "lr_multipliers": [1.0],
     "lr_check": [],
+    "lr_tuning": [],
     "smoke_test": False,
 }
 RULE_KEYS = {
@@ -506,26 +509,33 @@ def expand(config) -> SweepPlan:
     ]
     if not jobs:
         raise ValueError("no point of the sweep is inside its limits; widen limits or change budgets or shapes.")
-    jobs += _lr_check_jobs(config, jobs)
+    jobs += extreme_shape_jobs(config, jobs, [m for m in config.lr_check if m != 1.0])
     plan = SweepPlan(config, tuple(jobs))
     _check_warmup(plan)
     check_repetition(plan, unique_train_tokens(config))
     return plan
 
 
-def _lr_check_jobs(config, jobs: list[Job]) -> list[Job]:
-    """The learning-rate check's jobs: the smallest and largest shape with points, at their lowest budget."""
-    multipliers = [m for m in config.lr_check if m != 1.0]
+def extreme_shape_jobs(config, jobs, multipliers, lowest_budget_only: bool = False) -> list[Job]:
+    """The smallest and largest shape with points in ``jobs``, at their lowest budget and first seed, once
+    per multiplier of the rule's rate (the learning-rate check's jobs); with ``lowest_budget_only``, the
+    smallest and largest shape of the sweep's lowest budget, there (the tuning stage's scan)."""
     if not multipliers:
         return []
     trained = {shape_name(dict(n_layer=p.n_layer, n_head=p.n_head, n_embd=p.n_embd)) for j in jobs for p in j.points}
     shapes = sorted((s for s in config.shapes if shape_name(s) in trained), key=lambda s: shape_params(config, s))
-    checks = []
+
+    def lowest(shape) -> float:
+        return next(b for b in sorted(config.budgets) if _shape_budget_steps(config, shape, [b])[1])
+
+    if lowest_budget_only:
+        budget = min(lowest(shape) for shape in shapes)
+        shapes = [shape for shape in shapes if lowest(shape) == budget]
+    scan = []
     for shape in {shape_name(s): s for s in (shapes[0], shapes[-1])}.values():
-        lowest = next(b for b in sorted(config.budgets) if _shape_budget_steps(config, shape, [b])[1])
         for multiplier in multipliers:
-            checks += _shape_jobs(config, shape, config.seeds[0], multiplier, budgets=[lowest])
-    return checks
+            scan += _shape_jobs(config, shape, config.seeds[0], multiplier, budgets=[lowest(shape)])
+    return scan
 
 
 def costs(plan: SweepPlan) -> dict:

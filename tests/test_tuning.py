@@ -1,0 +1,134 @@
+"""The tuning stage: the scan's points, the best rate of a scan, the rule fitted to known optima, and a
+sweep that tunes first and then trains every point at the fitted rule's rate."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gpt2jax.scaling import plan as plan_module
+from gpt2jax.scaling import tuning
+from gpt2jax.scaling.results import read_rows
+from tests.helpers import REPO, tiny_sweep_config
+
+MULTIPLIERS = [0.25, 0.5, 1.0, 2.0, 4.0]
+
+
+def _bowl(multiplier: float, best: float, depth: float = 3.0) -> float:
+    """A loss whose minimum over the rate lies at ``best`` times the rule's, quadratic in log(rate)."""
+    return depth + 0.1 * math.log(multiplier / best) ** 2
+
+
+def test_the_best_rate_is_the_parabolas_vertex_and_an_edge_is_no_optimum():
+    rate, bracketed = tuning.best_rate({m: _bowl(m, 1.3) for m in MULTIPLIERS}, rule_rate=0.01)
+    assert bracketed and rate == pytest.approx(0.013, rel=1e-9)
+    rate, bracketed = tuning.best_rate({m: 3.0 - m for m in MULTIPLIERS}, rule_rate=0.01)
+    assert not bracketed and rate == pytest.approx(0.04)
+
+
+def _scan_rows(rules, optimum, widths=(16, 64), multipliers=MULTIPLIERS) -> list[dict]:
+    """results.csv rows of a scan whose true best rate at width w is ``optimum(w)``."""
+    rows = []
+    for width in widths:
+        rule_rate = plan_module.learning_rate(rules, width)
+        for multiplier in multipliers:
+            loss = _bowl(multiplier, optimum(width) / rule_rate)
+            rows.append(
+                dict(
+                    n_layer=1,
+                    n_head=2,
+                    n_embd=width,
+                    lr_multiplier=multiplier,
+                    learning_rate=multiplier * rule_rate,
+                    loss=loss,
+                )
+            )
+    return rows
+
+
+def test_the_fitted_rule_is_the_power_law_through_the_best_rates():
+    config = tiny_sweep_config("unused")
+    config.rules.update(learning_rate=1e-2, width_reference=16, lr_width_exponent=0.5)
+    config.update(smoke_test=True, limits=dict(config.limits, max_epochs=100.0))
+    rule = tuning.fit_rule(config, _scan_rows(config.rules, lambda width: 2.4e-2 * (16 / width) ** 0.8))
+    assert rule["lr_width_exponent"] == pytest.approx(0.8, rel=1e-6)
+    assert rule["learning_rate"] == pytest.approx(2.4e-2, rel=1e-6)
+    assert rule["bracketed"] and [s["n_embd"] for s in rule["shapes"]] == [16, 64]
+    tuned = plan_module.expand(tuning.tuned_config(config, rule))
+    for point in tuned.points:
+        assert point.learning_rate == pytest.approx(2.4e-2 * (16 / point.n_embd) ** 0.8, rel=1e-6)
+
+
+def test_an_optimum_outside_the_scan_is_refused_unless_a_smoke_test():
+    config = tiny_sweep_config("unused")
+    config.smoke_test = False
+    rows = _scan_rows(config.rules, lambda width: 10 * plan_module.learning_rate(config.rules, width))
+    with pytest.raises(ValueError, match="outside the scan; widen lr_tuning"):
+        tuning.fit_rule(config, rows)
+    config.smoke_test = True
+    assert not tuning.fit_rule(config, rows)["bracketed"]
+
+
+def test_the_scan_trains_the_smallest_and_largest_shape_at_their_lowest_budget_and_first_seed():
+    config = tiny_sweep_config("unused", schedule="cosine", budgets=[4096.0, 8192.0])
+    config.update(smoke_test=True, seeds=[3, 4], lr_tuning=[0.5, 1.0, 2.0])
+    config.shapes.append(dict(n_layer=1, n_head=2, n_embd=24))
+    plan = plan_module.expand(config)
+    scan = tuning.scan_plan(plan.config, plan)
+    assert sorted((p.n_embd, p.lr_multiplier) for p in scan.points) == [
+        (16, 0.5), (16, 1.0), (16, 2.0), (32, 0.5), (32, 1.0), (32, 2.0)
+    ]  # fmt: skip
+    assert {p.seed for p in scan.points} == {3} and {scan.tokens(p) for p in scan.points} == {4096}
+
+
+SWEEP_FILE = """
+from tests.helpers import tiny_sweep_config
+
+def get_config(variant=""):
+    config = tiny_sweep_config({data_dir!r}, schedule="cosine", budgets=[2048.0, 4096.0])
+    config.smoke_test = True
+    config.limits.max_epochs = 100.0
+    config.lr_tuning = [0.25, 1.0, 4.0]
+    return config
+"""
+
+
+def test_a_sweep_tunes_first_then_trains_every_point_at_the_fitted_rate(tmp_path):
+    config_file = tmp_path / "sweep.py"
+    config_file.write_text(SWEEP_FILE.format(data_dir=str(tmp_path / "data")))
+    workdir = tmp_path / "sweep"
+    env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    command = [
+        sys.executable,
+        "-m",
+        "gpt2jax.scaling",
+        "sweep",
+        "--config",
+        str(config_file),
+        "--workdir",
+        str(workdir),
+    ]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "tuning: rule learning_rate" in done.stdout
+    rule = json.loads((workdir / tuning.RULE_FILE).read_text())
+    scanned = read_rows(workdir / tuning.TUNING_DIR / "results.csv")
+    assert sorted((int(r["n_embd"]), float(r["lr_multiplier"])) for r in scanned) == [
+        (16, 0.25), (16, 1.0), (16, 4.0), (32, 0.25), (32, 1.0), (32, 4.0)
+    ]  # fmt: skip
+    assert rule == tuning.fit_rule(plan_module.load_sweep_config(str(config_file)), scanned)
+    points = read_rows(workdir / "results.csv")
+    assert len(points) == 4
+    for row in points:
+        expected = rule["learning_rate"] * (16 / int(row["n_embd"])) ** rule["lr_width_exponent"]
+        assert float(row["learning_rate"]) == pytest.approx(expected, rel=1e-6)
+    # The plan of a tuned workdir shows the fitted rates; run again, the sweep has nothing left to do.
+    shown = subprocess.run([*command, "--plan"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert f"{float(points[0]['learning_rate']):>9.2e}" in shown.stdout.split("tuning: rule")[1]
+    again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and json.loads(again.stdout.splitlines()[-1])["points_run"] == []
+    assert np.isfinite([float(r["loss"]) for r in points]).all()
