@@ -292,15 +292,7 @@ def budget_report(
     device = flops.DEVICE_PEAKS[gpu]
     peak = device[precision]
     seconds = days * SECONDS_PER_DAY
-    bench = None if mfu is not None else recorded_bench(gpu, bench_records)
-    if mfu is not None:
-        mfu_source = "--mfu"
-    elif bench is not None:
-        mfu = bench["model_flops_per_s"] / bench.get("n_devices", 1) / peak
-        mfu_source = f"bench record in {bench_records} ({bench.get('n_params', '?')} parameters)"
-    else:
-        mfu, mfu_source = DEFAULT_MFU, "assumed: no --mfu, no bench record for this card"
-    _check_fraction("mfu", mfu)
+    mfu, mfu_source = _run_mfu(gpu, peak, mfu, bench_records)
     corpus_name, corpus_size = corpus_tokens(corpus)
     memory_bytes = device["memory_gib"] * 2**30
     usable_bytes = usable_fraction() * memory_bytes
@@ -322,43 +314,17 @@ def budget_report(
     }
     largest_fitting = max((shape["params"] for shape in fitting.values() if shape), default=0)
 
-    laws = {}
     # The user's own fit, in GPT-2's units, leads the table; the published laws follow.
-    for law in [*([fit] if fit is not None else []), *PUBLISHED_LAWS.values()]:
-        params, tokens = (float(value) for value in law.compute_optimal(total))
-        laws[law.name] = {
-            "params": params,
-            "tokens": tokens,
-            "tokens_per_param": tokens / params,
-            "predicted_loss": float(law.loss(params, tokens)),
-            "training_memory_bytes": flops.training_memory_bytes(math.ceil(params)),
-            "fits_in_memory": params <= largest_fitting,
-            "source": law.source,
-            **data_use(tokens, params, corpus_size),
-        }
-
-    models = {}
-    for name, n_params in gpt2_params.items():
-        optimal_flops = float(HEADLINE_LAW.optimal_flops(n_params))
-        original_flops = 6.0 * n_params * GPT2_ORIGINAL_TOKENS
-        preset = model.PRESETS[name]
-        estimated = {opt: step_bytes(preset["n_layer"], preset["n_embd"], opt, dtype) for opt in OPTIMIZERS}
-        models[name] = {
-            "n_params": n_params,
-            "training_memory_bytes": flops.training_memory_bytes(n_params),
-            "estimated_memory_bytes": estimated["adamw"],
-            "fits_in_memory": estimated["adamw"] <= usable_bytes,
-            "estimated_memory_bytes_by_optimizer": estimated,
-            "fits_with": [opt for opt in OPTIMIZERS if estimated[opt] <= usable_bytes],
-            "optimal_epochs": float(HEADLINE_LAW.optimal_tokens(n_params)) / corpus_size,
-            "original_epochs": GPT2_ORIGINAL_TOKENS / corpus_size,
-            "optimal_tokens": float(HEADLINE_LAW.optimal_tokens(n_params)),
-            "optimal_flops": optimal_flops,
-            "optimal_days": days_at_mfu(optimal_flops),
-            "original_tokens": GPT2_ORIGINAL_TOKENS,
-            "original_flops": original_flops,
-            "original_days": days_at_mfu(original_flops),
-        }
+    laws = {
+        law.name: _law_row(law, total, largest_fitting, corpus_size)
+        for law in [*([fit] if fit is not None else []), *PUBLISHED_LAWS.values()]
+    }
+    models = {
+        name: _gpt2_row(
+            name, n_params, days_at_mfu, lambda *shape: step_bytes(*shape, dtype), usable_bytes, corpus_size
+        )
+        for name, n_params in gpt2_params.items()
+    }
 
     headline = laws[HEADLINE_LAW.name]
     constrained = {}
@@ -419,6 +385,60 @@ def budget_report(
         "gpt2_small_optimal_tokens": models["gpt2"]["optimal_tokens"],
         "laws": laws,
         "models": models,
+    }
+
+
+def _run_mfu(gpu: str, peak: float, mfu: float | None, bench_records) -> tuple[float, str]:
+    """(MFU, where it came from): ``--mfu``, else the card's last bench record, else DEFAULT_MFU."""
+    bench = None if mfu is not None else recorded_bench(gpu, bench_records)
+    if mfu is not None:
+        source = "--mfu"
+    elif bench is not None:
+        mfu = bench["model_flops_per_s"] / bench.get("n_devices", 1) / peak
+        source = f"bench record in {bench_records} ({bench.get('n_params', '?')} parameters)"
+    else:
+        mfu, source = DEFAULT_MFU, "assumed: no --mfu, no bench record for this card"
+    _check_fraction("mfu", mfu)
+    return mfu, source
+
+
+def _law_row(law: ChinchillaLaw, total_flops: float, largest_fitting: float, corpus_size: float) -> dict:
+    """A law's compute-optimal allocation of ``total_flops``, its loss, memory and data use."""
+    params, tokens = (float(value) for value in law.compute_optimal(total_flops))
+    return {
+        "params": params,
+        "tokens": tokens,
+        "tokens_per_param": tokens / params,
+        "predicted_loss": float(law.loss(params, tokens)),
+        "training_memory_bytes": flops.training_memory_bytes(math.ceil(params)),
+        "fits_in_memory": params <= largest_fitting,
+        "source": law.source,
+        **data_use(tokens, params, corpus_size),
+    }
+
+
+def _gpt2_row(name: str, n_params: int, days_at_mfu, step_bytes, usable_bytes: float, corpus_size: float) -> dict:
+    """A GPT-2 size trained compute-optimally and on GPT-2's 10B tokens: FLOPs, days, epochs, and its
+    step's memory with each optimizer (``step_bytes(n_layer, n_embd, optimizer)``)."""
+    optimal_flops = float(HEADLINE_LAW.optimal_flops(n_params))
+    original_flops = 6.0 * n_params * GPT2_ORIGINAL_TOKENS
+    preset = model.PRESETS[name]
+    estimated = {opt: step_bytes(preset["n_layer"], preset["n_embd"], opt) for opt in OPTIMIZERS}
+    return {
+        "n_params": n_params,
+        "training_memory_bytes": flops.training_memory_bytes(n_params),
+        "estimated_memory_bytes": estimated["adamw"],
+        "fits_in_memory": estimated["adamw"] <= usable_bytes,
+        "estimated_memory_bytes_by_optimizer": estimated,
+        "fits_with": [opt for opt in OPTIMIZERS if estimated[opt] <= usable_bytes],
+        "optimal_epochs": float(HEADLINE_LAW.optimal_tokens(n_params)) / corpus_size,
+        "original_epochs": GPT2_ORIGINAL_TOKENS / corpus_size,
+        "optimal_tokens": float(HEADLINE_LAW.optimal_tokens(n_params)),
+        "optimal_flops": optimal_flops,
+        "optimal_days": days_at_mfu(optimal_flops),
+        "original_tokens": GPT2_ORIGINAL_TOKENS,
+        "original_flops": original_flops,
+        "original_days": days_at_mfu(original_flops),
     }
 
 
