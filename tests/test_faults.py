@@ -5,6 +5,7 @@ cut records, and what sampling, export and the commands do with what users give 
 
 import errno
 import functools
+import hashlib
 import json
 import math
 import os
@@ -136,13 +137,28 @@ def test_a_val_split_shorter_than_one_window_is_refused_at_start(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
-def test_a_token_file_edited_after_preparation_is_refused(tmp_path):
+def test_a_token_file_edited_after_preparation_is_refused_though_its_size_and_mtime_are_kept(tmp_path):
     config = compact_config(tmp_path / "data", steps=2, checkpoint_every=1)
-    first_train_file = sorted(prepared_data(config).path.glob("train*.bin"))[0]
-    tokens = np.fromfile(first_train_file, dtype="<u2")
-    tokens[100] = (tokens[100] + 1) % 64  # the same size and ids in range: only the hash tells
-    tokens.tofile(first_train_file)
-    with pytest.raises(ValueError, match=rf"{first_train_file.name} does not match the sha256 its meta.json records"):
+    config.data.shard_tokens = 5_000
+    loop.run(config, tmp_path / "w")
+    second_train_file = prepared_data(config).path / "train_000001.bin"
+    stat = second_train_file.stat()
+    in_range = (int(np.fromfile(second_train_file, dtype="<u2")[100]) + 1) % 64
+    for value in (in_range, 65535):  # an id in range: only the hash tells; 65535 is outside the vocabulary too
+        tokens = np.fromfile(second_train_file, dtype="<u2")
+        tokens[100] = value
+        tokens.tofile(second_train_file)
+        os.utime(second_train_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as a restored backup keeps them
+        config.train.steps += 2
+        with pytest.raises(ValueError, match=rf"{second_train_file.name} does not match the sha256 its meta.json"):
+            loop.run(config, tmp_path / "w")
+    meta_path = second_train_file.parent / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    for shard in meta["shards"]["train"]:
+        if shard["file"] == second_train_file.name:  # a meta.json rewritten to the bad file's hash
+            shard["sha256"] = hashlib.sha256(second_train_file.read_bytes()).hexdigest()
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"train_000001.bin holds token id 65535, outside the vocabulary of 65"):
         loop.run(config, tmp_path / "w")
 
 

@@ -3,7 +3,7 @@
 A training workdir (``--workdir`` of ``gpt2jax.main``) holds
   config.json             the config it trains with (a change on resume is recorded first, see below)
   config_changes.jsonl    one line per resume that changed the config: the differences and the step
-  data.json               the prepared data it trains on: its meta.json and the token files it verified
+  data.json               the prepared data it trains on: its path and meta.json
   metrics.jsonl           one JSON object per log line
   run.lock                held by the run training in it (see ``locks``)
   checkpoints/            Orbax steps (see ``checkpoint``)

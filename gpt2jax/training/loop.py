@@ -21,8 +21,7 @@ import jax
 import numpy as np
 
 from gpt2jax import flops, init_from
-from gpt2jax.data import loader, shards
-from gpt2jax.data.shards import META_FILE
+from gpt2jax.data import loader
 from gpt2jax.files import workdir as workdir_files
 from gpt2jax.files.atomic import write_atomically
 from gpt2jax.files.locks import FileLock
@@ -49,7 +48,7 @@ RESUMABLE_KEYS = (
     "train.init_from",
     "train.grad_accum_steps",
     "data.dir",
-    "data.prepared",  # a move of the same tokens: verify_data checks them against data.json
+    "data.prepared",  # a move of the same tokens: the loader checks them against their meta.json
     "data.tfds_data_dir",
     "model.attention",
     "model.remat",
@@ -264,27 +263,14 @@ def check_data_fits(data, block_size: int) -> None:
             )
 
 
-def verify_data(data, workdir: Path) -> None:
-    """Checks the token files against the sha256 their meta.json records, and records data.json.
+def record_data(data, workdir: Path) -> None:
+    """Records in data.json the prepared data the run trains on (its path and meta.json).
 
-    A file is hashed again only when its size or modification time changed since the
-    workdir last verified it: sha256 ran at 476 MB/s on the project's 2-core CPU, so C4's 20 GB of
-    tokens (10B) would take about 45 s once.
+    The token files themselves were checked against meta.json when the loader opened them.
     """
     path = workdir / workdir_files.DATA_FILE
-    recorded = workdir_files.read_json(path) if path.is_file() else {}
-    verified = recorded.get("verified", {}) if recorded.get("path") == str(data.path) else {}
-    stamps = {}
-    for name, digest in shards.recorded_hashes(data.meta).items():
-        stat = (data.path / name).stat()
-        stamps[name] = [stat.st_size, stat.st_mtime_ns]
-        if verified.get(name) != stamps[name] and shards.file_sha256(data.path / name) != digest:
-            raise ValueError(
-                f"{data.path / name} does not match the sha256 its {META_FILE} records, so it changed after it "
-                f"was prepared; delete {data.path} and prepare it again."
-            )
-    if jax.process_index() == 0 and recorded.get("verified") != stamps:
-        record = {"path": str(data.path), "meta": data.meta, "verified": stamps}
+    record = {"path": str(data.path), "meta": data.meta}
+    if jax.process_index() == 0 and (not path.is_file() or workdir_files.read_json(path) != record):
         write_atomically(path, json.dumps(record, indent=2) + "\n")
 
 
@@ -404,7 +390,7 @@ def _run_locked(trainer: Trainer, data, workdir: Path) -> dict:
             done = [record for record in workdir_files.read_metrics(workdir) if record["step"] == latest]
             return done[-1] if done else {"step": latest}
         changes = check_config_change(config, workdir)
-        verify_data(data, workdir)
+        record_data(data, workdir)
         if jax.process_index() == 0:
             checkpointer.set_aside_uncommitted()
         state = restore_or_init(trainer, checkpointer)
