@@ -250,6 +250,27 @@ def test_a_second_trainer_is_refused_readers_see_committed_steps_and_a_killed_lo
     assert final["step"] == config.train.steps and not (workdir / workdir_files.LOCK_FILE).exists()
 
 
+def test_ctrl_c_stops_training_in_one_line_naming_its_checkpoint_and_frees_the_workdir(data_dir, tmp_path):
+    workdir = tmp_path / "run"
+    config = compact_config(data_dir, steps=5000, checkpoint_every=5, log_every=1000)
+    config.train.eval_every = 5000
+    first = subprocess.Popen(
+        _driver("", config, workdir), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    saved = Checkpointer(workdir / "checkpoints", writer=False)
+    deadline = time.time() + 240
+    while first.poll() is None and time.time() < deadline and not saved.committed_steps():
+        time.sleep(0.05)
+    first.send_signal(signal.SIGINT)
+    _, stderr = first.communicate(timeout=120)
+    assert first.returncode == 128 + signal.SIGINT, stderr
+    newest = max(saved.committed_steps())
+    assert stderr.strip().splitlines()[-1] == (
+        f"stopped by SIGINT: its newest checkpoint is step {newest} in {workdir}; the same command resumes from it."
+    )
+    assert "Traceback" not in stderr and not (workdir / workdir_files.LOCK_FILE).exists()
+
+
 # Records survive crashes.
 
 

@@ -14,8 +14,6 @@ import json
 import math
 from pathlib import Path
 
-from gpt2jax import cli
-
 HELP = "run a sweep's points (resumable, shardable over workers), or print its plan"
 
 
@@ -60,7 +58,6 @@ def run(args: argparse.Namespace) -> None:
         return
     if not args.workdir:
         raise ValueError("--workdir is required to run a sweep (or pass --plan).")
-    cli.exit_on_sigterm()
     import jax
 
     from gpt2jax.scaling.sweep import Sweep

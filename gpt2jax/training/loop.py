@@ -22,6 +22,7 @@ import numpy as np
 
 from gpt2jax import flops, init_from
 from gpt2jax.data import loader
+from gpt2jax.errors import Stopped
 from gpt2jax.files import workdir as workdir_files
 from gpt2jax.files.atomic import write_atomically
 from gpt2jax.files.locks import FileLock
@@ -396,6 +397,12 @@ def _run_locked(trainer: Trainer, data, workdir: Path) -> dict:
         state = restore_or_init(trainer, checkpointer)
         record_config(config, workdir, changes, int(state["step"]), console.say)
         return _train(trainer, data, workdir, checkpointer, state, console)
+    except Stopped as stop:
+        if stop.message is None:  # _train's finally has completed the save in flight
+            saved = checkpointer.latest_step()
+            kept = f"its newest checkpoint is step {saved}" if saved is not None else "it saved no checkpoint yet"
+            stop.message = f"stopped by {stop.name}: {kept} in {workdir}; the same command resumes from it."
+        raise
     finally:
         console.close()
         checkpointer.close()
