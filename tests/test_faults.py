@@ -485,11 +485,25 @@ def test_export_refuses_what_it_did_not_write(trained, tmp_path):
     assert export.export_checkpoint(workdir, tmp_path / "out")["step"] == 12  # its own export: replaced
 
 
-def test_invalid_json_files_are_named(trained, tmp_path):
+def test_invalid_json_files_are_named(trained, data_dir, tmp_path):
     workdir = _copy(trained, tmp_path)
     (workdir / "config.json").write_text('{"model": ')
     with pytest.raises(ValueError, match=r"run/config.json is not valid JSON"):
         weights.restore_checkpoint(workdir)
+    (workdir / "config.json").write_text("[]")  # valid JSON, but no config: one sentence, from the command too
+    with pytest.raises(ValueError, match=r"run/config.json holds a JSON list, not an object; restore it or remove it"):
+        loop.run(compact_config(data_dir, steps=14), workdir)
+    evaluate = subprocess.run(
+        [sys.executable, "-m", "gpt2jax.cli.evaluate", "--workdir", str(workdir)],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert evaluate.returncode == 1 and evaluate.stderr.strip().splitlines() == [
+        f"error: {workdir / 'config.json'} holds a JSON list, not an object; restore it or remove it."
+    ], evaluate.stderr[-2000:]
     sweep = Sweep(types.SimpleNamespace(config=ml_collections.ConfigDict({"budgets": [1.0]})), tmp_path / "sweep")
     (tmp_path / "sweep").mkdir()
     (tmp_path / "sweep" / "sweep.json").write_text("{")

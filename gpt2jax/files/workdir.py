@@ -45,13 +45,16 @@ POINTS_DIR = "points"
 LOCKS_DIR = "locks"
 
 
-def read_json(path: str | Path):
-    """The JSON value in ``path``; invalid JSON is a one-sentence error naming the file."""
+def read_json(path: str | Path, remedy: str = "restore it or remove it") -> dict:
+    """The JSON object in ``path`` (every file these read holds one); anything else is one sentence naming the file."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); restore it or remove it.") from None
+        raise ValueError(f"{path} is not valid JSON ({error}); {remedy}.") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} holds a JSON {type(value).__name__}, not an object; {remedy}.")
+    return value
 
 
 def load_run_config(workdir: str | Path):
