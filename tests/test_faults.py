@@ -205,6 +205,34 @@ def test_a_bit_flipped_checkpoint_is_refused_though_it_reads(trained, data_dir, 
         assert loop.run(config, workdir)["step"] == 18
 
 
+def test_a_workdir_whose_records_disagree_is_refused_naming_the_flag_that_accepts_it(data_dir, tmp_path):
+    workdir = tmp_path / "run"
+    config = compact_config(data_dir, checkpoint_every=3)  # the save of 9 waits for 6's: step 12's record names 6+
+    loop.run(config, workdir)
+    saved_config = (workdir / "config.json").read_bytes()
+    (workdir / "config.json").unlink()  # the one record of the config the checkpoints were trained with
+    for steps in (12, 14):  # finished, and extended: another rate would otherwise pass unseen
+        with pytest.raises(
+            ValueError,
+            match=r"run holds checkpoints \(newest step 12\) but no config.json, .* restore .*run/config.json, or pass "
+            r"--config.train.allow_config_change=True to continue them with this config\.$",
+        ):
+            loop.run(compact_config(data_dir, steps=steps, learning_rate=3e-3), workdir)
+    (workdir / "config.json").write_bytes(saved_config)
+    shutil.rmtree(workdir / "checkpoints")  # metrics.jsonl stays, and says which steps were saved
+    with pytest.raises(
+        ValueError,
+        match=r"run/metrics.jsonl records a checkpoint of step (6|9) \(training to step 12\) but it holds none: "
+        r"checkpoints were deleted or lost, .* pass --config.train.allow_lost_checkpoints=True to continue from the "
+        r"start\.$",
+    ):
+        loop.run(config, workdir)
+    config.train.allow_lost_checkpoints = True
+    assert loop.run(config, workdir)["step"] == 12
+    config.train.update(allow_lost_checkpoints=False, steps=14)
+    assert loop.run(config, workdir)["step"] == 14  # the records agree again
+
+
 def test_a_step_folder_without_its_commit_marker_is_not_a_checkpoint(trained, data_dir, tmp_path):
     workdir = _copy(trained, tmp_path)
     shutil.copytree(workdir / "checkpoints" / "12", workdir / "checkpoints" / "18")

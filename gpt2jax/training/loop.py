@@ -192,7 +192,7 @@ def config_changes(saved: dict, new: dict) -> dict[str, tuple]:
     saved_flat, new_flat = _flat(saved), _flat(new)
     changes = {}
     for key in sorted(set(saved_flat) | set(new_flat)):
-        if key == "train.allow_config_change":
+        if key.startswith("train.allow_"):  # what a resume accepts, not what the run is
             continue
         old, value = saved_flat.get(key, defaults.get(key)), new_flat.get(key, defaults.get(key))
         if old != value:
@@ -213,6 +213,40 @@ def _meaningful(changes: dict) -> dict:
 
 def _describe(changes: dict) -> str:
     return ", ".join(f"{key} {old!r} -> {value!r}" for key, (old, value) in changes.items())
+
+
+def check_records_agree(config, workdir: Path, checkpointer: Checkpointer) -> None:
+    """Refuses a workdir whose records disagree: files deleted or lost, so a resume would take another run's word.
+
+    config.json is the one record of what the checkpoints mean: checkpoints beside none would
+    resume under any config. Each metrics.jsonl record names the newest checkpoint committed
+    when it was written; if the last one written names a step newer than any the workdir holds
+    (or set aside), checkpoints were deleted, and a resume would train their steps again and
+    mix their metrics with the old ones.
+    """
+    committed = checkpointer.committed_steps()
+    config_path = workdir / workdir_files.CONFIG_FILE
+    if committed and not config_path.is_file() and not config.train.allow_config_change:
+        raise ValueError(
+            f"{workdir} holds checkpoints (newest step {committed[-1]}) but no {workdir_files.CONFIG_FILE}, the record "
+            f"of the config they were trained with, so a resume could not tell a changed config; restore "
+            f"{config_path}, or pass --config.train.allow_config_change=True to continue them with this config."
+        )
+    records = workdir_files.read_jsonl(workdir / workdir_files.METRICS_FILE)  # in the order written
+    claimed = records[-1].get("checkpoint") if records else None
+    set_aside = workdir / workdir_files.SET_ASIDE_DIR
+    aside = [int(path.name.split("-")[0]) for path in set_aside.glob("*-*")] if set_aside.is_dir() else []
+    newest = max(committed + aside, default=None)
+    if claimed is None or (newest is not None and newest >= claimed) or config.train.allow_lost_checkpoints:
+        return
+    kept = f"the newest it holds is step {newest}" if newest is not None else "it holds none"
+    raise ValueError(
+        f"{workdir / workdir_files.METRICS_FILE} records a checkpoint of step {claimed} (training to step "
+        f"{records[-1]['step']}) but {kept}: checkpoints were deleted or lost, and a resume would train those steps "
+        f"again and mix their metrics with the old ones; restore {workdir / workdir_files.CHECKPOINTS_DIR}, use a new "
+        f"--workdir, or pass --config.train.allow_lost_checkpoints=True to continue from "
+        f"{f'step {newest}' if newest is not None else 'the start'}."
+    )
 
 
 def check_config_change(config, workdir: Path) -> dict:
@@ -380,6 +414,7 @@ def _run_locked(trainer: Trainer, data, workdir: Path) -> dict:
     config, train_config = trainer.config, trainer.config.train
     checkpointer = Checkpointer(workdir / workdir_files.CHECKPOINTS_DIR, keep=train_config.keep_checkpoints)
     refuse_scratch_over_checkpoints(train_config, checkpointer)
+    check_records_agree(config, workdir, checkpointer)
     latest = checkpointer.latest_step()
     console = _Console(train_config.steps, min(latest or 0, train_config.steps))
     try:
@@ -492,6 +527,7 @@ def _train(trainer: Trainer, data, workdir: Path, checkpointer: Checkpointer, st
                 )
                 if evaluate_now:
                     record["val_loss"] = trainer.evaluate(state["params"], data.val, train_config.eval_batches)
+                record["checkpoint"] = checkpointer.latest_step()  # what check_records_agree holds a resume to
                 logger.write(record)
                 console.say(log_line(record, train_config.steps))
                 window = _Window()
