@@ -299,6 +299,20 @@ def test_ctrl_c_stops_training_in_one_line_naming_its_checkpoint_and_frees_the_w
     assert "Traceback" not in stderr and not (workdir / workdir_files.LOCK_FILE).exists()
 
 
+def test_an_empty_lock_left_by_a_crash_is_stale_and_said_to_be(data_dir, tmp_path):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    lock = workdir / workdir_files.LOCK_FILE
+    lock.touch()  # as a creator killed between creating the file and writing its owner leaves it
+    with pytest.raises(RuntimeError, match=r"run is in use by another training run \(it is taking the lock this very"):
+        loop.run(compact_config(data_dir, steps=2), workdir)  # so fresh, its creator may still be writing it
+    old = time.time() - 60
+    os.utime(lock, (old, old))
+    with pytest.warns(UserWarning, match=r"run.lock names no owner \(empty or unreadable: .*so it is stale; broke it"):
+        assert loop.run(compact_config(data_dir, steps=2), workdir)["step"] == 2
+    assert not lock.exists()
+
+
 # Records survive crashes.
 
 

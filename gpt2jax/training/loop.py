@@ -389,10 +389,13 @@ def run(config, workdir: str | Path) -> dict:
     lock = FileLock(workdir / workdir_files.LOCK_FILE)
     if jax.process_index() == 0 and not lock.try_acquire():
         holder = lock.holder() or {}
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("since", 0)))
+        if "pid" in holder:
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("since", 0)))
+            who = f"pid {holder['pid']} on host {holder.get('host', '?')}, since {since}"
+        else:  # younger than locks.UNREADABLE_GRACE_S: its creator is still writing it
+            who = "it is taking the lock this very moment"
         raise RuntimeError(
-            f"{workdir} is in use by another training run (pid {holder.get('pid', '?')} on host "
-            f"{holder.get('host', '?')}, since {since}); wait for it to finish or train in another --workdir."
+            f"{workdir} is in use by another training run ({who}); wait for it to finish or train in another --workdir."
         )
     try:
         return _run_locked(trainer, data, workdir)
