@@ -291,6 +291,7 @@ class _Position:
 
 
 def _write_pieces(plan: sources.Plan, partial: Path, settings: dict, shard_tokens: int, workers: int) -> dict:
+    plan.fingerprint()  # the files' content hashed now, before the workers read them, and kept for the journal
     journal = _resume(partial, settings, shard_tokens, plan)
     max_tokens = settings["max_tokens"]
     budgets = {"train": max_tokens, "val": math.ceil(max_tokens * settings["val_fraction"]) if max_tokens else None}
