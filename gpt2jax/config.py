@@ -77,6 +77,10 @@ def base_config() -> ml_collections.ConfigDict:
             # Resuming a workdir with a config that changes what its checkpoint means (seed, batch,
             # schedule, rate, fewer steps...) is refused unless True; the change is then recorded.
             allow_config_change=False,
+            # Resuming a workdir whose metrics.jsonl records a checkpoint newer than any it holds
+            # (deleted or lost) is refused unless True: the run then continues from the newest
+            # left, or its start, and its records replace the old ones step by step.
+            allow_lost_checkpoints=False,
         )
     )
 

@@ -1,6 +1,8 @@
-"""How another library's error reads inside one of gpt2jax's one-sentence messages."""
+"""How a command's end reads: another library's error inside a one-sentence message, and a stop by signal."""
 
 from __future__ import annotations
+
+import signal
 
 
 def first_line(error: BaseException, limit: int | None = None) -> str:
@@ -12,3 +14,22 @@ def first_line(error: BaseException, limit: int | None = None) -> str:
     text = str(error).strip()
     line = text.splitlines()[0] if text else type(error).__name__
     return line if limit is None or len(line) <= limit else line[: limit - 3] + "..."
+
+
+class Stopped(SystemExit):
+    """A command stopped by SIGTERM or SIGINT: it exits 128 + the signal's number after its ``finally`` clauses.
+
+    ``message``, when the code that stopped knows it (what was saved, how to go on), is the one
+    line the command prints.
+    """
+
+    def __init__(self, signum: int, message: str | None = None):
+        super().__init__(128 + signum)
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        self.message = message
+
+
+def stop_now(signum, frame) -> None:
+    """The signal handler of a command that stops where it is: it raises ``Stopped``."""
+    raise Stopped(signum)

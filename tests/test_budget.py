@@ -1,4 +1,5 @@
 import json
+import math
 import re
 
 import pytest
@@ -248,6 +249,17 @@ def test_fit_file_without_constants_is_refused(tmp_path, capsys):
     path = tmp_path / "fit.json"
     path.write_text(json.dumps({"E": 1.8}))
     assert re.fullmatch("error: fit file .* lacks A, B, alpha, beta;.*", user_error(capsys, ["--fit", str(path)]))
+
+
+@pytest.mark.parametrize("bad", [{"alpha": 0}, {"E": math.nan}, {"B": "400"}, {"beta": -0.3}])
+def test_fit_file_whose_constants_make_no_law_is_refused(tmp_path, capsys, bad):
+    path = tmp_path / "fit.json"
+    path.write_text(json.dumps({"E": 1.8, "A": 400.0, "B": 400.0, "alpha": 0.34, "beta": 0.28} | bad))
+    ((name, value),) = bad.items()
+    assert re.fullmatch(
+        rf"error: fit file .*fit.json holds {name}={re.escape(repr(value))}; a law needs finite constants, .*fit --json\.",
+        user_error(capsys, ["--fit", str(path)]),
+    )
 
 
 def test_the_short_command_answers_the_question_as_the_issue_spells_it():

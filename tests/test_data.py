@@ -24,6 +24,7 @@ import tiktoken.registry
 
 from gpt2jax.cli.prepare import entry as prepare_command
 from gpt2jax.data import prepare as prepare_module
+from gpt2jax.data import shards
 from gpt2jax.data.loader import (
     TokenStream,
     batch_for_step,
@@ -433,7 +434,7 @@ def test_losing_a_publish_race_keeps_the_winners_copy(tmp_path, monkeypatch):
     assert sorted(path.name for path in tmp_path.iterdir()) == [".out.lock", "elsewhere", "out"]
 
 
-def test_a_directory_in_the_single_file_format_still_reads(tmp_path):
+def test_a_directory_in_the_single_file_format_still_reads(tmp_path, monkeypatch):
     # Format 1 wrote one train.bin and one val.bin.
     out = tmp_path / "old"
     out.mkdir()
@@ -445,6 +446,14 @@ def test_a_directory_in_the_single_file_format_still_reads(tmp_path):
     data = open_prepared(out)
     np.testing.assert_array_equal(data.train[:], train)
     np.testing.assert_array_equal(data.val[:], val)
+    real_read = shards._read_checked
+    monkeypatch.setattr(shards, "_read_checked", lambda path: pytest.fail(f"{path} read twice by one process"))
+    open_prepared(out)  # a sweep opens the same files for every point: each file is read once
+    monkeypatch.setattr(shards, "_read_checked", real_read)
+    val[7] = 65535  # it records no hashes, so only the id check can tell
+    (out / "val.bin").write_bytes(val.tobytes())  # a write since the first read: read again
+    with pytest.raises(ValueError, match=r"old/val.bin holds token id 65535, outside the vocabulary of 50257"):
+        open_prepared(out)
 
 
 # loader.

@@ -181,3 +181,45 @@ def test_a_journal_is_continued_only_for_the_same_input_and_stale_files_are_remo
     files[1].write_bytes(files[0].read_bytes())
     with pytest.raises(ValueError, match="changed since the prepare interrupted in .*again.partial began"):
         prepare(source, tmp_path / "again", shard_tokens=1_000)
+
+
+def test_a_source_file_edited_in_place_to_the_same_size_is_not_continued_over(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    texts = documents(60)
+    for index in range(6):  # a .txt file is one document
+        (corpus / f"{index}.txt").write_text(" ".join(texts[index * 10 : (index + 1) * 10]))
+    source, out = f"text:{corpus}/*.txt", tmp_path / "out"
+    with interrupted_after_publishing(2):
+        prepare(source, out, shard_tokens=500)
+    edited = corpus / "4.txt"
+    stat = edited.stat()
+    subprocess.run(["sed", "-i", "s/the/THE/g", str(edited)], check=True)  # the same size, another text
+    assert edited.stat().st_size == stat.st_size and "THE" in edited.read_text()
+    with pytest.raises(ValueError, match=r"the files of 'text:.*' changed since the prepare interrupted in .* began"):
+        prepare(source, out, shard_tokens=500)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes")
+def test_a_named_pipe_among_the_text_files_is_refused_not_read_forever(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for index, text in enumerate(documents(4)):
+        (corpus / f"{index}.txt").write_text(text)
+    os.mkfifo(corpus / "5.txt")
+    command = [
+        sys.executable,
+        "-m",
+        "gpt2jax.cli.prepare",
+        "--source",
+        f"text:{corpus}/*",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+    result = subprocess.run(
+        command, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+        f"error: {corpus / '5.txt'} is not a regular file (a named pipe, a device, a socket or a broken link); only "
+        f"regular files are documents: remove it, or narrow the glob '{corpus}/*'."
+    ], result.stderr[-2000:]

@@ -5,6 +5,7 @@ cut records, and what sampling, export and the commands do with what users give 
 
 import errno
 import functools
+import hashlib
 import json
 import math
 import os
@@ -136,13 +137,28 @@ def test_a_val_split_shorter_than_one_window_is_refused_at_start(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
-def test_a_token_file_edited_after_preparation_is_refused(tmp_path):
+def test_a_token_file_edited_after_preparation_is_refused_though_its_size_and_mtime_are_kept(tmp_path):
     config = compact_config(tmp_path / "data", steps=2, checkpoint_every=1)
-    first_train_file = sorted(prepared_data(config).path.glob("train*.bin"))[0]
-    tokens = np.fromfile(first_train_file, dtype="<u2")
-    tokens[100] = (tokens[100] + 1) % 64  # the same size and ids in range: only the hash tells
-    tokens.tofile(first_train_file)
-    with pytest.raises(ValueError, match=rf"{first_train_file.name} does not match the sha256 its meta.json records"):
+    config.data.shard_tokens = 5_000
+    loop.run(config, tmp_path / "w")
+    second_train_file = prepared_data(config).path / "train_000001.bin"
+    stat = second_train_file.stat()
+    in_range = (int(np.fromfile(second_train_file, dtype="<u2")[100]) + 1) % 64
+    for value in (in_range, 65535):  # an id in range: only the hash tells; 65535 is outside the vocabulary too
+        tokens = np.fromfile(second_train_file, dtype="<u2")
+        tokens[100] = value
+        tokens.tofile(second_train_file)
+        os.utime(second_train_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # as a restored backup keeps them
+        config.train.steps += 2
+        with pytest.raises(ValueError, match=rf"{second_train_file.name} does not match the sha256 its meta.json"):
+            loop.run(config, tmp_path / "w")
+    meta_path = second_train_file.parent / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    for shard in meta["shards"]["train"]:
+        if shard["file"] == second_train_file.name:  # a meta.json rewritten to the bad file's hash
+            shard["sha256"] = hashlib.sha256(second_train_file.read_bytes()).hexdigest()
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"train_000001.bin holds token id 65535, outside the vocabulary of 65"):
         loop.run(config, tmp_path / "w")
 
 
@@ -189,6 +205,34 @@ def test_a_bit_flipped_checkpoint_is_refused_though_it_reads(trained, data_dir, 
         assert loop.run(config, workdir)["step"] == 18
 
 
+def test_a_workdir_whose_records_disagree_is_refused_naming_the_flag_that_accepts_it(data_dir, tmp_path):
+    workdir = tmp_path / "run"
+    config = compact_config(data_dir, checkpoint_every=3)  # the save of 9 waits for 6's: step 12's record names 6+
+    loop.run(config, workdir)
+    saved_config = (workdir / "config.json").read_bytes()
+    (workdir / "config.json").unlink()  # the one record of the config the checkpoints were trained with
+    for steps in (12, 14):  # finished, and extended: another rate would otherwise pass unseen
+        with pytest.raises(
+            ValueError,
+            match=r"run holds checkpoints \(newest step 12\) but no config.json, .* restore .*run/config.json, or pass "
+            r"--config.train.allow_config_change=True to continue them with this config\.$",
+        ):
+            loop.run(compact_config(data_dir, steps=steps, learning_rate=3e-3), workdir)
+    (workdir / "config.json").write_bytes(saved_config)
+    shutil.rmtree(workdir / "checkpoints")  # metrics.jsonl stays, and says which steps were saved
+    with pytest.raises(
+        ValueError,
+        match=r"run/metrics.jsonl records a checkpoint of step (6|9) \(training to step 12\) but it holds none: "
+        r"checkpoints were deleted or lost, .* pass --config.train.allow_lost_checkpoints=True to continue from the "
+        r"start\.$",
+    ):
+        loop.run(config, workdir)
+    config.train.allow_lost_checkpoints = True
+    assert loop.run(config, workdir)["step"] == 12
+    config.train.update(allow_lost_checkpoints=False, steps=14)
+    assert loop.run(config, workdir)["step"] == 14  # the records agree again
+
+
 def test_a_step_folder_without_its_commit_marker_is_not_a_checkpoint(trained, data_dir, tmp_path):
     workdir = _copy(trained, tmp_path)
     shutil.copytree(workdir / "checkpoints" / "12", workdir / "checkpoints" / "18")
@@ -232,6 +276,41 @@ def test_a_second_trainer_is_refused_readers_see_committed_steps_and_a_killed_lo
     config.train.update(steps=max(saved.committed_steps()) + 2, allow_config_change=True)
     final = loop.run(config, workdir)  # the dead holder's lock is broken
     assert final["step"] == config.train.steps and not (workdir / workdir_files.LOCK_FILE).exists()
+
+
+def test_ctrl_c_stops_training_in_one_line_naming_its_checkpoint_and_frees_the_workdir(data_dir, tmp_path):
+    workdir = tmp_path / "run"
+    config = compact_config(data_dir, steps=5000, checkpoint_every=5, log_every=1000)
+    config.train.eval_every = 5000
+    first = subprocess.Popen(
+        _driver("", config, workdir), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    saved = Checkpointer(workdir / "checkpoints", writer=False)
+    deadline = time.time() + 240
+    while first.poll() is None and time.time() < deadline and not saved.committed_steps():
+        time.sleep(0.05)
+    first.send_signal(signal.SIGINT)
+    _, stderr = first.communicate(timeout=120)
+    assert first.returncode == 128 + signal.SIGINT, stderr
+    newest = max(saved.committed_steps())
+    assert stderr.strip().splitlines()[-1] == (
+        f"stopped by SIGINT: its newest checkpoint is step {newest} in {workdir}; the same command resumes from it."
+    )
+    assert "Traceback" not in stderr and not (workdir / workdir_files.LOCK_FILE).exists()
+
+
+def test_an_empty_lock_left_by_a_crash_is_stale_and_said_to_be(data_dir, tmp_path):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    lock = workdir / workdir_files.LOCK_FILE
+    lock.touch()  # as a creator killed between creating the file and writing its owner leaves it
+    with pytest.raises(RuntimeError, match=r"run is in use by another training run \(it is taking the lock this very"):
+        loop.run(compact_config(data_dir, steps=2), workdir)  # so fresh, its creator may still be writing it
+    old = time.time() - 60
+    os.utime(lock, (old, old))
+    with pytest.warns(UserWarning, match=r"run.lock names no owner \(empty or unreadable: .*so it is stale; broke it"):
+        assert loop.run(compact_config(data_dir, steps=2), workdir)["step"] == 2
+    assert not lock.exists()
 
 
 # Records survive crashes.
@@ -448,11 +527,25 @@ def test_export_refuses_what_it_did_not_write(trained, tmp_path):
     assert export.export_checkpoint(workdir, tmp_path / "out")["step"] == 12  # its own export: replaced
 
 
-def test_invalid_json_files_are_named(trained, tmp_path):
+def test_invalid_json_files_are_named(trained, data_dir, tmp_path):
     workdir = _copy(trained, tmp_path)
     (workdir / "config.json").write_text('{"model": ')
     with pytest.raises(ValueError, match=r"run/config.json is not valid JSON"):
         weights.restore_checkpoint(workdir)
+    (workdir / "config.json").write_text("[]")  # valid JSON, but no config: one sentence, from the command too
+    with pytest.raises(ValueError, match=r"run/config.json holds a JSON list, not an object; restore it or remove it"):
+        loop.run(compact_config(data_dir, steps=14), workdir)
+    evaluate = subprocess.run(
+        [sys.executable, "-m", "gpt2jax.cli.evaluate", "--workdir", str(workdir)],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert evaluate.returncode == 1 and evaluate.stderr.strip().splitlines() == [
+        f"error: {workdir / 'config.json'} holds a JSON list, not an object; restore it or remove it."
+    ], evaluate.stderr[-2000:]
     sweep = Sweep(types.SimpleNamespace(config=ml_collections.ConfigDict({"budgets": [1.0]})), tmp_path / "sweep")
     (tmp_path / "sweep").mkdir()
     (tmp_path / "sweep" / "sweep.json").write_text("{")

@@ -112,6 +112,25 @@ def test_a_malformed_command_line_exits_2_for_every_command(command_results, nam
     assert "Traceback" not in stderr and "error: " in stderr
 
 
+def test_an_exception_nothing_expected_is_one_sentence_naming_its_type_and_the_variable(capsys, monkeypatch):
+    from gpt2jax import cli
+
+    def bug():
+        return {}["missing"]
+
+    monkeypatch.delenv(cli.TRACEBACK_VARIABLE, raising=False)
+    with pytest.raises(SystemExit) as stop:
+        cli.guarded(bug)()
+    assert stop.value.code == 1
+    assert re.fullmatch(
+        r"error: unexpected KeyError: 'missing' \(.*run again with GPT2JAX_TRACEBACK=1 for the traceback.*\)\.\n",
+        capsys.readouterr().err,
+    )
+    monkeypatch.setenv(cli.TRACEBACK_VARIABLE, "1")
+    with pytest.raises(KeyError):
+        cli.guarded(bug)()
+
+
 # The import graph.
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import shutil
 import stat
@@ -170,6 +171,68 @@ def test_import_refuses_missing_files(tmp_path):
     (tmp_path / "config.json").write_text((FIXTURE / "config.json").read_text())
     with pytest.raises(FileNotFoundError, match="holds no model.safetensors"):
         hf.load_hf(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (lambda data: data[: len(data) // 2], "incomplete metadata, file not fully covered"),  # a cut download
+        (lambda data: (1 << 62).to_bytes(8, "little") + data[8:], "header too large"),  # an absurd header length
+    ],
+)
+def test_import_refuses_a_cut_or_garbled_weights_file_in_one_sentence(tmp_path, damage, reason):
+    directory = copy_fixture(tmp_path)
+    weights_file = directory / "model.safetensors"
+    weights_file.write_bytes(damage(weights_file.read_bytes()))
+    with pytest.raises(ValueError, match=rf"hf/model.safetensors is not a readable safetensors file \(.*{reason}\); "):
+        hf.load_hf(directory)
+
+
+def test_the_commands_refuse_a_cut_weights_file_in_one_sentence(tmp_path):
+    from tests.helpers import REPO
+
+    directory = copy_fixture(tmp_path)
+    weights_file = directory / "model.safetensors"
+    weights_file.write_bytes(weights_file.read_bytes()[:100_000])
+    (tmp_path / "text.txt").write_text("Hello world. " * 20)
+    evaluate = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gpt2jax.cli.evaluate",
+            f"--init_from=hf:{directory}",
+            f"--text={tmp_path / 'text.txt'}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    assert evaluate.returncode == 1 and evaluate.stderr.strip().splitlines() == [
+        f"error: {weights_file} is not a readable safetensors file (Error while deserializing header: "
+        "incomplete metadata, file not fully covered); download it again."
+    ], evaluate.stderr[-2000:]
+
+
+def test_import_refuses_non_finite_weights_naming_the_tensor(tmp_path):
+    tensors = load_file(FIXTURE / "model.safetensors")
+    tensors["transformer.h.1.mlp.c_fc.weight"][3, 5] = np.nan
+    with pytest.raises(ValueError, match=r"h.1.mlp.c_fc.weight in .*hf holds NaN or infinite values; download"):
+        hf.load_hf(copy_fixture(tmp_path, tensors))
+
+
+def test_import_of_a_gpt2jax_workdir_or_a_config_that_is_no_object_says_what_it_is(tmp_path):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "config.json").write_text(base_config().to_json_best_effort())
+    with pytest.raises(
+        ValueError, match=rf"run is a gpt2jax training workdir, .*pass --init_from checkpoint:{workdir} "
+    ):
+        hf.load_hf(workdir)
+    (workdir / "config.json").write_text("[]")
+    with pytest.raises(ValueError, match=r"run/config.json holds a JSON list, not an object; download it again"):
+        hf.load_hf(workdir)
 
 
 def test_import_into_a_given_config_keeps_its_padding_and_checks_its_shape():

@@ -2,6 +2,7 @@
 resumed, WSD branches against a run from scratch), checkpoint:DIR@STEP, plots and the report."""
 
 import collections
+import csv
 import json
 import math
 import os
@@ -286,6 +287,78 @@ def test_two_workers_on_one_share_never_run_one_point(tmp_path, monkeypatch):
     assert not list((tmp_path / "sweep" / "locks").iterdir())
     sweep.run(log=lambda line: None)  # everything finished: nothing trains again
     assert set(trained.values()) == {1}
+
+
+def _fake_run(trained):
+    """loop.run as a finished run looks to the sweep: its final metrics record, counted in ``trained``."""
+
+    def run(config, workdir):
+        trained[Path(workdir).name] += 1
+        record = {"step": config.train.steps, "train_loss": 3.0, "val_loss": 3.1, "flops_seen": 1.0}
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        (Path(workdir) / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+        return record
+
+    return run
+
+
+def test_a_garbled_results_row_is_no_point_to_the_runner_nor_the_fits_and_one_command_repairs_it(
+    tmp_path, monkeypatch, capsys
+):
+    trained = collections.Counter()
+    monkeypatch.setattr(loop, "run", _fake_run(trained))
+    config_file = tmp_path / "sweep_config.py"
+    config_file.write_text(CONFIG_FILE.format(data_dir=str(tmp_path / "data"), budgets=list(BRANCH_TOKENS)))
+    workdir = tmp_path / "sweep"
+    sweep_args = ["sweep", "--config", f"{config_file}:cosine", "--workdir", str(workdir)]
+    scaling_cli.main(sweep_args)
+    path = workdir / "results.csv"
+    rows = list(csv.DictReader(path.open()))
+    rows[1]["loss"] = "abc"  # a whole row, every column there, one value garbage
+    with path.open("w") as file:
+        writer = csv.DictWriter(file, fieldnames=rows[0].keys(), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.warns(
+        UserWarning, match=rf"holds 1 garbled row.s. \(run '{rows[1]['run']}': loss is 'abc', not a number"
+    ):
+        assert len(read_rows(path)) == len(rows) - 1  # the runner: not a finished point
+    with pytest.raises(SystemExit):
+        scaling_cli.entry(["fit", "--results", str(path)])  # the fits: refused, with the command that repairs it
+    assert capsys.readouterr().err == (
+        f"error: {path} line 3: loss is 'abc', not a number; python -m gpt2jax.scaling sweep --workdir {workdir} "
+        "--repair drops the rows that are no finished point, and the sweep runs those points again.\n"
+    )
+    scaling_cli.main(["sweep", "--workdir", str(workdir), "--repair"])
+    assert "dropped 1 row(s)" in capsys.readouterr().out
+    assert len(load_results(path)) == len(rows) - 1  # no warning, no refusal
+    scaling_cli.main(sweep_args)  # the dropped point trains again, and only it
+    assert trained[rows[1]["run"]] == 2 and sum(trained.values()) == len(rows) + 1
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["completed"]
+
+
+def test_a_sweep_that_leaves_a_job_to_a_worker_on_another_host_exits_1_saying_what_remains(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setattr(loop, "run", _fake_run(collections.Counter()))
+    config_file = tmp_path / "sweep_config.py"
+    config_file.write_text(CONFIG_FILE.format(data_dir=str(tmp_path / "data"), budgets=list(BRANCH_TOKENS)))
+    plan = plan_module.expand(plan_module.load_sweep_config(f"{config_file}:cosine"))
+    held = plan.shard(0, 1)[0]
+    lock = tmp_path / "sweep" / "locks" / f"{held.name}.lock"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"host": "another-host", "pid": 1, "since": time.time()}))
+    with pytest.raises(SystemExit) as stop:
+        scaling_cli.entry(["sweep", "--config", f"{config_file}:cosine", "--workdir", str(tmp_path / "sweep")])
+    assert stop.value.code == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out.strip().splitlines()[-1])["remaining"] == [point.run for point in held.points]
+    assert err.startswith(
+        f"error: the sweep in {tmp_path / 'sweep'} left {len(held.points)} point(s) of shard 0/1 untrained ("
+    ) and err.endswith(
+        f"; job(s) {held.name} held by another worker; run the same command again once that worker is "
+        "done (a dead worker's lock is broken after --stale_after).\n"
+    )
 
 
 # The runner, for real: killed, resumed, and its branches against WSD from scratch.

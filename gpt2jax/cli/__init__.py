@@ -8,8 +8,13 @@ and ``prepare`` run as ``python -m gpt2jax.cli.NAME`` or as the console script
 
 Every command reports an error a user can cause (a bad flag value, missing data, a
 mismatched checkpoint, a full disk, the NaN stop) in one sentence on stderr and exits 1;
-a malformed command line exits 2. ``GPT2JAX_TRACEBACK=1`` re-raises instead, for a
-developer who wants the traceback. A warning is one line, ``warning: ...``.
+a malformed command line exits 2. Any other exception is a bug, or an input nothing checks
+yet: it is one sentence too, naming its type, exit 1. ``GPT2JAX_TRACEBACK=1`` re-raises
+instead, for a developer who wants the traceback. SIGTERM (kill's default, and what SLURM
+sends first) and SIGINT (Ctrl-C) unwind as ``errors.Stopped``, so ``finally`` clauses run
+(locks are released, the checkpoint being saved completes), and the command ends in one
+line, exit 143 or 130, never in a KeyboardInterrupt's traceback. A warning is one line,
+``warning: ...``.
 
 Libraries' logging is quiet unless asked for: absl's (Orbax, TFDS: about 50 INFO lines a
 checkpoint, and an ERROR traceback for a failure the command reports anyway) is off, and
@@ -26,8 +31,9 @@ import sys
 import warnings
 
 from gpt2jax import xla_flags
+from gpt2jax.errors import Stopped, first_line, stop_now
 
-# Errors a user causes end in one sentence; anything else is a bug and keeps its traceback.
+# Errors a user causes: their own sentence is the message; anything else is named as unexpected.
 USER_ERRORS = (ValueError, OSError, RuntimeError)
 USER_ERROR_EXIT = 1
 USAGE_EXIT = 2
@@ -39,6 +45,15 @@ def user_error_message(error: BaseException) -> str:
     if isinstance(error, OSError) and error.strerror and error.filename:
         return f"{error.strerror}: {error.filename}"
     return str(error)
+
+
+def _one_sentence(error: Exception) -> str:
+    if isinstance(error, USER_ERRORS):
+        return user_error_message(error)
+    return (
+        f"unexpected {type(error).__name__}: {first_line(error, limit=300)} (an input gpt2jax does not check "
+        f"yet, or a bug: run again with {TRACEBACK_VARIABLE}=1 for the traceback, and report it)."
+    )
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
@@ -61,17 +76,25 @@ def quiet_library_logging() -> None:
 
 
 def guarded(main):
-    """``main`` with user errors turned into one sentence and exit code 1, unless GPT2JAX_TRACEBACK is set."""
+    """``main`` with its errors turned into one sentence and exit code 1, unless GPT2JAX_TRACEBACK is set."""
 
     def run(*args, **kwargs):
         warnings.formatwarning = _one_line_warning
+        stop_signals = (signal.SIGTERM, signal.SIGINT)
+        previous = [signal.signal(signum, stop_now) for signum in stop_signals]  # see the module docstring
         try:
             return main(*args, **kwargs)
-        except USER_ERRORS as error:
+        except Stopped as stop:
+            print(stop.message or f"stopped by {stop.name}.", file=sys.stderr)
+            sys.exit(stop.code)
+        except Exception as error:
             if os.environ.get(TRACEBACK_VARIABLE):
                 raise
-            print(f"error: {user_error_message(error)}", file=sys.stderr)
+            print(f"error: {_one_sentence(error)}", file=sys.stderr)
             sys.exit(USER_ERROR_EXIT)
+        finally:
+            for signum, handler in zip(stop_signals, previous):
+                signal.signal(signum, handler)
 
     return run
 
@@ -182,14 +205,6 @@ def run_argparse(main, argv=None) -> None:
     """Runs ``main(argv)`` of an argparse command, its user errors reported in one sentence."""
     quiet_library_logging()
     guarded(main)(argv)
-
-
-def exit_on_sigterm() -> None:
-    """SIGTERM (kill's default, and what SLURM sends first) unwinds like an error, exit code 143.
-
-    So ``finally`` clauses run: locks are released and the checkpoint being saved completes.
-    """
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
 
 def initialize_distributed() -> None:

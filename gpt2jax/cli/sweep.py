@@ -4,7 +4,10 @@
 Run it again to resume: finished points are skipped, unfinished ones continue from their
 checkpoints. ``--shard i/n`` runs worker i's share of n (e.g. a SLURM array task per GPU,
 ``--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT``); a lock per job keeps two workers
-off one job. ``--plan`` prints the points and their FLOPs and trains nothing.
+off one job. ``--plan`` prints the points and their FLOPs and trains nothing. A run that
+leaves points of its share untrained (their job held by another worker) exits 1 naming them.
+``--workdir W --repair`` rewrites W's results.csv without the rows that are no finished point
+(cut short or garbled), which the fits refuse; the next run trains those points again.
 """
 
 from __future__ import annotations
@@ -13,8 +16,6 @@ import argparse
 import json
 import math
 from pathlib import Path
-
-from gpt2jax import cli
 
 HELP = "run a sweep's points (resumable, shardable over workers), or print its plan"
 
@@ -29,10 +30,13 @@ def _shard(text: str) -> tuple[int, int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from gpt2jax import flops
 
-    parser.add_argument("--config", required=True, help="sweep config file, optionally FILE:VARIANT")
+    parser.add_argument("--config", help="sweep config file, optionally FILE:VARIANT")
     parser.add_argument("--workdir", help="sweep directory: points, results.csv, locks")
     parser.add_argument("--shard", type=_shard, default=(0, 1), help="i/n: run worker i's share of n workers")
     parser.add_argument("--plan", action="store_true", help="print the points and their FLOPs; train nothing")
+    parser.add_argument(
+        "--repair", action="store_true", help="with --workdir: drop the results.csv rows that are no finished point"
+    )
     parser.add_argument(
         "--max_budget",
         type=float,
@@ -53,6 +57,11 @@ def run(args: argparse.Namespace) -> None:
     from gpt2jax.scaling.plan import expand, format_plan, load_sweep_config
     from gpt2jax.scaling.tuning import TuningStage, describe, tuned_config
 
+    if args.repair:
+        _repair(args.workdir)
+        return
+    if not args.config:
+        raise ValueError("--config is required to plan or run a sweep (--repair needs only --workdir).")
     if not 0 < args.mfu <= 1:
         raise ValueError(f"--mfu is {args.mfu}; give a fraction of peak in (0, 1].")
     config = load_sweep_config(args.config)
@@ -72,7 +81,6 @@ def run(args: argparse.Namespace) -> None:
         return
     if not args.workdir:
         raise ValueError("--workdir is required to run a sweep (or pass --plan).")
-    cli.exit_on_sigterm()
     import jax
 
     from gpt2jax.scaling.sweep import Sweep
@@ -91,5 +99,32 @@ def run(args: argparse.Namespace) -> None:
     sweep.start(args.config)
     session = sweep.run(args.shard, args.stale_after, max_budget=args.max_budget)
     print(
-        json.dumps({key: session[key] for key in ("shard", "points_run", "skipped_locked", "elapsed_s", "completed")})
+        json.dumps(
+            {
+                key: session[key]
+                for key in ("shard", "points_run", "skipped_locked", "elapsed_s", "completed", "remaining")
+            }
+        )
     )
+    if session["remaining"]:
+        held = (
+            f"; job(s) {', '.join(session['skipped_locked'])} held by another worker"
+            if session["skipped_locked"]
+            else ""
+        )
+        raise RuntimeError(
+            f"the sweep in {args.workdir} left {len(session['remaining'])} point(s) of shard {session['shard']} "
+            f"untrained ({', '.join(session['remaining'][:3])}{', ...' if len(session['remaining']) > 3 else ''}){held}; "
+            "run the same command again once that worker is done (a dead worker's lock is broken after --stale_after)."
+        )
+
+
+def _repair(workdir: str | None) -> None:
+    from gpt2jax.files.workdir import results_path
+    from gpt2jax.scaling.results import repair
+
+    if not workdir:
+        raise ValueError("--repair needs --workdir, the sweep whose results.csv to repair.")
+    path = results_path(workdir)
+    dropped = repair(path)
+    print(f"repaired {path}: dropped {dropped} row(s) that were no finished point; the next sweep run trains them.")

@@ -48,7 +48,6 @@ def main(argv):
         raise app.UsageError("--workdir is required to train (or pass --dry_run).")
     from gpt2jax.training import loop
 
-    cli.exit_on_sigterm()
     final = loop.run(config, _WORKDIR.value)
     print(json.dumps(final))
     print(loop.closing_line(final, _WORKDIR.value))

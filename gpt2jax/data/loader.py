@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from gpt2jax.data.prepare import DEFAULT_SHARD_TOKENS, prepare, token_settings
-from gpt2jax.data.shards import META_FILE, SPLITS, TOKEN_DTYPE, read_meta, split_shards
+from gpt2jax.data.shards import META_FILE, SPLITS, TOKEN_DTYPE, read_meta, split_shards, verify_token_files
 
 
 class TokenStream:
@@ -60,9 +60,14 @@ class PreparedData:
 
 
 def open_prepared(data_dir: str | Path) -> PreparedData:
-    """Maps a prepared directory's shards; checks their sizes against meta.json, not their hashes."""
+    """Maps a prepared directory's shards, after checking their sizes, hashes and ids against meta.json.
+
+    The content is checked every time (``shards.verify_token_files``: seconds for 10B tokens on a
+    16-core machine): a process never trains on or scores tokens that are not the ones prepared.
+    """
     path = Path(data_dir)
     meta = read_meta(path)
+    verify_token_files(path, meta)
     train, val = (
         TokenStream(
             [np.memmap(path / shard["file"], dtype=TOKEN_DTYPE, mode="r") for shard in split_shards(meta, split)]

@@ -49,6 +49,7 @@ from gpt2jax.data.synthetic import SOURCE_PREFIX as SYNTHETIC_PREFIX
 from gpt2jax.data.synthetic import SyntheticLanguage
 from gpt2jax.data.tokenizer import EOT_TOKEN_ID, GPT2_VOCAB_SIZE
 from gpt2jax.data.workers import Tokenizers
+from gpt2jax.errors import Stopped, stop_now
 from gpt2jax.files.atomic import fsync_directory, write_atomically
 
 DEFAULT_SHARD_TOKENS = 100_000_000  # 200 MB a shard, as build-nanogpt and llm.c write FineWeb
@@ -290,6 +291,7 @@ class _Position:
 
 
 def _write_pieces(plan: sources.Plan, partial: Path, settings: dict, shard_tokens: int, workers: int) -> dict:
+    plan.fingerprint()  # the files' content hashed now, before the workers read them, and kept for the journal
     journal = _resume(partial, settings, shard_tokens, plan)
     max_tokens = settings["max_tokens"]
     budgets = {"train": max_tokens, "val": math.ceil(max_tokens * settings["val_fraction"]) if max_tokens else None}
@@ -335,12 +337,11 @@ def _write_pieces(plan: sources.Plan, partial: Path, settings: dict, shard_token
                     break
             if stop.signum is not None:
                 published = sum(len(writer.published) for writer in writers.values())
-                print(
+                raise Stopped(
+                    stop.signum,
                     f"prepare: stopped by {signal.Signals(stop.signum).name} with {published} shards published; "
                     "the same command continues from there.",
-                    file=sys.stderr,
                 )
-                raise _Stopped(stop.signum)
         for writer in writers.values():
             writer.publish()
         completed = True
@@ -385,19 +386,12 @@ def _write_piece(piece, tokens, lengths, writers, position: _Position, val_fract
                 write_journal()
 
 
-class _Stopped(SystemExit):
-    """A prepare stopped by SIGTERM or SIGINT, its journal written: exits 128 + the signal's number."""
-
-    def __init__(self, signum: int):
-        super().__init__(128 + signum)
-        self.signum = signum
-
-
 class _StopSignals:
     """Turns SIGTERM and SIGINT into a stop at the next piece boundary; a second one stops at once.
 
-    Installed only in the main thread and only over the default handlers, so a command that
-    handles these signals itself keeps its handlers.
+    Installed only in the main thread and only over the default handlers or ``stop_now`` (a
+    training run's, which would stop mid-piece), so a command that handles these signals
+    otherwise keeps its handlers.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -411,13 +405,13 @@ class _StopSignals:
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:
-            raise _Stopped(signum)  # a second signal: stop now; the finally clauses still write the journal
+            raise Stopped(signum)  # a second signal: stop now; the finally clauses still write the journal
         self.signum = signum
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             for signum in self.SIGNALS:
-                if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
+                if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler, stop_now):
                     self._previous[signum] = signal.signal(signum, self._handle)
         return self
 

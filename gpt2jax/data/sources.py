@@ -24,6 +24,7 @@ source with its own validation split marks its pieces ``train`` or ``val``.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import glob
@@ -94,10 +95,33 @@ class Plan:
     def input_bytes(self) -> int:
         return sum(piece.size for piece in self.pieces)
 
+    @functools.cached_property
+    def file_hashes(self) -> dict[str, str]:
+        """The sha256 of each file the pieces read, taken once per prepare, before its workers read them.
+
+        A file edited in place to the same size (``sed -i``) keeps its name, size and ranges;
+        only its content tells. One read at 0.56 s per GB on one core of the project's 2-core
+        AMD EPYC, a thread per core: seconds for a 10B-token corpus (about 40 GB of text) on
+        a 16-core machine, against the hours its tokenization takes.
+        """
+        paths = sorted({piece.path for piece in self.pieces if piece.kind != "tfds"})  # tfds: a dataset's name
+        if not paths:
+            return {}
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(paths), os.cpu_count() or 1)) as pool:
+            return dict(zip(paths, pool.map(_file_sha256, paths)))
+
     def fingerprint(self) -> str:
-        """A hash of the pieces (files, sizes, ranges): a resumed prepare must read exactly these."""
+        """A hash of the pieces (files, sizes, ranges) and the files' content: a resumed prepare must read exactly these."""
         identity = [dataclasses.astuple(piece) for piece in self.pieces]
-        return hashlib.sha256(json.dumps([identity, self.origin]).encode()).hexdigest()
+        return hashlib.sha256(json.dumps([identity, self.origin, self.file_hashes]).encode()).hexdigest()
+
+
+def _file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def open_source(
@@ -140,6 +164,12 @@ def open_source(
 
 def _glob_files(pattern: str, suffixes: tuple[str, ...], example: str) -> list[Path]:
     matches = sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+    irregular = [match for match in matches if not os.path.isdir(match) and not os.path.isfile(match)]
+    if irregular:  # a named pipe would block the prepare forever, a device would never end
+        raise ValueError(
+            f"{irregular[0]} is not a regular file (a named pipe, a device, a socket or a broken link); only regular "
+            f"files are documents: remove it, or narrow the glob {pattern!r}."
+        )
     paths = [Path(match) for match in matches if not os.path.isdir(match)]
     names = ", ".join(suffixes)
     if not paths:

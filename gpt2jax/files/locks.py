@@ -5,8 +5,10 @@ A lock is a file created with O_CREAT | O_EXCL, which exactly one creator wins, 
 NFS v3+. It holds its owner's host and pid, and the owner touches it every
 ``stale_after / 4`` seconds. A lock is stale, and is broken, when its owner is a dead
 process on this host, or when nobody touched it for ``stale_after`` seconds (an owner on
-another host that died, or a pid reused since). Breaking renames the file away only if it
-is still the one judged stale, so a lock just taken by another worker survives.
+another host that died, or a pid reused since), or when it names no owner (empty or not
+JSON: its creator died between creating and writing it) and is older than
+``UNREADABLE_GRACE_S``, far longer than that write takes. Breaking renames the file away
+only if it is still the one judged stale, so a lock just taken by another worker survives.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import os
 import socket
 import threading
 import time
+import warnings
 from pathlib import Path
 
 STALE_AFTER_S = 600.0
+UNREADABLE_GRACE_S = 5.0  # a creator writes its owner record microseconds after creating the file
 
 
 def _pid_alive(pid: int) -> bool:
@@ -60,11 +64,12 @@ class FileLock:
     def holder(self) -> dict | None:
         """The owner recorded in the lock file ({"host", "pid", "since"}), or None when it is free."""
         try:
-            return json.loads(self.path.read_text() or "{}")
+            owner = json.loads(self.path.read_text() or "{}")
         except FileNotFoundError:
             return None
         except (json.JSONDecodeError, UnicodeDecodeError):
-            return {}  # being written right now
+            return {}  # being written right now, or never written (see _break_if_stale)
+        return owner if isinstance(owner, dict) else {}
 
     def acquire(self, poll_s: float = 0.05) -> None:
         """Waits until the lock is taken."""
@@ -109,13 +114,19 @@ class FileLock:
             before = self.path.stat()
         except FileNotFoundError:
             return True  # released meanwhile
-        owner = self.holder()  # {} while being written: judged by its age alone
+        owner = self.holder()
         if owner is None:
             return True
+        age = time.time() - before.st_mtime
+        unreadable = not isinstance(owner.get("pid"), int) and age > UNREADABLE_GRACE_S
         dead_here = owner.get("host") == self.owner["host"] and "pid" in owner and not _pid_alive(owner["pid"])
-        silent = time.time() - before.st_mtime > self.stale_after
-        if not (dead_here or silent):
+        if not (dead_here or unreadable or age > self.stale_after):
             return False
+        if unreadable:
+            warnings.warn(
+                f"{self.path} names no owner (empty or unreadable: its creator died as it wrote it), so it is stale; "
+                "broke it."
+            )
         aside = self.path.with_name(f"{self.path.name}.stale-{self.owner['host']}-{self.owner['pid']}")
         try:
             now = self.path.stat()

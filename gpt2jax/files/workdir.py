@@ -3,7 +3,7 @@
 A training workdir (``--workdir`` of ``gpt2jax.main``) holds
   config.json             the config it trains with (a change on resume is recorded first, see below)
   config_changes.jsonl    one line per resume that changed the config: the differences and the step
-  data.json               the prepared data it trains on: its meta.json and the token files it verified
+  data.json               the prepared data it trains on: its path and meta.json
   metrics.jsonl           one JSON object per log line
   run.lock                held by the run training in it (see ``locks``)
   checkpoints/            Orbax steps (see ``checkpoint``)
@@ -45,13 +45,16 @@ POINTS_DIR = "points"
 LOCKS_DIR = "locks"
 
 
-def read_json(path: str | Path):
-    """The JSON value in ``path``; invalid JSON is a one-sentence error naming the file."""
+def read_json(path: str | Path, remedy: str = "restore it or remove it") -> dict:
+    """The JSON object in ``path`` (every file these read holds one); anything else is one sentence naming the file."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); restore it or remove it.") from None
+        raise ValueError(f"{path} is not valid JSON ({error}); {remedy}.") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} holds a JSON {type(value).__name__}, not an object; {remedy}.")
+    return value
 
 
 def load_run_config(workdir: str | Path):

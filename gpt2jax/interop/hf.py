@@ -23,12 +23,14 @@ from pathlib import Path
 import jax
 import numpy as np
 from flax import nnx, traverse_util
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from gpt2jax import flops
 from gpt2jax.data.tokenizer import ENCODER_JSON, EOT_TOKEN_ID, VOCAB_BPE
+from gpt2jax.errors import first_line
 from gpt2jax.files.atomic import write_atomically
+from gpt2jax.files.workdir import read_json
 from gpt2jax.model import GPTConfig, abstract_model
 
 CONFIG_FILE = "config.json"
@@ -56,6 +58,7 @@ _HF_DEFAULTS = dict(
 )
 # The model's GELU is the tanh approximation, which both of these names mean.
 _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")
+_DOWNLOAD_AGAIN = "download it again"
 # Causal-mask buffers that older transformers versions saved with the weights.
 _MASK_BUFFER = re.compile(r"h\.\d+\.attn\.(bias|masked_bias)$")
 
@@ -72,7 +75,13 @@ def read_config(directory: str | Path) -> dict[str, int]:
         raise FileNotFoundError(
             f"{directory} holds no {CONFIG_FILE}; a Hugging Face GPT-2 directory has {CONFIG_FILE} and {WEIGHTS_FILE}."
         )
-    hf = _HF_DEFAULTS | json.loads(path.read_text())
+    hf = read_json(path, _DOWNLOAD_AGAIN)
+    if {"model", "train", "data"} <= hf.keys():  # the sections of gpt2jax's own config.json
+        raise ValueError(
+            f"{directory} is a gpt2jax training workdir, not a Hugging Face directory; pass "
+            f"--init_from checkpoint:{directory} to start from its checkpoint (or --workdir {directory} to evaluate it)."
+        )
+    hf = _HF_DEFAULTS | hf
     if hf.get("model_type", "gpt2") != "gpt2":
         raise ValueError(f"{path} describes a {hf['model_type']!r} model; only GPT-2 (model_type 'gpt2') imports.")
     unsupported = []
@@ -151,6 +160,11 @@ def load_hf(directory: str | Path, model_config: GPTConfig | None = None) -> tup
     flat = {}
     for name, path, layer, hf_shape in table:
         tensor = np.asarray(tensors[name], np.float32)
+        if not np.isfinite(tensor).all():  # 0.04 s for GPT-2 small's 124M parameters: a NaN would train as one
+            raise ValueError(
+                f"{name} in {directory} holds NaN or infinite values; download the weights again, "
+                "or start from another checkpoint."
+            )
         if tensor.shape != hf_shape:
             raise ValueError(
                 f"{name} in {directory} has shape {tensor.shape} but config.json implies {hf_shape}; "
@@ -279,18 +293,26 @@ def _read_tensors(directory: str | Path) -> dict[str, np.ndarray]:
     if (directory / WEIGHTS_FILE).is_file():
         files = [directory / WEIGHTS_FILE]
     elif index.is_file():
-        files = [directory / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        weight_map = read_json(index, _DOWNLOAD_AGAIN).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index} has no weight_map object; download it again.")
+        files = [directory / name for name in sorted(set(weight_map.values()))]
     else:
         raise FileNotFoundError(
             f"{directory} holds no {WEIGHTS_FILE}; download the safetensors weights (PyTorch .bin files are not read)."
         )
     tensors = {}
     for path in files:
-        with safe_open(path, framework="numpy") as weights:
-            for key in weights.keys():
-                name = key.removeprefix("transformer.")
-                if not _MASK_BUFFER.match(name):
-                    tensors[name] = weights.get_tensor(key)
+        try:
+            with safe_open(path, framework="numpy") as weights:
+                for key in weights.keys():
+                    name = key.removeprefix("transformer.")
+                    if not _MASK_BUFFER.match(name):
+                        tensors[name] = weights.get_tensor(key)
+        except SafetensorError as error:  # a cut download, a header length past the file, ...
+            raise ValueError(
+                f"{path} is not a readable safetensors file ({first_line(error, limit=200)}); download it again."
+            ) from None
     return tensors
 
 

@@ -84,8 +84,23 @@ def load_fit_law(path) -> ChinchillaLaw:
         raise ValueError(
             f"fit file {path} lacks {', '.join(missing)}; write one with python -m gpt2jax.scaling fit --json."
         )
+    constants = {name: values[name] for name in FIT_CONSTANTS}
+    # L = E + A/N^alpha + B/D^beta: its optimum divides by alpha and beta, and a NaN would print as a row.
+    wrong = [
+        f"{name}={value!r}"
+        for name, value in constants.items()
+        if isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or (value < 0 if name == "E" else value <= 0)
+    ]
+    if wrong:
+        raise ValueError(
+            f"fit file {path} holds {', '.join(wrong)}; a law needs finite constants, E at least 0 and "
+            "A, B, alpha, beta above 0: write it again with python -m gpt2jax.scaling fit --json."
+        )
     return ChinchillaLaw(
-        **{name: float(values[name]) for name in FIT_CONSTANTS},
+        **{name: float(value) for name, value in constants.items()},
         name="fit",
         source=f"{path} (python -m gpt2jax.scaling fit)",
     )

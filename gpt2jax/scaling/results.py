@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import math
 import pathlib
 import warnings
 from pathlib import Path
@@ -36,6 +37,7 @@ import numpy as np
 
 from gpt2jax.files.atomic import write_atomically
 from gpt2jax.files.locks import FileLock
+from gpt2jax.files.workdir import RESULTS_FILE, SWEEP_FILE
 
 COLUMNS = (
     "run",
@@ -72,11 +74,13 @@ COLUMNS = (
 
 
 def read_rows(path: str | Path) -> list[dict]:
-    """The rows of finished points. A row cut short is left out, with a warning, and is not a finished point.
+    """The rows of finished points. A row cut short or garbled is left out, with a warning, and is not a finished point.
 
     Every row is written whole and ends in a newline, so a row that lacks columns, or a last
     row without its newline, was cut (by a copy, a crash or a full disk on a filesystem that
-    does not rename atomically); the next ``upsert_row`` writes the file without it.
+    does not rename atomically); a row whose numbers ``load_results`` would refuse
+    (``row_problem``) was garbled. Either way its point runs again, and the next ``upsert_row``
+    (or ``repair``) writes the file without it, so the runner and the fits agree on the points.
     """
     path = Path(path)
     if not path.is_file():
@@ -86,11 +90,35 @@ def read_rows(path: str | Path) -> list[dict]:
     complete = [row for row in rows if None not in row and None not in row.values()]
     if rows and complete and complete[-1] is rows[-1] and not text.endswith("\n"):
         complete.pop()
-    if len(complete) < len(rows):
+    finished = [row for row in complete if row_problem(row) is None]
+    if len(finished) < len(rows):
+        garbled = [f"run {row['run']!r}: {row_problem(row)}" for row in complete if row_problem(row) is not None]
         warnings.warn(
-            f"{path} holds {len(rows) - len(complete)} row(s) cut short; left them out, so their points run again."
+            f"{path} holds {len(complete) - len(finished)} garbled row(s) ({'; '.join(garbled[:3])}) and "
+            f"{len(rows) - len(complete)} cut short; left them out, so their points run again."
+            if garbled
+            else f"{path} holds {len(rows) - len(complete)} row(s) cut short; left them out, so their points run again."
         )
-    return complete
+    return finished
+
+
+def row_problem(row: dict) -> str | None:
+    """Why a row of a complete line is no point ``load_results`` could fit, or None.
+
+    Its n_params, n_tokens and loss must be positive finite numbers, and every other number it
+    has (flops, budget, ...), when given, too: a fit takes their logarithm.
+    """
+    for name in REQUIRED_COLUMNS + OPTIONAL_NUMBERS:
+        value = row.get(name)
+        if name in OPTIONAL_NUMBERS and value in ("", None):
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            return f"{name} is {value!r}, not a number"
+        if not (math.isfinite(number) and number > 0):
+            return f"{name} is {value!r}, not a positive finite number"
+    return None
 
 
 def upsert_row(path: str | Path, row: dict) -> None:
@@ -100,15 +128,32 @@ def upsert_row(path: str | Path, row: dict) -> None:
     if unknown:
         raise ValueError(f"results row has unknown columns {sorted(unknown)}; add them to results.COLUMNS.")
     with FileLock(path.with_name(path.name + ".lock"), stale_after=60.0):
-        rows = [old for old in read_rows(path) if old["run"] != row["run"]] + [row]
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        write_atomically(path, text.getvalue())
+        _write_rows(path, [old for old in read_rows(path) if old["run"] != row["run"]] + [row])
+
+
+def repair(path: str | Path) -> int:
+    """Rewrites the CSV at ``path`` with its finished points only; the rows dropped (their points run again)."""
+    path = Path(path)
+    with FileLock(path.with_name(path.name + ".lock"), stale_after=60.0):
+        before = len(list(csv.DictReader(io.StringIO(path.read_text(), newline=""))))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the rows dropped are the answer, not a warning
+            rows = read_rows(path)
+        _write_rows(path, rows)
+    return before - len(rows)
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomically(path, text.getvalue())
 
 
 REQUIRED_COLUMNS = ("n_params", "n_tokens", "loss")
+# The other numbers load_results may read; lr_multiplier is compared with 1.
+OPTIONAL_NUMBERS = ("n_params_non_embedding", "flops", "budget", "n_layer", "n_embd", "block_size", "lr_multiplier")
 PARAM_COLUMNS = {"total": "n_params", "non_embedding": "n_params_non_embedding"}
 FLOP_COUNTS = ("6n", "6n_attention")
 
@@ -189,7 +234,21 @@ def _read_rows(path: pathlib.Path) -> tuple[list[str], list[dict]]:
         raise ValueError(f"{path} lacks the column(s) {', '.join(missing)}; it needs {', '.join(REQUIRED_COLUMNS)}.")
     if not rows:
         raise ValueError(f"{path} has a header but no rows.")
+    for line, row in enumerate(rows, start=2):
+        problem = "it is cut short" if None in row or None in row.values() else row_problem(row)
+        if problem:
+            raise ValueError(f"{path} line {line}: {problem}; {_remedy(path)}.")
     return columns, [dict(row, _line=line, _path=path) for line, row in enumerate(rows, start=2)]
+
+
+def _remedy(path: pathlib.Path) -> str:
+    """What fixes a bad row: the sweep's repair for a sweep's results.csv, the user's hand for their own file."""
+    if path.name == RESULTS_FILE and (path.parent / SWEEP_FILE).is_file():
+        return (
+            f"python -m gpt2jax.scaling sweep --workdir {path.parent} --repair drops the rows that are no finished "
+            "point, and the sweep runs those points again"
+        )
+    return "fix or remove that row"
 
 
 def load_results(path, params: str = "total", flops: str = "6n") -> ScalingPoints:
@@ -219,7 +278,8 @@ def load_results(path, params: str = "total", flops: str = "6n") -> ScalingPoint
                 values.append(float(row[name]))
             except (TypeError, ValueError):
                 raise ValueError(
-                    f"{row['_path']} line {row['_line']}: {name} is {row[name]!r}, not a number."
+                    f"{row['_path']} line {row['_line']}: {name} is {row[name]!r}, not a number; "
+                    f"{_remedy(row['_path'])}."
                 ) from None
         return np.array(values)
 
@@ -244,8 +304,6 @@ def load_results(path, params: str = "total", flops: str = "6n") -> ScalingPoint
 def sweep_param_count(workdir) -> str:
     """The parameter count (``params``) a sweep workdir's config chose: 'total' unless it says otherwise."""
     import json
-
-    from gpt2jax.files.workdir import SWEEP_FILE
 
     path = pathlib.Path(workdir) / SWEEP_FILE
     return json.loads(path.read_text())["config"].get("params", "total") if path.is_file() else "total"

@@ -204,6 +204,8 @@ class Sweep:
         finally:
             session["elapsed_s"] = round(time.perf_counter() - clock, 2)
             session["load_average_end"] = os.getloadavg()[0]
-            session["completed"] = all(p.run in self.finished_runs() for p in mine)
+            finished = self.finished_runs()
+            session["remaining"] = [point.run for point in mine if point.run not in finished]
+            session["completed"] = not session["remaining"]
             append_jsonl(self.workdir / SESSIONS_FILE, session)
         return session

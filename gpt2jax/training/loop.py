@@ -21,8 +21,8 @@ import jax
 import numpy as np
 
 from gpt2jax import flops, init_from
-from gpt2jax.data import loader, shards
-from gpt2jax.data.shards import META_FILE
+from gpt2jax.data import loader
+from gpt2jax.errors import Stopped
 from gpt2jax.files import workdir as workdir_files
 from gpt2jax.files.atomic import write_atomically
 from gpt2jax.files.locks import FileLock
@@ -49,7 +49,7 @@ RESUMABLE_KEYS = (
     "train.init_from",
     "train.grad_accum_steps",
     "data.dir",
-    "data.prepared",  # a move of the same tokens: verify_data checks them against data.json
+    "data.prepared",  # a move of the same tokens: the loader checks them against their meta.json
     "data.tfds_data_dir",
     "model.attention",
     "model.remat",
@@ -192,7 +192,7 @@ def config_changes(saved: dict, new: dict) -> dict[str, tuple]:
     saved_flat, new_flat = _flat(saved), _flat(new)
     changes = {}
     for key in sorted(set(saved_flat) | set(new_flat)):
-        if key == "train.allow_config_change":
+        if key.startswith("train.allow_"):  # what a resume accepts, not what the run is
             continue
         old, value = saved_flat.get(key, defaults.get(key)), new_flat.get(key, defaults.get(key))
         if old != value:
@@ -213,6 +213,40 @@ def _meaningful(changes: dict) -> dict:
 
 def _describe(changes: dict) -> str:
     return ", ".join(f"{key} {old!r} -> {value!r}" for key, (old, value) in changes.items())
+
+
+def check_records_agree(config, workdir: Path, checkpointer: Checkpointer) -> None:
+    """Refuses a workdir whose records disagree: files deleted or lost, so a resume would take another run's word.
+
+    config.json is the one record of what the checkpoints mean: checkpoints beside none would
+    resume under any config. Each metrics.jsonl record names the newest checkpoint committed
+    when it was written; if the last one written names a step newer than any the workdir holds
+    (or set aside), checkpoints were deleted, and a resume would train their steps again and
+    mix their metrics with the old ones.
+    """
+    committed = checkpointer.committed_steps()
+    config_path = workdir / workdir_files.CONFIG_FILE
+    if committed and not config_path.is_file() and not config.train.allow_config_change:
+        raise ValueError(
+            f"{workdir} holds checkpoints (newest step {committed[-1]}) but no {workdir_files.CONFIG_FILE}, the record "
+            f"of the config they were trained with, so a resume could not tell a changed config; restore "
+            f"{config_path}, or pass --config.train.allow_config_change=True to continue them with this config."
+        )
+    records = workdir_files.read_jsonl(workdir / workdir_files.METRICS_FILE)  # in the order written
+    claimed = records[-1].get("checkpoint") if records else None
+    set_aside = workdir / workdir_files.SET_ASIDE_DIR
+    aside = [int(path.name.split("-")[0]) for path in set_aside.glob("*-*")] if set_aside.is_dir() else []
+    newest = max(committed + aside, default=None)
+    if claimed is None or (newest is not None and newest >= claimed) or config.train.allow_lost_checkpoints:
+        return
+    kept = f"the newest it holds is step {newest}" if newest is not None else "it holds none"
+    raise ValueError(
+        f"{workdir / workdir_files.METRICS_FILE} records a checkpoint of step {claimed} (training to step "
+        f"{records[-1]['step']}) but {kept}: checkpoints were deleted or lost, and a resume would train those steps "
+        f"again and mix their metrics with the old ones; restore {workdir / workdir_files.CHECKPOINTS_DIR}, use a new "
+        f"--workdir, or pass --config.train.allow_lost_checkpoints=True to continue from "
+        f"{f'step {newest}' if newest is not None else 'the start'}."
+    )
 
 
 def check_config_change(config, workdir: Path) -> dict:
@@ -264,27 +298,14 @@ def check_data_fits(data, block_size: int) -> None:
             )
 
 
-def verify_data(data, workdir: Path) -> None:
-    """Checks the token files against the sha256 their meta.json records, and records data.json.
+def record_data(data, workdir: Path) -> None:
+    """Records in data.json the prepared data the run trains on (its path and meta.json).
 
-    A file is hashed again only when its size or modification time changed since the
-    workdir last verified it: sha256 ran at 476 MB/s on the project's 2-core CPU, so C4's 20 GB of
-    tokens (10B) would take about 45 s once.
+    The token files themselves were checked against meta.json when the loader opened them.
     """
     path = workdir / workdir_files.DATA_FILE
-    recorded = workdir_files.read_json(path) if path.is_file() else {}
-    verified = recorded.get("verified", {}) if recorded.get("path") == str(data.path) else {}
-    stamps = {}
-    for name, digest in shards.recorded_hashes(data.meta).items():
-        stat = (data.path / name).stat()
-        stamps[name] = [stat.st_size, stat.st_mtime_ns]
-        if verified.get(name) != stamps[name] and shards.file_sha256(data.path / name) != digest:
-            raise ValueError(
-                f"{data.path / name} does not match the sha256 its {META_FILE} records, so it changed after it "
-                f"was prepared; delete {data.path} and prepare it again."
-            )
-    if jax.process_index() == 0 and recorded.get("verified") != stamps:
-        record = {"path": str(data.path), "meta": data.meta, "verified": stamps}
+    record = {"path": str(data.path), "meta": data.meta}
+    if jax.process_index() == 0 and (not path.is_file() or workdir_files.read_json(path) != record):
         write_atomically(path, json.dumps(record, indent=2) + "\n")
 
 
@@ -368,10 +389,13 @@ def run(config, workdir: str | Path) -> dict:
     lock = FileLock(workdir / workdir_files.LOCK_FILE)
     if jax.process_index() == 0 and not lock.try_acquire():
         holder = lock.holder() or {}
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("since", 0)))
+        if "pid" in holder:
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("since", 0)))
+            who = f"pid {holder['pid']} on host {holder.get('host', '?')}, since {since}"
+        else:  # younger than locks.UNREADABLE_GRACE_S: its creator is still writing it
+            who = "it is taking the lock this very moment"
         raise RuntimeError(
-            f"{workdir} is in use by another training run (pid {holder.get('pid', '?')} on host "
-            f"{holder.get('host', '?')}, since {since}); wait for it to finish or train in another --workdir."
+            f"{workdir} is in use by another training run ({who}); wait for it to finish or train in another --workdir."
         )
     try:
         return _run_locked(trainer, data, workdir)
@@ -393,6 +417,7 @@ def _run_locked(trainer: Trainer, data, workdir: Path) -> dict:
     config, train_config = trainer.config, trainer.config.train
     checkpointer = Checkpointer(workdir / workdir_files.CHECKPOINTS_DIR, keep=train_config.keep_checkpoints)
     refuse_scratch_over_checkpoints(train_config, checkpointer)
+    check_records_agree(config, workdir, checkpointer)
     latest = checkpointer.latest_step()
     console = _Console(train_config.steps, min(latest or 0, train_config.steps))
     try:
@@ -404,12 +429,18 @@ def _run_locked(trainer: Trainer, data, workdir: Path) -> dict:
             done = [record for record in workdir_files.read_metrics(workdir) if record["step"] == latest]
             return done[-1] if done else {"step": latest}
         changes = check_config_change(config, workdir)
-        verify_data(data, workdir)
+        record_data(data, workdir)
         if jax.process_index() == 0:
             checkpointer.set_aside_uncommitted()
         state = restore_or_init(trainer, checkpointer)
         record_config(config, workdir, changes, int(state["step"]), console.say)
         return _train(trainer, data, workdir, checkpointer, state, console)
+    except Stopped as stop:
+        if stop.message is None:  # _train's finally has completed the save in flight
+            saved = checkpointer.latest_step()
+            kept = f"its newest checkpoint is step {saved}" if saved is not None else "it saved no checkpoint yet"
+            stop.message = f"stopped by {stop.name}: {kept} in {workdir}; the same command resumes from it."
+        raise
     finally:
         console.close()
         checkpointer.close()
@@ -499,6 +530,7 @@ def _train(trainer: Trainer, data, workdir: Path, checkpointer: Checkpointer, st
                 )
                 if evaluate_now:
                     record["val_loss"] = trainer.evaluate(state["params"], data.val, train_config.eval_batches)
+                record["checkpoint"] = checkpointer.latest_step()  # what check_records_agree holds a resume to
                 logger.write(record)
                 console.say(log_line(record, train_config.steps))
                 window = _Window()
