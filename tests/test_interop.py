@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +23,8 @@ from flax import nnx, traverse_util
 from safetensors.numpy import load_file, save_file
 
 from gpt2jax.config import base_config
+from gpt2jax.data.tokenizer import get_tokenizer
+from gpt2jax.inference.export import EXPORT_MARKER
 from gpt2jax.interop import hf
 from gpt2jax.model import GPTConfig, abstract_model
 
@@ -248,7 +252,15 @@ def test_export_of_a_run_started_from_hf_gives_back_the_hf_weights(tmp_path):
         text=True,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads(result.stdout.splitlines()[-1]) == {"step": 0, "out": str(out)}
+    tokenizer_files = ["vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"]
+    printed = json.loads(result.stdout.splitlines()[-1])
+    assert printed == {"step": 0, "out": str(out), "tokenizer_files": [*tokenizer_files, "generation_config.json"]}
+    # Readable by everyone, as save_pretrained leaves its files (safetensors alone would write 0600).
+    modes = {path.name: stat.S_IMODE(path.stat().st_mode) for path in out.iterdir()}
+    assert modes == dict.fromkeys(
+        ["config.json", "model.safetensors", *printed["tokenizer_files"], EXPORT_MARKER], 0o644
+    )
+    assert json.loads((out / "tokenizer_config.json").read_text())["model_max_length"] == 128
     exported = load_file(out / "model.safetensors")
     original = load_file(FIXTURE / "model.safetensors")
     assert exported.keys() == original.keys()
@@ -289,3 +301,46 @@ def test_main_fine_tunes_from_hf_weights(tmp_path):
     _, expected = hf.load_hf(FIXTURE)
     assert loaded.step == 2
     assert_same_params(loaded.params, expected)
+
+
+def tokenizer_test_strings() -> list[str]:
+    """A few hundred strings: the fixture's text cut at random places, and BPE's hard cases."""
+    text = (FIXTURE / "text.txt").read_text()
+    rng = random.Random(0)
+    cuts = [sorted(rng.sample(range(len(text)), 2)) for _ in range(250)]
+    hard = [
+        "The",
+        " The",
+        "",
+        "   leading and trailing spaces   ",
+        "tabs\tand\nnewlines\n\n\nand\r\nCRLF",
+        "I'm, you're, they'd, it's, we'll, I've, 'quoted'",
+        "numbers 1234567890 3.14159 -42 1e-5",
+        "UPPER lower MiXeD snake_case camelCase",
+        "naïve café résumé Ωmega 東京 😀👍🏽 ∑∫√",
+        "a<|endoftext|>b",
+        "<|endoftext|>",
+        "  \u00a0non-breaking\u2003spaces",
+        "https://example.com/path?q=1&r=2#frag",
+        "def f(x):\n    return x ** 2  # comment",
+    ]
+    return [text[start:end] for start, end in cuts] + hard
+
+
+def test_an_export_tokenizes_with_transformers_exactly_as_tiktoken(tmp_path, monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config, params = hf.load_hf(FIXTURE)
+    hf.save_hf(config, params, tmp_path)
+    hf.save_gpt2_tokenizer(config, tmp_path)
+    ours = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    tiktoken_gpt2 = get_tokenizer()
+    strings = tokenizer_test_strings()
+    assert len(strings) > 200
+    for text in strings:
+        expected = tiktoken_gpt2.encode(text, allowed_special={"<|endoftext|>"})
+        assert ours.encode(text) == expected, text
+        assert ours.decode(expected) == tiktoken_gpt2.decode(expected), text
+    assert ours.eos_token_id == ours.bos_token_id == 50256 and ours.model_max_length == config.block_size
+    generation = transformers.GenerationConfig.from_pretrained(tmp_path)
+    assert generation.eos_token_id == generation.bos_token_id == 50256

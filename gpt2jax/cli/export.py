@@ -1,7 +1,8 @@
 """Export a trained run as a Hugging Face GPT-2 directory (drives ``export.export_checkpoint``).
 
 ``python -m gpt2jax.cli.export --workdir runs/x [--step N] --out exported/``, then
-``GPT2LMHeadModel.from_pretrained("exported/")`` in transformers. Prints one JSON object.
+``GPT2LMHeadModel.from_pretrained("exported/")`` and ``AutoTokenizer.from_pretrained("exported/")`` in
+transformers. Prints one JSON object.
 An ``--out`` that holds files no export wrote is refused unless ``--overwrite``.
 """
 
@@ -13,7 +14,9 @@ from gpt2jax import cli
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A training run's workdir.", required=True)
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the latest).")
-_OUT = flags.DEFINE_string("out", None, "Directory to write config.json and model.safetensors into.", required=True)
+_OUT = flags.DEFINE_string(
+    "out", None, "Directory to write the Hugging Face model and its tokenizer into.", required=True
+)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Write into --out even if it holds files no export wrote.")
 
 

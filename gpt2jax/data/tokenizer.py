@@ -14,6 +14,9 @@ GPT2_VOCAB_SIZE = 50257
 # OpenAI's vocab.bpe and encoder.json under the names tiktoken gives its download cache
 # (the sha1 of each URL); tiktoken checks their sha256 when it reads them.
 _PACKAGED_CACHE_DIR = Path(__file__).parent / "tiktoken_cache"
+# The same two files are what Hugging Face's GPT-2 tokenizer reads as vocab.json and merges.txt.
+ENCODER_JSON = _PACKAGED_CACHE_DIR / "6c7ea1a7e38e3a7f062df639a5b80947f075ffe6"
+VOCAB_BPE = _PACKAGED_CACHE_DIR / "6d1cbeee0f20b3d9449abfede4726ed8212e3aee"
 
 
 @functools.cache

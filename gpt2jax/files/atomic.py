@@ -19,8 +19,8 @@ def fsync_directory(directory: Path) -> None:
         os.close(descriptor)
 
 
-def write_atomically(path: str | Path, text: str) -> None:
-    """Replaces ``path`` by a file holding ``text``: readers see the old file or the new one, whole.
+def write_atomically(path: str | Path, text: str | bytes) -> None:
+    """Replaces ``path`` by a file holding ``text`` (or bytes): readers see the old file or the new one, whole.
 
     The bytes and the rename are made durable, so after a crash the file is the old one or the new one.
     """
@@ -30,7 +30,7 @@ def write_atomically(path: str | Path, text: str) -> None:
     except OSError as error:
         raise OSError(error.errno, error.strerror, str(path)) from error
     try:
-        with os.fdopen(descriptor, "w") as file:
+        with os.fdopen(descriptor, "wb" if isinstance(text, bytes) else "w") as file:
             os.fchmod(file.fileno(), 0o644)  # mkstemp's 0600 would hide the file from other users
             file.write(text)
             file.flush()

@@ -1,4 +1,9 @@
-"""A run's checkpoint written out as a Hugging Face GPT-2 directory."""
+"""A run's checkpoint written out as a Hugging Face GPT-2 directory that stands alone.
+
+Besides config.json and model.safetensors, a model trained on GPT-2 text gets GPT-2's tokenizer
+files and generation_config.json, so ``AutoTokenizer.from_pretrained`` and ``generate`` need
+nothing else; a model trained on a compact vocabulary (bare ids) has no tokenizer to ship.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ def check_export_target(out_dir: str | Path, overwrite: bool = False) -> None:
         shown = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
         raise ValueError(
             f"--out {out_dir} already holds files that no export wrote ({shown}); "
-            "choose an empty directory, or pass --overwrite to write config.json and model.safetensors over them."
+            "choose an empty directory, or pass --overwrite to write the model and tokenizer files over them."
         )
 
 
@@ -35,8 +40,12 @@ def export_checkpoint(
 
     check_export_target(out_dir, overwrite)
     loaded = restore_checkpoint(workdir, step)
+    from gpt2jax.inference.sampling import vocabulary_of
+
     hf.save_hf(loaded.model_config, loaded.params, out_dir)
-    result = {"step": loaded.step, "out": str(out_dir)}
+    text = vocabulary_of(loaded.model_config, loaded.data_meta).text
+    tokenizer_files = hf.save_gpt2_tokenizer(loaded.model_config, out_dir) if text else []
+    result = {"step": loaded.step, "out": str(out_dir), "tokenizer_files": tokenizer_files}
     marker = dict(result, workdir=str(Path(workdir).absolute()))
     write_atomically(Path(out_dir) / EXPORT_MARKER, json.dumps(marker, indent=2) + "\n")
     return result

@@ -7,11 +7,16 @@ heads: c_attn [D, 3D] -> qkv_kernel [D, 3, H, K], attention c_proj [D, D] -> out
 [H, K, D]. On import the token embedding gets zero rows up to the padded vocabulary (the model
 masks their logits); on export they are cut off again. The output projection is tied to the
 token embedding, so an ``lm_head.weight`` that differs from it is refused.
+
+Every file is written readable by all (0644), as ``save_pretrained`` leaves files under the usual
+umask; safetensors' own ``save_file`` creates its file 0600, which would hide the weights from
+the other users of a shared export directory.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -22,12 +27,15 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from gpt2jax import flops
-from gpt2jax.data.tokenizer import EOT_TOKEN_ID
+from gpt2jax.data.tokenizer import ENCODER_JSON, EOT_TOKEN_ID, VOCAB_BPE
+from gpt2jax.files.atomic import write_atomically
 from gpt2jax.model import GPTConfig, abstract_model
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
+FILE_MODE = 0o644
+EOT_TEXT = "<|endoftext|>"
 SHAPE_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")
 
 # Defaults of transformers' GPT2Config, for keys a config.json leaves out.
@@ -180,8 +188,42 @@ def save_hf(model_config: GPTConfig, params, out_dir: str | Path) -> Path:
             value = value[: model_config.vocab_size]
         tensors["transformer." + name] = np.ascontiguousarray(value.reshape(hf_shape))
     save_file(tensors, out_dir / WEIGHTS_FILE, metadata={"format": "pt"})
-    (out_dir / CONFIG_FILE).write_text(json.dumps(_hf_config(model_config), indent=2) + "\n")
+    os.chmod(out_dir / WEIGHTS_FILE, FILE_MODE)
+    write_atomically(out_dir / CONFIG_FILE, _json_text(_hf_config(model_config)))
     return out_dir
+
+
+def save_gpt2_tokenizer(model_config: GPTConfig, out_dir: str | Path) -> list[str]:
+    """Writes GPT-2's tokenizer and generation config, so the directory stands alone; returns the names.
+
+    ``AutoTokenizer.from_pretrained(out_dir)`` then reads vocab.json and merges.txt, which are
+    the packaged encoder.json and vocab.bpe tiktoken encodes with, so both tokenize alike; the
+    other files are those of openai-community/gpt2 on the Hub, with this model's context.
+    """
+    out_dir = Path(out_dir)
+    special = {"bos_token": EOT_TEXT, "eos_token": EOT_TEXT, "unk_token": EOT_TEXT}
+    files = {
+        "vocab.json": ENCODER_JSON.read_bytes(),
+        "merges.txt": VOCAB_BPE.read_bytes(),
+        "tokenizer_config.json": _json_text(
+            dict(
+                special,
+                add_prefix_space=False,
+                errors="replace",
+                model_max_length=model_config.block_size,
+                tokenizer_class="GPT2Tokenizer",
+            )
+        ),
+        "special_tokens_map.json": _json_text(special),
+        "generation_config.json": _json_text({"bos_token_id": EOT_TOKEN_ID, "eos_token_id": EOT_TOKEN_ID}),
+    }
+    for name, content in files.items():
+        write_atomically(out_dir / name, content)
+    return list(files)
+
+
+def _json_text(value: dict) -> str:
+    return json.dumps(value, indent=2) + "\n"
 
 
 def check_table_covers(parameters, table) -> None:
