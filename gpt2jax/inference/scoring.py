@@ -44,7 +44,9 @@ def token_logprobs(
         (tokens_N[positions_WxT[i : i + batch_size]], tokens_N[positions_WxT[i : i + batch_size] + 1])
         for i in range(0, len(positions_WxT), batch_size)
     )
-    logprobs_WxT = np.concatenate(benchmarks.logprobs_by_batch(graphdef, params, batches, batch_size))
+    logprobs_WxT = np.concatenate(
+        [logprobs for logprobs, _ in benchmarks.logprobs_by_batch(graphdef, params, batches, batch_size)]
+    )
     new_targets_W = np.diff(window_ends_W, prepend=0)
     return np.concatenate([row[window_len - new :] for row, new in zip(logprobs_WxT, new_targets_W)])
 

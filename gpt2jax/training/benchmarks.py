@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -37,14 +38,15 @@ def _target_logprobs(graphdef, params, inputs_BxT, targets_BxT):
     # compared with PyTorch's.
     with jax.default_matmul_precision("highest"):
         logits_BxTxV = nnx.merge(graphdef, params)(inputs_BxT)
-    return logprobs_of_targets(logits_BxTxV, targets_BxT)
+    return logprobs_of_targets(logits_BxTxV, targets_BxT), jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT
 
 
 def logprobs_by_batch(
     graphdef, params, batches: Iterable[tuple[np.ndarray, np.ndarray]], batch_size: int
-) -> list[np.ndarray]:
-    """Log-probabilities of each batch's targets given its inputs, each batch padded to batch_size rows.
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(log-probabilities of each batch's targets given its inputs, whether each target is the top token).
 
+    Each batch is padded to batch_size rows.
     The padding keeps the number of rows fixed, so each sequence length compiles once. Every
     batch is dispatched before any result is read, so the device never waits on the host.
     """
@@ -55,13 +57,22 @@ def logprobs_by_batch(
         padding = ((0, batch_size - len(inputs_BxT)), (0, 0))
         rows.append(len(inputs_BxT))
         pending.append(_target_logprobs(graphdef, params, np.pad(inputs_BxT, padding), np.pad(targets_BxT, padding)))
-    return [logprobs_BxT[:n] for n, logprobs_BxT in zip(rows, jax.device_get(pending))]
+    return [(logprobs_BxT[:n], top_BxT[:n]) for n, (logprobs_BxT, top_BxT) in zip(rows, jax.device_get(pending))]
 
 
 def continuation_logprobs(
     graphdef, params, requests: Sequence[tuple[Sequence[int], Sequence[int]]], block_size: int, *, batch_size: int = 32
 ) -> list[np.ndarray]:
-    """For each (context tokens, continuation tokens), the log-probabilities of the continuation's tokens.
+    """For each (context tokens, continuation tokens), the log-probabilities of the continuation's tokens."""
+    scores = continuation_scores(graphdef, params, requests, block_size, batch_size=batch_size)
+    return [logprobs for logprobs, _ in scores]
+
+
+def continuation_scores(
+    graphdef, params, requests: Sequence[tuple[Sequence[int], Sequence[int]]], block_size: int, *, batch_size: int = 32
+) -> list[tuple[np.ndarray, bool]]:
+    """For each (context tokens, continuation tokens), the continuation's log-probabilities and whether
+    greedy decoding would produce it (every token the top one): what lm-eval's loglikelihood returns.
 
     A context too long for the model loses its oldest tokens. Rows are padded at the end to a
     power-of-two length, so a few shapes compile however the lengths vary.
@@ -76,11 +87,16 @@ def continuation_logprobs(
             )
         rows.append(np.asarray([*context, *continuation], np.int32)[-(block_size + 1) :])
     batches = (_padded_batch(rows[start : start + batch_size], block_size) for start in range(0, len(rows), batch_size))
-    logprobs = [row for batch in logprobs_by_batch(graphdef, params, batches, batch_size) for row in batch]
-    return [
-        row_logprobs[len(row) - 1 - len(continuation) : len(row) - 1]
-        for row_logprobs, row, (_, continuation) in zip(logprobs, rows, requests)
+    scored = [
+        pair
+        for logprobs_BxT, top_BxT in logprobs_by_batch(graphdef, params, batches, batch_size)
+        for pair in zip(logprobs_BxT, top_BxT)
     ]
+    results = []
+    for (row_logprobs, row_top), row, (_, continuation) in zip(scored, rows, requests):
+        span = slice(len(row) - 1 - len(continuation), len(row) - 1)
+        results.append((row_logprobs[span], bool(row_top[span].all())))
+    return results
 
 
 def _padded_batch(rows: list[np.ndarray], block_size: int) -> tuple[np.ndarray, np.ndarray]:
