@@ -236,8 +236,8 @@ def assert_refused(result, message: str) -> None:
     ],
     ids=["missing-file", "no-data", "unknown-task", "negative-limit"],
 )
-def test_a_task_without_its_data_is_refused_before_training(data_dir, tmp_path, overrides, message):
-    workdir = tmp_path / "run"
+def test_a_task_without_its_data_is_refused_before_training(tmp_path, overrides, message):
+    workdir, data_dir = tmp_path / "run", tmp_path / "data"
     with pytest.raises((ValueError, OSError), match=message):
         loop.run(tiny_config(data_dir, **overrides), workdir)
-    assert not workdir.exists()
+    assert not workdir.exists() and not data_dir.exists()  # refused before the data was prepared

@@ -51,6 +51,8 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "With --text or --task: sequ
 
 
 def _check_flags(source) -> None:
+    from gpt2jax.data import hellaswag
+
     if _TEXT.value and _TASK.value:
         raise ValueError("pass either --text or --task, not both.")
     if not _TEXT.value and (_LOGPROBS_OUT.value or _STRIDE.value is not None):
@@ -59,10 +61,7 @@ def _check_flags(source) -> None:
     if not _TASK.value and any(task_flags):
         raise ValueError("--hellaswag_data, --limit, --hub_cache and --tfds_data_dir only apply with --task.")
     if _TASK.value == "hellaswag" and not _HELLASWAG_DATA.value:
-        raise ValueError(
-            "--task=hellaswag needs --hellaswag_data: hellaswag_val.jsonl (github.com/rowanz/hellaswag), "
-            "hf:Rowan/hellaswag (a 6 MB download), or tfds (TFDS's prepared copy)."
-        )
+        raise ValueError(f"--task=hellaswag needs --hellaswag_data: {hellaswag.SOURCES} (a prepared TFDS copy).")
     if _LIMIT.value is not None and _LIMIT.value < 1:
         raise ValueError(f"--limit={_LIMIT.value} must be at least 1; omit it to score every example.")
     if _CONFIG.value is not None and (source.kind != "hf" or _TEXT.value or _TASK.value):

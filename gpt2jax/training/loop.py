@@ -363,6 +363,7 @@ def run(config, workdir: str | Path) -> dict:
     """
     workdir = Path(workdir)
     trainer = build_trainer(config)
+    tasks = benchmarks.read_tasks(config)  # a benchmark's missing data is refused before any data is prepared
     try:
         data = loader.prepared_data(config)
     except OSError as error:
@@ -370,7 +371,6 @@ def run(config, workdir: str | Path) -> dict:
             raise RuntimeError(f"could not prepare the data under {config.data.dir} ({error.strerror}).") from error
         raise
     check_data_fits(data, trainer.model_config.block_size)
-    tasks = benchmarks.read_tasks(config)  # a benchmark's missing data is refused before step 1
     workdir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(workdir / workdir_files.LOCK_FILE)
     if jax.process_index() == 0 and not lock.try_acquire():
