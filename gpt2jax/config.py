@@ -71,6 +71,11 @@ def base_config() -> ml_collections.ConfigDict:
             log_every=10,
             eval_every=250,
             eval_batches=20,
+            # Benchmarks scored with val every eval_every steps, comma-separated; empty: none.
+            # hellaswag reads hellaswag_data (hellaswag_val.jsonl | hf:Rowan/hellaswag | hf:DIR | tfds).
+            eval_tasks="",
+            eval_limit=0,  # examples of each task scored; 0: all (HellaSwag's validation split has 10,042)
+            hellaswag_data="",
             checkpoint_every=500,
             keep_checkpoints=3,
             tensorboard=False,

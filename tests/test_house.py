@@ -34,6 +34,10 @@ COMMANDS = {
     ),
     "evaluate": (["gpt2jax.cli.evaluate", "--workdir", "{missing}"], ["gpt2jax.cli.evaluate", "--step", "x"]),
     "sample": (["gpt2jax.cli.sample", "--workdir", "{missing}"], ["gpt2jax.cli.sample", "--no_such_flag"]),
+    "lm_eval": (
+        ["gpt2jax.cli.lm_eval", "--workdir", "{missing}", "--tasks", "hellaswag"],
+        ["gpt2jax.cli.lm_eval", "--tasks", "hellaswag", "--limit", "x"],
+    ),
     "export": (
         ["gpt2jax.cli.export", "--workdir", "{missing}", "--out", "{missing}/out"],
         ["gpt2jax.cli.export", "--workdir", "{missing}"],

@@ -16,10 +16,12 @@ import pytest
 import tensorflow_datasets as tfds
 import tensorflow_datasets.testing.mocking  # noqa: F401 (loads tfds.testing.mocking)
 
+from gpt2jax.data import hellaswag
 from gpt2jax.data.tokenizer import get_tokenizer
 from gpt2jax.inference import scoring
 from gpt2jax.interop import hf
 from gpt2jax.model import abstract_model
+from gpt2jax.training import benchmarks
 
 FIXTURE = Path(__file__).parent / "data" / "hf_tiny"
 TOLERANCE = 1e-4
@@ -113,7 +115,7 @@ def test_continuation_logprobs_match_transformers(model, hellaswag_reference):
             requests.append((tokenizer.encode(example["context"]), tokenizer.encode(" " + ending)))
             expected.append(losses)
     # A batch of 3 splits examples across batches and pads the last one.
-    logprobs = scoring.continuation_logprobs(graphdef, params, requests, block_size, batch_size=3)
+    logprobs = benchmarks.continuation_logprobs(graphdef, params, requests, block_size, batch_size=3)
     assert [len(row) for row in logprobs] == [len(continuation) for _, continuation in requests]
     losses = np.asarray([[-row.sum(), -row.mean()] for row in logprobs])
     np.testing.assert_allclose(losses, expected, atol=TOLERANCE, rtol=1e-6)
@@ -124,12 +126,12 @@ def test_a_long_context_loses_its_oldest_tokens(model, reference):
     tokens = reference["tokens"].tolist()
     context, continuation = tokens[:300], tokens[300:310]
     kept = block_size + 1 - len(continuation)
-    long, cut = scoring.continuation_logprobs(
+    long, cut = benchmarks.continuation_logprobs(
         graphdef, params, [(context, continuation), (context[-kept:], continuation)], block_size, batch_size=2
     )
     np.testing.assert_array_equal(long, cut)
     with pytest.raises(ValueError, match="does not fit the model's context"):
-        scoring.continuation_logprobs(graphdef, params, [(context, tokens[: block_size + 1])], block_size)
+        benchmarks.continuation_logprobs(graphdef, params, [(context, tokens[: block_size + 1])], block_size)
 
 
 def test_hellaswag_prediction_sums_for_acc_and_averages_for_acc_norm():
@@ -138,7 +140,7 @@ def test_hellaswag_prediction_sums_for_acc_and_averages_for_acc_norm():
         np.array([-2.5]),  # summed loss 2.5, mean 2.5: the best sum
         np.array([-4.0, -0.5]),
     ]  # summed loss 4.5, mean 2.25
-    assert scoring.hellaswag_prediction(endings) == (1, 0)
+    assert benchmarks.hellaswag_prediction(endings) == (1, 0)
 
 
 def test_hellaswag_scores_pick_what_transformers_picks(model, hellaswag_reference):
@@ -148,11 +150,18 @@ def test_hellaswag_scores_pick_what_transformers_picks(model, hellaswag_referenc
         for example in hellaswag_reference
     ]
     # With each label set to the reference's summed-loss choice, acc must be 1 exactly.
-    scores = scoring.hellaswag_scores(graphdef, params, examples, block_size, batch_size=4)
+    scores = benchmarks.hellaswag_scores(graphdef, params, examples, block_size, batch_size=4)
     expected_norm = np.mean(
         [np.argmin([mean for _, mean in example["losses"]]) == example["label"] for example in examples]
     )
-    assert scores == {"acc": 1.0, "acc_norm": expected_norm, "n": len(examples)}
+    n = len(examples)
+    assert scores == {
+        "acc": 1.0,
+        "acc_ci95": benchmarks.wilson_interval(n, n),
+        "acc_norm": expected_norm,
+        "acc_norm_ci95": benchmarks.wilson_interval(round(expected_norm * n), n),
+        "n": n,
+    }
     assert expected_norm < 1.0  # the two rules disagree on these examples, so both are tested
 
 
@@ -171,18 +180,20 @@ def test_hellaswag_reads_tfds_records(model, hellaswag_reference):
         for example in hellaswag_reference
     ]
     with tfds.testing.mock_data(as_data_source_fn=lambda builder, split, **kwargs: records):
-        examples = scoring.hellaswag_examples(limit=1)
+        examples = hellaswag.read_examples("tfds", limit=1)
     assert examples == [{key: hellaswag_reference[0][key] for key in ("context", "endings", "label")}]
 
 
-def test_hellaswag_runs_on_tfds_mock_data(model):
-    graphdef, params, block_size = model
-    # The mock's examples are random strings with 5 to 50 endings and random labels.
+def test_tfds_records_with_labels_past_their_endings_are_refused():
+    # The mock's examples are random strings with 5 to 50 endings and random labels, mostly out of range.
     with tfds.testing.mock_data(num_examples=3):
-        examples = scoring.hellaswag_examples()
-    scores = scoring.hellaswag_scores(graphdef, params, examples, block_size, batch_size=32)
-    assert scores["n"] == 3
-    assert 0.0 <= scores["acc"] <= 1.0 and 0.0 <= scores["acc_norm"] <= 1.0
+        with pytest.raises(ValueError, match=r"^TFDS hellaswag validation record \d+'s label \d+ is out of range"):
+            hellaswag.read_examples("tfds")
+
+
+def test_tfds_not_prepared_says_what_to_read_instead(tmp_path):
+    with pytest.raises(FileNotFoundError, match="read hellaswag_val.jsonl or hf:Rowan/hellaswag instead"):
+        hellaswag.read_examples("tfds", tfds_data_dir=str(tmp_path))
 
 
 def test_validation_loss_of_hf_weights_on_a_config(model, tmp_path):

@@ -1,7 +1,7 @@
 """The commands, and the one error path they share.
 
 Each module here is one command and stays thin: it parses flags and calls the library.
-``train`` (also ``python -m gpt2jax.main``), ``evaluate``, ``sample``, ``export``, ``bench``
+``train`` (also ``python -m gpt2jax.main``), ``evaluate``, ``lm_eval``, ``sample``, ``export``, ``bench``
 and ``prepare`` run as ``python -m gpt2jax.cli.NAME`` or as the console script
 ``gpt2jax-NAME``; the scaling tools are subcommands of ``python -m gpt2jax.scaling``
 (``gpt2jax-scaling``): ``sweep``, ``fit``, ``backtest``, ``plot``, ``report`` and ``budget``.

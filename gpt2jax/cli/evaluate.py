@@ -9,9 +9,12 @@ Per-token log-probabilities of a text file, windowed as ``scoring.token_logprobs
 
     python -m gpt2jax.cli.evaluate --init_from hf:DIR --text FILE [--logprobs_out OUT.npy] [--stride S]
 
-HellaSwag accuracy, scored completion-style as ``scoring`` describes::
+HellaSwag accuracy (acc, acc_norm, n, 95% Wilson intervals), scored completion-style as ``scoring``
+describes, on the validation split of the original jsonl, the Hub's copy, or TFDS's prepared one::
 
-    python -m gpt2jax.cli.evaluate --workdir runs/x --task hellaswag [--limit N]
+    python -m gpt2jax.cli.evaluate --workdir runs/x --task hellaswag --hellaswag_data hellaswag_val.jsonl
+    python -m gpt2jax.cli.evaluate --workdir runs/x --task hellaswag --hellaswag_data hf:Rowan/hellaswag [--limit N]
+    python -m gpt2jax.cli.evaluate --workdir runs/x --task hellaswag --hellaswag_data tfds [--tfds_data_dir D]
 """
 
 import json
@@ -34,18 +37,33 @@ _TEXT = flags.DEFINE_string("text", None, "A UTF-8 text file to score token by t
 _LOGPROBS_OUT = flags.DEFINE_string("logprobs_out", None, "With --text: write the float32 log-probabilities (.npy).")
 _STRIDE = flags.DEFINE_integer("stride", None, "With --text: targets each window advances (default: the context).")
 _TASK = flags.DEFINE_enum("task", None, ["hellaswag"], "A benchmark to score.")
+_HELLASWAG_DATA = flags.DEFINE_string(
+    "hellaswag_data",
+    None,
+    "With --task=hellaswag: hellaswag_val.jsonl (github.com/rowanz/hellaswag), hf:Rowan/hellaswag (or hf:DIR), or tfds.",
+)
 _LIMIT = flags.DEFINE_integer("limit", None, "With --task: score only the first N examples.")
-_TFDS_DATA_DIR = flags.DEFINE_string("tfds_data_dir", None, "With --task: where TFDS keeps the prepared dataset.")
+_HUB_CACHE = flags.DEFINE_string(
+    "hub_cache", None, "With --hellaswag_data=hf:...: where Hub datasets are downloaded (default: huggingface_hub's)."
+)
+_TFDS_DATA_DIR = flags.DEFINE_string("tfds_data_dir", None, "With --hellaswag_data=tfds: where TFDS keeps it prepared.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "With --text or --task: sequences per forward pass.")
 
 
 def _check_flags(source) -> None:
+    from gpt2jax.data import hellaswag
+
     if _TEXT.value and _TASK.value:
         raise ValueError("pass either --text or --task, not both.")
     if not _TEXT.value and (_LOGPROBS_OUT.value or _STRIDE.value is not None):
         raise ValueError("--logprobs_out and --stride only apply with --text.")
-    if not _TASK.value and (_LIMIT.value is not None or _TFDS_DATA_DIR.value):
-        raise ValueError("--limit and --tfds_data_dir only apply with --task.")
+    task_flags = (_HELLASWAG_DATA.value, _LIMIT.value is not None, _HUB_CACHE.value, _TFDS_DATA_DIR.value)
+    if not _TASK.value and any(task_flags):
+        raise ValueError("--hellaswag_data, --limit, --hub_cache and --tfds_data_dir only apply with --task.")
+    if _TASK.value == "hellaswag" and not _HELLASWAG_DATA.value:
+        raise ValueError(f"--task=hellaswag needs --hellaswag_data: {hellaswag.SOURCES} (a prepared TFDS copy).")
+    if _LIMIT.value is not None and _LIMIT.value < 1:
+        raise ValueError(f"--limit={_LIMIT.value} must be at least 1; omit it to score every example.")
     if _CONFIG.value is not None and (source.kind != "hf" or _TEXT.value or _TASK.value):
         raise ValueError(
             "--config names the validation data for --init_from=hf:DIR weights; a checkpoint brings "
@@ -58,25 +76,28 @@ def _check_flags(source) -> None:
 def main(argv):
     del argv
     cli.initialize_distributed()
+    from gpt2jax.data import hellaswag
     from gpt2jax.inference import scoring, weights
     from gpt2jax.init_from import weights_source
 
     source = weights_source(_WORKDIR.value, _INIT_FROM.value, _STEP.value)
     _check_flags(source)
-    if _TEXT.value or _TASK.value:
-        loaded = weights.load_weights(source)
-        if _TEXT.value:
-            result = scoring.evaluate_text(
-                loaded,
-                _TEXT.value,
-                stride=_STRIDE.value,
-                batch_size=_BATCH_SIZE.value,
-                logprobs_out=_LOGPROBS_OUT.value,
-            )
-        else:
-            result = scoring.evaluate_hellaswag(
-                loaded, limit=_LIMIT.value, data_dir=_TFDS_DATA_DIR.value, batch_size=_BATCH_SIZE.value
-            )
+    if _TASK.value:
+        # Read first: a bad file is refused before the weights load.
+        examples = hellaswag.read_examples(
+            _HELLASWAG_DATA.value, limit=_LIMIT.value, hub_cache=_HUB_CACHE.value, tfds_data_dir=_TFDS_DATA_DIR.value
+        )
+        result = scoring.evaluate_hellaswag(
+            weights.load_weights(source), examples, _HELLASWAG_DATA.value, batch_size=_BATCH_SIZE.value
+        )
+    elif _TEXT.value:
+        result = scoring.evaluate_text(
+            weights.load_weights(source),
+            _TEXT.value,
+            stride=_STRIDE.value,
+            batch_size=_BATCH_SIZE.value,
+            logprobs_out=_LOGPROBS_OUT.value,
+        )
     elif source.kind == "checkpoint":
         result = scoring.evaluate_checkpoint(source.path, source.step, _BATCHES.value)
     else:

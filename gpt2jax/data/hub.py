@@ -16,6 +16,7 @@ config when none is named); otherwise the Hub's naming conventions, a file going
 its path names (``train``, ``validation``/``valid``/``val``/``dev``, ``test``/``eval``), all files to
 train when no path names one, under ``CONFIG/`` when a config is named. The validation split,
 else the test split, is the val split; a dataset with neither has val carved from train.
+An evaluation set needs only its own split: ``split_files`` downloads and returns just that one.
 """
 
 from __future__ import annotations
@@ -49,16 +50,40 @@ def resolve(spec: str, *, cache_dir: str | Path | None = None, revision: str | N
     """The files of ``hf:`` spec (without the prefix); revision, if given, overrides an ``@REVISION`` in it."""
     location, config, pinned = parse(spec)
     revision = revision or pinned
+    files, origin = _files_by_role(spec, location, config, revision, cache_dir, _used_splits, "train")
+    return _dataset_files(files, origin)
+
+
+def split_files(spec: str, split: str, *, cache_dir: str | Path | None = None) -> list[Path]:
+    """The files of one split of ``hf:`` spec (without the prefix), e.g. an evaluation set's validation split.
+
+    Only that split is downloaded; the dataset needs no train split.
+    """
+    location, config, revision = parse(spec)
+    role = _split_role(split)
+    if role is None:
+        raise ValueError(f"split {split!r} is none of {', '.join(SPLIT_KEYWORDS)}; name one of those.")
+
+    def wanted(splits: dict) -> dict:
+        return {name: value for name, value in splits.items() if _split_role(name) == role}
+
+    files, _ = _files_by_role(spec, location, config, revision, cache_dir, wanted, role)
+    return files[role]
+
+
+def _files_by_role(spec, location, config, revision, cache_dir, used, required) -> tuple[dict, dict]:
+    """({split role: files}, origin) of a dataset directory or Hub dataset, holding the splits ``used`` keeps."""
     if _is_dir(location):
         root = Path(os.path.expanduser(location))
-        files, config = _directory_files(_snapshot_of_cache_folder(root, revision), config, str(root))
-        return _dataset_files(files, {"directory": str(root.resolve()), "config": config})
+        snapshot = _snapshot_of_cache_folder(root, revision)
+        files, config = _directory_files(snapshot, config, str(root), used, required)
+        return files, {"directory": str(root.resolve()), "config": config}
     if location.startswith(("/", ".", "~")) or not _HUB_NAME.fullmatch(location):
         raise FileNotFoundError(
             f"hf:{spec} is neither a local directory nor a Hub dataset name; write hf:OWNER/NAME[:CONFIG] "
             "(e.g. hf:HuggingFaceFW/fineweb-edu:sample-10BT) or hf:DIR."
         )
-    return _hub_files(location, config, revision, cache_dir)
+    return _hub_files(location, config, revision, cache_dir, used, required)
 
 
 def parse(spec: str) -> tuple[str, str | None, str | None]:
@@ -89,21 +114,21 @@ def _dataset_files(files: dict[str, list[Path]], origin: dict) -> DatasetFiles:
 # The Hub.
 
 
-def _hub_files(repo_id: str, config: str | None, revision: str | None, cache_dir) -> DatasetFiles:
+def _hub_files(repo_id: str, config: str | None, revision: str | None, cache_dir, used, required) -> tuple[dict, dict]:
     card_dir = _download(repo_id, revision, cache_dir, ["README.md"])
     commit = card_dir.name  # snapshot folders are named by commit: the download below asks for that one
     card_configs = _card_configs(card_dir)
     if card_configs is not None:
         chosen = _choose_config(card_configs, config, repo_id)
-        splits = _used_splits(_config_splits(chosen, repo_id))
+        splits = used(_config_splits(chosen, repo_id))
         patterns = sorted({pattern for split in splits.values() for pattern in split})
         config = chosen.get("config_name", "default")
     else:
         prefix = f"{config}/" if config else ""
         patterns = [f"{prefix}*{suffix}" for suffix in DATA_SUFFIXES]
     snapshot = _download(repo_id, commit, cache_dir, patterns)
-    files, config = _directory_files(snapshot, config, f"hf:{repo_id}")
-    return _dataset_files(files, {"hub": repo_id, "config": config, "revision": snapshot.name})
+    files, config = _directory_files(snapshot, config, f"hf:{repo_id}", used, required)
+    return files, {"hub": repo_id, "config": config, "revision": snapshot.name}
 
 
 def _snapshot_download(**kwargs) -> str:
@@ -165,31 +190,38 @@ def _snapshot_of_cache_folder(root: Path, revision: str | None) -> Path:
     return found[0]
 
 
-def _directory_files(root: Path, config: str | None, name: str) -> tuple[dict[str, list[Path]], str | None]:
-    """{split role: files} of a dataset directory, and the config they are (None for no card's configs)."""
+def _directory_files(
+    root: Path, config: str | None, name: str, used, required: str
+) -> tuple[dict[str, list[Path]], str | None]:
+    """{split role: files} of a dataset directory, and the config they are (None for no card's configs).
+
+    ``used`` keeps the card config's splits to read; the ``required`` role must be among them.
+    """
     if (root / "dataset_dict.json").is_file() or (root / "state.json").is_file():
         if config:
             raise ValueError(f"{root} was written by save_to_disk and has no configs; drop :{config}.")
-        return _by_role(_saved_files(root), name), None
+        return _by_role(_saved_files(root), name, required), None
     card_configs = _card_configs(root)
     if card_configs is not None:
         chosen = _choose_config(card_configs, config, name)
         config = chosen.get("config_name", "default")
-        used = _used_splits(_config_splits(chosen, name))
-        splits = {split: _matching(root, patterns, name, split) for split, patterns in used.items()}
+        splits = {
+            split: _matching(root, patterns, name, split)
+            for split, patterns in used(_config_splits(chosen, name)).items()
+        }
     else:
         splits = _conventional_splits(root, config, name)
-    return _by_role(splits, name), config
+    return _by_role(splits, name, required), config
 
 
-def _by_role(splits: dict[str, list[Path]], name: str) -> dict[str, list[Path]]:
+def _by_role(splits: dict[str, list[Path]], name: str, required: str) -> dict[str, list[Path]]:
     by_role: dict[str, list[Path]] = {}
     for split, files in splits.items():
         role = _split_role(split)
         if role is not None:
             by_role.setdefault(role, []).extend(files)
-    if not by_role.get("train"):
-        raise ValueError(f"{name} has no train split (it has {', '.join(sorted(splits)) or 'no data files'}).")
+    if not by_role.get(required):
+        raise ValueError(f"{name} has no {required} split (it has {', '.join(sorted(splits)) or 'no data files'}).")
     return {role: sorted(set(files)) for role, files in by_role.items()}
 
 

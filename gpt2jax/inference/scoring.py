@@ -1,4 +1,4 @@
-"""Log-probabilities of text under a model, and HellaSwag scored from them.
+"""Log-probabilities of text under a model, validation loss, and HellaSwag, as ``evaluate`` reports them.
 
 Text longer than the context is scored by windows of ``block_size`` tokens that advance by
 ``stride`` targets. The first window predicts tokens 1..block_size; each later window ends
@@ -8,51 +8,19 @@ window did not reach. Every token after the first is scored exactly once, with a
 ``block_size``, gives non-overlapping windows of block_size + 1 tokens that share their
 boundary token; a smaller stride buys more context per token for more compute.
 
-HellaSwag is scored as in build-nanogpt and llm.c: each ending is rendered as the context's
-tokens followed by the tokens of ``" " + ending``, and only the ending's tokens are scored.
-``acc`` picks the ending with the lowest summed loss, ``acc_norm`` the lowest mean loss per token.
+HellaSwag is scored by ``training.benchmarks``, which says how.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import jax
 import numpy as np
-from flax import nnx
 
-from gpt2jax.model import token_logprobs as logprobs_of_targets
-
-
-@functools.partial(jax.jit, static_argnames="graphdef")
-def _target_logprobs(graphdef, params, inputs_BxT, targets_BxT):
-    # Full float32 matmuls: on GPUs JAX's default is TF32, PyTorch's is not, and scores are
-    # compared with PyTorch's.
-    with jax.default_matmul_precision("highest"):
-        logits_BxTxV = nnx.merge(graphdef, params)(inputs_BxT)
-    return logprobs_of_targets(logits_BxTxV, targets_BxT)
-
-
-def _logprobs_by_batch(
-    graphdef, params, batches: Iterable[tuple[np.ndarray, np.ndarray]], batch_size: int
-) -> list[np.ndarray]:
-    """Log-probabilities of each batch's targets given its inputs, each batch padded to batch_size rows.
-
-    The padding keeps the number of rows fixed, so each sequence length compiles once. Every
-    batch is dispatched before any result is read, so the device never waits on the host.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be at least 1.")
-    rows, pending = [], []
-    for inputs_BxT, targets_BxT in batches:
-        padding = ((0, batch_size - len(inputs_BxT)), (0, 0))
-        rows.append(len(inputs_BxT))
-        pending.append(_target_logprobs(graphdef, params, np.pad(inputs_BxT, padding), np.pad(targets_BxT, padding)))
-    return [logprobs_BxT[:n] for n, logprobs_BxT in zip(rows, jax.device_get(pending))]
+from gpt2jax.training import benchmarks
 
 
 def token_logprobs(
@@ -76,112 +44,11 @@ def token_logprobs(
         (tokens_N[positions_WxT[i : i + batch_size]], tokens_N[positions_WxT[i : i + batch_size] + 1])
         for i in range(0, len(positions_WxT), batch_size)
     )
-    logprobs_WxT = np.concatenate(_logprobs_by_batch(graphdef, params, batches, batch_size))
+    logprobs_WxT = np.concatenate(
+        [logprobs for logprobs, _ in benchmarks.logprobs_by_batch(graphdef, params, batches, batch_size)]
+    )
     new_targets_W = np.diff(window_ends_W, prepend=0)
     return np.concatenate([row[window_len - new :] for row, new in zip(logprobs_WxT, new_targets_W)])
-
-
-def continuation_logprobs(
-    graphdef, params, requests: Sequence[tuple[Sequence[int], Sequence[int]]], block_size: int, *, batch_size: int = 32
-) -> list[np.ndarray]:
-    """For each (context tokens, continuation tokens), the log-probabilities of the continuation's tokens.
-
-    A context too long for the model loses its oldest tokens. Rows are padded at the end to a
-    power-of-two length, so a few shapes compile however the lengths vary.
-    """
-    rows = []
-    for context, continuation in requests:
-        if not context or not continuation:
-            raise ValueError("every request needs at least one context token and one continuation token.")
-        if len(continuation) > block_size:
-            raise ValueError(
-                f"a continuation of {len(continuation)} tokens does not fit the model's context of {block_size} tokens."
-            )
-        rows.append(np.asarray([*context, *continuation], np.int32)[-(block_size + 1) :])
-    batches = (_padded_batch(rows[start : start + batch_size], block_size) for start in range(0, len(rows), batch_size))
-    logprobs = [row for batch in _logprobs_by_batch(graphdef, params, batches, batch_size) for row in batch]
-    return [
-        row_logprobs[len(row) - 1 - len(continuation) : len(row) - 1]
-        for row_logprobs, row, (_, continuation) in zip(logprobs, rows, requests)
-    ]
-
-
-def _padded_batch(rows: list[np.ndarray], block_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(inputs, targets) of token rows, padded at the end to a power-of-two length."""
-    length = min(block_size, 1 << (max(len(row) for row in rows) - 2).bit_length())
-    inputs_BxT = np.zeros((len(rows), length), np.int32)
-    targets_BxT = np.zeros((len(rows), length), np.int32)
-    for i, row in enumerate(rows):
-        inputs_BxT[i, : len(row) - 1] = row[:-1]
-        targets_BxT[i, : len(row) - 1] = row[1:]
-    return inputs_BxT, targets_BxT
-
-
-def hellaswag_prediction(ending_logprobs: Sequence[np.ndarray]) -> tuple[int, int]:
-    """(acc's pick, acc_norm's pick): the ending with the lowest summed loss, and with the lowest mean loss."""
-    summed = [-float(np.sum(logprobs)) for logprobs in ending_logprobs]
-    mean = [-float(np.mean(logprobs)) for logprobs in ending_logprobs]
-    return int(np.argmin(summed)), int(np.argmin(mean))
-
-
-def hellaswag_scores(graphdef, params, examples: Iterable[dict], block_size: int, *, batch_size: int = 32) -> dict:
-    """acc, acc_norm and n over examples with a ``context``, its ``endings`` and the right one's ``label``."""
-    from gpt2jax.data.tokenizer import get_tokenizer
-
-    tokenizer = get_tokenizer()
-    examples = list(examples)
-    if not examples:
-        raise ValueError("there are no HellaSwag examples to score.")
-    requests, owners = [], []
-    for index, example in enumerate(examples):
-        context_tokens = tokenizer.encode(example["context"])
-        for ending in example["endings"]:
-            requests.append((context_tokens, tokenizer.encode(" " + ending)))
-            owners.append(index)
-    logprobs = continuation_logprobs(graphdef, params, requests, block_size, batch_size=batch_size)
-    per_example = [[] for _ in examples]
-    for index, ending_logprobs in zip(owners, logprobs):
-        per_example[index].append(ending_logprobs)
-    correct = np.zeros(2)
-    for example, ending_logprobs in zip(examples, per_example):
-        correct += np.equal(hellaswag_prediction(ending_logprobs), example["label"])
-    return {"acc": float(correct[0]) / len(examples), "acc_norm": float(correct[1]) / len(examples), "n": len(examples)}
-
-
-def hellaswag_examples(
-    split: str = "validation", *, data_dir: str | None = None, limit: int | None = None
-) -> list[dict]:
-    """HellaSwag examples as dicts of context (str), endings (list of str) and label (int), read from TFDS."""
-    if limit is not None and limit < 1:
-        raise ValueError(f"limit={limit} must be at least 1.")
-    import tensorflow_datasets as tfds
-
-    # Without TensorFlow, TFDS registers the HellaSwag builder only once its module is imported.
-    import tensorflow_datasets.text.hellaswag  # noqa: F401
-
-    builder = tfds.builder("hellaswag", data_dir=data_dir)
-    try:
-        records = builder.as_data_source(split=split)
-    except (NotImplementedError, ValueError, AssertionError, FileNotFoundError):
-        raise FileNotFoundError(
-            f"HellaSwag is not prepared as ArrayRecord under {builder.data_dir_root}; building it needs "
-            f"TensorFlow (`pip install tensorflow`), then `tfds build hellaswag --file_format=array_record "
-            f"--data_dir={builder.data_dir_root}`, "
-            "or pass --tfds_data_dir where it is."
-        ) from None
-    count = len(records) if limit is None else min(limit, len(records))
-    return [
-        {
-            "context": _text(record["context"]),
-            "endings": [_text(ending) for ending in record["endings"]],
-            "label": int(record["label"]),
-        }
-        for record in (records[i] for i in range(count))
-    ]
-
-
-def _text(value) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 # Whole evaluations, as the evaluate command runs them.
@@ -254,11 +121,9 @@ def evaluate_text(
     return {"tokens": len(tokens), "scored_tokens": len(logprobs), "loss": loss, "perplexity": _perplexity(loss)}
 
 
-def evaluate_hellaswag(loaded, *, limit: int | None = None, data_dir: str | None = None, batch_size: int = 8) -> dict:
-    examples = hellaswag_examples(data_dir=data_dir, limit=limit)
-    return {
-        "task": "hellaswag",
-        **hellaswag_scores(
-            loaded.graphdef, loaded.params, examples, loaded.model_config.block_size, batch_size=batch_size
-        ),
-    }
+def evaluate_hellaswag(loaded, examples: list[dict], source: str, *, batch_size: int = 8) -> dict:
+    """HellaSwag examples read from ``source`` (``data.hellaswag.read_examples``), scored and counted."""
+    scores = benchmarks.hellaswag_scores(
+        loaded.graphdef, loaded.params, examples, loaded.model_config.block_size, batch_size=batch_size
+    )
+    return {"task": "hellaswag", "data": source, **scores, "interval": "Wilson 95%"}

@@ -26,7 +26,7 @@ from gpt2jax.errors import Stopped
 from gpt2jax.files import workdir as workdir_files
 from gpt2jax.files.atomic import write_atomically
 from gpt2jax.files.locks import FileLock
-from gpt2jax.training import checkpoint, optim, steps
+from gpt2jax.training import benchmarks, checkpoint, optim, steps
 from gpt2jax.training.checkpoint import Checkpointer
 from gpt2jax.training.trainer import Trainer, build_trainer
 
@@ -43,6 +43,9 @@ RESUMABLE_KEYS = (
     "train.log_every",
     "train.eval_every",
     "train.eval_batches",
+    "train.eval_tasks",
+    "train.eval_limit",
+    "train.hellaswag_data",
     "train.checkpoint_every",
     "train.keep_checkpoints",
     "train.tensorboard",
@@ -358,6 +361,9 @@ def log_line(record: dict, steps_total: int) -> str:
     parts = [f"step {record['step']}/{steps_total}", f"loss {record['train_loss']:.4f}"]
     if "val_loss" in record:
         parts.append(f"val {record['val_loss']:.4f}")
+    for task in benchmarks.TASKS:
+        if f"{task}_acc_norm" in record:
+            parts.append(f"{task} {record[f'{task}_acc_norm']:.3f}")
     parts.append(f"lr {record['learning_rate']:.2e}")
     if "tokens_per_s" in record:
         parts.append(f"{flops.format_count(record['tokens_per_s'])} tok/s")
@@ -378,6 +384,7 @@ def run(config, workdir: str | Path) -> dict:
     """
     workdir = Path(workdir)
     trainer = build_trainer(config)
+    tasks = benchmarks.read_tasks(config)  # a benchmark's missing data is refused before any data is prepared
     try:
         data = loader.prepared_data(config)
     except OSError as error:
@@ -398,7 +405,7 @@ def run(config, workdir: str | Path) -> dict:
             f"{workdir} is in use by another training run ({who}); wait for it to finish or train in another --workdir."
         )
     try:
-        return _run_locked(trainer, data, workdir)
+        return _run_locked(trainer, data, tasks, workdir)
     finally:
         lock.release()
 
@@ -413,7 +420,7 @@ def closing_line(final: dict, workdir: str | Path) -> str:
     )
 
 
-def _run_locked(trainer: Trainer, data, workdir: Path) -> dict:
+def _run_locked(trainer: Trainer, data, tasks: dict, workdir: Path) -> dict:
     config, train_config = trainer.config, trainer.config.train
     checkpointer = Checkpointer(workdir / workdir_files.CHECKPOINTS_DIR, keep=train_config.keep_checkpoints)
     refuse_scratch_over_checkpoints(train_config, checkpointer)
@@ -434,7 +441,7 @@ def _run_locked(trainer: Trainer, data, workdir: Path) -> dict:
             checkpointer.set_aside_uncommitted()
         state = restore_or_init(trainer, checkpointer)
         record_config(config, workdir, changes, int(state["step"]), console.say)
-        return _train(trainer, data, workdir, checkpointer, state, console)
+        return _train(trainer, data, tasks, workdir, checkpointer, state, console)
     except Stopped as stop:
         if stop.message is None:  # _train's finally has completed the save in flight
             saved = checkpointer.latest_step()
@@ -475,7 +482,9 @@ def _stop(what: str, step: int, kept: int | None, checkpointer: Checkpointer, le
     )
 
 
-def _train(trainer: Trainer, data, workdir: Path, checkpointer: Checkpointer, state, console: _Console) -> dict:
+def _train(
+    trainer: Trainer, data, tasks: dict, workdir: Path, checkpointer: Checkpointer, state, console: _Console
+) -> dict:
     """The loop. Step n+1 is dispatched before step n's metrics are pulled to the host, so logging never stalls."""
     train_config = trainer.config.train
     vocab_size = trainer.model_config.vocab_size
@@ -530,6 +539,11 @@ def _train(trainer: Trainer, data, workdir: Path, checkpointer: Checkpointer, st
                 )
                 if evaluate_now:
                     record["val_loss"] = trainer.evaluate(state["params"], data.val, train_config.eval_batches)
+                    record.update(
+                        benchmarks.score_tasks(
+                            trainer.graphdef, state["params"], tasks, trainer.model_config.block_size
+                        )
+                    )
                 record["checkpoint"] = checkpointer.latest_step()  # what check_records_agree holds a resume to
                 logger.write(record)
                 console.say(log_line(record, train_config.steps))

@@ -1,0 +1,143 @@
+"""gpt2jax weights inside EleutherAI's lm-evaluation-harness, without PyTorch (``pip install -e '.[lm-eval]'``).
+
+``GPT2JaxLM`` answers lm-eval's three kinds of request from a run's checkpoint or a Hugging
+Face GPT-2 directory:
+
+``loglikelihood``
+    (context, continuation) -> (the continuation's summed log-probability, whether greedy
+    decoding produces it), tokenized as lm-eval's Hugging Face model does (a context's
+    trailing spaces move to the continuation; an empty context is ``<|endoftext|>``) and scored
+    by ``training.benchmarks.continuation_scores``, the scorer of ``evaluate --task hellaswag``:
+    rows padded at the end to power-of-two lengths, so a few shapes compile.
+``loglikelihood_rolling``
+    a whole text's log-probability, its first token predicted from ``<|endoftext|>``, by windows
+    of ``block_size`` (lm-eval's rolling windows with a context of one token).
+``generate_until``
+    greedy decoding (``sampling.generate``) to ``max_gen_toks`` tokens, cut at the first stop
+    string; requests whose prompts have the same length decode as one batch.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import jax
+import numpy as np
+from lm_eval.api.model import TemplateLM
+
+from gpt2jax.data.tokenizer import get_tokenizer
+from gpt2jax.inference import sampling, scoring
+from gpt2jax.training import benchmarks
+
+DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's default for generation tasks that name none
+
+
+class GPT2JaxLM(TemplateLM):
+    def __init__(self, loaded, *, batch_size: int = 32):
+        super().__init__()
+        self.loaded = loaded
+        self.batch_size = batch_size
+        self.tokenizer = get_tokenizer()
+        self.block_size = loaded.model_config.block_size
+
+    @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eot_token
+
+    @property
+    def max_length(self) -> int:
+        return self.block_size
+
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
+        return self.tokenizer.encode(string, allowed_special={"<|endoftext|>"})
+
+    def tok_decode(self, tokens, **kwargs) -> str:
+        return self.tokenizer.decode(list(tokens))
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
+        pairs = [(context, continuation) for _, context, continuation in requests]
+        scores = benchmarks.continuation_scores(
+            self.loaded.graphdef, self.loaded.params, pairs, self.block_size, batch_size=self.batch_size
+        )
+        results = []
+        for (key, _, _), (logprobs, greedy) in zip(requests, scores):
+            result = (float(np.sum(logprobs, dtype=np.float64)), greedy)
+            self.cache_hook.add_partial("loglikelihood", key, result)
+            results.append(result)
+        return results
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        results = []
+        for request in requests:
+            (text,) = request.args
+            tokens = [self.eot_token_id, *self.tok_encode(text)]
+            logprobs = scoring.token_logprobs(
+                self.loaded.graphdef, self.loaded.params, tokens, self.block_size, batch_size=self.batch_size
+            )
+            result = float(np.sum(logprobs, dtype=np.float64))
+            self.cache_hook.add_partial("loglikelihood_rolling", (text,), result)
+            results.append(result)
+        return results
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        groups = defaultdict(list)  # (prompt length, tokens to generate): the requests that decode together
+        for index, request in enumerate(requests):
+            context, gen_kwargs = request.args
+            until = gen_kwargs.get("until") or []
+            until = [until] if isinstance(until, str) else list(until)
+            max_new = int(gen_kwargs.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS))
+            prompt = self.tok_encode(context) or [self.eot_token_id]
+            groups[len(prompt), max_new].append((index, prompt, until))
+        results = [""] * len(requests)
+        for (_, max_new), members in groups.items():
+            for start in range(0, len(members), self.batch_size):
+                chunk = members[start : start + self.batch_size]
+                prompts_BxP = np.asarray([prompt for _, prompt, _ in chunk], np.int32)
+                out_BxN = sampling.generate(
+                    self.loaded.graphdef,
+                    self.loaded.params,
+                    prompts_BxP,
+                    jax.random.key(0),
+                    max_new_tokens=max_new,
+                    temperature=0.0,
+                    top_k=0,
+                )
+                for (index, _, until), row in zip(chunk, np.asarray(out_BxN)[:, prompts_BxP.shape[1] :]):
+                    text = self.tok_decode(row)
+                    for stop in until:
+                        text = text.split(stop, 1)[0]
+                    results[index] = text
+                    self.cache_hook.add_partial("generate_until", requests[index].args, text)
+        return results
+
+
+def task_manager(tasks: list[str], include_path: str | None):
+    """lm-eval's TaskManager, once every task in ``tasks`` is known to it (lm-eval's own, or include_path's)."""
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=include_path)
+    unknown = [task for task in tasks if task not in manager.all_tasks]
+    if unknown:
+        raise ValueError(
+            f"lm-eval has no task {unknown[0]!r}; name one that `lm_eval ls tasks` lists, or pass --include_path "
+            "with a folder of task YAMLs."
+        )
+    return manager
+
+
+def evaluate(loaded, tasks: list[str], manager, *, limit: int | None, num_fewshot: int | None, batch_size: int):
+    """lm-eval's ``simple_evaluate`` of ``tasks`` on ``loaded``: its results dict, without per-sample logs."""
+    from lm_eval import evaluator
+
+    return evaluator.simple_evaluate(
+        model=GPT2JaxLM(loaded, batch_size=batch_size),
+        tasks=tasks,
+        num_fewshot=num_fewshot,
+        limit=limit,
+        task_manager=manager,
+        log_samples=False,
+        # Resamples for the stderr of metrics without a closed form (acc and acc_norm have one);
+        # lm-eval's default is 100,000.
+        bootstrap_iters=1000,
+        torch_random_seed=None,
+    )

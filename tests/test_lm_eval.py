@@ -1,0 +1,148 @@
+"""gpt2jax inside lm-evaluation-harness (the optional extra): offline, on a task YAML and data written here.
+
+The harness's log-likelihoods must be those of gpt2jax's own scorer, and its multiple-choice acc
+the HellaSwag acc that ``evaluate --task hellaswag`` gives on the same examples.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("lm_eval")
+
+from lm_eval.api.instance import Instance  # noqa: E402
+
+from gpt2jax.data.tokenizer import get_tokenizer  # noqa: E402
+from gpt2jax.inference import harness, weights  # noqa: E402
+from gpt2jax.init_from import weights_source  # noqa: E402
+from gpt2jax.training import benchmarks  # noqa: E402
+from tests.helpers import REPO  # noqa: E402
+
+FIXTURE = Path(__file__).parent / "data" / "hf_tiny"
+TOLERANCE = 1e-4
+TASK_YAML = """\
+task: gpt2jax_tiny_choice
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    validation: {data}
+validation_split: validation
+output_type: multiple_choice
+doc_to_text: context
+doc_to_target: label
+doc_to_choice: endings
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+@pytest.fixture(scope="module")
+def loaded():
+    return weights.load_weights(weights_source(None, f"hf:{FIXTURE}", None))
+
+
+@pytest.fixture(scope="module")
+def examples():
+    return json.loads((FIXTURE / "hellaswag.json").read_text())
+
+
+def requests(kind: str, arguments: list[tuple]) -> list[Instance]:
+    return [Instance(request_type=kind, doc={}, arguments=args, idx=i) for i, args in enumerate(arguments)]
+
+
+def test_loglikelihoods_are_the_scorers(loaded, examples):
+    pairs = [(example["context"], " " + ending) for example in examples for ending in example["endings"]]
+    lm = harness.GPT2JaxLM(loaded, batch_size=5)
+    got = lm.loglikelihood(requests("loglikelihood", pairs))
+    tokenizer = get_tokenizer()
+    expected = benchmarks.continuation_logprobs(
+        loaded.graphdef,
+        loaded.params,
+        [(tokenizer.encode(context), tokenizer.encode(ending)) for context, ending in pairs],
+        loaded.model_config.block_size,
+    )
+    np.testing.assert_allclose([value for value, _ in got], [row.sum() for row in expected], atol=TOLERANCE, rtol=0)
+    # The reference's summed losses, from transformers' PyTorch GPT-2 on the same weights.
+    reference = [-summed for example in examples for summed, _ in example["losses"]]
+    np.testing.assert_allclose([value for value, _ in got], reference, atol=TOLERANCE, rtol=1e-6)
+
+
+def test_greedy_flags_what_greedy_decoding_produces(loaded):
+    lm = harness.GPT2JaxLM(loaded)
+    prompt = "The quick brown fox"
+    generated = lm.generate_until(requests("generate_until", [(prompt, {"until": [], "max_gen_toks": 3})]))[0]
+    (_, greedy), (_, other) = lm.loglikelihood(requests("loglikelihood", [(prompt, generated), (prompt, " zebra")]))
+    assert greedy and not other
+
+
+def test_rolling_loglikelihood_scores_every_token_after_endoftext(loaded):
+    lm = harness.GPT2JaxLM(loaded)
+    text = "A short text that fits one window."
+    (rolling,) = lm.loglikelihood_rolling(requests("loglikelihood_rolling", [(text,)]))
+    # The same tokens as one continuation of <|endoftext|>, through the padded multiple-choice path.
+    (expected,) = lm.loglikelihood(requests("loglikelihood", [("", text)]))
+    assert rolling == pytest.approx(expected[0], abs=TOLERANCE)
+
+
+def test_generation_stops_at_until_and_batches_like_one_at_a_time(loaded):
+    lm = harness.GPT2JaxLM(loaded, batch_size=4)
+    prompts = ["The cat sat on", "A dog ran to", "The cat sat on"]  # the same length: one batch
+    alone = [lm.generate_until(requests("generate_until", [(p, {"until": [], "max_gen_toks": 6})]))[0] for p in prompts]
+    together = lm.generate_until(requests("generate_until", [(p, {"until": [], "max_gen_toks": 6}) for p in prompts]))
+    assert together == alone and alone[0] == alone[2]
+    stop = alone[1][2:4]
+    (cut,) = lm.generate_until(requests("generate_until", [(prompts[1], {"until": [stop], "max_gen_toks": 6})]))
+    assert cut == alone[1].split(stop, 1)[0]
+
+
+def test_the_command_prints_the_table_writes_json_and_matches_hellaswag_acc(loaded, examples, tmp_path):
+    data = tmp_path / "choice.jsonl"
+    data.write_text(
+        "".join(json.dumps({key: e[key] for key in ("context", "endings", "label")}) + "\n" for e in examples)
+    )
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "tiny_choice.yaml").write_text(TASK_YAML.format(data=data))
+    out = tmp_path / "results.json"
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(REPO),
+        HF_DATASETS_OFFLINE="1",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_CACHE=str(tmp_path / "datasets"),
+    )
+    command = [sys.executable, "-m", "gpt2jax.cli.lm_eval", f"--init_from=hf:{FIXTURE}", "--tasks=gpt2jax_tiny_choice"]
+    result = subprocess.run(
+        [*command, f"--include_path={tasks}", f"--output={out}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "gpt2jax_tiny_choice" in result.stdout and "|acc" in result.stdout.replace(" ", "")
+    acc = json.loads(out.read_text())["results"]["gpt2jax_tiny_choice"]["acc,none"]
+    scores = benchmarks.hellaswag_scores(loaded.graphdef, loaded.params, examples, loaded.model_config.block_size)
+    assert acc == pytest.approx(scores["acc"])
+    refused = subprocess.run(
+        [*command[:-1], "--tasks=no_such_task", f"--include_path={tasks}", f"--output={tmp_path / 'never.json'}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert refused.returncode == 1 and refused.stderr.strip().splitlines()[-1].startswith(
+        "error: lm-eval has no task 'no_such_task'"
+    )
+    assert not (tmp_path / "never.json").exists()
