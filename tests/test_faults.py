@@ -96,6 +96,17 @@ def test_a_diverging_run_keeps_only_states_that_train_and_resumes_at_a_lower_rat
     assert change["step"] == 1 and change["changes"]["train.learning_rate"] == [1e6, 1e-2]
 
 
+def test_a_finished_run_given_another_model_is_refused_not_called_trained(trained, data_dir, tmp_path):
+    """A finished workdir used to answer "already trained to step 12: nothing to train" to any config."""
+    workdir = _copy(trained, tmp_path)
+    config = compact_config(data_dir)
+    config.model.block_size = 2 * config.model.block_size
+    with pytest.raises(ValueError, match=r"holds a run trained with another config \(model.block_size 16 -> 32\)"):
+        loop.run(config, workdir)
+    config = compact_config(data_dir, steps=6)  # fewer steps than trained: nothing to do
+    assert loop.run(config, workdir)["step"] == 12
+
+
 def test_a_state_is_saved_only_after_its_own_loss_is_known(data_dir, tmp_path, monkeypatch):
     """Step n's loss is computed before update n: the state update n made is checked on the next batch."""
     real_step = Trainer.train_step.func

@@ -3,8 +3,9 @@ is what the budget command prints.
 
 Three liberties, each to fit CI's minutes and machine: the tiny training runs 20 steps, not
 400; any other training command runs as its dry run (the same config checks, mesh and compile,
-no data to download); a command with mesh flags gets eight fake CPU devices. `pip install` and
-the test suite itself are not run.
+no data to download); a command with mesh flags gets eight fake CPU devices. Not run: `pip
+install`, the test suite itself, and a command whose comment says it downloads (CI has no
+network; the tests of hub.py read the same code paths from local Hub-layout folders).
 """
 
 from __future__ import annotations
@@ -25,20 +26,27 @@ TINY_STEPS = ("--config.train.steps=20", "--config.train.eval_every=20", "--conf
 SKIPPED = ("pip install", "python -m pytest")
 
 
-def readme_commands(text: str) -> list[str]:
-    """The commands of the README's ```bash blocks, continuation lines joined and comments dropped."""
-    commands = []
+def readme_lines(text: str) -> list[str]:
+    """The lines of the README's ```bash blocks, continuation lines joined, comments kept."""
+    lines = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
-        for line in block.replace("\\\n", " ").splitlines():
-            command = re.sub(r"\s+#\s.*$", "", line).strip()
-            if command:
-                commands.append(command)
-    return commands
+        lines += [line.strip() for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+    return lines
 
 
-def as_run_here(command: str) -> str | None:
-    """``command`` with this test's liberties, or None for one it does not run."""
-    if command.startswith(SKIPPED):
+def command_of(line: str) -> str:
+    return re.sub(r"\s+#\s.*$", "", line)
+
+
+def readme_commands(text: str) -> list[str]:
+    """The commands of the README's ```bash blocks, comments dropped."""
+    return [command_of(line) for line in readme_lines(text)]
+
+
+def as_run_here(line: str) -> str | None:
+    """A README line's command with this test's liberties, or None for one it does not run."""
+    command = command_of(line)
+    if command.startswith(SKIPPED) or "downloads" in line[len(command) :]:
         return None
     if command.startswith("python -m gpt2jax.main") and "--dry_run" not in command:
         tiny = re.search(r"--config (configs/tiny\.py|tiny)\b", command)
@@ -55,17 +63,18 @@ def _environment(command: str) -> dict:
 
 
 def test_the_readme_shows_commands_and_this_test_runs_each_or_says_why_not():
-    commands = readme_commands(README.read_text())
-    assert len(commands) >= 15
-    assert sum(as_run_here(command) is None for command in commands) == 2  # pip install, pytest
-    assert any(command.startswith("python -m gpt2jax.scaling budget") for command in commands)
+    lines = readme_lines(README.read_text())
+    assert len(lines) >= 15
+    # pip install, pytest, and the two that download (a Hub dataset, an lm-eval task)
+    assert sum(as_run_here(line) is None for line in lines) == 4
+    assert any(line.startswith("python -m gpt2jax.scaling budget") for line in lines)
 
 
 def test_every_readme_command_runs_as_written(tmp_path):
     for name in READ_BY_PATH:
         (tmp_path / name).symlink_to(REPO / name)
-    for command in readme_commands(README.read_text()):
-        run = as_run_here(command)
+    for line in readme_lines(README.read_text()):
+        run = as_run_here(line)
         if run is None:
             continue
         result = subprocess.run(
@@ -105,7 +114,8 @@ def test_the_readmes_first_screen_is_the_budget_commands_own_output(tmp_path):
             "python -m gpt2jax.main --config small --workdir runs/s --dry_run",
         ),
         ("python -m gpt2jax.main --config small --dry_run", "python -m gpt2jax.main --config small --dry_run"),
-        ("python -m gpt2jax.scaling fit --results r.csv", "python -m gpt2jax.scaling fit --results r.csv"),
+        ("python -m gpt2jax.scaling fit --results r.csv  # a comment", "python -m gpt2jax.scaling fit --results r.csv"),
+        ("python -m gpt2jax.cli.lm_eval --tasks x   # downloads the task", None),
     ],
 )
 def test_the_liberties_taken(command, expected):
@@ -115,3 +125,4 @@ def test_the_liberties_taken(command, expected):
 def test_commands_are_read_across_continuations_and_without_comments():
     text = "```bash\npython -m a --x 1 \\\n    --y 2   # note\n\npython -m b  # two\n```\n```\nnot bash\n```\n"
     assert readme_commands(text) == ["python -m a --x 1      --y 2", "python -m b"]
+    assert readme_lines(text)[0] == "python -m a --x 1      --y 2   # note"

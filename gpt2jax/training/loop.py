@@ -252,16 +252,17 @@ def check_records_agree(config, workdir: Path, checkpointer: Checkpointer) -> No
     )
 
 
-def check_config_change(config, workdir: Path) -> dict:
+def check_config_change(config, workdir: Path, ignored: tuple[str, ...] = ()) -> dict:
     """The differences from the config the workdir holds; refused if one changes what its checkpoint means.
 
-    ``train.allow_config_change=True`` accepts them; ``record_config`` then records them.
+    ``train.allow_config_change=True`` accepts them; ``record_config`` then records them. Keys in
+    ``ignored`` are never refused.
     """
     path = workdir / workdir_files.CONFIG_FILE
     if not path.is_file():
         return {}
     changes = config_changes(workdir_files.read_json(path), json.loads(config.to_json_best_effort()))
-    meaningful = _meaningful(changes)
+    meaningful = {key: change for key, change in _meaningful(changes).items() if key not in ignored}
     if meaningful and not config.train.allow_config_change:
         raise ValueError(
             f"{workdir} holds a run trained with another config ({_describe(meaningful)}), so resuming would "
@@ -429,6 +430,8 @@ def _run_locked(trainer: Trainer, data, tasks: dict, workdir: Path) -> dict:
     console = _Console(train_config.steps, min(latest or 0, train_config.steps))
     try:
         if latest is not None and latest >= train_config.steps:
+            # Fewer steps than trained is how a sweep's trunk idles; another model or data is another run.
+            check_config_change(config, workdir, ignored=("train.steps",))
             console.say(
                 f"{workdir} is already trained to step {latest} (train.steps={train_config.steps}): nothing to "
                 "train; raise train.steps to train further."
