@@ -123,3 +123,14 @@ def test_the_dry_run_names_an_optimizer_only_where_its_smaller_state_makes_the_s
     line = memory.format_dry_run(summary).splitlines()[2]
     assert line.endswith("no remat policy, micro-batch or optimizer fits it: add devices (mesh.fsdp)")
     assert "adafactor" not in line
+
+
+def test_a_step_xla_cannot_count_has_no_flop_figure_rather_than_zero(monkeypatch):
+    """On an H200 the dry run printed xla_flops_per_token 0.0: a GPU-lowered module has no cost analysis."""
+    trainer = _one_device_trainer("tiny")
+
+    def uncountable(closed_jaxpr):
+        raise memory.UncountableError("no flops")
+
+    monkeypatch.setattr(memory, "_xla_flops", uncountable)
+    assert memory.xla_flops_per_token(trainer) is None

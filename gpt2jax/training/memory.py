@@ -138,13 +138,15 @@ def _with_remat(trainer: Trainer, policy: str) -> Trainer:
     return dataclasses.replace(trainer, model_config=model_config, graphdef=abstract_model(model_config)[0])
 
 
-def xla_flops_per_token(trainer: Trainer) -> float:
+def xla_flops_per_token(trainer: Trainer) -> float | None:
     """FLOPs per token of the whole train step (accumulation and optimizer included), as XLA counts them.
 
     XLA's cost analysis counts a loop's body once (jax-ml/jax#18672), which for a scanned
     GPT-2 small counts one of its 12 layers. Here every ``scan`` in the step's jaxpr, at
     any depth, is costed on its own and multiplied by its trip count (``scanned_flops``).
-    Lowered abstractly and unsharded, without compiling: no memory is spent.
+    Lowered abstractly and unsharded for XLA:CPU, without compiling: no memory is spent, and the
+    count is the same wherever it runs (a module lowered for a GPU carries no cost analysis, which
+    read as 0 FLOPs on an H200). None, never 0, where XLA:CPU cannot lower the step (cuDNN attention).
     """
     step = functools.partial(steps.train_step, graphdef=trainer.graphdef, optimizer=trainer.optimizer)
     batch = jax.ShapeDtypeStruct(
@@ -152,7 +154,10 @@ def xla_flops_per_token(trainer: Trainer) -> float:
     )
     state = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), trainer.abstract_state)
     tokens_per_step = trainer.config.train.batch_size * trainer.model_config.block_size
-    return scanned_flops(jax.make_jaxpr(step)(state, batch, batch)) / tokens_per_step
+    try:
+        return scanned_flops(jax.make_jaxpr(step)(state, batch, batch)) / tokens_per_step
+    except UncountableError:
+        return None
 
 
 def scanned_flops(closed_jaxpr) -> float:
@@ -164,13 +169,23 @@ def scanned_flops(closed_jaxpr) -> float:
     return _xla_flops(closed_jaxpr) + _uncounted_scan_flops(closed_jaxpr.jaxpr)
 
 
+class UncountableError(Exception):
+    """XLA:CPU gives no FLOP count for a jaxpr."""
+
+
 def _xla_flops(closed_jaxpr) -> float:
     from jax.extend.core import jaxpr_as_fun
 
     args = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in closed_jaxpr.jaxpr.invars]
-    cost = jax.jit(jaxpr_as_fun(closed_jaxpr)).lower(*args).cost_analysis()
+    try:
+        lowered = jax.jit(jaxpr_as_fun(closed_jaxpr)).trace(*args).lower(lowering_platforms=("cpu",))
+    except NotImplementedError as error:  # an op with no CPU lowering, such as cuDNN's attention
+        raise UncountableError(str(error)) from None
+    cost = lowered.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float((cost or {}).get("flops", 0.0))
+    if not cost or "flops" not in cost:
+        raise UncountableError("XLA's cost analysis has no flops")
+    return float(cost["flops"])
 
 
 def _uncounted_scan_flops(jaxpr) -> float:
