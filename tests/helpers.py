@@ -96,3 +96,10 @@ def tiny_sweep_config(data_dir, schedule="wsd_branches", budgets=(4096.0, 8192.0
     config.evals_per_run = 2
     config.checkpoints_per_run = 2
     return config
+
+
+def sweep_command(config_file, workdir) -> tuple[list[str], dict]:
+    """(argv, env) of a ``scaling sweep`` process on one CPU device."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    argv = [sys.executable, "-m", "gpt2jax.scaling", "sweep", "--config", str(config_file), "--workdir", str(workdir)]
+    return argv, env

@@ -49,28 +49,34 @@ def test_small_12gib_fits_a_12_gib_card_by_the_platform_independent_estimate():
     assert estimate["largest_temporaries"] < 8 * 1024 * 50304 * 4
 
 
-def test_the_dry_run_names_the_cheapest_change_that_fits_a_card():
-    """A card the step does not fit gets a remat policy before smaller micro-batches, and full recompute last."""
+def _dry_run_summary(remat: str, accumulation: tuple, parts: dict, saved: dict, fits: tuple) -> dict:
+    """A dry run's summary with sizes in GiB: (grad_accum_steps, micro_batch_size), per-device parts, the
+    activations each remat policy keeps, and whether the 12, 24 and 80 GiB cards fit."""
     gib = 2**30
-    summary = {
-        "model": {"remat": "none"},
+    return {
+        "model": {"remat": remat},
         "mesh": {"data": 1, "fsdp": 1, "tensor": 1},
         "attention": "xla",
         "n_params": 124e6,
         "n_params_non_embedding": 85e6,
-        "grad_accum_steps": 32,
-        "micro_batch_size": 16,
-        "per_device_bytes": {
-            "estimate_total": 30 * gib,
-            "params": gib,
-            "optimizer_state": 2 * gib,
-            "gradients": 2 * gib,
-            "activations_saved_for_backward": 24 * gib,
-            "largest_temporaries": gib,
-        },
-        "activations_saved_for_backward_by_remat": {"none": 24 * gib, "dots": 8 * gib, "full": 2 * gib},
-        "fits": {"12 GiB": False, "24 GiB": False, "80 GiB": True},
+        "grad_accum_steps": accumulation[0],
+        "micro_batch_size": accumulation[1],
+        "per_device_bytes": {"largest_temporaries": gib} | {key: value * gib for key, value in parts.items()},
+        "activations_saved_for_backward_by_remat": {policy: value * gib for policy, value in saved.items()},
+        "fits": dict(zip(("12 GiB", "24 GiB", "80 GiB"), fits)),
     }
+
+
+def test_the_dry_run_names_the_cheapest_change_that_fits_a_card():
+    """A card the step does not fit gets a remat policy before smaller micro-batches, and full recompute last."""
+    gib = 2**30
+    summary = _dry_run_summary(
+        remat="none",
+        accumulation=(32, 16),
+        parts=dict(estimate_total=30, params=1, optimizer_state=2, gradients=2, activations_saved_for_backward=24),
+        saved={"none": 24, "dots": 8, "full": 2},
+        fits=(False, False, True),
+    )
     text = memory.format_dry_run(summary)
     lines = text.splitlines()
     # 6 GiB besides the activations: dots (8 GiB) fits 18 GiB as it is, and 9 GiB at a quarter of the rows.
@@ -87,26 +93,14 @@ def test_the_dry_run_names_an_optimizer_only_where_its_smaller_state_makes_the_s
     inside 9 GiB: each ran out of memory), so the hint names none; a step that sheds enough with
     bfloat16 moments or Adafactor gets that optimizer, the closest to AdamW first."""
     gib = 2**30
-    summary = {
-        "model": {"remat": "dots"},
-        "mesh": {"data": 1, "fsdp": 1, "tensor": 1},
-        "attention": "xla",
-        "n_params": 774e6,
-        "n_params_non_embedding": 708e6,
-        "grad_accum_steps": 4,
-        "micro_batch_size": 1,
-        "per_device_bytes": {
-            "estimate_total": 10 * gib,
-            "params": 2 * gib,
-            "optimizer_state": 4 * gib,
-            "gradients": 2.5 * gib,
-            "activations_saved_for_backward": 1 * gib,
-            "largest_temporaries": 0.5 * gib,
-        },
-        "activations_saved_for_backward_by_remat": {"none": 2 * gib, "dots": 1 * gib, "full": 0.5 * gib},
-        "optimizer_state_by_optimizer": {"adamw": 4 * gib, "adamw_bf16": 2 * gib, "adafactor": 0.5 * gib},
-        "fits": {"12 GiB": False, "24 GiB": True, "80 GiB": True},
-    }
+    summary = _dry_run_summary(
+        remat="dots",
+        accumulation=(4, 1),
+        parts=dict(estimate_total=10, params=2, optimizer_state=4, gradients=2.5, activations_saved_for_backward=1),
+        saved={"none": 2, "dots": 1, "full": 0.5},
+        fits=(False, True, True),
+    )
+    summary["optimizer_state_by_optimizer"] = {"adamw": 4 * gib, "adamw_bf16": 2 * gib, "adafactor": 0.5 * gib}
     # 9 GiB usable; 9 GiB besides the activations: bfloat16 moments leave 7 + 1 (dots) = 8.
     assert (
         memory.format_dry_run(summary)

@@ -33,7 +33,7 @@ from gpt2jax.scaling.sweep import Sweep
 from gpt2jax.training import loop, optim
 from gpt2jax.training.checkpoint import Checkpointer
 from gpt2jax.training.trainer import build_trainer
-from tests.helpers import REPO, tiny_sweep_config
+from tests.helpers import REPO, sweep_command, tiny_sweep_config
 
 # Branch lengths for the runner tests: 100 and 400 steps of 8 x 16 tokens.
 BRANCH_TOKENS = (12_800.0, 51_200.0)
@@ -364,20 +364,6 @@ def test_a_sweep_that_leaves_a_job_to_a_worker_on_another_host_exits_1_saying_wh
 # The runner, for real: killed, resumed, and its branches against WSD from scratch.
 
 
-def _sweep_command(config_file, workdir):
-    env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    return [
-        sys.executable,
-        "-m",
-        "gpt2jax.scaling",
-        "sweep",
-        "--config",
-        str(config_file),
-        "--workdir",
-        str(workdir),
-    ], env
-
-
 @pytest.fixture(scope="module")
 def branched_sweep(tmp_path_factory):
     """A sweep of one trunk with branches of 100 and 400 steps, SIGKILLed in its second branch and run again."""
@@ -388,7 +374,7 @@ def branched_sweep(tmp_path_factory):
     workdir = root / "sweep"
     sweep = Sweep(plan, workdir)
     first, second = plan.points
-    command, env = _sweep_command(config_file, workdir)
+    command, env = sweep_command(config_file, workdir)
     process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = sweep.point_dir(second.run) / "checkpoints"
     deadline = time.time() + 240
@@ -450,7 +436,7 @@ def test_branch_rows_account_trunk_and_cooldown_flops(branched_sweep):
 
 def test_branched_wsd_point_equals_wsd_from_scratch(branched_sweep, tmp_path):
     plan, sweep = branched_sweep["plan"], branched_sweep["sweep"]
-    command, env = _sweep_command(f"{branched_sweep['config_file']}:wsd", tmp_path / "scratch")
+    command, env = sweep_command(f"{branched_sweep['config_file']}:wsd", tmp_path / "scratch")
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     scratch = {row["steps"]: row for row in read_rows(tmp_path / "scratch" / "results.csv")}

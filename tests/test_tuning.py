@@ -3,9 +3,7 @@ sweep that tunes first and then trains every point at the fitted rule's rate."""
 
 import json
 import math
-import os
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,7 +11,7 @@ import pytest
 from gpt2jax.scaling import plan as plan_module
 from gpt2jax.scaling import tuning
 from gpt2jax.scaling.results import read_rows
-from tests.helpers import REPO, tiny_sweep_config
+from tests.helpers import REPO, sweep_command, tiny_sweep_config
 
 MULTIPLIERS = [0.25, 0.5, 1.0, 2.0, 4.0]
 
@@ -101,17 +99,7 @@ def test_a_sweep_tunes_first_then_trains_every_point_at_the_fitted_rate(tmp_path
     config_file = tmp_path / "sweep.py"
     config_file.write_text(SWEEP_FILE.format(data_dir=str(tmp_path / "data")))
     workdir = tmp_path / "sweep"
-    env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    command = [
-        sys.executable,
-        "-m",
-        "gpt2jax.scaling",
-        "sweep",
-        "--config",
-        str(config_file),
-        "--workdir",
-        str(workdir),
-    ]
+    command, env = sweep_command(config_file, workdir)
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "tuning: rule learning_rate" in done.stdout
