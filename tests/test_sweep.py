@@ -193,10 +193,14 @@ def test_a_lock_admits_one_worker_and_breaks_only_stale_locks(tmp_path):
     paths = [tmp_path / f"job{k}.lock" for k in range(20)]
     taken = collections.Counter()
 
+    taken_locks = []
+
     def worker():
         for path in paths:
-            if locks.FileLock(path).try_acquire():
+            lock = locks.FileLock(path)
+            if lock.try_acquire():
                 taken[path] += 1
+                taken_locks.append(lock)
 
     threads = [threading.Thread(target=worker) for _ in range(6)]
     for thread in threads:
@@ -204,6 +208,8 @@ def test_a_lock_admits_one_worker_and_breaks_only_stale_locks(tmp_path):
     for thread in threads:
         thread.join()
     assert all(taken[path] == 1 for path in paths)
+    for lock in taken_locks:
+        lock.release()  # its heartbeat thread would beat on for the rest of the test session
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
