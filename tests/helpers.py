@@ -29,13 +29,16 @@ def tiny_config(data_dir, **train_overrides):
     return config
 
 
+def config_overrides(config) -> dict:
+    """{"section.key": value} of the keys that turn configs/tiny.py into ``config``."""
+    return {
+        f"{section}.{key}": value for section in ("model", "data", "train") for key, value in config[section].items()
+    }
+
+
 def config_flags(config) -> list[str]:
     """The command-line overrides that turn configs/tiny.py into ``config``."""
-    flags = []
-    for section in ("model", "data", "train"):
-        for key, value in config[section].items():
-            flags.append(f"--config.{section}.{key}={value}")
-    return flags
+    return [f"--config.{key}={value}" for key, value in config_overrides(config).items()]
 
 
 def final_record(stdout: str) -> dict:

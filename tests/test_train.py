@@ -24,7 +24,7 @@ from gpt2jax.training import loop, optim, validation
 from gpt2jax.training.checkpoint import Checkpointer
 from gpt2jax.training.trainer import Trainer
 from gpt2jax.trees import path_str
-from tests.helpers import REPO, config_flags, run_main, tiny_config
+from tests.helpers import REPO, config_flags, config_overrides, run_main, tiny_config
 
 
 def _records(workdir):
@@ -84,7 +84,7 @@ from tensorboardX.proto.event_pb2 import Event
 from gpt2jax.config import load_config_file
 from gpt2jax.training import loop
 config = load_config_file("tiny")
-config.update_from_flattened_dict({flatten(config)!r})
+config.update_from_flattened_dict({config_overrides(config)!r})
 loop.run(config, pathlib.Path({str(tmp_path)!r}))
 (event_file,) = pathlib.Path({str(tmp_path)!r}, "tensorboard").glob("events.out.tfevents.*")
 data, losses = event_file.read_bytes(), []
@@ -100,11 +100,6 @@ print(json.dumps(losses))
     assert done.returncode == 0, done.stderr[-3000:]
     losses = json.loads(done.stdout.strip().splitlines()[-1])
     assert losses == pytest.approx([r["train_loss"] for r in _records(tmp_path)])
-
-
-def flatten(config) -> dict:
-    """A ConfigDict as {"section.key": value}, what ``update_from_flattened_dict`` takes."""
-    return {f"{section}.{key}": value for section, values in config.items() for key, value in values.items()}
 
 
 def test_same_seed_same_losses_other_seed_other_losses(trained, data_dir, tmp_path):
