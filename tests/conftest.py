@@ -1,10 +1,34 @@
 """Tests run on 8 fake CPU devices, so sharded code paths run everywhere, as on 8 GPUs."""
 
+import importlib.util
+import mmap
 import os
+from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# XLA:CPU runs each fake device's share of a step on its own thread and meets the others at every
+# all-reduce; a participant later than the terminate timeout aborts the whole process ("Termination
+# timeout ... Exiting to ensure a consistent program state"). On a loaded 2-core CI machine one of
+# 8 device threads can be starved that long: CI aborted so, late in a 1346 s run of a suite that
+# took 983 s the time before. A real deadlock still ends the run, at CI's own limit.
+COLLECTIVE_TIMEOUT_FLAG = "xla_cpu_collective_call_terminate_timeout_seconds"
+
+
+def _jaxlib_knows(flag: str) -> bool:
+    """Whether the installed jaxlib declares ``flag`` (XLA aborts on a flag it does not know)."""
+    root = Path(importlib.util.find_spec("jaxlib").origin).parent
+    for library in root.glob("*.so"):
+        with open(library, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            if data.find(flag.encode()) >= 0:
+                return True
+    return False
+
+
+_flags = ["--xla_force_host_platform_device_count=8"]
+if _jaxlib_knows(COLLECTIVE_TIMEOUT_FLAG):
+    _flags.append(f"--{COLLECTIVE_TIMEOUT_FLAG}=1800")
+os.environ.setdefault("XLA_FLAGS", " ".join(_flags))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
@@ -16,9 +40,8 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module", autouse=True)
 def _release_compiled_steps():
-    """Each module's compiled executables are dropped when it ends. One process runs every test, and
-    XLA:CPU keeps each executable's code mapped until its cache lets it go; two full runs of the
-    suite on this machine aborted inside XLA late in the run, and none did once modules let go."""
+    """Each module's compiled executables are dropped when it ends: one process runs every test, and
+    XLA:CPU keeps each executable's code mapped until its cache lets it go."""
     yield
     import gc
 

@@ -285,6 +285,29 @@ def test_a_minimal_sweep_fits_with_the_default_bootstrap_or_says_it_is_unidentif
         assert summary["unidentified"], summary
 
 
+def test_an_allocation_gap_is_the_laws_difference_and_its_interval_holds_it():
+    law = KNOWN_LAW
+    points = _small_sweep_points(np.random.default_rng(2), law.loss)
+    budget = 3e13
+    n_opt = float(law.compute_optimal(budget)[0])
+    n_gpt2 = (budget / (6 * 6.4)) ** 0.5
+    allocations = [
+        {"label": "optimum", "n_params": n_opt, "n_tokens": budget / (6 * n_opt), "runs": ["a0", "a1"]},
+        {"label": "gpt2", "n_params": n_gpt2, "n_tokens": 6.4 * n_gpt2, "runs": ["b0", "b1"]},
+    ]
+    report = backtest.backtest(points, 3e12, n_bootstrap=30, starts=fit.COARSE_STARTS, allocations=allocations)
+    optimum, gpt2 = report["allocations"]
+    assert gpt2["tokens_per_param"] == pytest.approx(6.4)
+    assert gpt2["gap"]["predicted"] == pytest.approx(gpt2["predicted_loss"] - optimum["predicted_loss"])
+    # The true law's gap: the optimum is the best split, so GPT-2's costs loss, and the fit sees it.
+    true_gap = float(law.loss(n_gpt2, 6.4 * n_gpt2) - law.loss(n_opt, budget / (6 * n_opt)))
+    assert true_gap > 0 and gpt2["gap"]["predicted"] == pytest.approx(true_gap, abs=0.02)
+    low, high = gpt2["gap"]["interval"]
+    assert low <= gpt2["gap"]["predicted"] <= high and optimum["gap"]["interval"] is None
+    assert "gpt2" in backtest.format_backtest(report, "sweep")
+    json.dumps(report)
+
+
 def test_a_fit_that_runs_off_to_overflowing_constants_is_refused_not_raised():
     points = _small_sweep_points(np.random.default_rng(0), lambda n, d: np.full_like(n, 5.0))
     starts = np.array([[800.0, 800.0, 800.0, 0.0, 0.0]])  # log-constants past what exp() can hold

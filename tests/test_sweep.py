@@ -112,6 +112,69 @@ def test_token_grid_and_the_rules():
     )
 
 
+def test_allocations_train_every_seed_at_their_budget_outside_the_limits_and_join_their_shapes_trunk():
+    config = smoke_config("unused")
+    config.grid, config.budgets, config.schedule = "isoflop", [2e9, 6e9], "wsd_branches"
+    config.seeds, config.limits.max_tokens_per_param = [0, 1], 20.0
+    grid = plan_module.expand(config)
+    config.allocations = [
+        dict(label="optimum", n_layer=1, n_head=2, n_embd=16, budget=2e10),  # a grid shape, beyond its limit
+        dict(label="wide", n_layer=1, n_head=2, n_embd=48, budget=2e10),  # a shape the grid lacks
+    ]
+    plan = plan_module.expand(config)
+    by_label = plan_module.allocation_points(plan)
+    assert {label: sorted(p.seed for p in points) for label, points in by_label.items()} == {
+        "optimum": sorted(config.seeds),
+        "wide": sorted(config.seeds),
+    }
+    optimum, wide = by_label["optimum"][0], by_label["wide"][0]
+    assert plan.accounting(optimum)["n_tokens"] / plan.accounting(optimum)["n_params"] > 20.0
+    assert abs(plan.accounting(wide)["n_tokens"] - 2e10 / (6 * plan.accounting(wide)["n_params"])) <= 8 * 16
+    # The grid shape's allocation is one more branch of its trunk; the new shape trains only there.
+    trunk = next(job for job in plan.jobs if job.name == optimum.trunk)
+    assert optimum in trunk.points and len(trunk.points) > 1
+    assert all(point.n_embd != 48 or point.budget == 2e10 for point in plan.points)
+    assert {p.run for p in grid.points} < {p.run for p in plan.points}
+    config.allocations = [dict(label="no budget", n_layer=1, n_head=2, n_embd=16)]
+    with pytest.raises(ValueError, match="lacks budget"):
+        plan_module.expand(config)
+
+
+def test_the_report_measures_an_allocation_gap_seed_by_seed_only_once_every_seed_is_trained():
+    predicted = [
+        {
+            "label": "optimum",
+            "runs": ["o_s0", "o_s1"],
+            "n_params": 1e4,
+            "n_tokens": 1e6,
+            "budget": 6e10,
+            "tokens_per_param": 100.0,
+            "predicted_loss": 4.0,
+            "interval": [3.9, 4.1],
+            "gap": {"predicted": 0.0, "interval": None},
+        },
+        {
+            "label": "gpt2",
+            "runs": ["g_s0", "g_s1"],
+            "n_params": 4e4,
+            "n_tokens": 2.5e5,
+            "budget": 6e10,
+            "tokens_per_param": 6.25,
+            "predicted_loss": 4.2,
+            "interval": [4.0, 4.4],
+            "gap": {"predicted": 0.2, "interval": [0.1, 0.3]},
+        },
+    ]
+    half = report_module.verify_allocations(predicted, {"o_s0": 4.05, "o_s1": 3.95, "g_s0": 4.3})
+    assert half[1]["measured_gap"] is None and half[1]["observed_loss"] == pytest.approx(4.3)
+    assert "not measured yet" in "\n".join(report_module._allocation_lines(half))
+    full = report_module.verify_allocations(predicted, {"o_s0": 4.05, "o_s1": 3.95, "g_s0": 4.3, "g_s1": 4.1})
+    assert full[1]["measured_gap"]["seeds"] == pytest.approx([0.25, 0.15])
+    assert full[1]["measured_gap"]["mean"] == pytest.approx(0.2)
+    text = "\n".join(report_module._allocation_lines(full))
+    assert "gpt2 minus optimum: predicted **+0.2000 nats" in text and "measured **+0.2000**" in text
+
+
 def test_branches_share_the_trunk_warmup_and_start_where_wsd_decays():
     config = smoke_config("unused", budgets=[4096.0, 16384.0, 65536.0])
     config.rules.warmup_fraction = 0.05
@@ -155,7 +218,7 @@ def test_bad_sweeps_are_one_sentence(capsys):
         plan_module.expand(config)
 
 
-@pytest.mark.parametrize("name", ["cpu_topics.py", "cpu_text.py", "gpu_sweep.py"])
+@pytest.mark.parametrize("name", ["cpu_topics.py", "cpu_english.py", "gpu_sweep.py"])
 def test_shipped_sweeps_expand_with_shapes_on_both_sides_of_each_optimum(name):
     config = plan_module.load_sweep_config(str(REPO / "experiments" / name))
     plan = plan_module.expand(config)

@@ -35,16 +35,19 @@ def run(args: argparse.Namespace) -> None:
     train_below = backtest.finite_budget(args.train_below)
     require_interval_resamples(args)
     points = load_results(args.results, params=args.params, flops=args.flops)
-    targets = labels = None
+    targets = labels = allocations = None
     if args.predict:
         from gpt2jax.scaling.plan import expand, load_sweep_config
 
-        targets, labels = backtest.plan_targets(expand(load_sweep_config(args.predict)), train_below, args.params)
+        plan = expand(load_sweep_config(args.predict))
+        targets, labels = backtest.plan_targets(plan, train_below, args.params)
+        allocations = backtest.plan_allocations(plan, args.params)
     report = backtest.backtest(
         points,
         train_below,
         targets=targets,
         labels=labels,
+        allocations=allocations,
         n_bootstrap=args.bootstrap,
         seed=args.seed,
         starts=START_GRIDS[args.grid],

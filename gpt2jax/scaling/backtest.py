@@ -178,10 +178,13 @@ def backtest(
     seed: int = 0,
     starts: np.ndarray = fit.HOFFMANN_STARTS,
     labels=None,
+    allocations: list[dict] | None = None,
 ) -> dict:
     """Fits on ``points`` up to ``train_below`` and predicts the rest (or ``targets``); a JSON-ready dict.
 
     ``labels``: names of the target points (default: their run ids, else their index).
+    ``allocations``: ways to spend one budget, each a dict of label, n_params, n_tokens (and runs,
+    the points that will train it): their predicted losses and each one's gap to the first.
     """
     final = points.final_points()
     train_mask, held_mask = split(final, train_below)
@@ -247,7 +250,11 @@ def backtest(
             }
         n_opt_rows.append(row)
 
+    calibrated = None if "skipped" in calibration else calibration
     report = {
+        "allocations": allocation_gaps(law, boot_laws, calibrated, residuals, train, allocations, seed)
+        if allocations
+        else [],
         "train_below": train_below,
         "n_train": len(train),
         "n_heldout": len(held),
@@ -275,6 +282,45 @@ def backtest(
         return report
     report.update(error_summary(rows), heldout_seed_spread=fit.seed_spread(held))
     return report
+
+
+def allocation_gaps(
+    law, boot_laws, calibration, residuals, fitted: ScalingPoints, allocations, seed: int
+) -> list[dict]:
+    """Each allocation's predicted loss and interval (calibrated, else the bootstrap's), and its gap to the
+    first allocation: the law's difference, with the central 95% of the bootstrap refits' differences.
+
+    The gap's interval is the bootstrap's, not calibrated: a bias the law carries at one budget moves
+    both allocations' losses alike, and what is left is how well the points pin the law's shape.
+    """
+    points = ScalingPoints.from_arrays(
+        [a["n_params"] for a in allocations], [a["n_tokens"] for a in allocations], np.ones(len(allocations))
+    )
+    predicted = law.loss(points.n_params, points.n_tokens)
+    if calibration is not None:
+        intervals = calibrated_interval(law, calibration, fitted, points)
+    else:
+        intervals = bootstrap_interval(law, boot_laws, residuals, points, seed)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        boot = np.array([b.loss(points.n_params, points.n_tokens) for b in boot_laws]).reshape(-1, len(allocations))
+    boot = boot[np.all(np.isfinite(boot), axis=1)]
+    rows = []
+    for index, allocation in enumerate(allocations):
+        gap = float(predicted[index] - predicted[0])
+        differences = boot[:, index] - boot[:, 0]
+        rows.append(
+            {
+                **allocation,
+                "tokens_per_param": allocation["n_tokens"] / allocation["n_params"],
+                "predicted_loss": float(predicted[index]),
+                "interval": [float(value) for value in intervals[index]],
+                "gap": {
+                    "predicted": gap,
+                    "interval": fit.percentile_interval(differences, CONFIDENCE) if index and len(boot) else None,
+                },
+            }
+        )
+    return rows
 
 
 def mean_interval_width(rows: list[dict]) -> float | None:
@@ -319,6 +365,28 @@ def plan_targets(plan, train_below: float, params: str = "total") -> tuple[Scali
         seed=[p.seed for p in chosen],
     )
     return targets, [p.run for p in chosen]
+
+
+def plan_allocations(plan, params: str = "total") -> list[dict]:
+    """The plan's ``allocations`` as ``backtest`` takes them: label, N (in ``params``' count), D, budget, runs."""
+    from gpt2jax.scaling.plan import allocation_points
+    from gpt2jax.scaling.results import PARAM_COLUMNS
+
+    rows = []
+    for label, points in allocation_points(plan).items():
+        if not points:
+            raise ValueError(f"allocation {label!r} has no point: its budget is below the step floor.")
+        counts = plan.accounting(points[0])
+        rows.append(
+            {
+                "label": label,
+                "n_params": float(counts[PARAM_COLUMNS[params]]),
+                "n_tokens": float(counts["n_tokens"]),
+                "budget": points[0].budget,
+                "runs": [point.run for point in points],
+            }
+        )
+    return rows
 
 
 def _coverage_line(report: dict) -> str:
@@ -398,7 +466,34 @@ def format_backtest(report: dict, source: str) -> str:
     for name in ("approach2", "approach3"):
         if "skipped" in report.get(name, {}):
             lines.append(f"  {name.replace('approach', 'approach ')} skipped: {report[name]['skipped']}")
+    lines += format_allocations(report["allocations"])
     return "\n".join(line.rstrip() for line in lines)
+
+
+def format_allocations(allocations: list[dict]) -> list[str]:
+    """The allocations' predicted losses and gaps to the first, as lines of the backtest's table."""
+    from gpt2jax.flops import format_count
+
+    if not allocations:
+        return []
+    lines = [
+        "",
+        f"  allocations of one budget{'':<9}{'N':>8}{'D':>8}{'D/N':>7}{'predicted':>11}{'95% interval':>20}  gap",
+    ]
+    for row in allocations:
+        gap = row["gap"]
+        gap_text = (
+            f"{gap['predicted']:+.4f} {interval_text(gap['interval'], lambda v: f'{v:+.4f}')}"
+            if gap["interval"]
+            else ""
+        )
+        lines.append(
+            f"  {row['label']:<34}{format_count(row['n_params']):>8}{format_count(row['n_tokens']):>8}"
+            f"{row['tokens_per_param']:>7.1f}{row['predicted_loss']:>11.4f}{interval_text(row['interval']):>20}  {gap_text}"
+        )
+    return lines + [
+        f"  gap: loss minus {allocations[0]['label']}'s, with the central 95% of the bootstrap refits' gaps"
+    ]
 
 
 def finite_budget(value: float) -> float:

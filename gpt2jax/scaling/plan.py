@@ -20,6 +20,11 @@ A sweep config (an ml_collections file in ``experiments/``, ``get_config(variant
              the largest shape also train at, at their lowest budget and first seed
   lr_tuning  multipliers (e.g. [0.25, 0.5, 1, 2, 4]) of a scan those two shapes train at first;
              the rule fitted to its best rates then sets every point's rate (``scaling.tuning``)
+  allocations
+             points outside the grid, each a dict of label, n_layer, n_head, n_embd and an
+             isoflop budget, trained at that budget by every seed on the same rules, outside
+             the tokens-per-parameter limits (not the step floor): two ways to spend one budget
+             set side by side, such as GPT-2's 6.4 tokens per parameter and a fit's optimum
   smoke_test True lifts the floors below, for tests and quick trials; never for a fit
   evals_per_run, checkpoints_per_run
              how often a point evaluates (its loss curve) and saves (what a killed run loses)
@@ -85,6 +90,7 @@ SWEEP_KEYS = {
     "lr_multipliers": [1.0],
     "lr_check": [],
     "lr_tuning": [],
+    "allocations": [],
     "smoke_test": False,
 }
 RULE_KEYS = {
@@ -395,22 +401,28 @@ def _check(config) -> None:
         raise ValueError("a sweep needs at least one shape, one budget and one seed.")
     if any(not budget > 0 for budget in config.budgets):
         raise ValueError(f"sweep budgets must be positive, got {list(config.budgets)}.")
-    for shape in config.shapes:
+    for allocation in config.allocations:
+        missing = {"label", "n_layer", "n_head", "n_embd", "budget"} - set(allocation)
+        if missing:
+            raise ValueError(f"allocation {dict(allocation)} lacks {', '.join(sorted(missing))}.")
+    for shape in [*config.shapes, *config.allocations]:
         if shape["n_embd"] % shape["n_head"]:
             raise ValueError(
                 f"shape {shape_name(shape)}: n_embd={shape['n_embd']} must be divisible by n_head={shape['n_head']}."
             )
 
 
-def _budget_steps(config, n_params: int, tokens_per_step: int, budgets) -> dict[int, float]:
-    """steps -> budget of one shape's points inside the limits; budgets that round to one step count make one point."""
+def _budget_steps(config, n_params: int, tokens_per_step: int, budgets, allocated=()) -> dict[int, float]:
+    """steps -> budget of one shape's points inside the limits; budgets that round to one step count make one point.
+    ``allocated`` budgets (an allocation's) need only the step floor."""
     limits = config.limits
     budget_steps = {}
-    for budget in sorted(budgets):
+    for budget in sorted({*budgets, *allocated}):
         nominal_tokens = budget / (6.0 * n_params) if config.grid == "isoflop" else budget
         steps = round(nominal_tokens / tokens_per_step)
         tokens_per_param = steps * tokens_per_step / n_params
-        if steps >= limits.min_steps and limits.min_tokens_per_param <= tokens_per_param <= limits.max_tokens_per_param:
+        within = limits.min_tokens_per_param <= tokens_per_param <= limits.max_tokens_per_param
+        if steps >= limits.min_steps and (within or budget in allocated):
             budget_steps.setdefault(
                 steps, budget if config.grid == "isoflop" else 6.0 * n_params * steps * tokens_per_step
             )
@@ -426,16 +438,16 @@ def shape_params(config, shape: dict, count: str | None = None) -> int:
     return counts[PARAM_COUNTS[count or config.params]]
 
 
-def _shape_budget_steps(config, shape: dict, budgets) -> tuple[int, dict[int, float]]:
+def _shape_budget_steps(config, shape: dict, budgets, allocated=()) -> tuple[int, dict[int, float]]:
     """(batch, steps -> budget) of one shape: the batch rule reads total parameters, as it always has."""
     batch = batch_size(config.rules, shape_params(config, shape, "total"))
     tokens_per_step = batch * config.base.model.block_size
-    return batch, _budget_steps(config, shape_params(config, shape), tokens_per_step, budgets)
+    return batch, _budget_steps(config, shape_params(config, shape), tokens_per_step, budgets, allocated)
 
 
-def _shape_jobs(config, shape: dict, seed: int, lr_multiplier: float, budgets=None) -> list[Job]:
+def _shape_jobs(config, shape: dict, seed: int, lr_multiplier: float, budgets=None, allocated=()) -> list[Job]:
     rules = config.rules
-    batch, budget_steps = _shape_budget_steps(config, shape, config.budgets if budgets is None else budgets)
+    batch, budget_steps = _shape_budget_steps(config, shape, config.budgets if budgets is None else budgets, allocated)
     if not budget_steps:
         return []
     common = dict(
@@ -500,12 +512,22 @@ def expand(config) -> SweepPlan:
     config = checked_sweep_config(config)
     _check(config)
     _check_floors(config)
+    grid_shapes = {shape_name(shape): shape for shape in config.shapes}
+    allocated = allocation_budgets(config)
+    shapes = {**grid_shapes, **{name: shape for name, (shape, _) in allocated.items() if name not in grid_shapes}}
     jobs = [
         job
         for seed in config.seeds
-        for shape in config.shapes
+        for name, shape in shapes.items()
         for multiplier in config.lr_multipliers
-        for job in _shape_jobs(config, shape, seed, multiplier)
+        for job in _shape_jobs(
+            config,
+            shape,
+            seed,
+            multiplier,
+            budgets=config.budgets if name in grid_shapes else [],
+            allocated=allocated.get(name, (None, ()))[1],
+        )
     ]
     if not jobs:
         raise ValueError("no point of the sweep is inside its limits; widen limits or change budgets or shapes.")
@@ -514,6 +536,30 @@ def expand(config) -> SweepPlan:
     _check_warmup(plan)
     check_repetition(plan, unique_train_tokens(config))
     return plan
+
+
+def allocation_budgets(config) -> dict[str, tuple[dict, tuple[float, ...]]]:
+    """shape name -> (shape, budgets) of the config's ``allocations``."""
+    allocated: dict[str, tuple[dict, tuple[float, ...]]] = {}
+    for allocation in config.allocations:
+        shape = {key: allocation[key] for key in ("n_layer", "n_head", "n_embd")}
+        name = shape_name(shape)
+        allocated[name] = (shape, allocated.get(name, (shape, ()))[1] + (float(allocation["budget"]),))
+    return allocated
+
+
+def allocation_points(plan: "SweepPlan") -> dict[str, list[Point]]:
+    """label -> the points (one a seed) that train each of the config's ``allocations``."""
+    return {
+        allocation["label"]: [
+            point
+            for point in plan.points
+            if point.lr_multiplier == 1.0
+            and shape_name(dataclasses.asdict(point)) == shape_name(allocation)
+            and math.isclose(point.budget, allocation["budget"])
+        ]
+        for allocation in plan.config.allocations
+    }
 
 
 def extreme_shape_jobs(config, jobs, multipliers, lowest_budget_only: bool = False) -> list[Job]:

@@ -222,7 +222,75 @@ def verify_prediction(prediction: dict, rows: list[dict], points) -> dict:
         "missing": len(prediction["points"]) - len(checked),
         **error_summary(checked),
         "n_opt": n_opt,
+        "allocations": verify_allocations(prediction.get("allocations", []), observed),
     }
+
+
+def verify_allocations(allocations: list[dict], observed: dict[str, float]) -> list[dict]:
+    """Each predicted allocation with its trained losses (one a seed, in the order of its runs), their
+    mean, and the measured gap to the first allocation, seed by seed and on average."""
+    checked = []
+    for row in allocations:
+        losses = [observed[run] for run in row["runs"] if run in observed]
+        checked.append({**row, "observed_losses": losses, "observed_loss": float(np.mean(losses)) if losses else None})
+    for row in checked:
+        reference = checked[0]["observed_losses"]
+        trained = len(row["observed_losses"]) == len(reference) == len(row["runs"]) and reference
+        row["measured_gap"] = (
+            {
+                "mean": row["observed_loss"] - checked[0]["observed_loss"],
+                "seeds": [mine - theirs for mine, theirs in zip(row["observed_losses"], reference)],
+            }
+            if trained
+            else None
+        )
+    return checked
+
+
+def _allocation_lines(allocations: list[dict]) -> list[str]:
+    if not allocations:
+        return []
+    first = allocations[0]["label"]
+    lines = [
+        "",
+        f"Allocations of the budget {allocations[0]['budget']:.3g}, predicted before training, then trained on every seed:",
+        "",
+        "| allocation | N | D | D/N | predicted | interval | observed (mean of seeds) | inside |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in allocations:
+        observed = row["observed_loss"]
+        inside = "" if observed is None else ("yes" if row["interval"][0] <= observed <= row["interval"][1] else "no")
+        lines.append(
+            f"| {row['label']} | {format_count(row['n_params'])} | {format_count(row['n_tokens'])} "
+            f"| {row['tokens_per_param']:.1f} | {row['predicted_loss']:.4f} | {interval_text(row['interval'])} "
+            f"| {'not trained' if observed is None else f'{observed:.4f}'} | {inside} |"
+        )
+    for row in allocations[1:]:
+        gap, measured = row["gap"], row["measured_gap"]
+        predicted = f"{gap['predicted']:+.4f} nats" + (
+            f" (bootstrap 95% {interval_text(gap['interval'], lambda v: f'{v:+.4f}')})" if gap["interval"] else ""
+        )
+        outcome = (
+            "not measured yet"
+            if measured is None
+            else f"measured **{measured['mean']:+.4f}** (seed by seed: {', '.join(f'{g:+.4f}' for g in measured['seeds'])})"
+        )
+        lines += ["", f"{row['label']} minus {first}: predicted **{predicted}**; {outcome}."]
+    return lines
+
+
+def _interval_kind(prediction: dict) -> str:
+    calibration = prediction.get("calibration", {})
+    if "rate" in calibration:
+        return (
+            f"the intervals are {prediction['confidence']:.0%} prediction intervals calibrated on "
+            f"{calibration['samples']} predictions of {calibration['folds']} lower fits (backtest.calibrate)"
+        )
+    return (
+        f"the intervals are {prediction['confidence']:.0%} bootstrap prediction intervals ({prediction['bootstrap_fits']} "
+        "refits, each with a residual of the fit drawn on top), uncalibrated"
+    )
 
 
 def _prediction_lines(prediction: dict, outcome: dict, spread: dict | None) -> list[str]:
@@ -232,8 +300,7 @@ def _prediction_lines(prediction: dict, outcome: dict, spread: dict | None) -> l
         f"{prediction['n_train']} points with budgets up to {prediction['train_below']:.3g} FLOPs, before any of the "
         f"{len(prediction['points'])} points above was trained: approach 3 gave E = {law['E']:.4g}, A = {law['A']:.4g}, "
         f"B = {law['B']:.4g}, alpha = {law['alpha']:.4g}, beta = {law['beta']:.4g} (N_opt ~ C^{prediction['exponents']['a']:.3f}); "
-        f"the intervals are {prediction['confidence']:.0%} bootstrap prediction intervals ({prediction['bootstrap_fits']} refits, "
-        "each with a residual of the fit drawn on top).",
+        f"{_interval_kind(prediction)}.",
         "",
         "| run | N | D | predicted | interval | observed | error | inside |",
         "|---|---|---|---|---|---|---|---|",
@@ -244,7 +311,11 @@ def _prediction_lines(prediction: dict, outcome: dict, spread: dict | None) -> l
             f"| {interval_text(row['interval'])} | {row['observed_loss']:.4f} | {row['relative_error']:+.2%} | {'yes' if row['inside'] else 'no'} |"
         )
     if outcome["mean_abs_rel_error"] is None:
-        return lines + ["", "None of the predicted points has been trained yet."]
+        return (
+            lines
+            + ["", "None of the predicted points has been trained yet."]
+            + _allocation_lines(outcome["allocations"])
+        )
     goal_error = outcome["mean_abs_rel_error"] <= GOAL_MEAN_ERROR
     lines += [
         "",
@@ -285,7 +356,7 @@ def _prediction_lines(prediction: dict, outcome: dict, spread: dict | None) -> l
             "",
             f"N_opt within a factor of {GOAL_N_OPT_FACTOR:g} of the observed minimum: {'met' if within else 'not met'}.",
         ]
-    return lines
+    return lines + _allocation_lines(outcome["allocations"])
 
 
 def _e_check_lines(law, boot_laws, entropy: float, lowest: float) -> tuple[list[str], bool]:
