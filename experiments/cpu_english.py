@@ -32,7 +32,8 @@ The bet at the top budget: GPT-2's allocation (its 1.5B parameters on about 10B 
 per parameter; 6.8 per non-embedding one) against the fitted optimum, both trained on both seeds
 (``allocations``). GPT-2's is fixed before any fit: width 36 (32.1k non-embedding parameters)
 trains 6.5 tokens per parameter at 4e10. The optimum's width is the one nearest the N_opt the
-lower budgets' fit predicts, added here after that prediction and before the top budget trained.
+lower budgets' fit predicts, added here after that prediction and before the top budget trained:
+width 14 (5.1k non-embedding parameters, 257 tokens per parameter) for its 4.75k.
 """
 
 import ml_collections
@@ -77,7 +78,10 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.lr_tuning = [0.25, 0.5, 1.0, 2.0, 4.0]
     config.lr_check = [0.5, 2.0]
     config.allocations = [
-        dict(label="GPT-2's 6.4 tokens per parameter", n_layer=2, n_head=2, n_embd=36, budget=TOP_BUDGET)
+        # Added after the prediction of 2026-12-04T20:29Z, before the top budget trained: the width
+        # nearest its N_opt of 4.75k (the point estimate; the fit called its constants unidentified).
+        dict(label="the fit's optimum", n_layer=2, n_head=2, n_embd=14, budget=TOP_BUDGET),
+        dict(label="GPT-2's 6.4 tokens per parameter", n_layer=2, n_head=2, n_embd=36, budget=TOP_BUDGET),
     ]
     config.evals_per_run = 2
     config.checkpoints_per_run = 4
