@@ -140,6 +140,19 @@ def test_allocations_train_every_seed_at_their_budget_outside_the_limits_and_joi
         plan_module.expand(config)
 
 
+def test_a_workdir_takes_its_sweep_with_allocations_added_and_refuses_any_other_change():
+    from gpt2jax.scaling.sweep import extends
+
+    gpt2 = {"label": "gpt2", "n_layer": 2, "n_head": 2, "n_embd": 36, "budget": 4e10}
+    optimum = {**gpt2, "label": "optimum", "n_embd": 14}
+    recorded = {"budgets": [1e9, 4e10], "seeds": [0, 1], "allocations": [gpt2]}
+    assert extends(recorded, recorded)
+    assert extends(recorded, {**recorded, "allocations": [optimum, gpt2]})  # named after a prediction
+    assert not extends(recorded, {**recorded, "allocations": [optimum]})  # one trained allocation dropped
+    assert not extends(recorded, {**recorded, "seeds": [0]})
+    assert not extends(None, recorded)
+
+
 def test_the_report_measures_an_allocation_gap_seed_by_seed_only_once_every_seed_is_trained():
     predicted = [
         {

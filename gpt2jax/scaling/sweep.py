@@ -52,6 +52,18 @@ def final_record(workdir: Path, steps: int) -> dict:
     return finals[-1]
 
 
+def extends(recorded: dict | None, config: dict) -> bool:
+    """Whether ``config`` is the recorded sweep's, or it with allocations added after the recorded ones:
+    a prediction names its optimum only once the lower budgets are trained, and the points those
+    trained are the same under either config."""
+    if recorded is None:
+        return False
+    added = config.get("allocations", [])
+    before = recorded.get("allocations", [])
+    same_rest = {**recorded, "allocations": None} == {**config, "allocations": None}
+    return same_rest and all(allocation in added for allocation in before)
+
+
 class Sweep:
     """A plan bound to its workdir."""
 
@@ -76,7 +88,7 @@ class Sweep:
         self.workdir.mkdir(parents=True, exist_ok=True)
         path = self.workdir / SWEEP_FILE
         config = json.loads(self.plan.config.to_json())
-        if path.is_file() and read_json(path).get("config") != config:
+        if path.is_file() and not extends(read_json(path).get("config"), config):
             raise ValueError(
                 f"{self.workdir} holds another sweep (its {SWEEP_FILE} has another config); use a new --workdir."
             )
