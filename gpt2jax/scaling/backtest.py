@@ -466,7 +466,7 @@ def format_backtest(report: dict, source: str) -> str:
     for name in ("approach2", "approach3"):
         if "skipped" in report.get(name, {}):
             lines.append(f"  {name.replace('approach', 'approach ')} skipped: {report[name]['skipped']}")
-    lines += format_allocations(report["allocations"])
+    lines += format_allocations(report.get("allocations", []))
     return "\n".join(line.rstrip() for line in lines)
 
 
