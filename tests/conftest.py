@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 # XLA:CPU runs each fake device's share of a step on its own thread and meets the others at every
-# all-reduce; a participant later than the terminate timeout aborts the whole process ("Termination
-# timeout ... Exiting to ensure a consistent program state"). On a loaded 2-core CI machine one of
-# 8 device threads can be starved that long: CI aborted so, late in a 1346 s run of a suite that
-# took 983 s the time before. A real deadlock still ends the run, at CI's own limit.
+# all-reduce; a participant later than the terminate timeout (40 s by default) aborts the whole
+# process. On a loaded 2-core machine one of 8 device threads can be starved that long, so tests
+# give it half an hour: a real deadlock still ends the run, at CI's own limit. (It was not what
+# aborted the suite in test_train.py: that happened with this flag too; see OWN_PROCESS_MODULES.)
 COLLECTIVE_TIMEOUT_FLAG = "xla_cpu_collective_call_terminate_timeout_seconds"
 
 
