@@ -201,11 +201,16 @@ def backtest(
     predicted = law.loss(held.n_params, held.n_tokens)
     try:
         calibration = calibrate(train, parametric.optima)
-        intervals = calibrated_interval(law, calibration, train, held)
     except fit.InsufficientData as reason:
         # Too few points to measure coverage on: the bootstrap's interval, said to be uncalibrated.
         calibration = {"skipped": f"{reason}; the intervals are the bootstrap's, uncalibrated (too narrow at the top)"}
-        intervals = bootstrap_interval(law, boot_laws, residuals, held, seed)
+
+    def interval_of(points: ScalingPoints) -> np.ndarray:
+        if "skipped" in calibration:
+            return bootstrap_interval(law, boot_laws, residuals, points, seed)
+        return calibrated_interval(law, calibration, train, points)
+
+    intervals = interval_of(held)
     observed = None if targets is not None else held.loss
     names = labels if labels is not None else (held.run if held.run is not None else range(len(held)))
     rows = []
@@ -250,11 +255,8 @@ def backtest(
             }
         n_opt_rows.append(row)
 
-    calibrated = None if "skipped" in calibration else calibration
     report = {
-        "allocations": allocation_gaps(law, boot_laws, calibrated, residuals, train, allocations, seed)
-        if allocations
-        else [],
+        "allocations": allocation_gaps(law, boot_laws, interval_of, allocations) if allocations else [],
         "train_below": train_below,
         "n_train": len(train),
         "n_heldout": len(held),
@@ -284,11 +286,9 @@ def backtest(
     return report
 
 
-def allocation_gaps(
-    law, boot_laws, calibration, residuals, fitted: ScalingPoints, allocations, seed: int
-) -> list[dict]:
-    """Each allocation's predicted loss and interval (calibrated, else the bootstrap's), and its gap to the
-    first allocation: the law's difference, with the central 95% of the bootstrap refits' differences.
+def allocation_gaps(law, boot_laws, interval_of, allocations) -> list[dict]:
+    """Each allocation's predicted loss and interval (``interval_of``, the backtest's own), and its gap to
+    the first allocation: the law's difference, with the central 95% of the bootstrap refits' differences.
 
     The gap's interval is the bootstrap's, not calibrated: a bias the law carries at one budget moves
     both allocations' losses alike, and what is left is how well the points pin the law's shape.
@@ -297,10 +297,7 @@ def allocation_gaps(
         [a["n_params"] for a in allocations], [a["n_tokens"] for a in allocations], np.ones(len(allocations))
     )
     predicted = law.loss(points.n_params, points.n_tokens)
-    if calibration is not None:
-        intervals = calibrated_interval(law, calibration, fitted, points)
-    else:
-        intervals = bootstrap_interval(law, boot_laws, residuals, points, seed)
+    intervals = interval_of(points)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         boot = np.array([b.loss(points.n_params, points.n_tokens) for b in boot_laws]).reshape(-1, len(allocations))
     boot = boot[np.all(np.isfinite(boot), axis=1)]
