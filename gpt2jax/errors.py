@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 
 
@@ -30,6 +31,28 @@ class Stopped(SystemExit):
         self.message = message
 
 
+_deferred = {"depth": 0, "signum": None}  # the main thread's: signal handlers run only there
+
+
 def stop_now(signum, frame) -> None:
-    """The signal handler of a command that stops where it is: it raises ``Stopped``."""
+    """The signal handler of a command that stops where it is: it raises ``Stopped``, at once or, inside
+    ``stops_deferred``, when that block ends."""
+    if _deferred["depth"]:
+        _deferred["signum"] = _deferred["signum"] or signum
+        return
     raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def stops_deferred():
+    """A block a stop must not cut in two (starting a checkpoint's save: a ``Stopped`` raised inside
+    Orbax's save left a step half-written, and the stop's message named the step before it)."""
+    _deferred["depth"] += 1
+    try:
+        yield
+    finally:
+        _deferred["depth"] -= 1
+    signum = _deferred["signum"]
+    if signum is not None and not _deferred["depth"]:
+        _deferred["signum"] = None
+        raise Stopped(signum)

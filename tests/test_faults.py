@@ -310,6 +310,26 @@ def test_ctrl_c_stops_training_in_one_line_naming_its_checkpoint_and_frees_the_w
     assert "Traceback" not in stderr and not (workdir / workdir_files.LOCK_FILE).exists()
 
 
+def test_a_stop_inside_a_deferred_block_lands_when_the_block_ends():
+    from gpt2jax.errors import Stopped, stop_now, stops_deferred
+
+    previous = signal.signal(signal.SIGINT, stop_now)
+    reached = []
+    try:
+        with pytest.raises(Stopped) as stopped:
+            with stops_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.01)  # the handler has run: the block goes on
+                reached.append("end of block")
+            reached.append("after the block")
+        assert reached == ["end of block"] and stopped.value.name == "SIGINT"
+        with pytest.raises(Stopped):  # outside such a block a stop lands at once
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_an_empty_lock_left_by_a_crash_is_stale_and_said_to_be(data_dir, tmp_path):
     workdir = tmp_path / "run"
     workdir.mkdir()
@@ -471,6 +491,7 @@ def test_the_command_line_shows_one_plain_line_per_log_and_no_library_noise(data
     assert lines[1].startswith("step 3/6 | loss ") and " | lr " in lines[1] and " tok/s" in lines[1]
     assert lines[2].startswith("step 6/6 | loss ") and " | val " in lines[2]
     assert final_record(result.stdout)["step"] == 6
+    assert final_record(result.stdout)["checkpoint"] == 6  # the step the closing line names, saved
     assert lines[-1] == f"done: step 6, train_loss {final_record(result.stdout)['train_loss']:.4f}, " + (
         f"val_loss {final_record(result.stdout)['val_loss']:.4f}; checkpoint {tmp_path}/checkpoints/6, "
         f"metrics {tmp_path}/metrics.jsonl"
@@ -575,4 +596,35 @@ def test_invalid_json_files_are_named(trained, data_dir, tmp_path):
     (tmp_path / "sweep" / "sweep.json").write_text("{")
     with pytest.raises(ValueError, match=r"sweep/sweep.json is not valid JSON"):
         sweep.start("experiments/x.py")
-    assert _perplexity(5.4e12) == math.inf and _perplexity(1.0) == pytest.approx(math.e)
+    assert _perplexity(5.4e12) is None and _perplexity(1.0) == pytest.approx(math.e)
+
+
+def test_records_of_the_wrong_shape_are_named_or_read_as_no_record(trained, data_dir, tmp_path):
+    """Each file gpt2jax reads back, holding JSON of the wrong shape: one sentence naming it, or no record."""
+    from gpt2jax.data import prepare as prepare_module
+    from gpt2jax.data.shards import read_meta
+    from gpt2jax.files.locks import FileLock
+    from gpt2jax.scaling.results import sweep_param_count
+
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    (data / "meta.json").write_text("[]")
+    with pytest.raises(
+        ValueError, match=r"data/meta.json holds a JSON list, not an object; delete .* prepare it again"
+    ):
+        read_meta(data)
+    (tmp_path / "journal").mkdir()
+    (tmp_path / "journal" / prepare_module.JOURNAL_FILE).write_text("[]")
+    assert prepare_module._read_journal(tmp_path / "journal") == {}  # no journal: the prepare starts over
+    (tmp_path / "sweep").mkdir()
+    (tmp_path / "sweep" / "sweep.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"sweep/sweep.json holds no sweep config; restore it, or run the sweep"):
+        sweep_param_count(tmp_path / "sweep")
+    lock = tmp_path / "run.lock"
+    lock.write_text(json.dumps({"host": "h", "pid": "x", "since": "y"}))
+    assert FileLock(lock).holder() == {}  # read as a lock that names no owner, which goes stale as such
+    workdir = _copy(trained, tmp_path)
+    with open(workdir / "metrics.jsonl", "a") as metrics:
+        metrics.write(json.dumps({"step": "x"}) + "\n" + json.dumps({"step": 13, "checkpoint": "abc"}) + "\n")
+    assert all(type(record["step"]) is int for record in workdir_files.read_metrics(workdir))
+    assert loop.run(compact_config(data_dir, steps=14), workdir)["step"] == 14

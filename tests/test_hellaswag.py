@@ -23,7 +23,7 @@ from gpt2jax.data import hellaswag
 from gpt2jax.files.workdir import METRICS_FILE
 from gpt2jax.inference import scoring, weights
 from gpt2jax.init_from import weights_source
-from gpt2jax.training import benchmarks, loop
+from gpt2jax.training import eval_tasks, loop
 from tests.corpora import write_hub_cache
 from tests.helpers import REPO, tiny_config
 
@@ -114,7 +114,7 @@ def test_evaluate_scores_the_original_jsonl(learned):
     printed = json.loads(result.stdout.splitlines()[-1])
     assert printed["acc_norm"] == 1.0 and printed["n"] == len(records)
     assert printed["interval"] == "Wilson 95%"
-    assert printed["acc_norm_ci95"] == pytest.approx(benchmarks.wilson_interval(len(records), len(records)))
+    assert printed["acc_norm_ci95"] == pytest.approx(eval_tasks.wilson_interval(len(records), len(records)))
     assert 0.9 < printed["acc_norm_ci95"][0] < 1.0 == printed["acc_norm_ci95"][1]
 
 

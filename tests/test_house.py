@@ -72,6 +72,13 @@ COMMANDS = {
 }
 
 
+# Every command module, at every public name: each must list its own flags under --help.
+HELP_MODULES = sorted(
+    {"gpt2jax.main", "gpt2jax.scaling"}
+    | {f"gpt2jax.cli.{path.stem}" for path in (PACKAGE / "cli").glob("*.py") if path.stem != "__init__"}
+)
+
+
 @pytest.fixture(scope="module")
 def command_results(tmp_path_factory):
     """Every command's user error, with and without GPT2JAX_TRACEBACK, and its malformed line, run at once."""
@@ -89,6 +96,15 @@ def command_results(tmp_path_factory):
             runs[name, case] = subprocess.Popen(
                 command, cwd=REPO, env=dict(env, **extra_env), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
             )
+    for module in HELP_MODULES:
+        runs[module, "help"] = subprocess.Popen(
+            [sys.executable, "-m", module, "--help"],
+            cwd=REPO,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
     results = {key: (process.wait(timeout=300), *process.communicate()) for key, process in runs.items()}
     assert not missing.exists(), "a command that failed created files"
     return results
@@ -101,6 +117,15 @@ def test_every_command_reports_user_errors_in_one_sentence_and_exits_1(command_r
     lines = stderr.strip().splitlines()
     assert lines[-1].startswith("error: ") and "Traceback" not in stderr, stderr[-2000:]
     assert not stdout.strip()
+
+
+@pytest.mark.parametrize("module", HELP_MODULES)
+def test_help_lists_the_commands_own_flags(command_results, module):
+    code, stdout, stderr = command_results[module, "help"]
+    assert code == 0, stderr[-2000:]
+    flags = set(re.findall(r"--[a-z][a-z_.]*", stdout)) - {"--help", "--helpfull"}
+    subcommands = re.search(r"\{(\w+,)+\w+\}", stdout)  # python -m gpt2jax.scaling {sweep,fit,...}
+    assert flags or subcommands, f"python -m {module} --help lists no flag of its own:\n{stdout}"
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))

@@ -22,7 +22,7 @@ from lm_eval.api.instance import Instance  # noqa: E402
 from gpt2jax.data.tokenizer import get_tokenizer  # noqa: E402
 from gpt2jax.inference import harness, weights  # noqa: E402
 from gpt2jax.init_from import weights_source  # noqa: E402
-from gpt2jax.training import benchmarks  # noqa: E402
+from gpt2jax.training import eval_tasks  # noqa: E402
 from tests.helpers import REPO  # noqa: E402
 
 FIXTURE = Path(__file__).parent / "data" / "hf_tiny"
@@ -64,7 +64,7 @@ def test_loglikelihoods_are_the_scorers(loaded, examples):
     lm = harness.GPT2JaxLM(loaded, batch_size=5)
     got = lm.loglikelihood(requests("loglikelihood", pairs))
     tokenizer = get_tokenizer()
-    expected = benchmarks.continuation_logprobs(
+    expected = eval_tasks.continuation_logprobs(
         loaded.graphdef,
         loaded.params,
         [(tokenizer.encode(context), tokenizer.encode(ending)) for context, ending in pairs],
@@ -132,7 +132,7 @@ def test_the_command_prints_the_table_writes_json_and_matches_hellaswag_acc(load
     assert result.returncode == 0, result.stderr[-3000:]
     assert "gpt2jax_tiny_choice" in result.stdout and "|acc" in result.stdout.replace(" ", "")
     acc = json.loads(out.read_text())["results"]["gpt2jax_tiny_choice"]["acc,none"]
-    scores = benchmarks.hellaswag_scores(loaded.graphdef, loaded.params, examples, loaded.model_config.block_size)
+    scores = eval_tasks.hellaswag_scores(loaded.graphdef, loaded.params, examples, loaded.model_config.block_size)
     assert acc == pytest.approx(scores["acc"])
     refused = subprocess.run(
         [*command[:-1], "--tasks=no_such_task", f"--include_path={tasks}", f"--output={tmp_path / 'never.json'}"],

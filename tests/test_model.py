@@ -348,3 +348,10 @@ def test_dropout_is_a_function_of_its_key():
 def test_bad_model_config_is_one_sentence(bad, message):
     with pytest.raises(ValueError, match=message):
         dataclasses.replace(TINY, **bad).validate()
+
+
+def test_a_model_key_the_model_does_not_declare_is_refused_by_name():
+    model_config = dataclasses.asdict(TINY) | {"n_embed": 64}
+    with pytest.raises(ValueError, match=r"^model config has unknown key\(s\) n_embed; the model's keys are "):
+        GPTConfig.from_config(model_config)
+    assert GPTConfig.from_config(dataclasses.asdict(TINY)) == TINY

@@ -21,7 +21,7 @@ from gpt2jax.data.tokenizer import get_tokenizer
 from gpt2jax.inference import scoring
 from gpt2jax.interop import hf
 from gpt2jax.model import abstract_model
-from gpt2jax.training import benchmarks
+from gpt2jax.training import eval_tasks
 
 FIXTURE = Path(__file__).parent / "data" / "hf_tiny"
 TOLERANCE = 1e-4
@@ -115,7 +115,7 @@ def test_continuation_logprobs_match_transformers(model, hellaswag_reference):
             requests.append((tokenizer.encode(example["context"]), tokenizer.encode(" " + ending)))
             expected.append(losses)
     # A batch of 3 splits examples across batches and pads the last one.
-    logprobs = benchmarks.continuation_logprobs(graphdef, params, requests, block_size, batch_size=3)
+    logprobs = eval_tasks.continuation_logprobs(graphdef, params, requests, block_size, batch_size=3)
     assert [len(row) for row in logprobs] == [len(continuation) for _, continuation in requests]
     losses = np.asarray([[-row.sum(), -row.mean()] for row in logprobs])
     np.testing.assert_allclose(losses, expected, atol=TOLERANCE, rtol=1e-6)
@@ -126,12 +126,12 @@ def test_a_long_context_loses_its_oldest_tokens(model, reference):
     tokens = reference["tokens"].tolist()
     context, continuation = tokens[:300], tokens[300:310]
     kept = block_size + 1 - len(continuation)
-    long, cut = benchmarks.continuation_logprobs(
+    long, cut = eval_tasks.continuation_logprobs(
         graphdef, params, [(context, continuation), (context[-kept:], continuation)], block_size, batch_size=2
     )
     np.testing.assert_array_equal(long, cut)
     with pytest.raises(ValueError, match="does not fit the model's context"):
-        benchmarks.continuation_logprobs(graphdef, params, [(context, tokens[: block_size + 1])], block_size)
+        eval_tasks.continuation_logprobs(graphdef, params, [(context, tokens[: block_size + 1])], block_size)
 
 
 def test_hellaswag_prediction_sums_for_acc_and_averages_for_acc_norm():
@@ -140,7 +140,7 @@ def test_hellaswag_prediction_sums_for_acc_and_averages_for_acc_norm():
         np.array([-2.5]),  # summed loss 2.5, mean 2.5: the best sum
         np.array([-4.0, -0.5]),
     ]  # summed loss 4.5, mean 2.25
-    assert benchmarks.hellaswag_prediction(endings) == (1, 0)
+    assert eval_tasks.hellaswag_prediction(endings) == (1, 0)
 
 
 def test_hellaswag_scores_pick_what_transformers_picks(model, hellaswag_reference):
@@ -150,16 +150,16 @@ def test_hellaswag_scores_pick_what_transformers_picks(model, hellaswag_referenc
         for example in hellaswag_reference
     ]
     # With each label set to the reference's summed-loss choice, acc must be 1 exactly.
-    scores = benchmarks.hellaswag_scores(graphdef, params, examples, block_size, batch_size=4)
+    scores = eval_tasks.hellaswag_scores(graphdef, params, examples, block_size, batch_size=4)
     expected_norm = np.mean(
         [np.argmin([mean for _, mean in example["losses"]]) == example["label"] for example in examples]
     )
     n = len(examples)
     assert scores == {
         "acc": 1.0,
-        "acc_ci95": benchmarks.wilson_interval(n, n),
+        "acc_ci95": eval_tasks.wilson_interval(n, n),
         "acc_norm": expected_norm,
-        "acc_norm_ci95": benchmarks.wilson_interval(round(expected_norm * n), n),
+        "acc_norm_ci95": eval_tasks.wilson_interval(round(expected_norm * n), n),
         "n": n,
     }
     assert expected_norm < 1.0  # the two rules disagree on these examples, so both are tested

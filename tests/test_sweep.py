@@ -231,6 +231,20 @@ def test_bad_sweeps_are_one_sentence(capsys):
         plan_module.expand(config)
 
 
+@pytest.mark.parametrize(
+    "section, key", [(None, "lr_chek"), (None, "smoke_tst"), ("rules", "learnig_rate"), ("limits", "max_epoch")]
+)
+def test_a_misspelt_sweep_key_is_refused_by_name(section, key):
+    config = smoke_config("unused")
+    (config[section] if section else config)[key] = 1.0
+    where = f"the sweep config's {section}" if section else "the sweep config"
+    with pytest.raises(ValueError, match=f"^{where} has unknown key\\(s\\) {key}; its keys are "):
+        plan_module.checked_sweep_config(config)
+    checked = plan_module.checked_sweep_config(smoke_config("unused"))
+    with pytest.raises(KeyError, match="cannot be added since the config is locked"):  # nor set after the check
+        (checked[section] if section else checked)[key] = 1.0
+
+
 @pytest.mark.parametrize("name", ["cpu_topics.py", "cpu_english.py", "gpu_sweep.py"])
 def test_shipped_sweeps_expand_with_shapes_on_both_sides_of_each_optimum(name):
     config = plan_module.load_sweep_config(str(REPO / "experiments" / name))
@@ -734,6 +748,17 @@ def test_the_planner_refuses_a_grid_that_repeats_its_corpus():
     assert "epochs" in plan_module.format_plan(
         plan
     ) and "the longest point reads 1.37 epochs" in plan_module.format_plan(plan)
+
+
+def test_the_planner_knows_a_named_hub_corpus_before_it_is_downloaded(tmp_path):
+    config = smoke_config(str(tmp_path))
+    config.base.data.update(source="hf:HuggingFaceFW/fineweb-edu:sample-10BT", val_fraction=0.005, max_tokens=0)
+    assert plan_module.unique_train_tokens(config) == int(10e9 * 0.995)
+    config.base.data.max_tokens = 2_000_000_000  # the GPU sweep's cap: at most that many
+    assert plan_module.unique_train_tokens(config) == 2_000_000_000
+    config.base.data.source = "hf:someone/unknown"  # only preparing it tells
+    config.base.data.max_tokens = 0
+    assert plan_module.unique_train_tokens(config) is None
 
 
 def test_non_embedding_sweeps_count_budgets_in_non_embedding_parameters():

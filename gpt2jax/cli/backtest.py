@@ -54,3 +54,9 @@ def run(args: argparse.Namespace) -> None:
     )
     report.update(results=args.results, params=args.params, flops=args.flops)
     print(json.dumps(report, indent=2) if args.json else backtest.format_backtest(report, " ".join(args.results)))
+
+
+if __name__ == "__main__":
+    from gpt2jax.cli.scaling import entry_as_subcommand
+
+    entry_as_subcommand(__spec__.name)

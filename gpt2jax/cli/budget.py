@@ -58,3 +58,9 @@ def run(args: argparse.Namespace) -> None:
         corpus=args.corpus,
     )
     print(json.dumps(report, indent=2) if args.json else format_report(report))
+
+
+if __name__ == "__main__":
+    from gpt2jax.cli.scaling import entry_as_subcommand
+
+    entry_as_subcommand(__spec__.name)

@@ -102,7 +102,7 @@ def main(argv):
         result = scoring.evaluate_checkpoint(source.path, source.step, _BATCHES.value)
     else:
         result = scoring.evaluate_hf_on_config(source.path, _CONFIG.value, _BATCHES.value)
-    print(json.dumps(result))
+    print(json.dumps(result, allow_nan=False))  # weights are checked finite at load: a NaN here is a bug
 
 
 def entry() -> None:

@@ -70,3 +70,9 @@ def run(args: argparse.Namespace) -> None:
     summary = fit.fit_summary(points, n_bootstrap=args.bootstrap, seed=args.seed, starts=fit.START_GRIDS[args.grid])
     summary.update(params=args.params, flops=args.flops)
     print(json.dumps(summary, indent=2) if args.json else fit.format_summary(summary, " ".join(args.results)))
+
+
+if __name__ == "__main__":
+    from gpt2jax.cli.scaling import entry_as_subcommand
+
+    entry_as_subcommand(__spec__.name)

@@ -21,3 +21,9 @@ def run(args: argparse.Namespace) -> None:
 
     paths = plot_sweep(args.workdir, args.out, START_GRIDS[args.grid])
     print("\n".join(str(path) for path in paths))
+
+
+if __name__ == "__main__":
+    from gpt2jax.cli.scaling import entry_as_subcommand
+
+    entry_as_subcommand(__spec__.name)

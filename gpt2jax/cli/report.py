@@ -67,3 +67,9 @@ def run(args: argparse.Namespace) -> None:
         command=command_line(args),
     )
     print(args.out)
+
+
+if __name__ == "__main__":
+    from gpt2jax.cli.scaling import entry_as_subcommand
+
+    entry_as_subcommand(__spec__.name)

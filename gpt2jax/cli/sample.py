@@ -1,4 +1,4 @@
-"""Generate text from a trained run, or from Hugging Face GPT-2 weights (drives ``generate``).
+"""Generate text from a trained run, or from Hugging Face GPT-2 weights (drives ``inference.sampling``).
 
 ``python -m gpt2jax.cli.sample --workdir runs/x --prompt "Once upon a time" --max_new_tokens 100``
 ``python -m gpt2jax.cli.sample --init_from hf:DIR --prompt "Once upon a time"``

@@ -128,3 +128,9 @@ def _repair(workdir: str | None) -> None:
     path = results_path(workdir)
     dropped = repair(path)
     print(f"repaired {path}: dropped {dropped} row(s) that were no finished point; the next sweep run trains them.")
+
+
+if __name__ == "__main__":
+    from gpt2jax.cli.scaling import entry_as_subcommand
+
+    entry_as_subcommand(__spec__.name)

@@ -421,10 +421,12 @@ class _StopSignals:
 
 
 def _read_journal(partial: Path) -> dict:
+    """The journal of an interrupted prepare; an unreadable one, or one that is no JSON object, is none."""
     try:
-        return json.loads((partial / JOURNAL_FILE).read_text())
+        journal = json.loads((partial / JOURNAL_FILE).read_text())
     except (OSError, ValueError):
         return {}
+    return journal if isinstance(journal, dict) else {}
 
 
 def _writer_state(journal: dict | None, split: str) -> dict:

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
-import json
 import os
 from pathlib import Path
 
 import numpy as np
+
+from gpt2jax.files.workdir import read_json
 
 FORMAT_VERSION = 2
 SINGLE_FILE_FORMAT_VERSION = 1  # train.bin and val.bin, before shards
@@ -152,10 +153,7 @@ def read_meta(data_dir: str | Path) -> dict:
             f"{data_dir} holds no prepared data (no {META_FILE}); run "
             f"`python -m gpt2jax.cli.prepare --source SOURCE --out {data_dir}`."
         )
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ValueError(f"{meta_path} is not valid JSON; delete {data_dir} and prepare it again.") from None
+    meta = read_json(meta_path, remedy=f"delete {data_dir} and prepare it again")
     if meta.get("format_version") not in (FORMAT_VERSION, SINGLE_FILE_FORMAT_VERSION):
         raise ValueError(
             f"{data_dir} has data format {meta.get('format_version')}, this code reads "

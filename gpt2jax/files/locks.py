@@ -69,7 +69,13 @@ class FileLock:
             return None
         except (json.JSONDecodeError, UnicodeDecodeError):
             return {}  # being written right now, or never written (see _break_if_stale)
-        return owner if isinstance(owner, dict) else {}
+        well_formed = (
+            isinstance(owner, dict)
+            and isinstance(owner.get("host"), str)
+            and type(owner.get("pid")) is int
+            and isinstance(owner.get("since"), (int, float))
+        )
+        return owner if well_formed else {}  # a lock that says no owner plainly is an unreadable one
 
     def acquire(self, poll_s: float = 0.05) -> None:
         """Waits until the lock is taken."""

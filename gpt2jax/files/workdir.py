@@ -85,13 +85,19 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return records
 
 
+def _is_step(value) -> bool:
+    return type(value) is int and value >= 0
+
+
 def read_metrics(workdir: str | Path) -> list[dict]:
     """A run's metrics.jsonl, one record per step.
 
     A resumed run logs again the steps after its last checkpoint, and the later record of
     a step is the one the run continued from.
     """
-    by_step = {record["step"]: record for record in read_jsonl(Path(workdir) / METRICS_FILE) if "step" in record}
+    by_step = {
+        record["step"]: record for record in read_jsonl(Path(workdir) / METRICS_FILE) if _is_step(record.get("step"))
+    }
     return [by_step[step] for step in sorted(by_step)]
 
 

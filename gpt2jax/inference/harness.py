@@ -7,7 +7,7 @@ Face GPT-2 directory:
     (context, continuation) -> (the continuation's summed log-probability, whether greedy
     decoding produces it), tokenized as lm-eval's Hugging Face model does (a context's
     trailing spaces move to the continuation; an empty context is ``<|endoftext|>``) and scored
-    by ``training.benchmarks.continuation_scores``, the scorer of ``evaluate --task hellaswag``:
+    by ``training.eval_tasks.continuation_scores``, the scorer of ``evaluate --task hellaswag``:
     rows padded at the end to power-of-two lengths, so a few shapes compile.
 ``loglikelihood_rolling``
     a whole text's log-probability, its first token predicted from ``<|endoftext|>``, by windows
@@ -27,7 +27,7 @@ from lm_eval.api.model import TemplateLM
 
 from gpt2jax.data.tokenizer import get_tokenizer
 from gpt2jax.inference import sampling, scoring
-from gpt2jax.training import benchmarks
+from gpt2jax.training import eval_tasks
 
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's default for generation tasks that name none
 
@@ -56,7 +56,7 @@ class GPT2JaxLM(TemplateLM):
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         pairs = [(context, continuation) for _, context, continuation in requests]
-        scores = benchmarks.continuation_scores(
+        scores = eval_tasks.continuation_scores(
             self.loaded.graphdef, self.loaded.params, pairs, self.block_size, batch_size=self.batch_size
         )
         results = []

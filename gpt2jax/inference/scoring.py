@@ -8,7 +8,7 @@ window did not reach. Every token after the first is scored exactly once, with a
 ``block_size``, gives non-overlapping windows of block_size + 1 tokens that share their
 boundary token; a smaller stride buys more context per token for more compute.
 
-HellaSwag is scored by ``training.benchmarks``, which says how.
+HellaSwag is scored by ``training.eval_tasks``, which says how.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpt2jax.training import benchmarks
+from gpt2jax.training import eval_tasks
 
 
 def token_logprobs(
@@ -45,7 +45,7 @@ def token_logprobs(
         for i in range(0, len(positions_WxT), batch_size)
     )
     logprobs_WxT = np.concatenate(
-        [logprobs for logprobs, _ in benchmarks.logprobs_by_batch(graphdef, params, batches, batch_size)]
+        [logprobs for logprobs, _ in eval_tasks.logprobs_by_batch(graphdef, params, batches, batch_size)]
     )
     new_targets_W = np.diff(window_ends_W, prepend=0)
     return np.concatenate([row[window_len - new :] for row, new in zip(logprobs_WxT, new_targets_W)])
@@ -71,9 +71,10 @@ def evaluate_hf_on_config(directory: str | Path, config, batches: int | None = N
     return _validation_loss(loaded, config, batches)
 
 
-def _perplexity(loss: float) -> float:
-    """exp(loss), infinite past float64's range (a diverged model's loss of 5e12 would overflow)."""
-    return math.exp(loss) if loss < math.log(sys.float_info.max) else math.inf
+def _perplexity(loss: float) -> float | None:
+    """exp(loss); None (JSON's null) past float64's range, where a diverged model's loss of 5e12 puts it:
+    JSON has no Infinity."""
+    return math.exp(loss) if loss < math.log(sys.float_info.max) else None
 
 
 def _validation_loss(loaded, config, batches: int | None) -> dict:
@@ -123,7 +124,7 @@ def evaluate_text(
 
 def evaluate_hellaswag(loaded, examples: list[dict], source: str, *, batch_size: int = 8) -> dict:
     """HellaSwag examples read from ``source`` (``data.hellaswag.read_examples``), scored and counted."""
-    scores = benchmarks.hellaswag_scores(
+    scores = eval_tasks.hellaswag_scores(
         loaded.graphdef, loaded.params, examples, loaded.model_config.block_size, batch_size=batch_size
     )
     return {"task": "hellaswag", "data": source, **scores, "interval": "Wilson 95%"}

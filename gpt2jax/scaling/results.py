@@ -37,7 +37,7 @@ import numpy as np
 
 from gpt2jax.files.atomic import write_atomically
 from gpt2jax.files.locks import FileLock
-from gpt2jax.files.workdir import RESULTS_FILE, SWEEP_FILE
+from gpt2jax.files.workdir import RESULTS_FILE, SWEEP_FILE, read_json
 
 COLUMNS = (
     "run",
@@ -303,7 +303,10 @@ def load_results(path, params: str = "total", flops: str = "6n") -> ScalingPoint
 
 def sweep_param_count(workdir) -> str:
     """The parameter count (``params``) a sweep workdir's config chose: 'total' unless it says otherwise."""
-    import json
-
     path = pathlib.Path(workdir) / SWEEP_FILE
-    return json.loads(path.read_text())["config"].get("params", "total") if path.is_file() else "total"
+    if not path.is_file():
+        return "total"
+    config = read_json(path, remedy="restore it, or run the sweep again in a new --workdir").get("config")
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} holds no sweep config; restore it, or run the sweep again in a new --workdir.")
+    return config.get("params", "total")

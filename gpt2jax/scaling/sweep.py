@@ -1,7 +1,7 @@
 """Runs a sweep's points through ``loop.run``, resumably, shared out among workers.
 
-The sweep workdir's files are named in ``gpt2jax/workdir.py``: sweep.json, points/RUN/
-(each point's training workdir), locks/ (see ``locks``), results.csv (see ``records``) and
+The sweep workdir's files are named in ``files/workdir.py``: sweep.json, points/RUN/
+(each point's training workdir), locks/ (see ``locks``), results.csv (see ``results``) and
 sessions.jsonl (one line per invocation of a worker: when, where, what it ran, how long).
 
 Run again after a kill, a worker skips the points results.csv already has and resumes the

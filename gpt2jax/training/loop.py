@@ -22,11 +22,11 @@ import numpy as np
 
 from gpt2jax import flops, init_from
 from gpt2jax.data import loader
-from gpt2jax.errors import Stopped
+from gpt2jax.errors import Stopped, stops_deferred
 from gpt2jax.files import workdir as workdir_files
 from gpt2jax.files.atomic import write_atomically
 from gpt2jax.files.locks import FileLock
-from gpt2jax.training import benchmarks, checkpoint, optim, steps
+from gpt2jax.training import checkpoint, eval_tasks, optim, steps
 from gpt2jax.training.checkpoint import Checkpointer
 from gpt2jax.training.trainer import Trainer, build_trainer
 
@@ -237,6 +237,8 @@ def check_records_agree(config, workdir: Path, checkpointer: Checkpointer) -> No
         )
     records = workdir_files.read_jsonl(workdir / workdir_files.METRICS_FILE)  # in the order written
     claimed = records[-1].get("checkpoint") if records else None
+    if type(claimed) is not int:  # a record this code did not write: it claims nothing
+        claimed = None
     set_aside = workdir / workdir_files.SET_ASIDE_DIR
     aside = [int(path.name.split("-")[0]) for path in set_aside.glob("*-*")] if set_aside.is_dir() else []
     newest = max(committed + aside, default=None)
@@ -362,7 +364,7 @@ def log_line(record: dict, steps_total: int) -> str:
     parts = [f"step {record['step']}/{steps_total}", f"loss {record['train_loss']:.4f}"]
     if "val_loss" in record:
         parts.append(f"val {record['val_loss']:.4f}")
-    for task in benchmarks.TASKS:
+    for task in eval_tasks.TASKS:
         if f"{task}_acc_norm" in record:
             parts.append(f"{task} {record[f'{task}_acc_norm']:.3f}")
     parts.append(f"lr {record['learning_rate']:.2e}")
@@ -385,7 +387,7 @@ def run(config, workdir: str | Path) -> dict:
     """
     workdir = Path(workdir)
     trainer = build_trainer(config)
-    tasks = benchmarks.read_tasks(config)  # a benchmark's missing data is refused before any data is prepared
+    tasks = eval_tasks.read_tasks(config)  # a benchmark's missing data is refused before any data is prepared
     try:
         data = loader.prepared_data(config)
     except OSError as error:
@@ -415,9 +417,11 @@ def closing_line(final: dict, workdir: str | Path) -> str:
     """The one line a finished run ends with: its loss, and where its checkpoint and metrics are."""
     workdir = Path(workdir)
     losses = ", ".join(f"{key} {final[key]:.4f}" for key in ("train_loss", "val_loss") if key in final)
+    saved = final.get("checkpoint")
+    checkpoint = workdir / workdir_files.CHECKPOINTS_DIR / str(saved) if saved is not None else "none saved"
     return (
-        f"done: step {final['step']}{', ' + losses if losses else ''}; checkpoint "
-        f"{workdir / workdir_files.CHECKPOINTS_DIR / str(final['step'])}, metrics {workdir / workdir_files.METRICS_FILE}"
+        f"done: step {final['step']}{', ' + losses if losses else ''}; checkpoint {checkpoint}, "
+        f"metrics {workdir / workdir_files.METRICS_FILE}"
     )
 
 
@@ -437,16 +441,22 @@ def _run_locked(trainer: Trainer, data, tasks: dict, workdir: Path) -> dict:
                 "train; raise train.steps to train further."
             )
             done = [record for record in workdir_files.read_metrics(workdir) if record["step"] == latest]
-            return done[-1] if done else {"step": latest}
+            return (done[-1] if done else {"step": latest}) | {"checkpoint": latest}
         changes = check_config_change(config, workdir)
         record_data(data, workdir)
         if jax.process_index() == 0:
             checkpointer.set_aside_uncommitted()
         state = restore_or_init(trainer, checkpointer)
         record_config(config, workdir, changes, int(state["step"]), console.say)
-        return _train(trainer, data, tasks, workdir, checkpointer, state, console)
+        final = _train(trainer, data, tasks, workdir, checkpointer, state, console)
+        # metrics.jsonl's line holds the checkpoint committed when it was written, before the last save
+        return final | {"checkpoint": checkpointer.latest_step()}
     except Stopped as stop:
-        if stop.message is None:  # _train's finally has completed the save in flight
+        if stop.message is None:
+            try:
+                checkpointer.wait()  # _train's finally did, unless a second signal cut that wait short
+            except checkpoint.CheckpointWriteError:
+                pass
             saved = checkpointer.latest_step()
             kept = f"its newest checkpoint is step {saved}" if saved is not None else "it saved no checkpoint yet"
             stop.message = f"stopped by {stop.name}: {kept} in {workdir}; the same command resumes from it."
@@ -543,7 +553,7 @@ def _train(
                 if evaluate_now:
                     record["val_loss"] = trainer.evaluate(state["params"], data.val, train_config.eval_batches)
                     record.update(
-                        benchmarks.score_tasks(
+                        eval_tasks.score_tasks(
                             trainer.graphdef, state["params"], tasks, trainer.model_config.block_size
                         )
                     )
@@ -557,7 +567,8 @@ def _train(
                 what = _diverged(float(loss), None, vocab_size) if finite else "the state became NaN or infinite"
                 if what:
                     raise _stop(f"{what} after the update", completed, kept, checkpointer, train_config.learning_rate)
-                checkpointer.save(completed, state, counters)
+                with stops_deferred():
+                    checkpointer.save(completed, state, counters)
                 kept = completed
             console.bar.update(1)
         checkpointer.wait()

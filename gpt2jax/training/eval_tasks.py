@@ -1,4 +1,4 @@
-"""Completion-style benchmarks: log-probabilities of continuations, and HellaSwag scored from them.
+"""The eval tasks (``train.eval_tasks``, ``evaluate --task``): log-probabilities of continuations, and HellaSwag scored from them.
 
 HellaSwag is scored as in build-nanogpt and llm.c: each ending is rendered as the context's
 tokens followed by the tokens of ``" " + ending``, and only the ending's tokens are scored.
