@@ -206,8 +206,51 @@ def test_fit_file_adds_the_projects_law_and_it_leads_in_gpt2_units(tmp_path):
     assert own["params"] == pytest.approx(n_opt) and own["tokens"] == pytest.approx(d_opt)
     assert own["predicted_loss"] == pytest.approx(float(fit.loss(n_opt, d_opt)))
     verdict = budget.verdict_lines(report)
-    assert any(line.startswith("  by your fit (GPT-2 BPE nats per token on the sweep's corpus): ") for line in verdict)
+    # The fit leads the verdict's allocations, then the published laws' follow.
+    (fit_line,) = [i for i, line in enumerate(verdict) if line.startswith("  by your fit (GPT-2 BPE nats per token")]
+    (published_line,) = [i for i, line in enumerate(verdict) if "FLOPs the run gets buy, by epoch2024" in line]
+    assert fit_line < published_line
     assert not any("no law yet" in line for line in verdict)
+    assert "your fit's losses in GPT-2 BPE nats per token on the sweep's corpus, the published laws' in" in (
+        budget.format_report(report)
+    )
+
+
+def test_a_fit_marks_its_own_range_of_tokens_per_parameter_as_the_edge_of_what_it_knows(tmp_path):
+    constants = {"E": 1.8, "A": 480.0, "B": 2000.0, "alpha": 0.35, "beta": 0.37}
+    path = tmp_path / "fit.json"
+    wide, narrow = constants | {"tokens_per_param": [2.0, 1e5]}, constants | {"tokens_per_param": [2.0, 8.0]}
+    extrapolated = {}
+    for name, values in (("wide", wide), ("narrow", narrow), ("unstated", constants)):
+        path.write_text(json.dumps(values))
+        report = budget.budget_report("rtx-4070-ti", 365, 0.9, fit=budget.load_fit_law(path), step_bytes=params_bytes)
+        extrapolated[name] = report["own_law"]["extrapolated"]
+        tokens_per_param = report["own_law"]["tokens"] / report["own_law"]["params"]
+    assert 8.0 < tokens_per_param < 341.0  # this law's optimum: inside Chinchilla's range, past the narrow sweep's
+    assert extrapolated == {"wide": False, "narrow": True, "unstated": False}
+
+
+def test_a_fit_whose_points_identify_no_law_is_refused_with_its_reasons(tmp_path, capsys):
+    path = tmp_path / "fit.json"
+    reason = "its 95% interval [0.01, 3.2] spans more than a decade"
+    path.write_text(
+        json.dumps({"E": 1.8, "A": 4.0, "B": 400.0, "alpha": 0.07, "beta": 0.3, "unidentified": {"alpha": reason}})
+    )
+    assert re.fullmatch(
+        rf"error: fit file .* says its points do not identify its constants \({re.escape(reason)}\): .*",
+        user_error(capsys, ["--fit", str(path)]),
+    )
+
+
+def test_a_prepared_directory_is_a_corpus_of_its_train_tokens(tmp_path):
+    from gpt2jax.data.prepare import prepare
+
+    out = tmp_path / "prepared"
+    prepare("synthetic:vocabulary=compact", out, synthetic_train_tokens=30_000, synthetic_val_tokens=3_000)
+    name, tokens = budget.corpus_tokens(str(out))
+    assert (name, tokens) == (str(out), 30_000.0)
+    report = budget.budget_report("rtx-4070-ti", 1, 0.9, mfu=0.4, step_bytes=params_bytes, corpus=str(out))
+    assert report["models"]["gpt2"]["original_epochs"] == pytest.approx(10e9 / 30_000)
 
 
 def test_without_a_fit_the_verdict_names_the_gpu_sweep_and_its_cost_on_the_card(default_report):

@@ -136,6 +136,9 @@ def test_fit_summary_has_every_estimate_and_interval():
     assert summary["a"] == pytest.approx(KNOWN_LAW.exponents()[0], abs=0.01)
     for approach in ("approach1", "approach2"):
         assert set(summary[approach]["ci"]) == {"a", "b"}
+    final = isoflop_points().final_points()
+    ratios = final.n_tokens / final.n_params
+    assert summary["tokens_per_param"] == [pytest.approx(ratios.min()), pytest.approx(ratios.max())]
     json.dumps(summary)
 
 

@@ -31,6 +31,13 @@ from gpt2jax.data.formats import DATA_SUFFIXES, READABLE, file_kind
 from gpt2jax.errors import first_line
 
 # The Hub's conventions for split names in file paths (huggingface.co/docs/datasets/repository_structure).
+# Published sizes in GPT-2 tokens of the Hub corpora gpt2jax's configs name (FineWeb-Edu's card),
+# so a sweep's planner and the budget know a corpus's size before it is downloaded.
+PUBLISHED_TOKENS = {
+    "hf:HuggingFaceFW/fineweb-edu:sample-10BT": 10e9,
+    "hf:HuggingFaceFW/fineweb-edu:sample-100BT": 100e9,
+    "hf:HuggingFaceFW/fineweb-edu": 1.3e12,
+}
 SPLIT_KEYWORDS = {
     "train": ("train", "training"),
     "validation": ("validation", "valid", "val", "dev"),

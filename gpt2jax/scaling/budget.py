@@ -31,6 +31,7 @@ import math
 import pathlib
 
 from gpt2jax import flops, model
+from gpt2jax.data.hub import PUBLISHED_TOKENS
 from gpt2jax.data.tokenizer import GPT2_VOCAB_SIZE
 from gpt2jax.scaling.laws import EPOCH_REFIT, PUBLISHED_LAWS, ChinchillaLaw
 from gpt2jax.training.optim import OPTIMIZERS
@@ -63,11 +64,15 @@ GPU_SWEEP = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "gpu_s
 FIT_UNITS = "GPT-2 BPE nats per token on the sweep's corpus"
 # Published token counts of the corpora a GPT-2 run here reads (Hugging Face dataset cards):
 # FineWeb-Edu's sample-10BT and sample-100BT, and the whole of it (1.3T GPT-2 tokens).
-NAMED_CORPORA = {"fineweb-edu-10BT": 10e9, "fineweb-edu-100BT": 100e9, "fineweb-edu": 1.3e12}
+NAMED_CORPORA = {
+    name: PUBLISHED_TOKENS[f"hf:HuggingFaceFW/fineweb-edu{sample}"]
+    for name, sample in (
+        ("fineweb-edu-10BT", ":sample-10BT"),
+        ("fineweb-edu-100BT", ":sample-100BT"),
+        ("fineweb-edu", ""),
+    )
+}
 DEFAULT_CORPUS = "fineweb-edu-10BT"  # the shipped GPT-2 configs' data.source
-# The most tokens per parameter among Chinchilla's runs (Epoch's extraction of its figure 4): past
-# it a law's D term is extrapolated.
-MAX_FITTED_TOKENS_PER_PARAM = 341.0
 
 
 def load_fit_law(path) -> ChinchillaLaw:
@@ -99,10 +104,18 @@ def load_fit_law(path) -> ChinchillaLaw:
             f"fit file {path} holds {', '.join(wrong)}; a law needs finite constants, E at least 0 and "
             "A, B, alpha, beta above 0: write it again with python -m gpt2jax.scaling fit --json."
         )
+    if values.get("unidentified"):
+        which = "; ".join(values["unidentified"].values())
+        raise ValueError(
+            f"fit file {path} says its points do not identify its constants ({which}): its compute-optimal "
+            "allocation would mean nothing; fit a sweep whose points pin them down."
+        )
+    spanned = values.get("tokens_per_param")  # the fitted points' range; a file without it gets Chinchilla's
     return ChinchillaLaw(
         **{name: float(value) for name, value in constants.items()},
         name="fit",
         source=f"{path} (python -m gpt2jax.scaling fit)",
+        **({"max_tokens_per_param": float(spanned[1])} if spanned else {}),
     )
 
 
@@ -161,12 +174,12 @@ def corpus_tokens(spec: str) -> tuple[str, float]:
     return f"{tokens:.3g} tokens", tokens
 
 
-def data_use(tokens: float, params: float, corpus: float) -> dict:
-    """Epochs of an allocation over the corpus, and whether it is beyond the corpus or the law's fitted range."""
+def data_use(tokens: float, params: float, corpus: float, law: ChinchillaLaw) -> dict:
+    """Epochs of an allocation over the corpus, and whether it is beyond the corpus or ``law``'s fitted range."""
     return {
         "epochs": tokens / corpus,
         "beyond_corpus": tokens > corpus,
-        "extrapolated": tokens / params > MAX_FITTED_TOKENS_PER_PARAM,
+        "extrapolated": tokens / params > law.max_tokens_per_param,
     }
 
 
@@ -347,7 +360,9 @@ def budget_report(
         if shape is None:
             continue
         optimum = memory_constrained_optimum(HEADLINE_LAW, achieved, usable_bytes, shape, step)
-        constrained[name] = dict(optimum, optimizer=name, **data_use(optimum["tokens"], optimum["params"], corpus_size))
+        constrained[name] = dict(
+            optimum, optimizer=name, **data_use(optimum["tokens"], optimum["params"], corpus_size, HEADLINE_LAW)
+        )
     if not constrained:
         memory_constrained_optimum(HEADLINE_LAW, achieved, usable_bytes, None)  # raises, naming the card
     achieved_params, achieved_tokens = (float(value) for value in HEADLINE_LAW.compute_optimal(achieved))
@@ -386,7 +401,7 @@ def budget_report(
             "tokens_per_param": achieved_tokens / achieved_params,
             "predicted_loss": float(HEADLINE_LAW.loss(achieved_params, achieved_tokens)),
             "fits_in_memory": achieved_params <= largest_fitting,
-            **data_use(achieved_tokens, achieved_params, corpus_size),
+            **data_use(achieved_tokens, achieved_params, corpus_size, HEADLINE_LAW),
         },
         "corpus": corpus_name,
         "corpus_tokens": corpus_size,
@@ -428,7 +443,7 @@ def _law_row(law: ChinchillaLaw, total_flops: float, largest_fitting: float, cor
         "training_memory_bytes": flops.training_memory_bytes(math.ceil(params)),
         "fits_in_memory": params <= largest_fitting,
         "source": law.source,
-        **data_use(tokens, params, corpus_size),
+        **data_use(tokens, params, corpus_size, law),
     }
 
 
@@ -467,7 +482,7 @@ def _own_law_allocation(fit: ChinchillaLaw, total_flops: float, corpus_size: flo
         "tokens": tokens,
         "predicted_loss": float(fit.loss(params, tokens)),
         "fits_in_memory": params <= largest_fitting,
-        **data_use(tokens, params, corpus_size),
+        **data_use(tokens, params, corpus_size, fit),
     }
 
 
@@ -501,22 +516,9 @@ def verdict_lines(report: dict) -> list[str]:
                 + ", ".join(fits)
             )
         lines.append(f"  {name} ({flops.format_count(size['n_params'])}) {how}")
-    optimum, best = report["achieved_optimum"], report["memory_constrained"]
-    optimum_fits = "fits" if optimum["fits_in_memory"] else "does not fit"
-    lines.append(
-        f"  the {report['achieved_flops']:.3g} FLOPs the run gets buy, by {report['optimal_law']}: "
-        f"{flops.format_count(optimum['params'])} params on {flops.format_count(optimum['tokens'])} tokens "
-        f"(loss {optimum['predicted_loss']:.3f}), which {optimum_fits} the card"
-        + (f" ({_data_marks(optimum)})" if _data_marks(optimum) else "")
-    )
-    lines.append(
-        f"  the best that fits: {flops.format_count(best['params'])} params ({best['n_layer']} layers x {best['n_embd']}) "
-        f"with {best['optimizer']} on {flops.format_count(best['tokens'])} tokens, loss {best['predicted_loss']:.3f} "
-        f"({best['loss_gap']:+.3f} from the optimum)" + (f"; {_data_marks(best)}" if _data_marks(best) else "")
-    )
     own = report["own_law"]
     if "law" in own:
-        lines.append(
+        own_line = (
             f"  by your fit ({own['units']}): {flops.format_count(own['params'])} params on "
             f"{flops.format_count(own['tokens'])} tokens, loss {own['predicted_loss']:.3f}, which "
             f"{'fits' if own['fits_in_memory'] else 'does not fit'} the card"
@@ -528,10 +530,23 @@ def verdict_lines(report: dict) -> list[str]:
             if "flops" in own
             else ""
         )
-        lines.append(
+        own_line = (
             f"  in GPT-2's units no law yet: the GPU sweep makes one{cost} ({own['sweep']}; then {own['fit']}; "
             "then pass --fit fit.json)"
         )
+    optimum, best = report["achieved_optimum"], report["memory_constrained"]
+    optimum_fits = "fits" if optimum["fits_in_memory"] else "does not fit"
+    published = [
+        f"  the {report['achieved_flops']:.3g} FLOPs the run gets buy, by {report['optimal_law']}: "
+        f"{flops.format_count(optimum['params'])} params on {flops.format_count(optimum['tokens'])} tokens "
+        f"(loss {optimum['predicted_loss']:.3f}), which {optimum_fits} the card"
+        + (f" ({_data_marks(optimum)})" if _data_marks(optimum) else ""),
+        f"  the best that fits: {flops.format_count(best['params'])} params ({best['n_layer']} layers x {best['n_embd']}) "
+        f"with {best['optimizer']} on {flops.format_count(best['tokens'])} tokens, loss {best['predicted_loss']:.3f} "
+        f"({best['loss_gap']:+.3f} from the optimum)" + (f"; {_data_marks(best)}" if _data_marks(best) else ""),
+    ]
+    # A fit of the user's own sweep is in GPT-2's units: it leads; without one, the way to make one follows.
+    lines += [own_line, *published] if "law" in own else [*published, own_line]
     lines.append(
         f"  against {report['corpus']} ({flops.format_count(report['corpus_tokens'])} unique tokens); the published "
         "laws' losses are in Chinchilla's units (see below)"
@@ -565,7 +580,11 @@ def format_report(report: dict) -> str:
         f"tokens = {report['gpt2_xl_original_flops']:.3g} FLOPs)",
         "",
         f"compute-optimal use of {report['total_flops']:.3g} FLOPs (C = 6ND), headline law {report['optimal_law']}; "
-        f"losses in {report['loss_units']}",
+        + (
+            f"losses in {report['loss_units']}"
+            if "law" not in report["own_law"]
+            else f"your fit's losses in {FIT_UNITS}, the published laws' in {report['loss_units']}"
+        ),
         f"  {'law':<24}{'params':>9}{'tokens':>9}{'tokens/param':>14}{'loss':>8}{'epochs':>8}  fits {gib:.1f} GiB",
     ]
     for name, law in report["laws"].items():

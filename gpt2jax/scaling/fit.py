@@ -429,6 +429,7 @@ def fit_summary(
         for name, value in _law_values(law).items():
             samples[name].append(value)
     unknown = unidentified(parametric.law, laws, confidence)
+    ratio = final.n_tokens / final.n_params
     law_values = _law_values(parametric.law)
     if unknown:  # the exponents and everything allocated from them depend on the unidentified constants
         law_values.update(a=None, b=None)
@@ -439,6 +440,8 @@ def fit_summary(
         "huber_objective": parametric.objective,
         "n_points": len(final),
         "n_rows": len(points),
+        # the fitted points' span: past it, an allocation under this law extrapolates its D term
+        "tokens_per_param": [float(np.min(ratio)), float(np.max(ratio))],
         "bootstrap": n_bootstrap,
         "bootstrap_fits": len(samples["E"]),
         "seed": seed,

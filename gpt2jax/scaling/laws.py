@@ -26,6 +26,9 @@ class ChinchillaLaw:
     beta: float
     name: str
     source: str
+    # The most tokens per parameter among the points it was fitted on: past it its D term is
+    # extrapolated. Chinchilla's runs (Epoch AI's extraction of its figure 4) reach 341.
+    max_tokens_per_param: float = 341.0
 
     def loss(self, n_params, n_tokens):
         """Predicted loss of a model of ``n_params`` trained on ``n_tokens`` (scalars or arrays)."""

@@ -362,8 +362,10 @@ def _check_warmup(plan: "SweepPlan") -> None:
 
 def unique_train_tokens(config) -> int | None:
     """Training tokens of the sweep's corpus if known before training: a synthetic source's count, a
-    prepared directory's meta.json, or at most ``data.max_tokens``; None when only preparing it tells."""
+    prepared directory's meta.json, a named Hub corpus's published size less its validation share, at
+    most ``data.max_tokens``; None when only preparing it tells."""
     from gpt2jax.data import loader, prepare
+    from gpt2jax.data.hub import PUBLISHED_TOKENS
 
     data = config.base.data
     if prepare.is_synthetic(data.source):
@@ -372,6 +374,9 @@ def unique_train_tokens(config) -> int | None:
     prepared = Path(data.dir) / loader.prepared_dir_name(data.source, **kwargs)
     if (prepared / prepare.META_FILE).is_file():
         return prepare.read_meta(prepared)["train_tokens"]
+    if data.source in PUBLISHED_TOKENS:
+        published = int(PUBLISHED_TOKENS[data.source] * (1 - data.val_fraction))
+        return min(published, data.max_tokens or published)
     return data.max_tokens or None
 
 
