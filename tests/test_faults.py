@@ -229,6 +229,11 @@ def test_a_workdir_whose_records_disagree_is_refused_naming_the_flag_that_accept
             r"--config.train.allow_config_change=True to continue them with this config\.$",
         ):
             loop.run(compact_config(data_dir, steps=steps, learning_rate=3e-3), workdir)
+    accepted = tmp_path / "accepted"  # with the flag, the run goes on and says so in its record of changes
+    shutil.copytree(workdir, accepted)
+    loop.run(compact_config(data_dir, steps=14, learning_rate=3e-3, allow_config_change=True), accepted)
+    (missing,) = workdir_files.read_jsonl(accepted / workdir_files.CONFIG_CHANGES_FILE)
+    assert missing["config_was_missing"] and missing["step"] == 12
     (workdir / "config.json").write_bytes(saved_config)
     shutil.rmtree(workdir / "checkpoints")  # metrics.jsonl stays, and says which steps were saved
     with pytest.raises(

@@ -7,11 +7,13 @@ the HellaSwag acc that ``evaluate --task hellaswag`` gives on the same examples.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -20,7 +22,7 @@ pytest.importorskip("lm_eval")
 from lm_eval.api.instance import Instance  # noqa: E402
 
 from gpt2jax.data.tokenizer import get_tokenizer  # noqa: E402
-from gpt2jax.inference import harness, weights  # noqa: E402
+from gpt2jax.inference import harness, sampling, scoring, weights  # noqa: E402
 from gpt2jax.init_from import weights_source  # noqa: E402
 from gpt2jax.training import eval_tasks  # noqa: E402
 from tests.helpers import REPO  # noqa: E402
@@ -102,6 +104,53 @@ def test_generation_stops_at_until_and_batches_like_one_at_a_time(loaded):
     stop = alone[1][2:4]
     (cut,) = lm.generate_until(requests("generate_until", [(prompts[1], {"until": [stop], "max_gen_toks": 6})]))
     assert cut == alone[1].split(stop, 1)[0]
+
+
+def test_many_lengths_compile_a_few_shapes_and_score_and_decode_as_each_alone(loaded, monkeypatch):
+    block_size = loaded.model_config.block_size
+    words = (FIXTURE / "text.txt").read_text().split()
+    texts = [" ".join(words[: 1 + 7 * i]) for i in range(20)]  # the last four need two windows of the context
+    prompts = [" ".join(words[: 1 + 14 * i]) for i in range(10)]  # the longest decodes past the context
+    tokenizer = get_tokenizer()
+    assert len({len(tokenizer.encode(text)) for text in texts}) == 20
+    assert len({len(tokenizer.encode(prompt)) for prompt in prompts}) == 10
+    # The shapes that reach the jitted scorer and generator: each distinct one compiles once.
+    shapes = {"rolling": set(), "generate": set()}
+    score, generate = eval_tasks._target_logprobs, sampling.generate_padded
+
+    def counted_score(graphdef, params, inputs_BxT, targets_BxT):
+        shapes["rolling"].add(inputs_BxT.shape)
+        return score(graphdef, params, inputs_BxT, targets_BxT)
+
+    def counted_generate(graphdef, params, prompts_BxP, lengths_B, key, **static):
+        shapes["generate"].add((prompts_BxP.shape, static["max_new_tokens"]))
+        return generate(graphdef, params, prompts_BxP, lengths_B, key, **static)
+
+    monkeypatch.setattr(eval_tasks, "_target_logprobs", counted_score)
+    monkeypatch.setattr(sampling, "generate_padded", counted_generate)
+    lm = harness.GPT2JaxLM(loaded, batch_size=8)
+    rolling = lm.loglikelihood_rolling(requests("loglikelihood_rolling", [(text,) for text in texts]))
+    until = {"until": [], "max_gen_toks": 8}
+    generated = lm.generate_until(requests("generate_until", [(prompt, until) for prompt in prompts]))
+    monkeypatch.undo()
+    # At most one shape per power-of-two length up to the context (one at a time: 17 and 10).
+    assert 1 <= len(shapes["rolling"]) <= int(math.log2(block_size)) + 1
+    buckets = {eval_tasks.padded_length(min(len(tokenizer.encode(p)), block_size), block_size) for p in prompts}
+    assert shapes["generate"] == {((8, length), 8) for length in buckets} and len(buckets) == 4
+
+    alone = [
+        scoring.token_logprobs(
+            loaded.graphdef, loaded.params, [lm.eot_token_id, *tokenizer.encode(text)], block_size, batch_size=2
+        )
+        for text in texts
+    ]
+    np.testing.assert_allclose(rolling, [logprobs.sum(dtype=np.float64) for logprobs in alone], atol=TOLERANCE, rtol=0)
+    for prompt, text in zip(prompts, generated):
+        prompt_1xP = np.asarray([tokenizer.encode(prompt)], np.int32)
+        out_1xN = sampling.generate(
+            loaded.graphdef, loaded.params, prompt_1xP, jax.random.key(0), max_new_tokens=8, temperature=0.0, top_k=0
+        )
+        assert text == tokenizer.decode(np.asarray(out_1xN)[0, prompt_1xP.shape[1] :].tolist())
 
 
 def test_the_command_prints_the_table_writes_json_and_matches_hellaswag_acc(loaded, examples, tmp_path):

@@ -652,6 +652,38 @@ def test_plots_are_written(known_sweep, tmp_path):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
 
 
+def test_a_sweep_that_scores_eval_tasks_carries_them_into_its_rows_plot_and_report(known_sweep, tmp_path):
+    import shutil
+
+    from gpt2jax.scaling.results import COLUMNS
+
+    config = smoke_config(str(tmp_path / "data"))
+    plan = plan_module.expand(config)
+    point = plan.points[0]
+    scores = {"hellaswag_acc": 0.31, "hellaswag_acc_norm": 0.33, "hellaswag_n": 1000}
+    final = {"train_loss": 3.1, "val_loss": 3.2, **scores}
+    row = Sweep(plan, tmp_path / "sweep").row(point, final, wall_s=1.0)
+    assert {key: row[key] for key in scores} == scores and set(row) <= set(COLUMNS)
+    unscored = Sweep(plan, tmp_path / "sweep").row(point, {"train_loss": 3.1, "val_loss": 3.2}, wall_s=1.0)
+    assert not set(scores) & set(unscored)
+    # A sweep workdir whose rows carry scores: the plot draws them, the report tables them.
+    scored = tmp_path / "scored"
+    shutil.copytree(known_sweep, scored)
+    rows = read_rows(scored / "results.csv")
+    for index, row in enumerate(rows):
+        upsert_row(
+            scored / "results.csv",
+            row | {"hellaswag_acc": 0.26, "hellaswag_acc_norm": 0.25 + index / 100, "hellaswag_n": 500},
+        )
+    paths = plot_sweep(scored, tmp_path / "figures", starts=fit.COARSE_STARTS)
+    assert [path.name for path in paths] == [*FIGURES, "eval_tasks.png"]
+    assert paths[-1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = write_report(scored, tmp_path / "REPORT.md", n_bootstrap=2, starts=fit.COARSE_STARTS)
+    assert "OpenAI's GPT-2 124M scores 0.2955 on the whole validation set." in text
+    assert "| N20000_C3e+11 | 0 | 3e+11 | 0.260 | 0.250 | [0.214, 0.290] | 500 |" in text
+    assert "### hellaswag" not in write_report(known_sweep, tmp_path / "R2.md", n_bootstrap=2, starts=fit.COARSE_STARTS)
+
+
 def test_report_holds_the_fitted_law_the_entropy_check_and_the_prediction(known_sweep, tmp_path):
     out = tmp_path / "REPORT.md"
     prediction = backtest.backtest(

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import runpy
 import signal
 import sys
 import warnings
@@ -199,6 +200,13 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         usage_error(f"{self.prog}: {message}")
+
+
+def run_as_scaling_subcommand(module_name: str) -> None:
+    """``python -m gpt2jax.cli.NAME ARGS`` as ``python -m gpt2jax.scaling NAME ARGS``. By name, not by
+    import: ``cli.scaling`` imports the subcommand modules, so importing it from one is a cycle."""
+    sys.argv[1:1] = [module_name.rpartition(".")[2]]
+    runpy.run_module("gpt2jax.cli.scaling", run_name="__main__", alter_sys=True)
 
 
 def run_argparse(main, argv=None) -> None:

@@ -70,6 +70,6 @@ def run(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    from gpt2jax.cli.scaling import entry_as_subcommand
+    from gpt2jax import cli
 
-    entry_as_subcommand(__spec__.name)
+    cli.run_as_scaling_subcommand(__spec__.name)

@@ -6,8 +6,6 @@ adding one is a new module and one line in ``SUBCOMMANDS``.
 
 from __future__ import annotations
 
-import sys
-
 from gpt2jax import cli
 from gpt2jax.cli import backtest, budget, fit, plot, report, sweep
 
@@ -34,11 +32,6 @@ def main(argv: list[str] | None = None) -> None:
 
 def entry(argv: list[str] | None = None) -> None:
     cli.run_argparse(main, argv)
-
-
-def entry_as_subcommand(module_name: str) -> None:
-    """``python -m gpt2jax.cli.NAME ARGS`` runs as ``python -m gpt2jax.scaling NAME ARGS``."""
-    entry([module_name.rpartition(".")[2], *sys.argv[1:]])
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ class FileLock:
             isinstance(owner, dict)
             and isinstance(owner.get("host"), str)
             and type(owner.get("pid")) is int
-            and isinstance(owner.get("since"), (int, float))
+            and isinstance(owner.get("since", 0.0), (int, float))
         )
         return owner if well_formed else {}  # a lock that says no owner plainly is an unreadable one
 

@@ -11,10 +11,12 @@ Face GPT-2 directory:
     rows padded at the end to power-of-two lengths, so a few shapes compile.
 ``loglikelihood_rolling``
     a whole text's log-probability, its first token predicted from ``<|endoftext|>``, by windows
-    of ``block_size`` (lm-eval's rolling windows with a context of one token).
+    of ``block_size`` (lm-eval's rolling windows with a context of one token): the windows of
+    ``scoring.token_logprobs``, scored as continuations by the same padded batches.
 ``generate_until``
-    greedy decoding (``sampling.generate``) to ``max_gen_toks`` tokens, cut at the first stop
-    string; requests whose prompts have the same length decode as one batch.
+    greedy decoding (``sampling.generate_padded``) to ``max_gen_toks`` tokens, cut at the first
+    stop string; prompts padded at the end to the same power-of-two length decode as one batch,
+    each row at its own positions, so each row's tokens are those of its prompt alone.
 """
 
 from __future__ import annotations
@@ -55,10 +57,7 @@ class GPT2JaxLM(TemplateLM):
         return self.tokenizer.decode(list(tokens))
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
-        pairs = [(context, continuation) for _, context, continuation in requests]
-        scores = eval_tasks.continuation_scores(
-            self.loaded.graphdef, self.loaded.params, pairs, self.block_size, batch_size=self.batch_size
-        )
+        scores = self._scores([(context, continuation) for _, context, continuation in requests])
         results = []
         for (key, _, _), (logprobs, greedy) in zip(requests, scores):
             result = (float(np.sum(logprobs, dtype=np.float64)), greedy)
@@ -67,48 +66,71 @@ class GPT2JaxLM(TemplateLM):
         return results
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
-        results = []
-        for request in requests:
+        # The windows of all texts share batches, so texts of many lengths compile a few shapes
+        # (scored one text at a time, each text's length was a shape).
+        windows, owners = [], []
+        for index, request in enumerate(requests):
             (text,) = request.args
-            tokens = [self.eot_token_id, *self.tok_encode(text)]
-            logprobs = scoring.token_logprobs(
-                self.loaded.graphdef, self.loaded.params, tokens, self.block_size, batch_size=self.batch_size
-            )
-            result = float(np.sum(logprobs, dtype=np.float64))
-            self.cache_hook.add_partial("loglikelihood_rolling", (text,), result)
-            results.append(result)
+            text_windows = scoring.rolling_windows([self.eot_token_id, *self.tok_encode(text)], self.block_size)
+            windows.extend(text_windows)
+            owners.extend([index] * len(text_windows))
+        totals = np.zeros(len(requests), np.float64)
+        for index, (logprobs, _) in zip(owners, self._scores(windows)):
+            totals[index] += np.sum(logprobs, dtype=np.float64)
+        results = [float(total) for total in totals]
+        for request, result in zip(requests, results):
+            self.cache_hook.add_partial("loglikelihood_rolling", request.args, result)
         return results
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        groups = defaultdict(list)  # (prompt length, tokens to generate): the requests that decode together
+        # Prompts decode in batches of one padded length (a power of two) and one max_gen_toks.
+        groups = defaultdict(list)
         for index, request in enumerate(requests):
             context, gen_kwargs = request.args
             until = gen_kwargs.get("until") or []
             until = [until] if isinstance(until, str) else list(until)
             max_new = int(gen_kwargs.get("max_gen_toks", DEFAULT_MAX_GEN_TOKS))
-            prompt = self.tok_encode(context) or [self.eot_token_id]
-            groups[len(prompt), max_new].append((index, prompt, until))
+            # A prompt longer than the context conditions on its last block_size tokens, as generate's do.
+            prompt = (self.tok_encode(context) or [self.eot_token_id])[-self.block_size :]
+            groups[eval_tasks.padded_length(len(prompt), self.block_size), max_new].append((index, prompt, until))
         results = [""] * len(requests)
-        for (_, max_new), members in groups.items():
+        for (length, max_new), members in groups.items():
             for start in range(0, len(members), self.batch_size):
                 chunk = members[start : start + self.batch_size]
-                prompts_BxP = np.asarray([prompt for _, prompt, _ in chunk], np.int32)
-                out_BxN = sampling.generate(
-                    self.loaded.graphdef,
-                    self.loaded.params,
-                    prompts_BxP,
-                    jax.random.key(0),
-                    max_new_tokens=max_new,
-                    temperature=0.0,
-                    top_k=0,
-                )
-                for (index, _, until), row in zip(chunk, np.asarray(out_BxN)[:, prompts_BxP.shape[1] :]):
+                for (index, _, until), row in zip(chunk, self._generate([p for _, p, _ in chunk], length, max_new)):
                     text = self.tok_decode(row)
                     for stop in until:
                         text = text.split(stop, 1)[0]
                     results[index] = text
                     self.cache_hook.add_partial("generate_until", requests[index].args, text)
         return results
+
+    def _scores(self, pairs) -> list[tuple[np.ndarray, bool]]:
+        return eval_tasks.continuation_scores(
+            self.loaded.graphdef, self.loaded.params, pairs, self.block_size, batch_size=self.batch_size
+        )
+
+    def _generate(self, prompts: list[list[int]], length: int, max_new: int) -> np.ndarray:
+        """Greedy tokens after each prompt, [len(prompts), max_new], from one batch padded to batch_size x length.
+
+        Rows are padded too (one-token prompts, dropped), so each padded length compiles once.
+        """
+        prompts_BxP = np.zeros((self.batch_size, length), np.int32)
+        lengths_B = np.ones(self.batch_size, np.int32)
+        for row, prompt in enumerate(prompts):
+            prompts_BxP[row, : len(prompt)] = prompt
+            lengths_B[row] = len(prompt)
+        new_BxN = sampling.generate_padded(
+            self.loaded.graphdef,
+            self.loaded.params,
+            prompts_BxP,
+            lengths_B,
+            jax.random.key(0),
+            max_new_tokens=max_new,
+            temperature=0.0,
+            top_k=0,
+        )
+        return np.asarray(new_BxN)[: len(prompts)]
 
 
 def task_manager(tasks: list[str], include_path: str | None):

@@ -28,17 +28,7 @@ def token_logprobs(
 ) -> np.ndarray:
     """Float32 log-probability of each token after the first, [len(tokens) - 1], by windows of block_size."""
     tokens_N = np.asarray(tokens, np.int32)
-    n_targets = len(tokens_N) - 1
-    if n_targets < 1:
-        raise ValueError("the text has fewer than two tokens, so there is nothing to predict.")
-    stride = block_size if stride is None else stride
-    if not 0 < stride <= block_size:
-        raise ValueError(f"stride={stride} must be between 1 and the model's context of {block_size} tokens.")
-    window_ends = [min(block_size, n_targets)]
-    while window_ends[-1] < n_targets:
-        window_ends.append(min(window_ends[-1] + stride, n_targets))
-    window_ends_W = np.asarray(window_ends)
-    window_len = min(block_size, n_targets)
+    window_ends_W, window_len = _windows(len(tokens_N), block_size, stride)
     positions_WxT = window_ends_W[:, None] - window_len + np.arange(window_len)
     batches = (
         (tokens_N[positions_WxT[i : i + batch_size]], tokens_N[positions_WxT[i : i + batch_size] + 1])
@@ -49,6 +39,39 @@ def token_logprobs(
     )
     new_targets_W = np.diff(window_ends_W, prepend=0)
     return np.concatenate([row[window_len - new :] for row, new in zip(logprobs_WxT, new_targets_W)])
+
+
+def rolling_windows(
+    tokens: Sequence[int], block_size: int, *, stride: int | None = None
+) -> list[tuple[list[int], list[int]]]:
+    """token_logprobs's windows as (context, continuation) requests of ``eval_tasks.continuation_scores``.
+
+    Each continuation is the targets its window scores first; their log-probabilities, in order,
+    are token_logprobs's. As requests, the windows of many texts share padded batches, so
+    scoring many texts compiles a few lengths instead of one per text.
+    """
+    tokens_N = np.asarray(tokens, np.int32)
+    window_ends_W, window_len = _windows(len(tokens_N), block_size, stride)
+    starts_W = window_ends_W - window_len  # each window's first input token
+    firsts_W = window_ends_W + 1 - np.diff(window_ends_W, prepend=0)  # its first new target
+    return [
+        (tokens_N[start:first].tolist(), tokens_N[first : end + 1].tolist())
+        for start, first, end in zip(starts_W, firsts_W, window_ends_W)
+    ]
+
+
+def _windows(n_tokens: int, block_size: int, stride: int | None) -> tuple[np.ndarray, int]:
+    """(the index of each window's last target, the windows' length in inputs), as the module says."""
+    n_targets = n_tokens - 1
+    if n_targets < 1:
+        raise ValueError("the text has fewer than two tokens, so there is nothing to predict.")
+    stride = block_size if stride is None else stride
+    if not 0 < stride <= block_size:
+        raise ValueError(f"stride={stride} must be between 1 and the model's context of {block_size} tokens.")
+    window_ends = [min(block_size, n_targets)]
+    while window_ends[-1] < n_targets:
+        window_ends.append(min(window_ends[-1] + stride, n_targets))
+    return np.asarray(window_ends), min(block_size, n_targets)
 
 
 # Whole evaluations, as the evaluate command runs them.

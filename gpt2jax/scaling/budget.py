@@ -75,6 +75,11 @@ NAMED_CORPORA = {
 DEFAULT_CORPUS = "fineweb-edu-10BT"  # the shipped GPT-2 configs' data.source
 
 
+# The inputs' sane range: a century of one card, and a fraction of peak of at least 0.1%.
+MAX_DAYS = 36_500.0
+MIN_FRACTION = 0.001
+
+
 def load_fit_law(path) -> ChinchillaLaw:
     """The approach-3 law in a JSON written by ``python -m gpt2jax.scaling fit --json``."""
     path = pathlib.Path(path)
@@ -148,8 +153,8 @@ def recorded_bench(gpu: str, path=BENCH_RECORDS) -> dict | None:
 
 
 def _check_fraction(name: str, value: float) -> None:
-    if not 0.0 < value <= 1.0:
-        raise ValueError(f"{name} is {value}; give a fraction of peak in (0, 1].")
+    if not MIN_FRACTION <= value <= 1.0:  # below it, every figure is a run that never ends
+        raise ValueError(f"{name} is {value}; give a fraction of peak in [{MIN_FRACTION:g}, 1].")
 
 
 def corpus_tokens(spec: str) -> tuple[str, float]:
@@ -314,6 +319,8 @@ def budget_report(
         raise ValueError(f"unknown GPU {gpu!r}; known GPUs are {', '.join(sorted(flops.DEVICE_PEAKS))}.")
     if not (math.isfinite(days) and days > 0):
         raise ValueError(f"days is {days}; give a positive, finite number of days.")
+    if days > MAX_DAYS:
+        raise ValueError(f"days is {days:g}; give at most {MAX_DAYS:g} days (a century of one card).")
     if precision not in flops.PRECISIONS:
         raise ValueError(f"precision {precision!r} is not one of {', '.join(flops.PRECISIONS)}.")
     _check_fraction("utilization", utilization)
@@ -332,8 +339,6 @@ def budget_report(
 
     total = peak * seconds * utilization
     achieved = peak * seconds * mfu
-    if not math.isfinite(total):
-        raise ValueError(f"days is {days:g}: its FLOPs overflow a float; give a number of days a card can run.")
     gpt2_params = gpt2_param_counts()
     xl_original = 6.0 * gpt2_params["gpt2-xl"] * GPT2_ORIGINAL_TOKENS
     fitting = {

@@ -9,6 +9,9 @@ allocation.png       N_opt(C) and D_opt(C): the IsoFLOP minima and their power l
                      fitted law's allocation (approach 3) and Chinchilla's, extended to
                      GPT-2's scale, with GPT-2's four sizes as trained (~10B tokens each); the
                      sweep's own fits are solid over the FLOPs they saw and dotted beyond
+eval_tasks.png       only for a sweep whose points scored ``train.eval_tasks``: each task's
+                     acc_norm against compute with its 95% interval, chance, and OpenAI's
+                     GPT-2 124M as a reference line
 """
 
 from __future__ import annotations
@@ -26,9 +29,13 @@ from gpt2jax.scaling import fit  # noqa: E402
 from gpt2jax.scaling.backtest import has_optimum  # noqa: E402
 from gpt2jax.scaling.budget import GPT2_ORIGINAL_TOKENS, gpt2_param_counts  # noqa: E402
 from gpt2jax.scaling.laws import EPOCH_REFIT  # noqa: E402
-from gpt2jax.scaling.results import load_results, read_rows, sweep_param_count  # noqa: E402
+from gpt2jax.scaling.results import load_results, read_rows, scored_tasks, sweep_param_count  # noqa: E402
+from gpt2jax.training.eval_tasks import GPT2_124M, wilson_interval  # noqa: E402
 
 FIGURES = ("loss_vs_compute.png", "isoflop.png", "allocation.png")
+EVAL_TASKS_FIGURE = "eval_tasks.png"
+# HellaSwag's four endings: picking one at random scores 0.25.
+CHANCE = {"hellaswag": 0.25}
 DPI = 130
 # A logged training loss is the mean over one log window of noisy batch losses; the curves and
 # their frontier use an exponential moving average over this many windows, so that the frontier
@@ -212,8 +219,38 @@ def plot_allocation(points, law, path: Path) -> None:
     _save(figure, panels, path, legend_size=7)
 
 
+def plot_eval_tasks(rows: list[dict], tasks: list[str], path: Path) -> None:
+    """Each task's acc_norm against the point's compute (6ND), with its 95% Wilson interval."""
+    figure, panels = plt.subplots(1, len(tasks), figsize=(6.5 * len(tasks), 4.5), squeeze=False)
+    colors = _size_colors([float(row["n_params"]) for row in rows])
+    for task, panel in zip(tasks, panels[0]):
+        for row in sorted(rows, key=lambda row: float(row["flops"])):
+            accuracy, n = float(row[f"{task}_acc_norm"]), int(float(row[f"{task}_n"]))
+            low, high = wilson_interval(round(accuracy * n), n)
+            panel.errorbar(
+                float(row["flops"]),
+                accuracy,
+                yerr=[[accuracy - low], [high - accuracy]],
+                fmt="o",
+                color=colors[float(row["n_params"])],
+                capsize=2,
+            )
+        reference = GPT2_124M.get(f"{task}_acc_norm")
+        if reference is not None:
+            panel.axhline(reference, color="crimson", linestyle="--", label=f"OpenAI GPT-2 124M ({reference})")
+        if task in CHANCE:
+            panel.axhline(CHANCE[task], color="gray", linestyle=":", label=f"chance ({CHANCE[task]})")
+        panel.set(
+            xscale="log",
+            xlabel="training FLOPs (6ND)",
+            ylabel=f"{task} acc_norm",
+            title=f"{task}, each point's final score",
+        )
+    _save(figure, panels[0], path)
+
+
 def plot_sweep(workdir: str | Path, out: str | Path | None = None, starts=fit.HOFFMANN_STARTS) -> list[Path]:
-    """Writes the three figures; returns their paths."""
+    """Writes the three figures, and the eval tasks' where the points scored them; returns their paths."""
     workdir = Path(workdir)
     path = results_path(workdir)
     out = Path(out) if out else workdir
@@ -224,4 +261,8 @@ def plot_sweep(workdir: str | Path, out: str | Path | None = None, starts=fit.HO
     plot_loss_vs_compute(workdir, rows, paths[0])
     plot_isoflop(points, paths[1])
     plot_allocation(points, fit.parametric_fit(points.final_points(), starts).law, paths[2])
+    tasks = scored_tasks(rows)
+    if tasks:
+        paths.append(out / EVAL_TASKS_FIGURE)
+        plot_eval_tasks(rows, tasks, paths[-1])
     return paths

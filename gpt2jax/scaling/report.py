@@ -25,7 +25,8 @@ from gpt2jax.scaling import budget as budget_module
 from gpt2jax.scaling import fit
 from gpt2jax.scaling.backtest import CONFIDENCE, error_summary, has_optimum, interval_text
 from gpt2jax.scaling.laws import PUBLISHED_LAWS
-from gpt2jax.scaling.results import load_results, read_rows, sweep_param_count
+from gpt2jax.scaling.results import load_results, read_rows, scored_tasks, sweep_param_count
+from gpt2jax.training.eval_tasks import GPT2_124M, wilson_interval
 
 # The study's goals (issue 12): held-out loss within 1% mean absolute relative error, coverage
 # near 95%, N_opt within a factor of 1.5.
@@ -386,6 +387,33 @@ def _e_check_lines(law, boot_laws, entropy: float, lowest: float) -> tuple[list[
     return lines, passes
 
 
+def _eval_task_lines(rows: list[dict], figures: Path | None) -> list[str]:
+    """Each point's final eval-task scores, beside OpenAI's GPT-2 124M; nothing for a sweep that scored none.
+    ``figures``: the figures' folder relative to the report, where they were drawn."""
+    lines = []
+    for task in scored_tasks(rows):
+        reference = GPT2_124M.get(f"{task}_acc_norm")
+        lines += [
+            "",
+            f"### {task}",
+            "",
+            "Each point's score at its last step (completion-style, acc_norm with its 95% Wilson interval)"
+            + (f"; OpenAI's GPT-2 124M scores {reference} on the whole validation set." if reference else "."),
+            "",
+        ]
+        if figures:
+            lines += [f"![{task} against compute]({figures / 'eval_tasks.png'})", ""]
+        lines += ["| run | seed | C = 6ND | acc | acc_norm | 95% interval | n |", "|---|---|---|---|---|---|---|"]
+        for row in sorted(rows, key=lambda row: (float(row["flops"]), row["seed"])):
+            accuracy, n = float(row[f"{task}_acc_norm"]), int(float(row[f"{task}_n"]))
+            low, high = wilson_interval(round(accuracy * n), n)
+            lines.append(
+                f"| {row['run']} | {row['seed']} | {float(row['flops']):.3g} | {float(row[f'{task}_acc']):.3f} | "
+                f"{accuracy:.3f} | [{low:.3f}, {high:.3f}] | {n} |"
+            )
+    return lines
+
+
 def _study_section(workdir: Path, prediction_path, figures, out: Path, n_bootstrap, seed, starts, compare) -> dict:
     """One sweep's section of the report, and the numbers the closing sections use."""
     description, sessions = _sweep_files(workdir)
@@ -441,6 +469,7 @@ def _study_section(workdir: Path, prediction_path, figures, out: Path, n_bootstr
             f"{float(row['n_tokens']) / n:.1f} | {6 * n * float(row['n_tokens']):.3g} | {row.get('epochs') or ''} | "
             f"{float(row['loss']):.4f} | {float(row['wall_s']):.0f} |"
         )
+    lines += _eval_task_lines(rows, relative if figures else None)
     outcome = None
     if prediction_path:
         prediction = json.loads(Path(prediction_path).read_text())

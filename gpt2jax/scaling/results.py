@@ -38,6 +38,7 @@ import numpy as np
 from gpt2jax.files.atomic import write_atomically
 from gpt2jax.files.locks import FileLock
 from gpt2jax.files.workdir import RESULTS_FILE, SWEEP_FILE, read_json
+from gpt2jax.training.eval_tasks import TASKS, task_columns
 
 COLUMNS = (
     "run",
@@ -70,6 +71,7 @@ COLUMNS = (
     "val_loss",
     "loss",
     "wall_s",
+    *task_columns(),  # a sweep whose base config names train.eval_tasks: each point's final scores
 )
 
 
@@ -121,6 +123,11 @@ def row_problem(row: dict) -> str | None:
     return None
 
 
+def scored_tasks(rows: list[dict]) -> list[str]:
+    """The eval tasks every one of ``rows`` carries a score of (none for a sweep without train.eval_tasks)."""
+    return [task for task in TASKS if rows and all(row.get(f"{task}_acc_norm") not in ("", None) for row in rows)]
+
+
 def upsert_row(path: str | Path, row: dict) -> None:
     """Adds ``row`` to the CSV at ``path``, replacing the row of the same ``run``."""
     path = Path(path)
@@ -153,7 +160,16 @@ def _write_rows(path: Path, rows: list[dict]) -> None:
 
 REQUIRED_COLUMNS = ("n_params", "n_tokens", "loss")
 # The other numbers load_results may read; lr_multiplier is compared with 1.
-OPTIONAL_NUMBERS = ("n_params_non_embedding", "flops", "budget", "n_layer", "n_embd", "block_size", "lr_multiplier")
+OPTIONAL_NUMBERS = (
+    "n_params_non_embedding",
+    "flops",
+    "budget",
+    "n_layer",
+    "n_embd",
+    "block_size",
+    "lr_multiplier",
+    *task_columns(),
+)
 PARAM_COLUMNS = {"total": "n_params", "non_embedding": "n_params_non_embedding"}
 FLOP_COUNTS = ("6n", "6n_attention")
 

@@ -36,6 +36,7 @@ from gpt2jax.files.workdir import (
 )
 from gpt2jax.scaling.plan import Job, Point, SweepPlan, check_repetition
 from gpt2jax.scaling.results import read_rows, upsert_row
+from gpt2jax.training.eval_tasks import task_columns
 
 
 def _duration(seconds: float) -> str:
@@ -125,6 +126,7 @@ class Sweep:
             loss=final["val_loss"],
             wall_s=round(wall_s, 2),
         )
+        row.update({column: final[column] for column in task_columns() if column in final})
         return row
 
     def run_job(self, job: Job, finished: set[str], on_point, max_budget: float = math.inf) -> None:

@@ -30,6 +30,15 @@ from gpt2jax.data import hellaswag
 from gpt2jax.model import token_logprobs as logprobs_of_targets
 
 TASKS = ("hellaswag",)
+METRICS = ("acc", "acc_norm", "n")  # each task's keys in metrics.jsonl and results.csv: TASK_METRIC
+# The published figure a task's plot is drawn against: OpenAI's GPT-2 124M scored completion-style
+# on HellaSwag's 10,042 validation examples, as build-nanogpt and llm.c report it.
+GPT2_124M = {"hellaswag_acc_norm": 0.2955}
+
+
+def task_columns() -> tuple[str, ...]:
+    """Every task's metric keys: ``hellaswag_acc``, ``hellaswag_acc_norm``, ``hellaswag_n``."""
+    return tuple(f"{task}_{metric}" for task in TASKS for metric in METRICS)
 
 
 @functools.partial(jax.jit, static_argnames="graphdef")
@@ -99,9 +108,14 @@ def continuation_scores(
     return results
 
 
+def padded_length(length: int, block_size: int) -> int:
+    """The power of two at or above ``length`` (at most block_size): the few lengths that compile."""
+    return min(block_size, 1 << (length - 1).bit_length())
+
+
 def _padded_batch(rows: list[np.ndarray], block_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(inputs, targets) of token rows, padded at the end to a power-of-two length."""
-    length = min(block_size, 1 << (max(len(row) for row in rows) - 2).bit_length())
+    length = padded_length(max(len(row) for row in rows) - 1, block_size)
     inputs_BxT = np.zeros((len(rows), length), np.int32)
     targets_BxT = np.zeros((len(rows), length), np.int32)
     for i, row in enumerate(rows):
@@ -190,5 +204,5 @@ def score_tasks(graphdef, params, tasks: dict[str, list[dict]], block_size: int)
     record = {}
     for task, examples in tasks.items():
         scores = hellaswag_scores(graphdef, params, examples, block_size)
-        record.update({f"{task}_{key}": scores[key] for key in ("acc", "acc_norm", "n")})
+        record.update({f"{task}_{key}": scores[key] for key in METRICS})
     return record

@@ -279,6 +279,15 @@ def record_config(config, workdir: Path, changes: dict, step: int, say) -> None:
     path = workdir / workdir_files.CONFIG_FILE
     if jax.process_index() != 0 or (path.is_file() and not changes):
         return
+    if not path.is_file() and step > 0:  # checkpoints beside no config, accepted by allow_config_change
+        workdir_files.append_jsonl(
+            workdir / workdir_files.CONFIG_CHANGES_FILE,
+            {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "step": step, "config_was_missing": True},
+        )
+        say(
+            f"{path} was missing: step {step}'s checkpoint continues under this config, which may not be the "
+            f"one it was trained with (recorded in {workdir_files.CONFIG_CHANGES_FILE})"
+        )
     if changes:
         record = {
             "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
