@@ -528,6 +528,8 @@ def test_branch_rows_account_trunk_and_cooldown_flops(branched_sweep):
     assert float(rows[second.run]["flops"]) == pytest.approx(per_step * second.steps)
     assert {rows[run]["kind"] for run in rows} == {"branch"}
     load_results(sweep.results_path)  # what `scaling fit --results` reads
+    # A branch starts from its trunk's checkpoint, not its own: nothing of its config was missing.
+    assert not any((sweep.point_dir(point.run) / "config_changes.jsonl").exists() for point in plan.points)
 
 
 def test_branched_wsd_point_equals_wsd_from_scratch(branched_sweep, tmp_path):

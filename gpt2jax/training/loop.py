@@ -274,12 +274,15 @@ def check_config_change(config, workdir: Path, ignored: tuple[str, ...] = ()) ->
     return changes
 
 
-def record_config(config, workdir: Path, changes: dict, step: int, say) -> None:
-    """Writes config.json, after recording in config_changes.jsonl how it differs from the one it replaces."""
+def record_config(config, workdir: Path, changes: dict, step: int, say, resumed: bool) -> None:
+    """Writes config.json, after recording in config_changes.jsonl how it differs from the one it replaces.
+
+    ``resumed``: the state is the workdir's own checkpoint (not a fresh one, nor another run's).
+    """
     path = workdir / workdir_files.CONFIG_FILE
     if jax.process_index() != 0 or (path.is_file() and not changes):
         return
-    if not path.is_file() and step > 0:  # checkpoints beside no config, accepted by allow_config_change
+    if resumed and not path.is_file():  # checkpoints beside no config, accepted by allow_config_change
         workdir_files.append_jsonl(
             workdir / workdir_files.CONFIG_CHANGES_FILE,
             {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "step": step, "config_was_missing": True},
@@ -456,7 +459,7 @@ def _run_locked(trainer: Trainer, data, tasks: dict, workdir: Path) -> dict:
         if jax.process_index() == 0:
             checkpointer.set_aside_uncommitted()
         state = restore_or_init(trainer, checkpointer)
-        record_config(config, workdir, changes, int(state["step"]), console.say)
+        record_config(config, workdir, changes, int(state["step"]), console.say, resumed=latest is not None)
         final = _train(trainer, data, tasks, workdir, checkpointer, state, console)
         # metrics.jsonl's line holds the checkpoint committed when it was written, before the last save
         return final | {"checkpoint": checkpointer.latest_step()}
