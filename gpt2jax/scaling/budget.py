@@ -62,16 +62,14 @@ HEAD_SIZE = 64
 # with its cost on the card, when no --fit is given. Absent from an installed wheel.
 GPU_SWEEP = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "gpu_sweep.py"
 FIT_UNITS = "GPT-2 BPE nats per token on the sweep's corpus"
-# Published token counts of the corpora a GPT-2 run here reads (Hugging Face dataset cards):
-# FineWeb-Edu's sample-10BT and sample-100BT, and the whole of it (1.3T GPT-2 tokens).
-NAMED_CORPORA = {
-    name: PUBLISHED_TOKENS[f"hf:HuggingFaceFW/fineweb-edu{sample}"]
-    for name, sample in (
-        ("fineweb-edu-10BT", ":sample-10BT"),
-        ("fineweb-edu-100BT", ":sample-100BT"),
-        ("fineweb-edu", ""),
-    )
+# --corpus's names for the corpora a GPT-2 run here reads, and the data.source each one is; their
+# published token counts are data.hub's (FineWeb-Edu's sample-10BT, sample-100BT, and all 1.3T).
+CORPUS_SOURCES = {
+    "fineweb-edu-10BT": "hf:HuggingFaceFW/fineweb-edu:sample-10BT",
+    "fineweb-edu-100BT": "hf:HuggingFaceFW/fineweb-edu:sample-100BT",
+    "fineweb-edu": "hf:HuggingFaceFW/fineweb-edu",
 }
+NAMED_CORPORA = {name: PUBLISHED_TOKENS[source] for name, source in CORPUS_SOURCES.items()}
 DEFAULT_CORPUS = "fineweb-edu-10BT"  # the shipped GPT-2 configs' data.source
 
 

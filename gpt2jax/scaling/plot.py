@@ -29,8 +29,8 @@ from gpt2jax.scaling import fit  # noqa: E402
 from gpt2jax.scaling.backtest import has_optimum  # noqa: E402
 from gpt2jax.scaling.budget import GPT2_ORIGINAL_TOKENS, gpt2_param_counts  # noqa: E402
 from gpt2jax.scaling.laws import EPOCH_REFIT  # noqa: E402
-from gpt2jax.scaling.results import load_results, read_rows, scored_tasks, sweep_param_count  # noqa: E402
-from gpt2jax.training.eval_tasks import GPT2_124M, wilson_interval  # noqa: E402
+from gpt2jax.scaling.results import load_results, read_rows, scored_tasks, sweep_param_count, task_score  # noqa: E402
+from gpt2jax.training.eval_tasks import GPT2_124M  # noqa: E402
 
 FIGURES = ("loss_vs_compute.png", "isoflop.png", "allocation.png")
 EVAL_TASKS_FIGURE = "eval_tasks.png"
@@ -225,8 +225,7 @@ def plot_eval_tasks(rows: list[dict], tasks: list[str], path: Path) -> None:
     colors = _size_colors([float(row["n_params"]) for row in rows])
     for task, panel in zip(tasks, panels[0]):
         for row in sorted(rows, key=lambda row: float(row["flops"])):
-            accuracy, n = float(row[f"{task}_acc_norm"]), int(float(row[f"{task}_n"]))
-            low, high = wilson_interval(round(accuracy * n), n)
+            accuracy, _, (low, high) = task_score(row, task)
             panel.errorbar(
                 float(row["flops"]),
                 accuracy,

@@ -25,8 +25,8 @@ from gpt2jax.scaling import budget as budget_module
 from gpt2jax.scaling import fit
 from gpt2jax.scaling.backtest import CONFIDENCE, error_summary, has_optimum, interval_text
 from gpt2jax.scaling.laws import PUBLISHED_LAWS
-from gpt2jax.scaling.results import load_results, read_rows, scored_tasks, sweep_param_count
-from gpt2jax.training.eval_tasks import GPT2_124M, wilson_interval
+from gpt2jax.scaling.results import load_results, read_rows, scored_tasks, sweep_param_count, task_score
+from gpt2jax.training.eval_tasks import GPT2_124M
 
 # The study's goals (issue 12): held-out loss within 1% mean absolute relative error, coverage
 # near 95%, N_opt within a factor of 1.5.
@@ -405,8 +405,7 @@ def _eval_task_lines(rows: list[dict], figures: Path | None) -> list[str]:
             lines += [f"![{task} against compute]({figures / 'eval_tasks.png'})", ""]
         lines += ["| run | seed | C = 6ND | acc | acc_norm | 95% interval | n |", "|---|---|---|---|---|---|---|"]
         for row in sorted(rows, key=lambda row: (float(row["flops"]), row["seed"])):
-            accuracy, n = float(row[f"{task}_acc_norm"]), int(float(row[f"{task}_n"]))
-            low, high = wilson_interval(round(accuracy * n), n)
+            accuracy, n, (low, high) = task_score(row, task)
             lines.append(
                 f"| {row['run']} | {row['seed']} | {float(row['flops']):.3g} | {float(row[f'{task}_acc']):.3f} | "
                 f"{accuracy:.3f} | [{low:.3f}, {high:.3f}] | {n} |"

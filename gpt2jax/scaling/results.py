@@ -38,7 +38,7 @@ import numpy as np
 from gpt2jax.files.atomic import write_atomically
 from gpt2jax.files.locks import FileLock
 from gpt2jax.files.workdir import RESULTS_FILE, SWEEP_FILE, read_json
-from gpt2jax.training.eval_tasks import TASKS, task_columns
+from gpt2jax.training.eval_tasks import TASKS, task_columns, wilson_interval
 
 COLUMNS = (
     "run",
@@ -126,6 +126,12 @@ def row_problem(row: dict) -> str | None:
 def scored_tasks(rows: list[dict]) -> list[str]:
     """The eval tasks every one of ``rows`` carries a score of (none for a sweep without train.eval_tasks)."""
     return [task for task in TASKS if rows and all(row.get(f"{task}_acc_norm") not in ("", None) for row in rows)]
+
+
+def task_score(row: dict, task: str) -> tuple[float, int, list[float]]:
+    """(acc_norm, n, its 95% Wilson interval) of ``task`` in a results row."""
+    accuracy, n = float(row[f"{task}_acc_norm"]), int(float(row[f"{task}_n"]))
+    return accuracy, n, wilson_interval(round(accuracy * n), n)
 
 
 def upsert_row(path: str | Path, row: dict) -> None:
