@@ -723,6 +723,12 @@ def test_learning_rate_check_says_which_rate_was_best():
     (check,) = report_module.lr_check(rows)
     assert check["shape"] == "L2H2W16" and check["best_multiplier"] == 2.0 and not check["rule_is_best"]
     assert check["losses"] == {0.5: 3.2, 1.0: 3.1, 2.0: 3.05}
+    # The verdict holds the rule to one seed-to-seed spread of the best rate tried: 0.05 better is
+    # beyond a spread of 0.04 and within one of 0.06.
+    verdict = report_module._lr_lines([check], {"mean_std": 0.04})[-1]
+    assert "x2 was 0.0500 nats better, more than the seed-to-seed spread: the rule's rate was not the best" in verdict
+    verdict = report_module._lr_lines([check], {"mean_std": 0.06})[-1]
+    assert "x2 was 0.0500 nats better, within the seed-to-seed spread (seed-to-seed spread 0.0600)" in verdict
 
 
 # The planner's floors, seeds, learning-rate check and unique tokens.

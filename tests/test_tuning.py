@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from gpt2jax.scaling import plan as plan_module
+from gpt2jax.scaling import report as report_module
 from gpt2jax.scaling import tuning
 from gpt2jax.scaling.results import read_rows
 from tests.helpers import REPO, sweep_command, tiny_sweep_config
@@ -83,6 +84,33 @@ def test_the_scan_trains_the_smallest_and_largest_shape_at_their_lowest_budget_a
     assert {p.seed for p in scan.points} == {3} and {scan.tokens(p) for p in scan.points} == {4096}
 
 
+def test_the_scan_trains_the_widest_shape_where_it_meets_the_step_floor_though_the_sweep_trains_it_only_higher():
+    # The fitted rule is used at every width, so it is fitted at the widest: a scan of the lowest
+    # budget's widths carried a rate 1.5 seed spreads off to width 48 in cpu_english's first run.
+    config = tiny_sweep_config("unused", schedule="cosine", budgets=[4096.0, 8192.0, 16384.0])
+    config.update(smoke_test=True, seeds=[3, 4], lr_tuning=[0.5, 1.0, 2.0], lr_check=[0.5, 2.0])
+    config.base.data.synthetic_train_tokens = 100_000
+    wide = config.shapes[1]
+    config.limits.min_tokens_per_param = 0.99 * 16384 / plan_module.shape_params(config, wide, "total")
+    plan = plan_module.expand(config)
+    grid = [point for point in plan.points if point.lr_multiplier == 1.0]
+    assert {plan.tokens(p) for p in grid if p.n_embd == 32} == {16384}
+    scan = tuning.scan_plan(plan.config, plan)
+    assert sorted((p.n_embd, scan.tokens(p), p.lr_multiplier) for p in scan.points) == [
+        (16, 4096, 0.5), (16, 4096, 1.0), (16, 4096, 2.0), (32, 4096, 0.5), (32, 4096, 1.0), (32, 4096, 2.0)
+    ]  # fmt: skip
+    assert {p.seed for p in scan.points} == {3}
+    # The check of the final sweep stays at the lowest budget where the sweep trains each shape.
+    checks = [point for point in plan.points if point.lr_multiplier != 1.0]
+    assert {(p.n_embd, plan.tokens(p)) for p in checks} == {(16, 8192), (32, 16384)}
+    # Below the step floor (4 steps of 128 tokens) the scan moves up a budget.
+    config.limits.min_steps = 40
+    plan = plan_module.expand(config)
+    assert {(p.n_embd, plan.tokens(p)) for p in tuning.scan_plan(plan.config, plan).points} == {
+        (16, 8192), (32, 8192)
+    }  # fmt: skip
+
+
 SWEEP_FILE = """
 from tests.helpers import tiny_sweep_config
 
@@ -120,3 +148,10 @@ def test_a_sweep_tunes_first_then_trains_every_point_at_the_fitted_rate(tmp_path
     again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and json.loads(again.stdout.splitlines()[-1])["points_run"] == []
     assert np.isfinite([float(r["loss"]) for r in points]).all()
+    # The report tables the scan: each shape's losses where it was scanned, and the rule they gave.
+    table = report_module.tuning_lines(workdir)
+    for row in scanned:
+        line = next(line for line in table if line.startswith(f"| L1H2W{row['n_embd']} |"))
+        assert f"| {float(row['budget']):.3g} | {row['steps']} |" in line and f"{float(row['loss']):.4f}" in line
+    assert f"learning rate {rule['learning_rate']:.3g} x (16 / n_embd)^{rule['lr_width_exponent']:.3f}" in table[-1]
+    assert report_module.tuning_lines(tmp_path) == []  # an untuned sweep has no scan to report

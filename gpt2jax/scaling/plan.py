@@ -18,7 +18,8 @@ A sweep config (an ml_collections file in ``experiments/``, ``get_config(variant
              max_epochs: a grid whose points would read their corpus more often is refused
   lr_check   multipliers of the rule's learning rate (e.g. [0.5, 2.0]) that the smallest and
              the largest shape also train at, at their lowest budget and first seed
-  lr_tuning  multipliers (e.g. [0.25, 0.5, 1, 2, 4]) of a scan those two shapes train at first;
+  lr_tuning  multipliers (e.g. [0.25, 0.5, 1, 2, 4]) of a scan those two shapes train at first,
+             each at the lowest budget where it trains min_steps steps;
              the rule fitted to its best rates then sets every point's rate (``scaling.tuning``)
   allocations
              points outside the grid, each a dict of label, n_layer, n_head, n_embd and an
@@ -567,25 +568,25 @@ def allocation_points(plan: "SweepPlan") -> dict[str, list[Point]]:
     }
 
 
-def extreme_shape_jobs(config, jobs, multipliers, lowest_budget_only: bool = False) -> list[Job]:
+def extreme_shape_jobs(config, jobs, multipliers, step_floor_only: bool = False) -> list[Job]:
     """The smallest and largest shape with points in ``jobs``, at their lowest budget and first seed, once
-    per multiplier of the rule's rate (the learning-rate check's jobs); with ``lowest_budget_only``, the
-    smallest and largest shape of the sweep's lowest budget, there (the tuning stage's scan)."""
+    per multiplier of the rule's rate (the learning-rate check's jobs). With ``step_floor_only`` (the
+    tuning stage's scan) each is at the lowest budget where it trains ``limits.min_steps`` steps, whatever
+    its tokens per parameter: the scan's points are not fitted, and the rule it fits must hold at the
+    sweep's widest shape, which often has points only at the top budget."""
     if not multipliers:
         return []
     trained = {shape_name(dict(n_layer=p.n_layer, n_head=p.n_head, n_embd=p.n_embd)) for j in jobs for p in j.points}
     shapes = sorted((s for s in config.shapes if shape_name(s) in trained), key=lambda s: shape_params(config, s))
 
-    def lowest(shape) -> float:
-        return next(b for b in sorted(config.budgets) if _shape_budget_steps(config, shape, [b])[1])
+    def floors_only(budget: float) -> list[float]:  # budgets _budget_steps holds to the step floor alone
+        return [budget] if step_floor_only else []
 
-    if lowest_budget_only:
-        budget = min(lowest(shape) for shape in shapes)
-        shapes = [shape for shape in shapes if lowest(shape) == budget]
     scan = []
     for shape in {shape_name(s): s for s in (shapes[0], shapes[-1])}.values():
+        budget = next(b for b in sorted(config.budgets) if _shape_budget_steps(config, shape, [b], floors_only(b))[1])
         for multiplier in multipliers:
-            scan += _shape_jobs(config, shape, config.seeds[0], multiplier, budgets=[lowest(shape)])
+            scan += _shape_jobs(config, shape, config.seeds[0], multiplier, [budget], floors_only(budget))
     return scan
 
 

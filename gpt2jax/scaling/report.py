@@ -5,7 +5,7 @@ the prediction JSON ``scaling backtest --predict`` wrote before the held-out poi
 ``gpt2jax/flops.py``, ``gpt2jax/scaling/budget.py`` and the laws in ``scaling/laws.py``. Per sweep:
 the points, the prediction set against what was then trained (losses with their intervals, and
 N_opt), the law fitted on every point with its bootstrap intervals and the seed-to-seed spread,
-the fitted E against a synthetic source's entropy rate, the learning-rate check, and
+the fitted E against a synthetic source's entropy rate, the tuning scan, the learning-rate check, and
 (``--compare``) WSD branches against separate runs of the same size. Then what the fits do and
 do not say about GPT-2, beside the budget command's answer from the published laws.
 """
@@ -26,6 +26,7 @@ from gpt2jax.scaling import fit
 from gpt2jax.scaling.backtest import CONFIDENCE, error_summary, has_optimum, interval_text
 from gpt2jax.scaling.laws import PUBLISHED_LAWS
 from gpt2jax.scaling.results import load_results, read_rows, scored_tasks, sweep_param_count, task_score
+from gpt2jax.scaling.tuning import RULE_FILE, TUNING_DIR
 from gpt2jax.training.eval_tasks import GPT2_124M
 
 # The study's goals (issue 12): held-out loss within 1% mean absolute relative error, coverage
@@ -165,7 +166,7 @@ def _lr_lines(checks: list[dict], spread: dict | None) -> list[str]:
         lines.append(
             f"| {check['shape']} | {check['budget']:.3g} | {check['seed']} | {cells} | x{check['best_multiplier']:g} |"
         )
-    noise = 2 * spread["mean_std"] if spread else 0.0
+    noise = spread["mean_std"] if spread else 0.0  # a tuned rule's rate is within one seed spread of the best
     verdicts = []
     for check in checks:
         others = {m: loss for m, loss in check["losses"].items() if m != 1.0}
@@ -175,16 +176,48 @@ def _lr_lines(checks: list[dict], spread: dict | None) -> list[str]:
             verdicts.append(f"at {check['shape']} the rule's rate was the best")
         elif -margin <= noise:
             verdicts.append(
-                f"at {check['shape']} x{best_other:g} was {-margin:.4f} nats better, within twice the seed-to-seed spread"
+                f"at {check['shape']} x{best_other:g} was {-margin:.4f} nats better, within the seed-to-seed spread"
             )
         else:
             verdicts.append(
-                f"at {check['shape']} x{best_other:g} was {-margin:.4f} nats better, more than twice the seed-to-seed "
+                f"at {check['shape']} x{best_other:g} was {-margin:.4f} nats better, more than the seed-to-seed "
                 "spread: the rule's rate was not the best"
             )
     spread_text = f" (seed-to-seed spread {spread['mean_std']:.4f})" if spread else ""
     text = "; ".join(verdicts)
     return lines + ["", text[0].upper() + text[1:] + spread_text + "."]
+
+
+def tuning_lines(workdir: Path) -> list[str]:
+    """The tuning scan's losses by multiple of the starting rule, each shape's best rate and the rule fitted
+    through them; nothing for a sweep that was not tuned."""
+    if not (workdir / RULE_FILE).is_file():
+        return []
+    rule = read_json(workdir / RULE_FILE)
+    where = {int(row["n_embd"]): row for row in read_rows(results_path(workdir / TUNING_DIR))}  # budget, steps
+    multipliers = sorted({float(m) for shape in rule["shapes"] for m in shape["losses"]})
+    lines = [
+        "| shape | budget | steps | " + " | ".join(f"x{m:g}" for m in multipliers) + " | best rate | starting rule's |",
+        "|---|---|---|" + "---|" * len(multipliers) + "---|---|",
+    ]
+    for shape in rule["shapes"]:
+        losses = {float(m): loss for m, loss in shape["losses"].items()}
+        cells = " | ".join(f"{losses[m]:.4f}" if m in losses else "" for m in multipliers)
+        row = where[shape["n_embd"]]
+        best = f"{shape['best_rate']:.3g}" + ("" if shape["bracketed"] else " (at the scan's edge)")
+        lines.append(
+            f"| {shape['shape']} | {float(row['budget']):.3g} | {row['steps']} | {cells} | {best} | "
+            f"{shape['rule_rate']:.3g} |"
+        )
+    untuned = rule["untuned"]
+    return lines + [
+        "",
+        f"Every point of the sweep trained at the power law through the best rates, learning rate "
+        f"{rule['learning_rate']:.3g} x ({rule['width_reference']} / n_embd)^{rule['lr_width_exponent']:.3f} "
+        f"(the starting rule: {untuned['learning_rate']:g} x ({rule['width_reference']} / n_embd)^"
+        f"{untuned['lr_width_exponent']:g}); the best rate is the vertex of a parabola in log(rate) through "
+        "each shape's lowest loss and its two neighbours.",
+    ]
 
 
 def _observed_n_opt(points, budget: float) -> float | None:
@@ -480,6 +513,9 @@ def _study_section(workdir: Path, prediction_path, figures, out: Path, n_bootstr
     if entropy:
         e_lines, e_passes = _e_check_lines(law, boot_laws, entropy, float(points.loss.min()))
         lines += ["### E against the entropy rate", "", *e_lines, ""]
+    tuned = tuning_lines(workdir)
+    if tuned:
+        lines += ["### The tuning scan", "", *tuned, ""]
     lines += ["### The learning-rate check", ""]
     lines += _lr_lines(lr_check(all_rows), summary["seed_spread"])
     sweep_budgets = (
@@ -539,9 +575,11 @@ def _reproduce_commands(workdirs, predictions, figures, out, command) -> list[st
         else:
             commands.append(f"python -m gpt2jax.scaling sweep --config {spec} --workdir {workdir}")
         if index < len(figures):
+            rule = Path(workdir) / RULE_FILE
+            kept = [results, Path(workdir) / SESSIONS_FILE] + ([rule] if rule.is_file() else [])
             commands += [
                 f"python -m gpt2jax.scaling plot --workdir {workdir} --out {figures[index]}",
-                f"cp {results} {Path(workdir) / SESSIONS_FILE} {figures[index]}/",
+                f"cp {' '.join(map(str, kept))} {figures[index]}/",
             ]
     commands.append(command or f"python -m gpt2jax.scaling report --workdir {' '.join(map(str, workdirs))} --out {out}")
     return commands

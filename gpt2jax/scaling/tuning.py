@@ -1,8 +1,11 @@
 """The tuning stage: a learning-rate scan before the sweep, and the rule fitted to its best rates.
 
 A sweep config's ``lr_tuning`` (multipliers of the rule's rate, e.g. [0.25, 0.5, 1, 2, 4]) makes
-the sweep train the smallest and the largest shape of its lowest budget first, at that budget and
-the first seed, once per multiplier. Each shape's best rate is the vertex of a parabola in log(rate) through its best
+the sweep train its smallest and its largest shape first, each at the lowest budget where it trains
+``limits.min_steps`` steps (the tokens-per-parameter floor is the fit's, and these points are not
+fitted) and the first seed, once per multiplier. The widest shape is scanned, not the widest of
+the lowest budget: a rule fitted between widths 8 and 16 and carried to 48 was 1.5 seed spreads
+off there in experiments/cpu_english.py's first run. Each shape's best rate is the vertex of a parabola in log(rate) through its best
 scan point and the two beside it; the power law in width through those best rates,
 
     learning_rate(n_embd) = L * (width_reference / n_embd) ** e,
@@ -36,8 +39,9 @@ RULE_FILE = "tuning.json"  # the fitted rule, beside results.csv
 
 
 def scan_plan(config, plan: SweepPlan) -> SweepPlan:
-    """The scan: the smallest and largest shape of ``plan``'s lowest budget, there, once per ``lr_tuning`` multiplier."""
-    jobs = extreme_shape_jobs(config, plan.jobs, sorted(config.lr_tuning), lowest_budget_only=True)
+    """The scan: the smallest and largest shape of ``plan``, each at the lowest budget where it trains the step
+    floor, once per ``lr_tuning`` multiplier."""
+    jobs = extreme_shape_jobs(config, plan.jobs, sorted(config.lr_tuning), step_floor_only=True)
     return SweepPlan(plan.config, tuple(jobs))
 
 
