@@ -704,6 +704,11 @@ def test_report_holds_the_fitted_law_the_entropy_check_and_the_prediction(known_
     assert f"| gpt2 on 10B tokens | fit: synthetic:vocabulary=compact | {6 * 124_439_808 * 1e10:.3g} |" in text
     assert f"D_opt / N_opt is {float(law.tokens_per_parameter(3e11)):.1f} at 3e+11" in text
     assert "They do not say how GPT-2 should spend a GPU-year on web text." in text
+    # What bounds the fits is said from the points: their source, largest model and distance from the question.
+    assert (
+        "properties of their sources (`synthetic:vocabulary=compact`), of models of at most 300k total parameters"
+        in text
+    )
     assert "python -m gpt2jax.scaling sweep --config experiments/known.py" in text
     # The prediction made before training, met by the points trained after it: 0.3% noise on a known law.
     assert "Predicted at **2026-01-01T00:00:00+00:00**" in text

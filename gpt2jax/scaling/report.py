@@ -646,17 +646,21 @@ def write_report(
         if study["params"] == "total" and has_optimum(study["law"])
     }
     laws.update(PUBLISHED_LAWS)
+    sources = "; ".join(f"`{study['source']}`" for study in studies)
+    largest = max(float(np.max(study["points"].n_params)) for study in studies)
+    counted = " or ".join(sorted({study["params"].replace("_", "-") for study in studies}))
+    top = max(float(np.max(study["points"].flops)) for study in studies)
     lines += [
         "## What these fits say, and do not say, about GPT-2 on web text",
         "",
         "They say how well this project's machinery predicts a scaling law's next half-decade when the data, "
         "tokenizer, model family and training recipe stay fixed: the table above is that test, made before the "
         "compute was spent. They do not say how GPT-2 should spend a GPU-year on web text. Their exponents and "
-        "constants are properties of their sources (a synthetic Markov mixture; one 1M-token book under GPT-2's "
-        "tokenizer, read by models whose parameters are nearly all embedding), of two-layer models below 1M "
-        "parameters, and of a learning-rate rule tuned at this scale; carried to 1e21 FLOPs, nine orders of "
-        "magnitude out, nothing in these points bounds the error. For GPT-2 the answer comes from the published "
-        "laws, fitted on models of 70M to 16B parameters, and its honest error bar is the spread between them.",
+        f"constants are properties of their sources ({sources}), of models of at most {format_count(largest)} "
+        f"{counted} parameters, and of a learning-rate rule tuned at this scale; carried to {one_gpu_flops:.2g} "
+        f"FLOPs, {math.log10(one_gpu_flops / top):.1f} decades past their largest point, nothing in these points "
+        "bounds the error. For GPT-2 the answer comes from the published laws, fitted on models of 70M to 16B "
+        "parameters, and its honest error bar is the spread between them.",
         "",
         f"The budget command's answer (`python -m gpt2jax.scaling budget --gpu {gpu} --days {days:g} --utilization "
         f"{utilization:g}`): the question's premise, the card's fp32 rate x {utilization:.0%} x {days:g} days, is "
