@@ -25,6 +25,7 @@ from gpt2jax.scaling import budget as budget_module
 from gpt2jax.scaling import fit
 from gpt2jax.scaling.backtest import CONFIDENCE, error_summary, has_optimum, interval_text
 from gpt2jax.scaling.laws import PUBLISHED_LAWS
+from gpt2jax.scaling.plan import shape_name
 from gpt2jax.scaling.results import load_results, read_rows, scored_tasks, sweep_param_count, task_score
 from gpt2jax.scaling.tuning import RULE_FILE, TUNING_DIR
 from gpt2jax.training.eval_tasks import GPT2_124M
@@ -194,7 +195,10 @@ def tuning_lines(workdir: Path) -> list[str]:
     if not (workdir / RULE_FILE).is_file():
         return []
     rule = read_json(workdir / RULE_FILE)
-    where = {int(row["n_embd"]): row for row in read_rows(results_path(workdir / TUNING_DIR))}  # budget, steps
+    where = {  # each scanned shape's budget and steps, by the name tuning.json gives it
+        shape_name({key: int(row[key]) for key in ("n_layer", "n_head", "n_embd")}): row
+        for row in read_rows(results_path(workdir / TUNING_DIR))
+    }
     multipliers = sorted({float(m) for shape in rule["shapes"] for m in shape["losses"]})
     lines = [
         "| shape | budget | steps | " + " | ".join(f"x{m:g}" for m in multipliers) + " | best rate | starting rule's |",
@@ -203,7 +207,7 @@ def tuning_lines(workdir: Path) -> list[str]:
     for shape in rule["shapes"]:
         losses = {float(m): loss for m, loss in shape["losses"].items()}
         cells = " | ".join(f"{losses[m]:.4f}" if m in losses else "" for m in multipliers)
-        row = where[shape["n_embd"]]
+        row = where[shape["shape"]]
         best = f"{shape['best_rate']:.3g}" + ("" if shape["bracketed"] else " (at the scan's edge)")
         lines.append(
             f"| {shape['shape']} | {float(row['budget']):.3g} | {row['steps']} | {cells} | {best} | "
