@@ -13,7 +13,7 @@ shapes on both sides of it (2e16: 7.0M to 16.3M; 2e17: 22.6M to 51.5M), four a b
 geometric mean is within 0.03 decades of N_opt, so each IsoFLOP parabola has a minimum inside
 its sizes. The first sweep and the backtest above predict the
 top budget from the two below before it is trained. ``--plan --device h100-sxm`` prints the
-estimate: a tuning scan of 10 points (2.17e17 FLOPs), then 28 points (four of them the lr
+estimate: a tuning scan of 10 points (2.21e17 FLOPs), then 28 points (four of them the lr
 check) for 2.75e18 FLOPs (6N + attention; 3.04e18 had every point been trained alone), 2.1
 hours in all at 40% MFU of the H100's 989.5 TFLOP/s bf16 peak; models this small rarely reach
 40% MFU, so expect longer; ``--shard`` splits it over GPUs.
@@ -35,8 +35,9 @@ Adam, giving GPT-2 small the rate nanoGPT's reproductions use within 2x; batch 1
 sequences of 1024 tokens at 5e7 parameters times (N / 5e7)^0.5, a power of two in
 [64, 256], since the best batch grows as the loss falls; warmup 5% of the shortest branch,
 at least 20 steps. The learning-rate rule is tuned before any point trains (``lr_tuning``,
-``scaling/tuning.py``): the smallest and largest shape of 2e16 (widths 128 and 256) train at
-x0.25 to x4 of it, and the power law in width through their best rates sets every point's
+``scaling/tuning.py``): the sweep's smallest and largest shape (widths 128 and 512) train at
+x0.25 to x4 of it at 2e16, the lowest budget where each trains the step floor (the 512-wide
+one 494 steps, 1.3 tokens per parameter: scan points are not fitted), and the power law in width through their best rates sets every point's
 rate; the lr check then trains the smallest and largest shape at x0.5 and x2 of the tuned
 rate, and the report says whether it was right.
 """

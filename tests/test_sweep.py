@@ -731,9 +731,9 @@ def test_learning_rate_check_says_which_rate_was_best():
     # The verdict holds the rule to one seed-to-seed spread of the best rate tried: 0.05 better is
     # beyond a spread of 0.04 and within one of 0.06.
     verdict = report_module._lr_lines([check], {"mean_std": 0.04})[-1]
-    assert "x2 was 0.0500 nats better, more than the seed-to-seed spread: the rule's rate was not the best" in verdict
+    assert "x2 was 0.0500 nats better, more than one seed spread: the rule's rate was not the best" in verdict
     verdict = report_module._lr_lines([check], {"mean_std": 0.06})[-1]
-    assert "x2 was 0.0500 nats better, within the seed-to-seed spread (seed-to-seed spread 0.0600)" in verdict
+    assert "x2 was 0.0500 nats better, within one seed spread (one seed spread: loss std 0.0600" in verdict
 
 
 # The planner's floors, seeds, learning-rate check and unique tokens.

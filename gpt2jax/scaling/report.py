@@ -177,14 +177,14 @@ def _lr_lines(checks: list[dict], spread: dict | None) -> list[str]:
             verdicts.append(f"at {check['shape']} the rule's rate was the best")
         elif -margin <= noise:
             verdicts.append(
-                f"at {check['shape']} x{best_other:g} was {-margin:.4f} nats better, within the seed-to-seed spread"
+                f"at {check['shape']} x{best_other:g} was {-margin:.4f} nats better, within one seed spread"
             )
         else:
             verdicts.append(
-                f"at {check['shape']} x{best_other:g} was {-margin:.4f} nats better, more than the seed-to-seed "
-                "spread: the rule's rate was not the best"
+                f"at {check['shape']} x{best_other:g} was {-margin:.4f} nats better, more than one seed spread: "
+                "the rule's rate was not the best"
             )
-    spread_text = f" (seed-to-seed spread {spread['mean_std']:.4f})" if spread else ""
+    spread_text = f" (one seed spread: loss std {spread['mean_std']:.4f} between seeds, on average)" if spread else ""
     text = "; ".join(verdicts)
     return lines + ["", text[0].upper() + text[1:] + spread_text + "."]
 
