@@ -266,11 +266,14 @@ def test_shipped_sweeps_expand_with_shapes_on_both_sides_of_each_optimum(name):
             assert min(sizes) < n_opt < max(sizes)
             assert abs(np.mean(np.log10(sizes)) - math.log10(n_opt)) < 0.05, (budget, sizes, n_opt)
         # About 1.9 H100 hours at 40% MFU of its bf16 peak, by 6N + attention FLOPs, and 2.1 with the
-        # tuning scan (the smallest and largest shape of 2e16, there); under one epoch.
+        # tuning scan (the sweep's smallest and largest shape, both at 2e16, where each trains the step
+        # floor); under one epoch.
         hours = costs["flops_spent"]["6n_attention"] / (0.4 * flops.DEVICE_PEAKS["h100-sxm"]["bf16"]) / 3600
         assert 1.8 < hours <= 2.0
         scan = tuning.scan_plan(plan.config, plan)
-        assert {point.budget for point in scan.points} == {2e16} and len(scan.points) == 2 * len(config.lr_tuning)
+        widths = [point.n_embd for point in grid]
+        assert {(point.n_embd, point.budget) for point in scan.points} == {(min(widths), 2e16), (max(widths), 2e16)}
+        assert len(scan.points) == 2 * len(config.lr_tuning)
         assert 2.0 < tuning.spent_flops(config) / (0.4 * flops.DEVICE_PEAKS["h100-sxm"]["bf16"]) / 3600 <= 2.2
         assert max(plan.epochs(point, config.base.data.max_tokens) for point in plan.points) < 1.0
         assert plan.config.base.data.source == "hf:HuggingFaceFW/fineweb-edu:sample-10BT"
