@@ -215,14 +215,17 @@ def run_argparse(main, argv=None) -> None:
     guarded(main)(argv)
 
 
-def initialize_distributed() -> None:
+def initialize_distributed(mesh_config=None) -> None:
     """Joins a multi-process run when a launcher describes one, before jax touches a device.
+
+    First sets XLA's GPU flags for the mesh the run will make (``mesh_config``, the run
+    config's ``mesh`` where the command has one; ``xla_flags.configure``).
 
     ``jax.distributed.initialize()`` finds SLURM, Open MPI and cloud TPU launchers by
     itself; JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID describe a
     run started by hand (one process per host, or several on one host for tests).
     """
-    xla_flags.configure()  # XLA's GPU flags, on a GPU run, before jax starts its backend
+    xla_flags.configure(mesh_config=mesh_config)  # on a GPU run, before jax starts its backend
     import jax
 
     if os.environ.get("JAX_COORDINATOR_ADDRESS"):

@@ -26,7 +26,7 @@ _PROFILE_DIR = flags.DEFINE_string("profile_dir", None, "Write a jax.profiler tr
 
 def main(argv):
     del argv
-    cli.initialize_distributed()
+    cli.initialize_distributed(_CONFIG.value.mesh)
     from gpt2jax.training.benchmark import benchmark
 
     result = benchmark(_CONFIG.value, _STEPS.value, _PROFILE_DIR.value)

@@ -33,7 +33,7 @@ _DRY_RUN = flags.DEFINE_bool(
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    cli.initialize_distributed()
+    cli.initialize_distributed(_CONFIG.value.mesh)
     config = _CONFIG.value
     if _INIT_FROM.value:
         config.train.init_from = _INIT_FROM.value
