@@ -15,7 +15,7 @@ L layers.
 Parameters are laid out so that the one sharding table (``sharding.py``) can split
 heads and MLP width: the qkv kernel is D x 3 x H x K and the attention output kernel
 H x K x D. The blocks' parameters are stacked along a leading layer axis (L), which the
-forward pass scans over. The model itself never names a device.
+forward pass scans over, or unrolls on a GPU. The model itself never names a device.
 """
 
 from __future__ import annotations
@@ -105,10 +105,21 @@ class GPTConfig:
     # none | dots | attention | attention_mlp | full: what each block keeps for the backward pass
     # (REMAT_POLICIES); attention keeps the attention output and recomputes the rest
     remat: Literal["none", "full", "dots", "attention", "attention_mlp"] = "none"
-    scan_layers: bool = True  # run the stacked blocks under jax.lax.scan; False unrolls them (same parameters)
-    # positions of every row whose logits the cross-entropy holds at once; 0: the full float32
-    # B x T x V logits (faster on a CPU, configs/tiny.py)
-    loss_chunk: int = 128
+    # auto | True | False: run the stacked blocks under jax.lax.scan, or unrolled over the same stacked
+    # parameters (a checkpoint is the same either way); auto unrolls on a GPU and scans elsewhere
+    # (``scans_layers``). The command line's "true"/"false" are read as True/False.
+    scan_layers: bool | str = "auto"
+    # auto | N | 0: positions of every row whose logits the cross-entropy holds at once. auto: as many as
+    # the device's memory leaves beside the micro-batch's step (``training/footprint.auto_loss_chunk``;
+    # AUTO_LOSS_CHUNK where no device memory is known: a CPU, or a model built outside a trainer);
+    # 0: the full float32 B x T x V logits and ``cross_entropy`` (faster on a CPU, configs/tiny.py)
+    loss_chunk: int | str = "auto"
+
+    def __post_init__(self):
+        # The config's fields for these two are strings ("auto"), so the command line and config files
+        # give "false" or "64"; a saved config or a test gives True or 64. Both mean the same.
+        object.__setattr__(self, "scan_layers", _from_text(self.scan_layers, {"true": True, "false": False}))
+        object.__setattr__(self, "loss_chunk", _from_text(self.loss_chunk, {}))
 
     @classmethod
     def from_config(cls, model_config) -> "GPTConfig":
@@ -136,8 +147,11 @@ class GPTConfig:
             raise ValueError(f"model.remat={self.remat!r} is not one of {sorted(REMAT_POLICIES)}.")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout={self.dropout} must be in [0, 1).")
-        if self.loss_chunk < 0:
-            raise ValueError(f"model.loss_chunk={self.loss_chunk} must be a number of positions, or 0 for none.")
+        if self.scan_layers not in ("auto", True, False):
+            raise ValueError(f"model.scan_layers={self.scan_layers!r} is not one of auto, true, false.")
+        chunk = self.loss_chunk
+        if chunk != "auto" and (isinstance(chunk, (bool, str)) or not isinstance(chunk, int) or chunk < 0):
+            raise ValueError(f"model.loss_chunk={chunk!r} must be auto, a number of positions, or 0 for none.")
 
     @property
     def padded_vocab_size(self) -> int:
@@ -154,6 +168,33 @@ class GPTConfig:
     @property
     def compute_dtype(self):
         return _DTYPES[self.dtype]
+
+
+def _from_text(value, words: dict):
+    """A config value given as text, as its typed value: a whole number, one of ``words`` (lower case), or the
+    text in lower case ("auto"); a value that is not text is returned as it is."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip().lower()
+    return int(text) if text.isdigit() else words.get(text, text)
+
+
+# What model.loss_chunk=auto runs where no device memory figure resolves it (``GPTConfig.loss_chunk``):
+# the chunk every GPU figure in docs/benchmarks.md (H200, 2026-12-04) ran with.
+AUTO_LOSS_CHUNK = 128
+
+
+def scans_layers(config: GPTConfig, platform: str | None = None) -> bool:
+    """Whether the blocks run under ``jax.lax.scan``: ``model.scan_layers``, with auto decided by the platform.
+
+    auto unrolls on a GPU, where GPT-2 small's step ran 1.29x faster unrolled in 39% less memory
+    (467.8k against 362.5k tokens/s, 8.07 against 13.13 GiB: docs/benchmarks.md, one H200), and
+    scans on a CPU, where the scan was 1.2 to 1.4x faster (``stacked_blocks``), and on anything
+    else, which nothing here has measured. ``platform`` is jax's backend name, the default one's if None.
+    """
+    if config.scan_layers != "auto":
+        return bool(config.scan_layers)
+    return (platform or jax.default_backend()) != "gpu"
 
 
 def attention_implementation(config: GPTConfig) -> str:
@@ -334,9 +375,10 @@ def stacked_blocks(config: GPTConfig, rngs: nnx.Rngs) -> Block:
     block however deep the model: compile time stays flat in depth, and the backward pass
     keeps each layer's residual gradient in its own buffer. Unrolled, XLA:CPU fuses the
     whole chain of residual-gradient sums into every weight-gradient transpose and
-    recomputes it there, which made GPT-2 small's step 1.2 to 1.4x slower on a CPU.
-    ``model.scan_layers=False`` unrolls the loop over the same stacked parameters, so
-    checkpoints and Hugging Face interop are the same either way.
+    recomputes it there, which made GPT-2 small's step 1.2 to 1.4x slower on a CPU. On a GPU
+    the unrolled loop is the faster (``scans_layers``); it runs over the same stacked
+    parameters, so checkpoints and Hugging Face interop are the same either way, and a run
+    resumes under the other layout.
     """
     keys_L = jax.random.split(rngs.params(), config.n_layer)
     graphdef, _ = nnx.split(nnx.eval_shape(lambda: Block(config, nnx.Rngs(0))))
@@ -399,22 +441,22 @@ class GPT(nnx.Module):
         """Mean next-token cross-entropy in nats, the loss training differentiates.
 
         By ``chunked_cross_entropy``; ``model.loss_chunk=0`` computes the full float32 logits
-        and their ``cross_entropy`` instead (a B x T x V array; for comparison).
+        and their ``cross_entropy`` instead (a B x T x V array: faster on a CPU). An unresolved
+        ``auto`` (a model built outside a trainer) takes AUTO_LOSS_CHUNK positions at a time.
         """
         h_BxTxD = self.hidden_states(tokens_BxT, dropout_key=dropout_key, residual_sharding=residual_sharding)
-        if self.config.loss_chunk == 0:
+        chunk = AUTO_LOSS_CHUNK if self.config.loss_chunk == "auto" else self.config.loss_chunk
+        if chunk == 0:
             return cross_entropy(self._logits(h_BxTxD), targets_BxT)
-        return chunked_cross_entropy(
-            h_BxTxD, self.wte[...], targets_BxT, self.config.vocab_size, self.config.loss_chunk
-        )
+        return chunked_cross_entropy(h_BxTxD, self.wte[...], targets_BxT, self.config.vocab_size, chunk)
 
     def _run_blocks(self, block_step, x_BxTxD, per_layer, remat_policy=None):
         """``block_step(block, x, per_layer[i])`` for each layer i in turn.
 
-        Under ``jax.lax.scan`` by default; with ``model.scan_layers=False`` as an unrolled
-        loop over the same stacked parameters (split apart, so their gradients are
-        concatenated back rather than summed), for comparing the two on a GPU. Returns x
-        after the last block and block_step's second outputs, stacked by layer.
+        Under ``jax.lax.scan`` where ``scans_layers`` says so, else as an unrolled loop over
+        the same stacked parameters (split apart, so their gradients are concatenated back
+        rather than summed). Returns x after the last block and block_step's second
+        outputs, stacked by layer.
         """
         graphdef, stacked_state = nnx.split(self.h)
 
@@ -424,7 +466,7 @@ class GPT(nnx.Module):
 
         if remat_policy is not None:
             layer = jax.checkpoint(layer, policy=remat_policy)
-        if self.config.scan_layers:
+        if scans_layers(self.config):
             return jax.lax.scan(layer, x_BxTxD, (stacked_state, per_layer))
         outputs = []
         for layer_slice in _unstack((stacked_state, per_layer), self.config.n_layer):
@@ -503,11 +545,15 @@ def cross_entropy(logits_BxTxV, targets_BxT):
 def chunked_cross_entropy(h_BxTxD, wte_VxD, targets_BxT, vocab_size: int, chunk: int):
     """Mean next-token loss of the tied output projection, ``chunk`` positions of every row at a time.
 
-    Equal to ``cross_entropy(logits, targets)`` of the full logits, but no float32 B x T x V
-    array is ever made, forward or backward: each chunk's logits (B x chunk x V) come from
-    a matmul in the compute dtype of ``h_BxTxD`` with float32 accumulation, their softmax
-    statistics and loss are float32, and their gradient is cast back to the compute dtype
-    before the two backward matmuls, so a bf16 model runs all three at bf16 speed. The
+    Equal to ``cross_entropy(logits, targets)`` of the full logits (a float32 model to float32
+    rounding; a bf16 model to the rounding of its logits to bf16, tested), but no float32
+    B x T x V array is ever made, forward or backward: each chunk's logits (B x chunk x V)
+    come from a matmul in the compute dtype of ``h_BxTxD`` with float32 accumulation and
+    are kept in the compute dtype, so a bf16 model writes half the bytes of float32 logits
+    and reads half in each pass over them (the max, the sum of exponentials, the gradient);
+    those passes upcast as they read, so the max, the log-sum-exp and the loss are float32.
+    The gradient is cast back to the compute dtype before the two backward matmuls, so a
+    bf16 model runs all three at bf16 speed. The
     gradient is computed in the same pass as the loss (when differentiated), so the
     projection is never recomputed: 6 N V D FLOPs for the head, as unchunked. ``wte_VxD`` is
     the float32 parameter; its gradient is summed over chunks in float32. A sequence that
@@ -533,12 +579,17 @@ def _chunked(h_BxTxD, targets_BxT, chunk: int):
 
 
 def _chunk_logits_and_losses(h_BxCxD, w_VxD, targets_BxC, weights_BxC, vocab_size: int):
-    """One chunk's float32 logits, their logsumexp and its weighted per-position losses."""
-    logits_BxCxV = jnp.einsum("bcd,vd->bcv", h_BxCxD, w_VxD, preferred_element_type=jnp.float32)
-    logits_BxCxV = logits_BxCxV + _padding_bias(vocab_size, w_VxD.shape[0])
-    lse_BxC = jax.nn.logsumexp(logits_BxCxV, axis=-1)
+    """One chunk's masked logits (upcast as read), their float32 logsumexp and its weighted per-position losses.
+
+    The matmul's output is in the compute dtype (accumulated in float32); the float32
+    upcast and the padding rows' bias are elementwise, so XLA fuses them into the
+    reductions and the gradient that read them rather than writing a float32 copy.
+    """
+    logits_BxCxV = jnp.einsum("bcd,vd->bcv", h_BxCxD, w_VxD)
+    masked_BxCxV = logits_BxCxV.astype(jnp.float32) + _padding_bias(vocab_size, w_VxD.shape[0])
+    lse_BxC = jax.nn.logsumexp(masked_BxCxV, axis=-1)
     target_logit_BxC = jnp.take_along_axis(logits_BxCxV, targets_BxC[..., None], axis=-1)[..., 0]
-    return logits_BxCxV, lse_BxC, (lse_BxC - target_logit_BxC) * weights_BxC
+    return masked_BxCxV, lse_BxC, (lse_BxC - target_logit_BxC.astype(jnp.float32)) * weights_BxC
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -565,11 +616,11 @@ def _chunked_loss_fwd(h_BxTxD, wte_VxD, targets_BxT, vocab_size, chunk):
     def chunk_step(carry, chunk_slices):
         loss_sum, dwte_VxD = carry
         h_BxCxD, targets_BxC, weights_BxC = chunk_slices
-        logits_BxCxV, lse_BxC, losses_BxC = _chunk_logits_and_losses(
+        masked_BxCxV, lse_BxC, losses_BxC = _chunk_logits_and_losses(
             h_BxCxD, w_VxD, targets_BxC, weights_BxC, vocab_size
         )
         # d loss / d logits = softmax - onehot(target), per counted position, over the mean's count.
-        probs_BxCxV = jnp.exp(logits_BxCxV - lse_BxC[..., None])
+        probs_BxCxV = jnp.exp(masked_BxCxV - lse_BxC[..., None])
         onehot_BxCxV = jax.nn.one_hot(targets_BxC, w_VxD.shape[0], dtype=jnp.float32)
         dlogits_BxCxV = ((probs_BxCxV - onehot_BxCxV) * (weights_BxC * scale)[..., None]).astype(w_VxD.dtype)
         dh_BxCxD = jnp.einsum("bcv,vd->bcd", dlogits_BxCxV, w_VxD, preferred_element_type=jnp.float32)

@@ -5,7 +5,8 @@ import pytest
 
 from gpt2jax import flops
 from gpt2jax.config import load_config_file
-from gpt2jax.training import memory
+from gpt2jax.model import AUTO_LOSS_CHUNK
+from gpt2jax.training import footprint, memory
 from gpt2jax.training.trainer import build_trainer
 
 GIB = 2**30
@@ -128,3 +129,16 @@ def test_a_step_xla_cannot_count_has_no_flop_figure_rather_than_zero(monkeypatch
 
     monkeypatch.setattr(memory, "_xla_flops", uncountable)
     assert memory.xla_flops_per_token(trainer) is None
+
+
+def test_auto_loss_chunk_takes_the_most_positions_the_memory_left_holds_as_the_estimate_counts_them():
+    """The chunk halves from the whole sequence until the dry run's estimate of the step fits the device."""
+    trainer = _one_device_trainer("tiny", block_size=1024, loss_chunk="auto")
+    # A CPU reports no device memory: the chunk every GPU figure in docs/benchmarks.md ran with.
+    assert trainer.model_config.loss_chunk == AUTO_LOSS_CHUNK
+    total = {chunk: memory.estimate(trainer.with_model(loss_chunk=chunk))["total"] for chunk in (256, 512)}
+    assert footprint.auto_loss_chunk(trainer, total[256]) == 256
+    assert footprint.auto_loss_chunk(trainer, total[512] - 1) == 256
+    assert footprint.auto_loss_chunk(trainer, total[512]) == 512
+    assert footprint.auto_loss_chunk(trainer, 2**40) == 1024  # room for all: one chunk, the whole sequence
+    assert footprint.auto_loss_chunk(trainer, 0) == AUTO_LOSS_CHUNK  # room for none: the floor (the dry run says so)

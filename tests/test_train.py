@@ -122,6 +122,35 @@ def test_gradient_accumulation_matches_one_big_batch(data_dir, tmp_path):
     assert losses_one[2] < losses_one[0]
 
 
+def test_a_run_scanned_for_5_steps_resumes_unrolled_to_the_loss_of_10_scanned_steps(data_dir, tmp_path):
+    """A checkpoint is one stacked layout either way, so a run that moves from a CPU to a GPU resumes."""
+    # A constant rate after warmup, so that a run of 5 steps extended to 10 is the run of 10.
+    config = functools.partial(
+        tiny_config, data_dir, steps=10, schedule="constant", log_every=1, checkpoint_every=5, eval_every=5
+    )
+    scanned = config()
+    scanned.model.scan_layers = "true"
+    loop.run(scanned, tmp_path / "scanned")
+    moved = config(steps=5)
+    moved.model.scan_layers = "true"
+    loop.run(moved, tmp_path / "moved")
+    moved.train.steps = 10
+    moved.model.scan_layers = "false"  # refused before: a changed config without allow_config_change
+    final = loop.run(moved, tmp_path / "moved")
+    assert final["step"] == 10
+    losses, moved_losses = ([r["train_loss"] for r in _records(tmp_path / run)] for run in ("scanned", "moved"))
+    assert moved_losses == pytest.approx(losses, abs=1e-5)
+    assert _records(tmp_path / "moved")[-1]["val_loss"] == pytest.approx(
+        _records(tmp_path / "scanned")[-1]["val_loss"], abs=1e-5
+    )
+    (change,) = [json.loads(line) for line in (tmp_path / "moved" / "config_changes.jsonl").read_text().splitlines()]
+    assert (
+        change["step"] == 5
+        and change["meaningful"] == []
+        and change["changes"]["model.scan_layers"] == ["true", "false"]
+    )
+
+
 def test_resume_after_sigkill_ends_at_the_same_loss(trained, data_dir, tmp_path):
     workdir, final = trained
     config = tiny_config(data_dir, checkpoint_every=3)

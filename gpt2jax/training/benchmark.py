@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from gpt2jax import flops, sharding
-from gpt2jax.model import attention_implementation
+from gpt2jax.model import attention_implementation, scans_layers
 from gpt2jax.training.trainer import build_trainer
 
 PROFILED_STEPS = 3
@@ -63,7 +63,8 @@ def benchmark(config, steps: int, profile_dir: str | None = None) -> dict:
         "dtype": model_config.dtype,
         "attention": attention_implementation(model_config),
         "remat": model_config.remat,
-        "scan_layers": model_config.scan_layers,
+        "scan_layers": scans_layers(model_config),  # what ran: auto resolved for this platform
+        "loss_chunk": model_config.loss_chunk,  # resolved by the trainer, 0 for the full logits
         "micro_batch_size": trainer.micro_batch_size,
         "grad_accum_steps": trainer.accum_steps,
         "tokens_per_step": step["tokens_per_step"],

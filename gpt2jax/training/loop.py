@@ -26,6 +26,7 @@ from gpt2jax.errors import Stopped, stops_deferred
 from gpt2jax.files import workdir as workdir_files
 from gpt2jax.files.atomic import write_atomically
 from gpt2jax.files.locks import FileLock
+from gpt2jax.model import scans_layers
 from gpt2jax.training import checkpoint, eval_tasks, optim, steps
 from gpt2jax.training.checkpoint import Checkpointer
 from gpt2jax.training.trainer import Trainer, build_trainer
@@ -56,6 +57,8 @@ RESUMABLE_KEYS = (
     "data.tfds_data_dir",
     "model.attention",
     "model.remat",
+    "model.scan_layers",  # the same stacked parameters either way: a run moves between a CPU and a GPU
+    "model.loss_chunk",
     "mesh.",
 )
 
@@ -364,7 +367,8 @@ def first_line(trainer: Trainer, data, workdir: Path, start_step: int) -> str:
     return (
         f"train {workdir}: {jax.default_backend()}, {len(devices)} x {devices[0].device_kind} (mesh {mesh}); "
         f"{flops.format_count(counts['n_params'])} parameters "
-        f"({flops.format_count(counts['n_params_non_embedding'])} non-embedding); "
+        f"({flops.format_count(counts['n_params_non_embedding'])} non-embedding), "
+        f"layers {'scanned' if scans_layers(trainer.model_config) else 'unrolled'}; "
         f"{flops.format_count(tokens)} tokens/step ({trainer.config.train.batch_size} x "
         f"{trainer.model_config.block_size}{accum}); data {data.path}: {flops.format_count(len(data.train))} train, "
         f"{flops.format_count(len(data.val))} val tokens; {position}"

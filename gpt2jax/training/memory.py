@@ -7,17 +7,16 @@ for the config's mesh, as a real run would compile it, and never run.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
-import math
 import os
 
 import jax
 import jax.numpy as jnp
 
 from gpt2jax import flops
-from gpt2jax.model import REMAT_POLICIES, attention_implementation
+from gpt2jax.model import REMAT_POLICIES, attention_implementation, scans_layers
 from gpt2jax.training import steps
+from gpt2jax.training.footprint import aval_bytes, held_bytes, micro_batch_tokens, saved_for_backward_bytes, shard_bytes
 from gpt2jax.training.optim import OPTIMIZERS
 from gpt2jax.training.trainer import Trainer, build_trainer
 
@@ -41,6 +40,8 @@ def dry_run(config) -> dict:
         "model": dict(config.model),
         "mesh": dict(trainer.mesh.shape),
         "attention": attention_implementation(trainer.model_config),
+        "scan_layers": scans_layers(trainer.model_config),
+        "loss_chunk": trainer.model_config.loss_chunk,
     }
     summary.update(flops.model_accounting(trainer.model_config))
     micro = trainer.micro_batch_size
@@ -55,7 +56,7 @@ def dry_run(config) -> dict:
         f"{gib} GiB": summary["per_device_bytes"]["estimate_total"] <= usable * gib * 2**30 for gib in CARDS_GIB
     }
     summary["activations_saved_for_backward_by_remat"] = {
-        policy: saved_for_backward_bytes(_with_remat(trainer, policy)) for policy in REMAT_POLICIES
+        policy: saved_for_backward_bytes(trainer.with_model(remat=policy)) for policy in REMAT_POLICIES
     }
     summary["optimizer_state_by_optimizer"] = {name: optimizer_state_bytes(config, name) for name in OPTIMIZERS}
     summary["xla_flops_per_token"] = xla_flops_per_token(trainer)
@@ -72,7 +73,8 @@ def format_dry_run(summary: dict) -> str:
     saved_now = summary["activations_saved_for_backward_by_remat"][summary["model"]["remat"]]
     lines = [
         f"{summary['n_params'] / 1e6:.1f}M parameters ({summary['n_params_non_embedding'] / 1e6:.1f}M non-embedding), "
-        f"mesh {summary['mesh']}, attention {summary['attention']}",
+        f"mesh {summary['mesh']}, attention {summary['attention']}, "
+        f"layers {'scanned' if summary.get('scan_layers', True) else 'unrolled'}",
         f"train step per device (estimate from shapes): {total / gib:.2f} GiB = parameters {parts['params'] / gib:.2f}"
         f" + optimizer {parts['optimizer_state'] / gib:.2f} + gradients {parts['gradients'] / gib:.2f}"
         f" + kept activations {parts['activations_saved_for_backward'] / gib:.2f}"
@@ -127,15 +129,7 @@ def optimizer_state_bytes(config, optimizer: str) -> int:
     """This device's bytes of ``optimizer``'s state for ``config``'s model and mesh, from shapes alone."""
     config = copy.deepcopy(config)
     config.train.optimizer = optimizer
-    return _shard_bytes(build_trainer(config).abstract_state["opt_state"])
-
-
-def _with_remat(trainer: Trainer, policy: str) -> Trainer:
-    """The same trainer with another ``model.remat``: its graphdef is all that the traced step reads of it."""
-    from gpt2jax.model import abstract_model
-
-    model_config = dataclasses.replace(trainer.model_config, remat=policy)
-    return dataclasses.replace(trainer, model_config=model_config, graphdef=abstract_model(model_config)[0])
+    return shard_bytes(build_trainer(config).abstract_state["opt_state"])
 
 
 def xla_flops_per_token(trainer: Trainer) -> float | None:
@@ -202,40 +196,6 @@ def _uncounted_scan_flops(jaxpr) -> float:
     return extra
 
 
-def _shard_bytes(tree) -> int:
-    """Bytes of this device's shards of a pytree of ShapeDtypeStructs carrying shardings."""
-    return int(
-        sum(math.prod(leaf.sharding.shard_shape(leaf.shape)) * leaf.dtype.itemsize for leaf in jax.tree.leaves(tree))
-    )
-
-
-def _aval_bytes(var) -> int:
-    return math.prod(var.aval.shape) * var.aval.dtype.itemsize
-
-
-def _micro_batch_tokens(trainer: Trainer):
-    """This device's rows of one micro-batch, as the abstract token array the step's loss reads."""
-    rows = trainer.micro_batch_size // (trainer.mesh.shape["data"] * trainer.mesh.shape["fsdp"])
-    return jax.ShapeDtypeStruct((rows, trainer.model_config.block_size), jnp.int32)
-
-
-def saved_for_backward_bytes(trainer: Trainer) -> int:
-    """What the backward pass of this device's rows of one micro-batch keeps, read from the traced step.
-
-    The figure ``model.remat`` trades for recompute, the same on every platform (counted
-    whole along the tensor axis, so an upper bound when mesh.tensor > 1).
-    """
-    from jax.extend.core import Var
-
-    def pullback(params, tokens_BxT):
-        return jax.vjp(lambda p: steps.loss_fn(p, trainer.graphdef, tokens_BxT, tokens_BxT), params)[1]
-
-    # The pullback closes over the residuals; the parameters it merely reads are its inputs.
-    jaxpr = jax.make_jaxpr(pullback)(trainer.abstract_state["params"], _micro_batch_tokens(trainer)).jaxpr
-    inputs = set(jaxpr.invars)
-    return int(sum(_aval_bytes(v) for v in jaxpr.outvars if isinstance(v, Var) and v not in inputs))
-
-
 def _intermediate_sizes(jaxpr) -> list[int]:
     """Sizes of the values one step of ``jaxpr`` computes, loop bodies included once.
 
@@ -246,7 +206,7 @@ def _intermediate_sizes(jaxpr) -> list[int]:
     for eqn in jaxpr.eqns:
         looped = eqn.primitive.name in ("scan", "while")
         if not looped:
-            sizes += [_aval_bytes(v) for v in eqn.outvars]
+            sizes += [aval_bytes(v) for v in eqn.outvars]
         for value in eqn.params.values():
             for sub in value if isinstance(value, (list, tuple)) else (value,):
                 inner = getattr(sub, "jaxpr", sub)
@@ -262,28 +222,19 @@ def largest_temporaries_bytes(trainer: Trainer) -> int:
     their gradient) reads another of about its size, so both are live at that moment.
     """
     grad_fn = jax.value_and_grad(lambda p, tokens: steps.loss_fn(p, trainer.graphdef, tokens, tokens))
-    jaxpr = jax.make_jaxpr(grad_fn)(trainer.abstract_state["params"], _micro_batch_tokens(trainer)).jaxpr
+    jaxpr = jax.make_jaxpr(grad_fn)(trainer.abstract_state["params"], micro_batch_tokens(trainer)).jaxpr
     return int(sum(sorted(_intermediate_sizes(jaxpr))[-2:]))
 
 
 def estimate(trainer: Trainer) -> dict:
     """Bytes one device needs for a train step, from shapes alone: the same on every platform.
 
-    The float32 parameters and AdamW moments (this device's shards), the float32 gradients
-    of one micro-batch and their running sum (``steps.train_step`` sums micro-batches in a
-    scan whatever their number), the activations the
-    backward pass keeps, and the two largest temporaries. XLA's own buffer total depends
-    on the platform it compiles for (XLA:CPU keeps bfloat16 activations at float32 cost);
-    this estimate does not, and ``fits`` is read from it.
+    ``footprint.held_bytes``'s parts (parameters, optimizer state, gradients and their sum,
+    the activations the backward pass keeps) and the two largest temporaries. XLA's own
+    buffer total depends on the platform it compiles for (XLA:CPU keeps bfloat16
+    activations at float32 cost); this estimate does not, and ``fits`` is read from it.
     """
-    params = _shard_bytes(trainer.abstract_state["params"])
-    report = {
-        "params": params,
-        "optimizer_state": _shard_bytes(trainer.abstract_state["opt_state"]),
-        "gradients": 2 * params,
-        "activations_saved_for_backward": saved_for_backward_bytes(trainer),
-        "largest_temporaries": largest_temporaries_bytes(trainer),
-    }
+    report = held_bytes(trainer) | {"largest_temporaries": largest_temporaries_bytes(trainer)}
     report["total"] = sum(report.values())
     return report
 

@@ -21,7 +21,7 @@ from jax.sharding import PartitionSpec as P
 from gpt2jax import init_from, sharding
 from gpt2jax.data import loader
 from gpt2jax.model import GPT, GPTConfig, abstract_model
-from gpt2jax.training import checkpoint, optim, steps, validation
+from gpt2jax.training import checkpoint, footprint, optim, steps, validation
 
 POSITIVE_KEYS = ("steps", "log_every", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints")
 
@@ -45,6 +45,12 @@ class Trainer:
     @property
     def micro_batch_size(self) -> int:
         return self.config.train.batch_size // self.accum_steps
+
+    def with_model(self, **changes) -> "Trainer":
+        """The same trainer with model keys changed that change no parameter (remat, loss_chunk): only the
+        graphdef, which carries the model config and is all that the traced steps read of it, is made again."""
+        model_config = dataclasses.replace(self.model_config, **changes)
+        return dataclasses.replace(self, model_config=model_config, graphdef=abstract_model(model_config)[0])
 
     def batch_sharding(self, leading_unsharded: int = 0) -> NamedSharding:
         return sharding.batch_sharding(self.mesh, 2 + leading_unsharded, leading_unsharded)
@@ -139,7 +145,11 @@ def check_train_config(train_config) -> None:
 
 
 def build_trainer(config, devices=None) -> Trainer:
-    """Validates the config against the mesh and sets up (without compiling) the steps."""
+    """Validates the config against the mesh and sets up (without compiling) the steps.
+
+    ``model.loss_chunk=auto`` is resolved here, where the micro-batch and the devices are
+    known (``footprint.auto_loss_chunk``): the trainer's ``model_config`` holds the number.
+    """
     check_train_config(config.train)
     model_config = GPTConfig.from_config(config.model)
     init_from.parse(config.train.init_from)  # refused now rather than after the data is prepared
@@ -155,4 +165,7 @@ def build_trainer(config, devices=None) -> Trainer:
     }
     abstract_state = sharding.laid_out(mesh, abstract_state)
     state_shardings = jax.tree.map(lambda leaf: leaf.sharding, abstract_state)
-    return Trainer(config, model_config, mesh, graphdef, optimizer, abstract_state, state_shardings)
+    trainer = Trainer(config, model_config, mesh, graphdef, optimizer, abstract_state, state_shardings)
+    if model_config.loss_chunk == "auto":
+        trainer = trainer.with_model(loss_chunk=footprint.auto_loss_chunk(trainer))
+    return trainer
