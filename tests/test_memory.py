@@ -128,3 +128,24 @@ def test_a_step_xla_cannot_count_has_no_flop_figure_rather_than_zero(monkeypatch
 
     monkeypatch.setattr(memory, "_xla_flops", uncountable)
     assert memory.xla_flops_per_token(trainer) is None
+
+
+def test_the_dry_run_header_says_what_each_total_counts():
+    """The header printed the estimate (29.62 GiB) beside a JSON xla_total of 44.6 GiB, reconciling neither."""
+    summary = _dry_run_summary(
+        remat="none",
+        accumulation=(1, 8),
+        parts=dict(estimate_total=29.62, params=0.5, optimizer_state=1, gradients=1, activations_saved_for_backward=26),
+        saved={"none": 26, "full": 2},
+        fits=(False, False, True),
+    )
+    gib = 2**30
+    summary["platform"] = "cpu"
+    summary["per_device_bytes"].update(xla_total=int(44.6 * gib), xla_activations_and_temporaries=int(43.0 * gib))
+    lines = memory.format_dry_run(summary).splitlines()
+    assert lines[1].startswith("train step per device, estimated from shapes (JSON estimate_total): 29.62 GiB = ")
+    assert lines[2] == (
+        "XLA's buffers for this step on cpu (JSON xla_total): 44.60 GiB = state, batch and undonated outputs 1.60 + "
+        "activations, gradients and temporaries 43.00; platform-dependent, so the fits below read the estimate"
+    )
+    assert lines[3].startswith("  12 GiB card (9.0 GiB usable): does not fit")
