@@ -159,7 +159,8 @@ def _one_sentence(process: subprocess.Popen, code: int = 1) -> str:
 
 def test_bad_settings_and_config_files_are_one_sentence_from_the_command_line_and_write_nothing(tmp_path):
     """The trials, as real processes (refused before anything compiles, so run side by side): optimizer
-    settings that cannot be right, a syntax error, a directory, a file without get_config, a sweep's bad value."""
+    settings that cannot be right, a syntax error, a directory, a file without get_config, a sweep's bad
+    value, and bench's --steps 0 (which compiled the step, then divided by zero)."""
     (tmp_path / "bad.py").write_text("def get_config(:\n    pass\n")
     (tmp_path / "noget.py").write_text("CONFIG = None\n")
     (tmp_path / "configs").mkdir()
@@ -195,6 +196,7 @@ def test_bad_settings_and_config_files_are_one_sentence_from_the_command_line_an
         "directory": _popen(train("configs"), tmp_path),
         "no get_config": _popen(train("noget.py"), tmp_path),
         "sweep": _popen(["-m", "gpt2jax.scaling", "sweep", "--config", "sweep.py", "--plan"], tmp_path),
+        "bench steps": _popen(["-m", "gpt2jax.cli.bench", "--steps", "0"], tmp_path),  # a division by zero, once
     }
     assert _one_sentence(runs["values"]) == (
         "error: model.n_layer=0 must be a whole number of at least 1; train.batch_size=0 must be a whole number "
@@ -208,6 +210,9 @@ def test_bad_settings_and_config_files_are_one_sentence_from_the_command_line_an
     assert _one_sentence(runs["directory"], code=2).startswith("error: config configs is a directory; give a config")
     assert _one_sentence(runs["no get_config"]).startswith("error: config file noget.py defines no get_config();")
     assert _one_sentence(runs["sweep"]) == "error: rules.learning_rate=-1.0 must be a finite number above 0."
+    assert _one_sentence(runs["bench steps"], code=2) == (
+        "error: flag --steps=0: 0 is not a positive integer; pass --help for the flags."
+    )
     assert not workdir.exists() and not data.exists() and not (tmp_path / "data").exists()
 
 
