@@ -14,6 +14,7 @@ from pathlib import Path
 
 import ml_collections
 
+from gpt2jax import ranges
 from gpt2jax.model import GPTConfig
 
 SHIPPED_CONFIGS = Path(__file__).parent / "configs"
@@ -150,19 +151,75 @@ def config_path(spec: str) -> Path:
     shipped = SHIPPED_CONFIGS / (Path(spec).stem + ".py")
     if Path(spec).suffix in ("", ".py") and shipped.is_file():
         return shipped
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"config {spec} is a directory; give a config file in it (FILE.py) or a shipped config's name."
+        )
     raise FileNotFoundError(
         f"config file {spec} does not exist; give a path to a config file or one of the "
         f"shipped configs: {', '.join(shipped_config_names())}."
     )
 
 
+def load_config_module(path: Path):
+    """The config file at ``path`` run as a module; a syntax error or a missing ``get_config`` is one sentence.
+
+    The train command checks its ``--config`` file with this before ml_collections loads it, which
+    would otherwise end in a traceback (a syntax error) or call a missing get_config an unknown key.
+    """
+    module_spec = importlib.util.spec_from_file_location(f"gpt2jax_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as error:
+        raise ValueError(
+            f"config file {error.filename or path} line {error.lineno}: {error.msg}; fix the file, or give another config."
+        ) from None
+    if not callable(getattr(module, "get_config", None)):
+        raise ValueError(
+            f"config file {path} defines no get_config(); a config file defines get_config() returning its "
+            "ConfigDict, as gpt2jax/configs/tiny.py does."
+        )
+    return module
+
+
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
     """``FILE`` or ``FILE:VARIANT``: the ConfigDict of ``get_config()`` (or ``get_config(VARIANT)``) in FILE."""
     path_text, _, variant = spec.partition(":")
-    path = config_path(path_text)
-    module_spec = importlib.util.spec_from_file_location(f"gpt2jax_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"config file {path} defines no get_config().")
+    module = load_config_module(config_path(path_text))
     return module.get_config(variant) if variant else module.get_config()
+
+
+def check_run_config(config, shown: str = "") -> None:
+    """Refuses, in one sentence naming each, a run config's numbers outside their ranges (``ranges.py``).
+
+    ``build_trainer`` calls it first, so a bad value is refused before any data is prepared or
+    the workdir is touched (``train.batch_size=0`` used to be refused after config.json was
+    written, and the corrected command was then refused as another run's). ``shown`` goes before each
+    key named (a sweep's ``base.``).
+    """
+    found = []
+    for section in ("model", "data", "train", "mesh"):
+        found += ranges.refusals(
+            dict(config[section]), ranges.RUN_CONFIG_RANGES, prefix=f"{section}.", shown=f"{shown}{section}."
+        )
+    if found:
+        raise ValueError("; ".join(found) + ".")
+
+
+def warmup_warning(train_config) -> str | None:
+    """One sentence when the warmup outlasts the run, so the rate never reaches its peak; None otherwise.
+
+    A warning, not a refusal: a benchmark trains a few steps of a recipe that warms up for 715
+    (bench/gpu.sh), where the rate does not matter. ``train.warmup_steps=1000`` with ``train.steps=3``
+    trained at rates up to 2e-6 without a word.
+    """
+    warmup, steps, peak = train_config.warmup_steps, train_config.steps, train_config.learning_rate
+    if warmup <= steps or not peak:
+        return None
+    highest = peak * (steps - 1) / warmup  # the warmup's rate at the run's last step
+    return (
+        f"train.warmup_steps={warmup} is more than train.steps={steps}, so the learning rate never passes "
+        f"{highest:.3g} ({100 * highest / peak:.2g}% of train.learning_rate={peak:g}); lower train.warmup_steps "
+        "or raise train.steps if this run is meant to learn."
+    )

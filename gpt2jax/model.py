@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from gpt2jax import flops
+from gpt2jax import flops, ranges
 from gpt2jax.errors import first_line
 
 PRESETS: dict[str, dict[str, int]] = {
@@ -135,6 +135,9 @@ class GPTConfig:
         return config
 
     def validate(self) -> None:
+        """Refuses a model no run could build: its numbers out of their ranges (``ranges.py``: an
+        n_layer of 0 ended in a ZeroDivisionError), its choices not among those offered."""
+        ranges.check(dataclasses.asdict(self), ranges.RUN_CONFIG_RANGES, prefix="model.")
         if self.n_embd % self.n_head:
             raise ValueError(f"model.n_embd={self.n_embd} must be divisible by model.n_head={self.n_head}.")
         if self.dtype not in _DTYPES:
@@ -145,8 +148,6 @@ class GPTConfig:
             raise ValueError("model.attention='cudnn' needs model.dtype='bfloat16' or 'float16'.")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"model.remat={self.remat!r} is not one of {sorted(REMAT_POLICIES)}.")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout={self.dropout} must be in [0, 1).")
         if self.scan_layers not in ("auto", True, False):
             raise ValueError(f"model.scan_layers={self.scan_layers!r} is not one of auto, true, false.")
         chunk = self.loss_chunk

@@ -130,13 +130,14 @@ def global_batch(mesh: Mesh, local_arrays, leading_unsharded: int = 0):
 
 
 def mesh_shape(mesh_config, n_devices: int) -> dict[str, int]:
-    """Axis sizes with one -1 filled in; refuses shapes that do not use every device."""
+    """Axis sizes with one -1 filled in; refuses shapes that do not use every device.
+
+    Each size is a whole number of at least 1, or -1: ``ranges.RUN_CONFIG_RANGES``, checked by ``build_trainer``.
+    """
     sizes = {axis: int(mesh_config[axis]) for axis in MESH_AXES}
     unknown = [axis for axis, size in sizes.items() if size == -1]
     if len(unknown) > 1:
         raise ValueError(f"at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1, got {sizes}.")
-    if any(size == 0 or size < -1 for size in sizes.values()):
-        raise ValueError(f"mesh axis sizes must be positive or -1, got {sizes}.")
     known = math.prod(size for size in sizes.values() if size != -1)
     if unknown:
         if n_devices % known:

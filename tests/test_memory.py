@@ -142,3 +142,24 @@ def test_auto_loss_chunk_takes_the_most_positions_the_memory_left_holds_as_the_e
     assert footprint.auto_loss_chunk(trainer, total[512]) == 512
     assert footprint.auto_loss_chunk(trainer, 2**40) == 1024  # room for all: one chunk, the whole sequence
     assert footprint.auto_loss_chunk(trainer, 0) == AUTO_LOSS_CHUNK  # room for none: the floor (the dry run says so)
+
+
+def test_the_dry_run_header_says_what_each_total_counts():
+    """The header printed the estimate (29.62 GiB) beside a JSON xla_total of 44.6 GiB, reconciling neither."""
+    summary = _dry_run_summary(
+        remat="none",
+        accumulation=(1, 8),
+        parts=dict(estimate_total=29.62, params=0.5, optimizer_state=1, gradients=1, activations_saved_for_backward=26),
+        saved={"none": 26, "full": 2},
+        fits=(False, False, True),
+    )
+    gib = 2**30
+    summary["platform"] = "cpu"
+    summary["per_device_bytes"].update(xla_total=int(44.6 * gib), xla_activations_and_temporaries=int(43.0 * gib))
+    lines = memory.format_dry_run(summary).splitlines()
+    assert lines[1].startswith("train step per device, estimated from shapes (JSON estimate_total): 29.62 GiB = ")
+    assert lines[2] == (
+        "XLA's buffers for this step on cpu (JSON xla_total): 44.60 GiB = state, batch and undonated outputs 1.60 + "
+        "activations, gradients and temporaries 43.00; platform-dependent, so the fits below read the estimate"
+    )
+    assert lines[3].startswith("  12 GiB card (9.0 GiB usable): does not fit")

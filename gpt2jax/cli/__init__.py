@@ -154,8 +154,11 @@ def _parse_absl_flags(argv, module_name: str):
         sys.exit(0)
     try:
         return flags.FLAGS(_with_config_paths(argv))
-    except (FileNotFoundError, flags.Error) as error:
+    except (FileNotFoundError, IsADirectoryError, flags.Error) as error:
         usage_error(str(error))
+    except ValueError as error:  # a config file that does not load (config.load_config_module)
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(USER_ERROR_EXIT)
     except (AttributeError, KeyError) as error:
         usage_error(_unknown_key_message(error, argv))
 
@@ -176,12 +179,15 @@ def _unknown_key_message(error: BaseException, argv: list[str]) -> str:
 
 
 def _with_config_paths(argv: list[str]) -> list[str]:
-    """``--config NAME`` (or ``--config=NAME[:ARGS]``) with NAME made the file ``config.config_path`` finds."""
-    from gpt2jax.config import config_path
+    """``--config NAME`` (or ``--config=NAME[:ARGS]``) with NAME made the file ``config.config_path`` finds,
+    loaded once by ``config.load_config_module`` so that a syntax error or a missing get_config is one sentence."""
+    from gpt2jax.config import config_path, load_config_module
 
     def resolved(value: str) -> str:
         path, colon, rest = value.partition(":")
-        return str(config_path(path)) + colon + rest
+        found = config_path(path)
+        load_config_module(found)
+        return str(found) + colon + rest
 
     out = list(argv[:1])
     args = iter(argv[1:])

@@ -19,7 +19,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     "A config file, or a shipped config's name (tiny, small, ...).",
     lock_config=True,
 )
-_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps after the compiling one.")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps after the compiling one.", lower_bound=1)
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
 _PROFILE_DIR = flags.DEFINE_string("profile_dir", None, "Write a jax.profiler trace of a few steps here.")
 

@@ -58,8 +58,8 @@ from pathlib import Path
 
 import ml_collections
 
-from gpt2jax import flops
-from gpt2jax.config import load_config_file
+from gpt2jax import flops, ranges
+from gpt2jax.config import check_run_config, load_config_file
 from gpt2jax.training.optim import wsd_stable_end
 
 GRIDS = ("isoflop", "tokens")
@@ -111,6 +111,32 @@ LIMIT_KEYS = {
     "min_tokens_per_param": None,
     "max_tokens_per_param": None,
     "max_epochs": DEFAULT_MAX_EPOCHS,
+}
+# The sweep config's numeric keys and their ranges (a list's every item); its shapes' and allocations'
+# n_layer, n_head and n_embd have the model's (ranges.RUN_CONFIG_RANGES), and its base the run config's.
+SWEEP_RANGES: dict[str, ranges.Range] = {
+    "budgets": ranges.POSITIVE,
+    "seeds": ranges.whole(0),
+    "evals_per_run": ranges.COUNT,
+    "checkpoints_per_run": ranges.COUNT,
+    "lr_multipliers": ranges.POSITIVE,
+    "lr_check": ranges.POSITIVE,
+    "lr_tuning": ranges.POSITIVE,
+    "allocations.budget": ranges.POSITIVE,
+    "rules.learning_rate": ranges.POSITIVE,
+    "rules.width_reference": ranges.POSITIVE,
+    "rules.lr_width_exponent": ranges.Range(),
+    "rules.batch_size": ranges.POSITIVE,
+    "rules.params_reference": ranges.POSITIVE,
+    "rules.batch_params_exponent": ranges.Range(),
+    "rules.min_batch_size": ranges.COUNT,
+    "rules.max_batch_size": ranges.COUNT,
+    "rules.warmup_fraction": ranges.FRACTION,
+    "rules.min_warmup_steps": ranges.whole(0),
+    "limits.min_steps": ranges.COUNT,
+    "limits.min_tokens_per_param": ranges.NON_NEGATIVE,
+    "limits.max_tokens_per_param": ranges.LIMIT,
+    "limits.max_epochs": ranges.LIMIT,
 }
 
 
@@ -396,7 +422,32 @@ def check_repetition(plan: "SweepPlan", unique_tokens: int | None) -> None:
         )
 
 
+def _check_ranges(config) -> None:
+    """Refuses, in one sentence naming each, a sweep's numbers outside their ranges (``SWEEP_RANGES``), its
+    shapes' outside the model's, and its base's outside the run config's, before any point is planned."""
+    found = ranges.refusals(dict(config), SWEEP_RANGES)
+    for section in ("rules", "limits"):
+        found += ranges.refusals(dict(config[section]), SWEEP_RANGES, prefix=f"{section}.")
+    for kind in ("shapes", "allocations"):
+        for index, shape in enumerate(config[kind]):
+            found += ranges.refusals(dict(shape), ranges.RUN_CONFIG_RANGES, prefix="model.", shown=f"{kind}[{index}].")
+            found += ranges.refusals(dict(shape), SWEEP_RANGES, prefix=f"{kind}.", shown=f"{kind}[{index}].")
+    ordered = (
+        ("rules", "min_batch_size", "max_batch_size"),
+        ("limits", "min_tokens_per_param", "max_tokens_per_param"),
+    )
+    for section, low, high in ordered if not found else ():
+        if config[section][low] > config[section][high]:
+            found.append(
+                f"{section}.{low}={config[section][low]!r} must be at most {section}.{high}={config[section][high]!r}"
+            )
+    if found:
+        raise ValueError("; ".join(found) + ".")
+    check_run_config(config.base, shown="base.")
+
+
 def _check(config) -> None:
+    _check_ranges(config)
     if config.params not in PARAM_COUNTS:
         raise ValueError(f"sweep params={config.params!r} is not one of {', '.join(PARAM_COUNTS)}.")
     if config.grid not in GRIDS:
@@ -405,8 +456,6 @@ def _check(config) -> None:
         raise ValueError(f"sweep schedule={config.schedule!r} is not one of {', '.join(SCHEDULES)}.")
     if not config.shapes or not config.budgets or not config.seeds:
         raise ValueError("a sweep needs at least one shape, one budget and one seed.")
-    if any(not budget > 0 for budget in config.budgets):
-        raise ValueError(f"sweep budgets must be positive, got {list(config.budgets)}.")
     for allocation in config.allocations:
         missing = {"label", "n_layer", "n_head", "n_embd", "budget"} - set(allocation)
         if missing:

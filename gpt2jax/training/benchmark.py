@@ -13,6 +13,7 @@ import numpy as np
 
 from gpt2jax import flops, sharding
 from gpt2jax.model import attention_implementation, scans_layers
+from gpt2jax.training import memory
 from gpt2jax.training.trainer import build_trainer
 
 PROFILED_STEPS = 3
@@ -21,6 +22,7 @@ PROFILED_STEPS = 3
 def benchmark(config, steps: int, profile_dir: str | None = None) -> dict:
     """Times ``steps`` train steps after the compiling one; with ``profile_dir``, then traces a few more there."""
     trainer = build_trainer(config)
+    memory.check_step_fits(trainer)  # refused in one sentence, not killed by the kernel mid-compile
     accounting = flops.model_accounting(trainer.model_config)
     rng = np.random.default_rng(0)
     shape = (trainer.accum_steps, trainer.micro_batch_size, trainer.model_config.block_size)

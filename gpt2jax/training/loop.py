@@ -15,19 +15,21 @@ import json
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import jax
 import numpy as np
 
 from gpt2jax import flops, init_from
+from gpt2jax.config import warmup_warning
 from gpt2jax.data import loader
 from gpt2jax.errors import Stopped, stops_deferred
 from gpt2jax.files import workdir as workdir_files
 from gpt2jax.files.atomic import write_atomically
 from gpt2jax.files.locks import FileLock
 from gpt2jax.model import scans_layers
-from gpt2jax.training import checkpoint, eval_tasks, optim, steps
+from gpt2jax.training import checkpoint, eval_tasks, memory, optim, steps
 from gpt2jax.training.checkpoint import Checkpointer
 from gpt2jax.training.trainer import Trainer, build_trainer
 
@@ -261,20 +263,38 @@ def check_config_change(config, workdir: Path, ignored: tuple[str, ...] = ()) ->
     """The differences from the config the workdir holds; refused if one changes what its checkpoint means.
 
     ``train.allow_config_change=True`` accepts them; ``record_config`` then records them. Keys in
-    ``ignored`` are never refused.
+    ``ignored`` are never refused, nor is any change where no checkpoint was saved: nothing trained
+    holds the old config's meaning (a run refused or stopped before its first save left config.json).
     """
     path = workdir / workdir_files.CONFIG_FILE
     if not path.is_file():
         return {}
     changes = config_changes(workdir_files.read_json(path), json.loads(config.to_json_best_effort()))
     meaningful = {key: change for key, change in _meaningful(changes).items() if key not in ignored}
-    if meaningful and not config.train.allow_config_change:
+    trained = _source_checkpointer(workdir).latest_step() is not None
+    if meaningful and trained and not config.train.allow_config_change:
         raise ValueError(
             f"{workdir} holds a run trained with another config ({_describe(meaningful)}), so resuming would "
             "not continue that run; use a new --workdir, or pass --config.train.allow_config_change=True to "
             f"continue it with the new values (the change is recorded in {workdir_files.CONFIG_CHANGES_FILE})."
         )
     return changes
+
+
+def check_workdir_takes(config, workdir: Path, checkpointer: Checkpointer) -> dict:
+    """What the workdir refuses of this config (``init_from=scratch`` over checkpoints, records that disagree,
+    a config that changes what its checkpoint means), else the config's changes to record.
+
+    ``run`` calls it read-only before any data is prepared, so a workdir of another model is named
+    before the corpus is fetched (``--config small --workdir runs/tiny`` failed on the network
+    first); ``_run_locked`` again under the lock. A finished workdir takes fewer steps: that is how
+    a sweep's trunk idles.
+    """
+    refuse_scratch_over_checkpoints(config.train, checkpointer)
+    check_records_agree(config, workdir, checkpointer)
+    latest = checkpointer.latest_step()
+    finished = latest is not None and latest >= config.train.steps
+    return check_config_change(config, workdir, ignored=("train.steps",) if finished else ())
 
 
 def record_config(config, workdir: Path, changes: dict, step: int, say, resumed: bool) -> None:
@@ -403,6 +423,10 @@ def run(config, workdir: str | Path) -> dict:
     """
     workdir = Path(workdir)
     trainer = build_trainer(config)
+    check_workdir_takes(config, workdir, _source_checkpointer(workdir))
+    if warmup_warning(config.train):
+        warnings.warn(warmup_warning(config.train), stacklevel=2)
+    memory.check_step_fits(trainer)  # before anything is allocated: a step past the memory is killed by the kernel
     tasks = eval_tasks.read_tasks(config)  # a benchmark's missing data is refused before any data is prepared
     try:
         data = loader.prepared_data(config)
@@ -444,21 +468,17 @@ def closing_line(final: dict, workdir: str | Path) -> str:
 def _run_locked(trainer: Trainer, data, tasks: dict, workdir: Path) -> dict:
     config, train_config = trainer.config, trainer.config.train
     checkpointer = Checkpointer(workdir / workdir_files.CHECKPOINTS_DIR, keep=train_config.keep_checkpoints)
-    refuse_scratch_over_checkpoints(train_config, checkpointer)
-    check_records_agree(config, workdir, checkpointer)
+    changes = check_workdir_takes(config, workdir, checkpointer)
     latest = checkpointer.latest_step()
     console = _Console(train_config.steps, min(latest or 0, train_config.steps))
     try:
         if latest is not None and latest >= train_config.steps:
-            # Fewer steps than trained is how a sweep's trunk idles; another model or data is another run.
-            check_config_change(config, workdir, ignored=("train.steps",))
             console.say(
                 f"{workdir} is already trained to step {latest} (train.steps={train_config.steps}): nothing to "
                 "train; raise train.steps to train further."
             )
             done = [record for record in workdir_files.read_metrics(workdir) if record["step"] == latest]
             return (done[-1] if done else {"step": latest}) | {"checkpoint": latest}
-        changes = check_config_change(config, workdir)
         record_data(data, workdir)
         if jax.process_index() == 0:
             checkpointer.set_aside_uncommitted()
@@ -497,10 +517,10 @@ def _diverged(loss: float, grad_norm: float | None, vocab_size: int) -> str | No
 
 
 def _stop(what: str, step: int, kept: int | None, checkpointer: Checkpointer, learning_rate: float):
-    advice = (
-        f"with a lower rate, e.g. --config.train.learning_rate={learning_rate / 10:.3g} "
-        "--config.train.allow_config_change=True (or raise train.warmup_steps)"
-    )
+    lower = learning_rate / 10  # named only if it can train: never nan or 0 (a NaN rate once was)
+    ok = math.isfinite(lower) and lower > 0
+    rate = f"a lower rate, e.g. --config.train.learning_rate={lower:.3g}" if ok else "a lower, finite rate"
+    advice = f"with {rate} --config.train.allow_config_change=True (or raise train.warmup_steps)"
     if kept is None:
         return NonFiniteLossError(
             f"{what} at step {step}, so training stopped before any checkpoint; run again {advice}."

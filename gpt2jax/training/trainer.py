@@ -19,11 +19,10 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from gpt2jax import init_from, sharding
+from gpt2jax.config import check_run_config
 from gpt2jax.data import loader
 from gpt2jax.model import GPT, GPTConfig, abstract_model
 from gpt2jax.training import checkpoint, footprint, optim, steps, validation
-
-POSITIVE_KEYS = ("steps", "log_every", "eval_every", "eval_batches", "checkpoint_every", "keep_checkpoints")
 
 
 @dataclasses.dataclass
@@ -136,21 +135,13 @@ class Trainer:
         )
 
 
-def check_train_config(train_config) -> None:
-    """Refuses, before anything runs, counts that make no sense (0 steps, a log interval of -5...)."""
-    for key in POSITIVE_KEYS:
-        value = train_config[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"train.{key}={value!r} must be a whole number of at least 1.")
-
-
 def build_trainer(config, devices=None) -> Trainer:
     """Validates the config against the mesh and sets up (without compiling) the steps.
 
     ``model.loss_chunk=auto`` is resolved here, where the micro-batch and the devices are
     known (``footprint.auto_loss_chunk``): the trainer's ``model_config`` holds the number.
     """
-    check_train_config(config.train)
+    check_run_config(config)  # every number in its range, before anything runs or is written
     model_config = GPTConfig.from_config(config.model)
     init_from.parse(config.train.init_from)  # refused now rather than after the data is prepared
     mesh = sharding.make_mesh(config.mesh, devices)
