@@ -122,10 +122,11 @@ def load_fit_law(path) -> ChinchillaLaw:
     )
 
 
-def gpt2_param_counts() -> dict[str, int]:
-    """Parameters of each GPT-2 preset at OpenAI's vocabulary (unpadded) and context."""
+def gpt2_param_counts(column: str = "n_params") -> dict[str, int]:
+    """Parameters of each GPT-2 preset at OpenAI's vocabulary (unpadded) and context; ``column``
+    'n_params_non_embedding' counts them as a sweep whose N leaves the embeddings out does."""
     return {
-        name: flops.count_params(flops.Shape(**preset, vocab_size=GPT2_VOCAB_SIZE, block_size=GPT2_CONTEXT))["n_params"]
+        name: flops.count_params(flops.Shape(**preset, vocab_size=GPT2_VOCAB_SIZE, block_size=GPT2_CONTEXT))[column]
         for name, preset in model.PRESETS.items()
     }
 
