@@ -138,6 +138,10 @@ def test_the_trains_answer_names_the_sizes_that_fit_but_do_not_finish():
     trains = budget.answer_lines(report)[1]
     assert "yes for gpt2 (124M), in 2.7 days on GPT-2's 10B tokens" in trains
     assert "gpt2-medium (355M) fit but do not finish in 3 days" in trains
+    none = budget.budget_report("rtx-4070-ti", 0.5, 0.9, mfu=0.4, step_bytes=params_bytes)
+    assert budget.answer_lines(none)[1].startswith(
+        "  Does it train GPT-2? no: gpt2 (124M) and gpt2-medium (355M) fit but do not finish in 0.5 days; "
+    )
 
 
 def test_allocations_are_checked_against_the_corpus(default_report):

@@ -526,7 +526,7 @@ def _trains_answer(report: dict) -> str:
         parts.append(f"{_names(slow)} fit but do not finish in {days:g} days")
     if too_big:
         parts.append(f"{_names(too_big)} do not fit {gib:g} GiB with any optimizer ({', '.join(OPTIMIZERS)})")
-    return "; ".join(parts)
+    return ("" if finish else "no: ") + "; ".join(parts)
 
 
 def _allocation_phrase(row: dict) -> str:
