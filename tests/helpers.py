@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from gpt2jax.config import base_config
+from gpt2jax.scaling.laws import ChinchillaLaw
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -117,3 +118,88 @@ def sweep_command(config_file, workdir) -> tuple[list[str], dict]:
     env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS="--xla_force_host_platform_device_count=1")
     argv = [sys.executable, "-m", "gpt2jax.scaling", "sweep", "--config", str(config_file), "--workdir", str(workdir)]
     return argv, env
+
+
+def smoke_config(*args, **kwargs):
+    """``tiny_sweep_config`` with the planner's floors lifted (a few steps a point, one seed), reading its
+    50k-token corpus as often as it likes."""
+    config = tiny_sweep_config(*args, **kwargs)
+    config.smoke_test = True
+    config.limits.max_epochs = 100.0
+    return config
+
+
+# The law a known sweep's losses follow.
+TRUE_LAW = ChinchillaLaw(E=2.9, A=60.0, B=400.0, alpha=0.45, beta=0.4, name="truth", source="test")
+# A known sweep's embedding parameters: the difference between its two counts of N.
+KNOWN_EMBEDDING = 1e5
+
+
+def write_known_sweep(workdir: Path, params: str = "total") -> Path:
+    """A sweep workdir whose losses follow TRUE_LAW (with 0.3% noise) in the N that ``params`` counts:
+    4 sizes at 4 IsoFLOP budgets, each point's training curve in points/, and both counts of N in
+    results.csv (the other one off by KNOWN_EMBEDDING), so a figure that reads the wrong one shows it."""
+    import numpy as np
+
+    from gpt2jax.scaling.results import upsert_row
+
+    config = smoke_config("unused")
+    config.grid = "isoflop"
+    config.params = params
+    rng = np.random.default_rng(0)
+    meta = {
+        "source": "synthetic:vocabulary=compact",
+        "train_tokens": 1000,
+        "val_tokens": 100,
+        "vocab_size": 65,
+        "tokenizer": "none",
+        "entropy_rate_nats_per_token": 2.9,
+    }
+    (workdir / "sweep.json").write_text(
+        json.dumps({"config_spec": "experiments/known.py", "data_meta": meta, "config": json.loads(config.to_json())})
+    )
+    for n_params in (2e4, 5e4, 1.2e5, 3e5):
+        counts = (
+            {"n_params": n_params, "n_params_non_embedding": n_params / 2}
+            if params == "total"
+            else {"n_params": n_params + KNOWN_EMBEDDING, "n_params_non_embedding": n_params}
+        )
+        for budget in (3e11, 1e12, 3e12, 1e13):
+            tokens = budget / (6 * n_params)
+            loss = float(TRUE_LAW.loss(n_params, tokens)) * (1 + 0.003 * rng.standard_normal())
+            run = f"N{n_params:.0f}_C{budget:.0e}"
+            curve = [
+                {
+                    "step": step,
+                    "tokens_seen": tokens * step / 4,
+                    "flops_seen": budget * step / 4,
+                    "train_loss": float(TRUE_LAW.loss(n_params, tokens * step / 4)),
+                }
+                for step in (1, 2, 3, 4)
+            ]
+            (workdir / "points" / run).mkdir(parents=True)
+            (workdir / "points" / run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in curve))
+            upsert_row(
+                workdir / "results.csv",
+                {
+                    "run": run,
+                    "kind": "run",
+                    "n_layer": 1,
+                    "n_head": 1,
+                    "n_embd": int(n_params),
+                    "seed": 0,
+                    **counts,
+                    "n_tokens": tokens,
+                    "budget": budget,
+                    "flops": budget,
+                    "flops_6n_attention": budget,
+                    "flops_spent": budget,
+                    "train_loss": loss,
+                    "val_loss": loss,
+                    "loss": loss,
+                    "wall_s": 1.0,
+                    "trunk": "",
+                    "branch_step": 0,
+                },
+            )
+    return workdir

@@ -98,11 +98,50 @@ def test_the_verdict_answers_for_a_4070_ti_year(default_report):
     assert 6 * optimum["params"] * optimum["tokens"] == pytest.approx(default_report["achieved_flops"])
     assert optimum["params"] == pytest.approx(2.8e9, rel=0.05) and not optimum["fits_in_memory"]
     text = budget.format_report(default_report)
-    first = text.splitlines()
-    assert first[0].startswith("Verdict for one rtx-4070-ti (12 GiB) running 365 days at 40% MFU")
-    assert "gpt2 (124M) trains: compute-optimally (3.13B tokens) in 0.8 days, on GPT-2's 10B in 2.7" in first[1]
-    assert "gpt2-large (774M) does not fit 12 GiB with any optimizer" in first[3]
+    detail = budget.verdict_lines(default_report)
+    assert detail[0] == "In detail, at 40% MFU:"
+    assert "gpt2 (124M) trains: compute-optimally (3.13B tokens) in 0.8 days, on GPT-2's 10B in 2.7" in detail[1]
+    assert "gpt2-large (774M) does not fit 12 GiB with any optimizer" in detail[3]
     assert "the best that fits: 596M params (22 layers x 1408) with adafactor" in text
+    assert text.startswith("\n".join(budget.answer_lines(default_report) + [""] + detail))
+
+
+def test_the_first_screen_answers_each_question_in_a_line_then_says_which_flop_total_is_which(default_report):
+    title, trains, optimum, spent, premise, tensor, shares = budget.answer_lines(default_report)
+    assert title == "One rtx-4070-ti (12 GiB) for 365 days:"
+    assert trains == (
+        "  Does it train GPT-2? yes for gpt2 (124M) and gpt2-medium (355M), in 2.7 and 7.7 days on GPT-2's 10B "
+        "tokens; gpt2-large (774M) and gpt2-xl (1.56B) do not fit 12 GiB with any optimizer (adamw, adamw_bf16, "
+        "adafactor)"
+    )
+    assert optimum.startswith(
+        "  GPT-2's budget against a compute-optimal one? GPT-2 xl trained 1.56B params on 10B tokens; the 1.01e+21 "
+        "FLOPs a run here gets buy, by epoch2024, 2.8B params on 60.3B tokens (loss 2.305), which does not fit the card"
+    )
+    assert optimum.endswith("; the best it holds: 596M params with adafactor, +0.075 in loss")
+    # The one total the answers spend leads; the other two say what they are, each in one line.
+    assert spent == (
+        "The answers spend 1.01e+21 FLOPs, what a run gets: 365 days at 40% MFU of its 80.2 TFLOP/s bf16 peak. "
+        "The other two totals:"
+    )
+    assert premise == "  1.14e+21, the question's premise: the card's 40.1 TFLOP/s fp32 rate x 90% of 365 days"
+    assert tensor.startswith("  2.28e+21, its tensor cores at bf16 at full peak (80.2 TFLOP/s) x 90% of 365 days")
+    # Why 40% MFU stands under --utilization 0.9: two different shares, said as such.
+    assert shares == (
+        "  --utilization 0.9 is the share of the time the card runs, which those two count; MFU is the share of its "
+        "peak a training step reaches (40%, assumed: no --mfu, no bench record for this card)"
+    )
+
+
+def test_the_trains_answer_names_the_sizes_that_fit_but_do_not_finish():
+    report = budget.budget_report("rtx-4070-ti", 3, 0.9, mfu=0.4, step_bytes=params_bytes)
+    trains = budget.answer_lines(report)[1]
+    assert "yes for gpt2 (124M), in 2.7 days on GPT-2's 10B tokens" in trains
+    assert "gpt2-medium (355M) fit but do not finish in 3 days" in trains
+    none = budget.budget_report("rtx-4070-ti", 0.5, 0.9, mfu=0.4, step_bytes=params_bytes)
+    assert budget.answer_lines(none)[1].startswith(
+        "  Does it train GPT-2? no: gpt2 (124M) and gpt2-medium (355M) fit but do not finish in 0.5 days; "
+    )
 
 
 def test_allocations_are_checked_against_the_corpus(default_report):
@@ -184,14 +223,14 @@ def test_cli_json_keeps_every_key_and_fp32_gives_the_questions_figure(capsys):
     assert report["total_flops"] == pytest.approx(1.14e21, rel=0.01)
 
 
-def test_cli_text_leads_with_the_verdict_then_the_three_lines(capsys):
+def test_cli_text_leads_with_the_answers_then_the_three_totals(capsys):
     budget_command(["--mfu", "0.4"])
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("Verdict for one rtx-4070-ti") and "40% MFU (--mfu)" in lines[0]
-    premise = next(index for index, line in enumerate(lines) if "the question's premise" in line)
-    assert "1.14e+21" in lines[premise]
-    assert "tensor cores at bf16" in lines[premise + 1] and "2.28e+21" in lines[premise + 1]
-    assert "what a run really gets" in lines[premise + 2] and "40% MFU (--mfu)" in lines[premise + 2]
+    assert lines[0].startswith("One rtx-4070-ti") and lines[1].startswith("  Does it train GPT-2?")
+    assert lines[3].startswith("The answers spend 1.01e+21 FLOPs") and "40% MFU" in lines[3]
+    assert "the question's premise" in lines[4] and "1.14e+21" in lines[4]
+    assert "tensor cores at bf16" in lines[5] and "2.28e+21" in lines[5]
+    assert "(40%, --mfu)" in lines[6]
     assert any("memory-constrained optimum" in line for line in lines)
 
 
@@ -205,11 +244,11 @@ def test_fit_file_adds_the_projects_law_and_it_leads_in_gpt2_units(tmp_path):
     n_opt, d_opt = (float(value) for value in fit.compute_optimal(report["achieved_flops"]))
     assert own["params"] == pytest.approx(n_opt) and own["tokens"] == pytest.approx(d_opt)
     assert own["predicted_loss"] == pytest.approx(float(fit.loss(n_opt, d_opt)))
+    # The fit answers, in GPT-2's units; the published law's allocation follows in the detail.
+    answer = budget.answer_lines(report)[2]
+    assert "gets buy, by your fit (GPT-2 BPE nats per token on the sweep's corpus), " in answer
     verdict = budget.verdict_lines(report)
-    # The fit leads the verdict's allocations, then the published laws' follow.
-    (fit_line,) = [i for i, line in enumerate(verdict) if line.startswith("  by your fit (GPT-2 BPE nats per token")]
-    (published_line,) = [i for i, line in enumerate(verdict) if "FLOPs the run gets buy, by epoch2024" in line]
-    assert fit_line < published_line
+    assert any(line.startswith("  by epoch2024, in Chinchilla's units: the ") for line in verdict)
     assert not any("no law yet" in line for line in verdict)
     assert "your fit's losses in GPT-2 BPE nats per token on the sweep's corpus, the published laws' in" in (
         budget.format_report(report)

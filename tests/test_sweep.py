@@ -25,7 +25,6 @@ from gpt2jax.files.workdir import read_metrics
 from gpt2jax.scaling import backtest, fit, laws, tuning
 from gpt2jax.scaling import plan as plan_module
 from gpt2jax.scaling import report as report_module
-from gpt2jax.scaling.laws import ChinchillaLaw
 from gpt2jax.scaling.plot import FIGURES, plot_sweep
 from gpt2jax.scaling.report import write_report
 from gpt2jax.scaling.results import load_results, read_rows, upsert_row
@@ -33,7 +32,7 @@ from gpt2jax.scaling.sweep import Sweep
 from gpt2jax.training import loop, optim
 from gpt2jax.training.checkpoint import Checkpointer
 from gpt2jax.training.trainer import build_trainer
-from tests.helpers import REPO, sweep_command, tiny_sweep_config
+from tests.helpers import REPO, TRUE_LAW, smoke_config, sweep_command, tiny_sweep_config, write_known_sweep
 
 # Branch lengths for the runner tests: 100 and 400 steps of 8 x 16 tokens.
 BRANCH_TOKENS = (12_800.0, 51_200.0)
@@ -48,15 +47,6 @@ def get_config(variant=""):
     config.limits.max_epochs = 100.0
     return config
 """
-
-
-def smoke_config(*args, **kwargs):
-    """``tiny_sweep_config`` with the planner's floors lifted (a few steps a point, one seed), reading its
-    50k-token corpus as often as it likes."""
-    config = tiny_sweep_config(*args, **kwargs)
-    config.smoke_test = True
-    config.limits.max_epochs = 100.0
-    return config
 
 
 def _tokens_per_step(plan, point):
@@ -579,66 +569,10 @@ def test_checkpoint_init_restores_the_whole_train_state(branched_sweep, tmp_path
 
 # Plots and the report, on a sweep written from a known law.
 
-TRUE_LAW = ChinchillaLaw(E=2.9, A=60.0, B=400.0, alpha=0.45, beta=0.4, name="truth", source="test")
-
 
 @pytest.fixture(scope="module")
 def known_sweep(tmp_path_factory):
-    """A sweep workdir whose losses follow TRUE_LAW (with 0.3% noise): 4 sizes at 4 IsoFLOP budgets."""
-    workdir = tmp_path_factory.mktemp("known")
-    config = smoke_config("unused")
-    config.grid = "isoflop"
-    rng = np.random.default_rng(0)
-    meta = {
-        "source": "synthetic:vocabulary=compact",
-        "train_tokens": 1000,
-        "val_tokens": 100,
-        "vocab_size": 65,
-        "tokenizer": "none",
-        "entropy_rate_nats_per_token": 2.9,
-    }
-    (workdir / "sweep.json").write_text(
-        json.dumps({"config_spec": "experiments/known.py", "data_meta": meta, "config": json.loads(config.to_json())})
-    )
-    for n_params in (2e4, 5e4, 1.2e5, 3e5):
-        for budget in (3e11, 1e12, 3e12, 1e13):
-            tokens = budget / (6 * n_params)
-            loss = float(TRUE_LAW.loss(n_params, tokens)) * (1 + 0.003 * rng.standard_normal())
-            run = f"N{n_params:.0f}_C{budget:.0e}"
-            curve = [
-                {
-                    "step": step,
-                    "flops_seen": budget * step / 4,
-                    "train_loss": float(TRUE_LAW.loss(n_params, tokens * step / 4)),
-                }
-                for step in (1, 2, 3, 4)
-            ]
-            (workdir / "points" / run).mkdir(parents=True)
-            (workdir / "points" / run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in curve))
-            upsert_row(
-                workdir / "results.csv",
-                {
-                    "run": run,
-                    "kind": "run",
-                    "n_layer": 1,
-                    "n_head": 1,
-                    "n_embd": int(n_params),
-                    "seed": 0,
-                    "n_params": n_params,
-                    "n_tokens": tokens,
-                    "budget": budget,
-                    "flops": budget,
-                    "flops_6n_attention": budget,
-                    "flops_spent": budget,
-                    "train_loss": loss,
-                    "val_loss": loss,
-                    "loss": loss,
-                    "wall_s": 1.0,
-                    "trunk": "",
-                    "branch_step": 0,
-                },
-            )
-    return workdir
+    return write_known_sweep(tmp_path_factory.mktemp("known"))
 
 
 def test_the_frontier_smooths_noisy_batch_losses():
@@ -651,7 +585,7 @@ def test_the_frontier_smooths_noisy_batch_losses():
 
 
 def test_plots_are_written(known_sweep, tmp_path):
-    paths = plot_sweep(known_sweep, tmp_path, starts=fit.COARSE_STARTS)
+    paths = plot_sweep(known_sweep, tmp_path, starts=fit.COARSE_STARTS, n_bootstrap=8)
     assert [path.name for path in paths] == list(FIGURES)
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
@@ -680,7 +614,7 @@ def test_a_sweep_that_scores_eval_tasks_carries_them_into_its_rows_plot_and_repo
             scored / "results.csv",
             row | {"hellaswag_acc": 0.26, "hellaswag_acc_norm": 0.25 + index / 100, "hellaswag_n": 500},
         )
-    paths = plot_sweep(scored, tmp_path / "figures", starts=fit.COARSE_STARTS)
+    paths = plot_sweep(scored, tmp_path / "figures", starts=fit.COARSE_STARTS, n_bootstrap=8)
     assert [path.name for path in paths] == [*FIGURES, "eval_tasks.png"]
     assert paths[-1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     text = write_report(scored, tmp_path / "REPORT.md", n_bootstrap=2, starts=fit.COARSE_STARTS)
@@ -709,7 +643,7 @@ def test_report_holds_the_fitted_law_the_entropy_check_and_the_prediction(known_
     assert "They do not say how GPT-2 should spend a GPU-year on web text." in text
     # What bounds the fits is said from the points: their source, largest model and distance from the question.
     assert (
-        "properties of their sources (`synthetic:vocabulary=compact`), of models of at most 300k total parameters"
+        "properties of their sources (`synthetic:vocabulary=compact`), of models of at most 300k parameters in all (embeddings too)"
         in text
     )
     assert "python -m gpt2jax.scaling sweep --config experiments/known.py" in text

@@ -21,7 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--gpu", default="rtx-4070-ti", help=f"one of {', '.join(sorted(flops.DEVICE_PEAKS))}")
     parser.add_argument("--days", type=float, default=365.0, help="days the GPU runs")
-    parser.add_argument("--utilization", type=float, default=0.9, help="fraction of the peak the budget counts")
+    parser.add_argument(
+        "--utilization",
+        type=float,
+        default=0.9,
+        help="share of the time the card runs, which the question's premise and the laws' budget count",
+    )
     parser.add_argument(
         "--precision",
         choices=flops.PRECISIONS,

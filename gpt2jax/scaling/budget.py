@@ -1,15 +1,19 @@
 """What one GPU's time buys, against GPT-2's original budget and the compute-optimal one.
 
-``python -m gpt2jax.scaling budget`` prints the verdict first (``verdict_lines``): which GPT-2
-sizes train on the card in the time, at GPT-2's 10B tokens and compute-optimally, and what the
-FLOPs a run really gets buy, with the optimizer that makes the best of them fit. Then three
-lines of arithmetic:
+``python -m gpt2jax.scaling budget`` answers first (``answer_lines``): whether the card trains
+GPT-2 in the time, and GPT-2's own allocation beside the compute-optimal one for the FLOPs a run
+gets. Three FLOP totals appear in its output, and the first screen says in a line each which is
+which, since a reader saw three and could not tell which one answered:
 1. the question's premise: the card's fp32 rate x utilization x time (an RTX 4070 Ti's
    40.1 TFLOP/s x 90% x one year is the 1.14e21 FLOPs the question names);
 2. what its tensor cores offer at the training precision (bf16 by default): that peak x
-   utilization x time, the budget everything below spends;
-3. what a run really gets: the peak x MFU, from ``--mfu`` or from the last ``bench`` figure
-   recorded for the card (``BENCH_RECORDS``), else an assumed 40%.
+   utilization x time, the budget of the laws' table;
+3. what a run really gets, the one the answers spend: the peak x MFU x time, the MFU from
+   ``--mfu`` or from the last ``bench`` figure recorded for the card (``BENCH_RECORDS``), else an
+   assumed 40%.
+Utilization is the share of the time the card runs; MFU is the share of its peak a training step
+reaches. Then the detail (``verdict_lines``: each GPT-2 size, the best model that fits) and the
+arithmetic behind it.
 
 Compute-optimal allocations follow Epoch AI's refit of Chinchilla (``laws.EPOCH_REFIT``)
 under C = 6ND; the other published laws stand beside it. Their predicted losses are in
@@ -122,10 +126,11 @@ def load_fit_law(path) -> ChinchillaLaw:
     )
 
 
-def gpt2_param_counts() -> dict[str, int]:
-    """Parameters of each GPT-2 preset at OpenAI's vocabulary (unpadded) and context."""
+def gpt2_param_counts(column: str = "n_params") -> dict[str, int]:
+    """Parameters of each GPT-2 preset at OpenAI's vocabulary (unpadded) and context; ``column``
+    'n_params_non_embedding' counts them as a sweep whose N leaves the embeddings out does."""
     return {
-        name: flops.count_params(flops.Shape(**preset, vocab_size=GPT2_VOCAB_SIZE, block_size=GPT2_CONTEXT))["n_params"]
+        name: flops.count_params(flops.Shape(**preset, vocab_size=GPT2_VOCAB_SIZE, block_size=GPT2_CONTEXT))[column]
         for name, preset in model.PRESETS.items()
     }
 
@@ -498,14 +503,101 @@ def _data_marks(row: dict) -> str:
     return "; ".join(marks)
 
 
+def _names(sizes: dict) -> str:
+    """'gpt2 (124M) and gpt2-medium (355M)', or with commas before the last 'and' for more."""
+    named = [f"{name} ({flops.format_count(size['n_params'])})" for name, size in sizes.items()]
+    return named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]
+
+
+def _trains_answer(report: dict) -> str:
+    """Which GPT-2 sizes one card trains in the time, which it holds but does not finish, and which it cannot hold."""
+    gib, days = report["memory_bytes"] / 2**30, report["days"]
+    models = report["models"]
+    held = {name: size for name, size in models.items() if size["fits_with"]}
+    finish = {name: size for name, size in held.items() if max(size["optimal_days"], size["original_days"]) <= days}
+    slow = {name: size for name, size in held.items() if name not in finish}
+    too_big = {name: size for name, size in models.items() if name not in held}
+    parts = []
+    if finish:
+        taken = " and ".join(f"{size['original_days']:.1f}" for size in finish.values())
+        tokens = flops.format_count(report["gpt2_original_tokens"])
+        parts.append(f"yes for {_names(finish)}, in {taken} days on GPT-2's {tokens} tokens")
+    if slow:
+        parts.append(f"{_names(slow)} fit but do not finish in {days:g} days")
+    if too_big:
+        parts.append(f"{_names(too_big)} do not fit {gib:g} GiB with any optimizer ({', '.join(OPTIMIZERS)})")
+    return ("" if finish else "no: ") + "; ".join(parts)
+
+
+def _allocation_phrase(row: dict) -> str:
+    """'2.8B params on 60.3B tokens (loss 2.305), which does not fit the card (6.0 epochs: beyond the corpus)'."""
+    marks = _data_marks(row)
+    return (
+        f"{flops.format_count(row['params'])} params on {flops.format_count(row['tokens'])} tokens "
+        f"(loss {row['predicted_loss']:.3f}), which {'fits' if row['fits_in_memory'] else 'does not fit'} the card"
+        + (f" ({marks})" if marks else "")
+    )
+
+
+def _leading_optimum(report: dict) -> tuple[str, dict]:
+    """The law the answer allocates the run's FLOPs by, and its allocation: the user's fit when one is given
+    (it is in GPT-2's units), else the headline published law."""
+    own = report["own_law"]
+    return (f"your fit ({own['units']})", own) if "law" in own else (report["optimal_law"], report["achieved_optimum"])
+
+
+def _optimum_answer(report: dict) -> str:
+    """GPT-2's own allocation beside the compute-optimal one for the FLOPs a run gets, and the best model the
+    card holds when the optimum does not fit."""
+    law, optimum = _leading_optimum(report)
+    best = report["memory_constrained"]
+    xl = report["models"]["gpt2-xl"]
+    return (
+        f"GPT-2 xl trained {flops.format_count(xl['n_params'])} params on "
+        f"{flops.format_count(report['gpt2_original_tokens'])} tokens; the {report['achieved_flops']:.3g} FLOPs a run "
+        f"here gets buy, by {law}, {_allocation_phrase(optimum)}"
+        + (
+            ""
+            if optimum["fits_in_memory"]
+            else f"; the best it holds: {flops.format_count(best['params'])} params with {best['optimizer']}, "
+            f"{best['loss_gap']:+.3f} in loss"
+        )
+    )
+
+
+def answer_lines(report: dict) -> list[str]:
+    """The budget's first screen: one answer to each question it is asked, then each FLOP total in a line.
+
+    Three totals appear in the output and only one is spent by the answers, so each says what it
+    is: the question's premise (the fp32 rate while the card runs), the tensor-core peak while it
+    runs (the laws' table), and what a run gets at its MFU. Utilization and MFU are two different
+    shares, and a reader who typed ``--utilization 0.9`` and sees 40% MFU is told which is which.
+    """
+    premise, precision = report["premise"], report["precision"]
+    # fp32 runs on the CUDA cores; tf32 and bf16 on the tensor cores.
+    units = "CUDA cores at fp32" if precision == "fp32" else f"tensor cores at {precision}"
+    peak, days = report["peak_flops_per_second"] / 1e12, report["days"]
+    running = f"{report['utilization']:.0%} of {days:g} days"
+    return [
+        f"One {report['gpu']} ({report['memory_bytes'] / 2**30:g} GiB) for {days:g} days:",
+        f"  Does it train GPT-2? {_trains_answer(report)}",
+        f"  GPT-2's budget against a compute-optimal one? {_optimum_answer(report)}",
+        f"The answers spend {report['achieved_flops']:.3g} FLOPs, what a run gets: {days:g} days at "
+        f"{report['mfu']:.0%} MFU of its {peak:.1f} TFLOP/s {precision} peak. The other two totals:",
+        f"  {premise['flops']:.3g}, the question's premise: the card's "
+        f"{premise['fp32_peak_flops_per_second'] / 1e12:.1f} TFLOP/s fp32 rate x {running}",
+        f"  {report['total_flops']:.3g}, its {units} at full peak ({peak:.1f} TFLOP/s) x {running}: the budget of "
+        "the laws' table",
+        f"  --utilization {report['utilization']:g} is the share of the time the card runs, which those two count; "
+        f"MFU is the share of its peak a training step reaches ({report['mfu']:.0%}, {report['mfu_source']})",
+    ]
+
+
 def verdict_lines(report: dict) -> list[str]:
-    """The answer to the question, for this card, time and MFU: which GPT-2 sizes train, and what the FLOPs buy."""
+    """The answers in detail, for this card, time and MFU: each GPT-2 size, and what the FLOPs buy."""
     gib = report["memory_bytes"] / 2**30
     days = report["days"]
-    lines = [
-        f"Verdict for one {report['gpu']} ({gib:g} GiB) running {days:g} days at {report['mfu']:.0%} MFU "
-        f"({report['mfu_source']}):"
-    ]
+    lines = [f"In detail, at {report['mfu']:.0%} MFU:"]
     for name, size in report["models"].items():
         fits = size["fits_with"]
         if not fits:
@@ -520,12 +612,18 @@ def verdict_lines(report: dict) -> list[str]:
             )
         lines.append(f"  {name} ({flops.format_count(size['n_params'])}) {how}")
     own = report["own_law"]
+    optimum, best = report["achieved_optimum"], report["memory_constrained"]
+    best_line = (
+        f"  the best that fits: {flops.format_count(best['params'])} params ({best['n_layer']} layers x {best['n_embd']}) "
+        f"with {best['optimizer']} on {flops.format_count(best['tokens'])} tokens, loss {best['predicted_loss']:.3f} "
+        f"({best['loss_gap']:+.3f} from the optimum)" + (f"; {_data_marks(best)}" if _data_marks(best) else "")
+    )
+    # The answer gives the leading law's optimum; the detail adds the other: with a fit, the published
+    # law's optimum; without one, the way to make a law in GPT-2's units.
     if "law" in own:
-        own_line = (
-            f"  by your fit ({own['units']}): {flops.format_count(own['params'])} params on "
-            f"{flops.format_count(own['tokens'])} tokens, loss {own['predicted_loss']:.3f}, which "
-            f"{'fits' if own['fits_in_memory'] else 'does not fit'} the card"
-            + (f" ({_data_marks(own)})" if _data_marks(own) else "")
+        other = (
+            f"  by {report['optimal_law']}, in Chinchilla's units: the {report['achieved_flops']:.3g} FLOPs buy "
+            + _allocation_phrase(optimum)
         )
     else:
         cost = (
@@ -533,23 +631,11 @@ def verdict_lines(report: dict) -> list[str]:
             if "flops" in own
             else ""
         )
-        own_line = (
+        other = (
             f"  in GPT-2's units no law yet: the GPU sweep makes one{cost} ({own['sweep']}; then {own['fit']}; "
             "then pass --fit fit.json)"
         )
-    optimum, best = report["achieved_optimum"], report["memory_constrained"]
-    optimum_fits = "fits" if optimum["fits_in_memory"] else "does not fit"
-    published = [
-        f"  the {report['achieved_flops']:.3g} FLOPs the run gets buy, by {report['optimal_law']}: "
-        f"{flops.format_count(optimum['params'])} params on {flops.format_count(optimum['tokens'])} tokens "
-        f"(loss {optimum['predicted_loss']:.3f}), which {optimum_fits} the card"
-        + (f" ({_data_marks(optimum)})" if _data_marks(optimum) else ""),
-        f"  the best that fits: {flops.format_count(best['params'])} params ({best['n_layer']} layers x {best['n_embd']}) "
-        f"with {best['optimizer']} on {flops.format_count(best['tokens'])} tokens, loss {best['predicted_loss']:.3f} "
-        f"({best['loss_gap']:+.3f} from the optimum)" + (f"; {_data_marks(best)}" if _data_marks(best) else ""),
-    ]
-    # A fit of the user's own sweep is in GPT-2's units: it leads; without one, the way to make one follows.
-    lines += [own_line, *published] if "law" in own else [*published, own_line]
+    lines += [best_line, other]
     lines.append(
         f"  against {report['corpus']} ({flops.format_count(report['corpus_tokens'])} unique tokens); the published "
         "laws' losses are in Chinchilla's units (see below)"
@@ -558,38 +644,32 @@ def verdict_lines(report: dict) -> list[str]:
 
 
 def format_report(report: dict) -> str:
-    """The report as readable text: the verdict, then the arithmetic behind it."""
+    """The report as readable text: the answers, their detail, then the arithmetic behind them."""
     gib = report["usable_memory_bytes"] / 2**30
     xl = report["models"]["gpt2-xl"]
     year = f"{report['days']:g} days at {report['utilization']:.0%}"
-    premise = report["premise"]
-    precision = report["precision"]
     step = report["memory_constrained"]["training_step"]
-    # fp32 runs on the CUDA cores; tf32 and bf16 on the tensor cores.
-    units = "CUDA cores at fp32" if precision == "fp32" else f"tensor cores at {precision}"
-    lines = verdict_lines(report) + [
-        "",
-        f"{report['gpu']}, {year}:",
-        f"  the question's premise: its {premise['fp32_peak_flops_per_second'] / 1e12:.1f} TFLOP/s fp32 rate "
-        f"x {year}: {premise['flops']:.3g} FLOPs",
-        f"  its {units}: {report['peak_flops_per_second'] / 1e12:.1f} TFLOP/s x {year}: "
-        f"{report['total_flops']:.3g} FLOPs, the budget of the laws' table",
-        f"  what a run really gets: {report['peak_flops_per_second'] / 1e12:.1f} TFLOP/s x {report['mfu']:.0%} MFU "
-        f"({report['mfu_source']}) x {report['days']:g} days: {report['achieved_flops']:.3g} FLOPs; "
-        f"spending the budget takes {report['budget_days_at_mfu']:.0f} days",
-        "",
-        f"  {report['ratio_to_gpt2_xl_original']:.1f} x GPT-2 xl's original budget "
-        f"(6 x {flops.format_count(xl['n_params'])} params x {flops.format_count(report['gpt2_original_tokens'])} "
-        f"tokens = {report['gpt2_xl_original_flops']:.3g} FLOPs)",
-        "",
-        f"compute-optimal use of {report['total_flops']:.3g} FLOPs (C = 6ND), headline law {report['optimal_law']}; "
-        + (
-            f"losses in {report['loss_units']}"
-            if "law" not in report["own_law"]
-            else f"your fit's losses in {FIT_UNITS}, the published laws' in {report['loss_units']}"
-        ),
-        f"  {'law':<24}{'params':>9}{'tokens':>9}{'tokens/param':>14}{'loss':>8}{'epochs':>8}  fits {gib:.1f} GiB",
-    ]
+    lines = (
+        answer_lines(report)
+        + [""]
+        + verdict_lines(report)
+        + [
+            "",
+            f"the laws' budget, {report['total_flops']:.3g} FLOPs ({year}), is "
+            f"{report['ratio_to_gpt2_xl_original']:.1f} x GPT-2 xl's original "
+            f"(6 x {flops.format_count(xl['n_params'])} params x {flops.format_count(report['gpt2_original_tokens'])} "
+            f"tokens = {report['gpt2_xl_original_flops']:.3g} FLOPs); spending it at {report['mfu']:.0%} MFU takes "
+            f"{report['budget_days_at_mfu']:.0f} days",
+            "",
+            f"compute-optimal use of {report['total_flops']:.3g} FLOPs (C = 6ND), headline law {report['optimal_law']}; "
+            + (
+                f"losses in {report['loss_units']}"
+                if "law" not in report["own_law"]
+                else f"your fit's losses in {FIT_UNITS}, the published laws' in {report['loss_units']}"
+            ),
+            f"  {'law':<24}{'params':>9}{'tokens':>9}{'tokens/param':>14}{'loss':>8}{'epochs':>8}  fits {gib:.1f} GiB",
+        ]
+    )
     for name, law in report["laws"].items():
         lines.append(
             f"  {name:<24}{flops.format_count(law['params']):>9}{flops.format_count(law['tokens']):>9}"

@@ -26,7 +26,15 @@ from gpt2jax.scaling import fit
 from gpt2jax.scaling.backtest import CONFIDENCE, error_summary, has_optimum, interval_text
 from gpt2jax.scaling.laws import PUBLISHED_LAWS
 from gpt2jax.scaling.plan import shape_name
-from gpt2jax.scaling.results import load_results, read_rows, scored_tasks, sweep_param_count, task_score
+from gpt2jax.scaling.results import (
+    PARAM_COLUMNS,
+    PARAM_NAMES,
+    load_results,
+    read_rows,
+    scored_tasks,
+    sweep_param_count,
+    task_score,
+)
 from gpt2jax.scaling.tuning import RULE_FILE, TUNING_DIR
 from gpt2jax.training.eval_tasks import GPT2_124M
 
@@ -458,7 +466,7 @@ def _study_section(workdir: Path, prediction_path, figures, out: Path, n_bootstr
     all_rows = read_rows(path)
     rows = [row for row in all_rows if _lr_multiplier(row) == 1.0]
     params = sweep_param_count(workdir)
-    count_column = "n_params" if params == "total" else "n_params_non_embedding"
+    count_column = PARAM_COLUMNS[params]
     points = load_results(path, params=params)
     parametric, boot_laws = fit.parametric_bootstrap(points, n_bootstrap, seed, starts)
     summary = fit.fit_summary(
@@ -477,7 +485,7 @@ def _study_section(workdir: Path, prediction_path, figures, out: Path, n_bootstr
         f"{meta['vocab_size']}, tokenizer {meta['tokenizer']}"
         + (f"; entropy rate {entropy:.4f} nats/token." if entropy else "."),
         f"- Grid: {config['grid']} over budgets {', '.join(f'{b:.3g}' for b in config['budgets'])} FLOPs "
-        f"(6ND, N counting {params.replace('_', '-')} parameters); {len(shapes)} shapes "
+        f"(6ND, N counting {PARAM_NAMES[params]}); {len(shapes)} shapes "
         f"({', '.join(f'L{layers} W{width}' for layers, width in shapes)}), seeds {list(config['seeds'])}, schedule "
         f"{config['schedule']}, context {config['base']['model']['block_size']}.",
         f"- Rules: {_rules_text(config)}. Floors: at least {config['limits']['min_steps']} steps and "
@@ -652,7 +660,7 @@ def write_report(
     laws.update(PUBLISHED_LAWS)
     sources = "; ".join(f"`{study['source']}`" for study in studies)
     largest = max(float(np.max(study["points"].n_params)) for study in studies)
-    counted = " or ".join(sorted({study["params"].replace("_", "-") for study in studies}))
+    counted = " or ".join(sorted({PARAM_NAMES[study["params"]] for study in studies}))
     top = max(float(np.max(study["points"].flops)) for study in studies)
     lines += [
         "## What these fits say, and do not say, about GPT-2 on web text",
@@ -661,7 +669,7 @@ def write_report(
         "tokenizer, model family and training recipe stay fixed: the table above is that test, made before the "
         "compute was spent. They do not say how GPT-2 should spend a GPU-year on web text. Their exponents and "
         f"constants are properties of their sources ({sources}), of models of at most {format_count(largest)} "
-        f"{counted} parameters, and of a learning-rate rule tuned at this scale; carried to {one_gpu_flops:.2g} "
+        f"{counted}, and of a learning-rate rule tuned at this scale; carried to {one_gpu_flops:.2g} "
         f"FLOPs, {math.log10(one_gpu_flops / top):.1f} decades past their largest point, nothing in these points "
         "bounds the error. For GPT-2 the answer comes from the published laws, fitted on models of 70M to 16B "
         "parameters, and its honest error bar is the spread between them.",

@@ -177,6 +177,10 @@ OPTIONAL_NUMBERS = (
     *task_columns(),
 )
 PARAM_COLUMNS = {"total": "n_params", "non_embedding": "n_params_non_embedding"}
+# What N counts, in the words every figure and table of a study names it by: a study's figures
+# once gave N as all parameters on one and as non-embedding ones on another (404k against 1.76k
+# for one model), neither saying which.
+PARAM_NAMES = {"total": "parameters in all (embeddings too)", "non_embedding": "non-embedding parameters"}
 FLOP_COUNTS = ("6n", "6n_attention")
 
 
@@ -323,8 +327,15 @@ def load_results(path, params: str = "total", flops: str = "6n") -> ScalingPoint
         raise ValueError(f"{', '.join(map(str, paths))}: {error}") from None
 
 
+def param_axis(params: str, symbol: str = "N") -> str:
+    """An axis or column label for a count of ``params`` (a key of ``PARAM_COLUMNS``): 'N, non-embedding parameters'."""
+    return f"{symbol}, {PARAM_NAMES[params]}"
+
+
 def sweep_param_count(workdir) -> str:
-    """The parameter count (``params``) a sweep workdir's config chose: 'total' unless it says otherwise."""
+    """The parameter count (``params``) a sweep workdir's config chose: 'total' unless it says otherwise.
+
+    The one definition of N for a study: its figures and its report read it here."""
     path = pathlib.Path(workdir) / SWEEP_FILE
     if not path.is_file():
         return "total"
