@@ -1,3 +1,4 @@
+import gzip
 import json
 import os
 import subprocess
@@ -6,7 +7,7 @@ import sys
 import pytest
 
 from gpt2jax import flops
-from gpt2jax.training.benchmark import benchmark
+from gpt2jax.training.benchmark import benchmark, summarise_trace
 from tests.helpers import REPO, tiny_config
 
 
@@ -97,3 +98,62 @@ def test_a_cpu_peak_timed_on_a_busier_machine_is_timed_again(tmp_path, monkeypat
     assert flops.measured_cpu_matmul_peak() == 1e15
     assert json.loads(cache.read_text())[key]["flops"] == 1e15
     flops.measured_cpu_matmul_peak.cache_clear()
+
+
+def _write_trace(directory, events):
+    path = directory / "plugins" / "profile" / "run" / "host.trace.json.gz"
+    path.parent.mkdir(parents=True)
+    with gzip.open(path, "wt") as file:
+        json.dump({"traceEvents": events}, file)
+
+
+def test_a_gpu_trace_is_summarised_from_its_stream_lines_each_kernel_by_its_own_time(tmp_path):
+    meta = lambda pid, tid, kind, name: {"ph": "M", "pid": pid, "tid": tid, "name": kind, "args": {"name": name}}
+    kernel = lambda tid, ts, dur, name: {"ph": "X", "pid": 2, "tid": tid, "ts": ts, "dur": dur, "name": name}
+    events = [
+        meta(1, 0, "process_name", "/host:CPU"),
+        meta(2, 0, "process_name", "/device:GPU:0"),
+        meta(2, 7, "thread_name", "Stream #7(Compute)"),
+        meta(2, 9, "thread_name", "XLA Ops"),  # derived from the streams: counted there, not twice
+        {"ph": "X", "pid": 1, "tid": 3, "ts": 0, "dur": 5000, "name": "PjitFunction(train_step)"},
+    ]
+    # Two steps: a cuBLAS matmul, cuDNN's attention, a fusion and a copy, each step.
+    for step in range(2):
+        at = 1000 * step
+        events += [
+            kernel(7, at, 400, "sm90_xmma_gemm_bf16bf16_bf16f32"),
+            kernel(7, at + 400, 300, "cudnn_generated_fort_native_sdpa_sm90"),
+            kernel(7, at + 700, 100, "loop_multiply_fusion"),
+            kernel(7, at + 800, 50, "Memcpy DtoD"),
+            kernel(9, at, 800, "fusion.12"),
+        ]
+    _write_trace(tmp_path, events)
+    summary = summarise_trace(tmp_path, steps=2)
+    assert summary["totals_ms_per_step"] == pytest.approx(
+        {"attention": 0.3, "matmul": 0.4, "copy": 0.05, "fusion": 0.1, "other": 0.0}
+    )
+    assert summary["kernel_ms_per_step"] == pytest.approx(0.85)
+    assert summary["span_ms_per_step"] == pytest.approx(1.85 / 2)
+    assert [entry["name"] for entry in summary["top"]][:2] == [
+        "sm90_xmma_gemm_bf16bf16_bf16f32",
+        "cudnn_generated_fort_native_sdpa_sm90",
+    ]
+    assert summary["top"][0]["calls_per_step"] == 1 and summary["top"][0]["share"] == pytest.approx(0.4 / 0.85)
+
+
+def test_a_cpu_trace_counts_the_xla_threads_ops_without_the_ops_nested_in_them(tmp_path):
+    events = [
+        {"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/host:CPU"}},
+        {"ph": "M", "pid": 1, "tid": 4, "name": "thread_name", "args": {"name": "tf_XLAEigen/123"}},
+        {"ph": "M", "pid": 1, "tid": 5, "name": "thread_name", "args": {"name": "python"}},
+        {"ph": "X", "pid": 1, "tid": 4, "ts": 0, "dur": 1000, "name": "ThunkExecutor::Execute"},  # bookkeeping
+        {"ph": "X", "pid": 1, "tid": 4, "ts": 0, "dur": 900, "name": "while.51"},
+        {"ph": "X", "pid": 1, "tid": 4, "ts": 100, "dur": 500, "name": "dot.3"},
+        {"ph": "X", "pid": 1, "tid": 4, "ts": 600, "dur": 200, "name": "copy_bitcast_fusion.7"},
+        {"ph": "X", "pid": 1, "tid": 5, "ts": 0, "dur": 5000, "name": "block_until_ready"},
+    ]
+    _write_trace(tmp_path, events)
+    summary = summarise_trace(tmp_path, steps=1)
+    own = {entry["name"]: entry["ms_per_step"] for entry in summary["top"]}
+    assert own == pytest.approx({"dot.3": 0.5, "copy_bitcast_fusion.7": 0.2, "while.51": 0.2})
+    assert summary["totals_ms_per_step"]["matmul"] == pytest.approx(0.5)
