@@ -1,9 +1,12 @@
 import gzip
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+import time
 
+import jax
 import pytest
 
 from gpt2jax import flops
@@ -98,6 +101,117 @@ def test_a_cpu_peak_timed_on_a_busier_machine_is_timed_again(tmp_path, monkeypat
     assert flops.measured_cpu_matmul_peak() == 1e15
     assert json.loads(cache.read_text())[key]["flops"] == 1e15
     flops.measured_cpu_matmul_peak.cache_clear()
+
+
+# bench/gpu.py: the one-process GPU harness, run on the CPU at its tiny shape.
+
+
+def _harness_module():
+    spec = importlib.util.spec_from_file_location("gpu_harness", REPO / "bench" / "gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def _one_cpu_device_env(**extra) -> dict:
+    """The harness as a GPU runs it: one device (the tests' 8 fake CPU devices are dropped), this checkout first."""
+    env = {key: value for key, value in os.environ.items() if key != "XLA_FLAGS"}
+    return {**env, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", **extra}
+
+
+@pytest.fixture(scope="module")
+def harness_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu_bench")
+    command = [sys.executable, "bench/gpu.py", "--tiny", "--out", str(out), "--compile_cache", str(out / "cache")]
+    start = time.monotonic()
+    result = subprocess.run(command, cwd=REPO, env=_one_cpu_device_env(), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(text) for text in result.stdout.splitlines()]
+    return out, lines, time.monotonic() - start
+
+
+def test_the_gpu_harness_prints_its_versions_first_then_every_variant_in_order(harness_run):
+    out, lines, _ = harness_run
+    harness = _harness_module()
+    versions = lines[0]
+    assert versions["run"] == "versions" and versions["elapsed_s"] < 60
+    assert versions["attention_probe"] == "xla"  # a CPU: cuDNN's probe is not run
+    assert versions["versions"]["jax"] == jax.__version__ and versions["versions"]["platform"] == "cpu"
+    assert versions["versions"]["cudnn"] is None and versions["versions"]["nvidia_driver"] is None
+    # The children keep this process's clock: the lines' elapsed times never go back.
+    assert [line["elapsed_s"] for line in lines] == sorted(line["elapsed_s"] for line in lines)
+    runs = [line["run"] for line in lines]
+    expected = []
+    for section in harness.DEFAULT_SECTIONS:
+        expected += [variant.name for variant in harness.VARIANTS.get(section, [])] or [section]
+    assert runs == ["versions", *expected]
+    for line in lines:
+        assert "error" not in line, line
+        assert line["versions"] == versions["versions"]  # every line says what it ran on
+    variants = [line for line in lines if line["section"] in harness.VARIANTS]
+    for line in variants:
+        assert line["tokens_per_s"] > 0 and line["compile_s"] >= 0 and line["xla_total"] > 0
+        assert all(line[key] is None or 0 < line[key] <= 1 for key in ("mfu", "mfu_causal"))
+    by_run = {line["run"]: line for line in lines}
+    # The default remat and loss head are the unrolled micro-batch of 16 itself: measured once.
+    for same in ("small-b16-unrolled-remat-none", "small-b16-unrolled-loss_chunk-128"):
+        assert by_run[same]["same_as"] == "small-b16-unrolled"
+        assert by_run[same]["step_ms"] == by_run["small-b16-unrolled"]["step_ms"]
+    assert by_run["small-b16-unrolled-remat-dots"]["remat"] == "dots"
+    assert by_run["small-b16-unrolled-loss_chunk-0"]["loss_chunk"] == 0
+    assert [by_run[f"small-b16-{layout}"]["scan_layers"] for layout in ("scanned", "unrolled")] == [True, False]
+    assert by_run["small"]["grad_accum_steps"] == 2 and by_run["small-b32-scanned"]["micro_batch_size"] == 4
+    # What jax reads once per process ran in a process of its own: its lines say what differed.
+    assert by_run["small-b16-unrolled-xla_ab"]["environment"] == {"GPT2JAX_GPU_XLA_DEFAULTS": "0"}
+    assert by_run["small_12gib-in-12gib"]["environment"] == {}  # a CPU has no card to take a share of
+    assert [json.loads(text) for text in (out / "bench.jsonl").read_text().splitlines()] == lines
+
+
+def test_the_gpu_harness_summarises_its_profile_trains_and_skips_a_missing_torch(harness_run):
+    out, lines, _ = harness_run
+    by_run = {line["run"]: line for line in lines}
+    profile = by_run["profile"]
+    assert profile["variant"] == "small" and 0 < len(profile["top"]) <= 15
+    assert set(profile["totals_ms_per_step"]) == {"matmul", "attention", "fusion", "copy", "other"}
+    assert sum(profile["totals_ms_per_step"].values()) == pytest.approx(profile["kernel_ms_per_step"])
+    assert profile["totals_ms_per_step"]["matmul"] > 0
+    assert profile["kernel_lines"] and all(line.startswith("/host:CPU / tf_XLA") for line in profile["kernel_lines"])
+    with gzip.open(out / "trace.json.gz", "rt") as trace:
+        assert json.load(trace)["traceEvents"]
+    train = by_run["train"]
+    assert train["step"] == 4 and train["checkpoint"] == 4 and train["tokens_per_s"] > 0
+    assert 0 < train["val_loss"] < 11.5
+    assert len((out / "train_metrics.jsonl").read_text().splitlines()) == 1
+    if importlib.util.find_spec("torch") is None:
+        assert by_run["torch"]["skipped"] == "torch is not installed"
+    else:
+        assert by_run["torch"]["tokens_per_s"] > 0 and "mfu_causal" in by_run["torch"]
+    kept = [path for path in out.iterdir() if path.is_file()]
+    assert len(kept) <= 8, kept  # what the GPU tool brings back
+
+
+def test_an_import_the_harness_lacks_stops_it_within_10_seconds(tmp_path):
+    planted = tmp_path / "ml_collections"
+    planted.mkdir()
+    (planted / "__init__.py").write_text("raise ImportError(\"No module named 'ml_collections' (planted)\")\n")
+    env = _one_cpu_device_env(PYTHONPATH=f"{tmp_path}{os.pathsep}{REPO}")
+    start = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "bench/gpu.py", "--out", str(tmp_path / "out")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert time.monotonic() - start < 10
+    assert result.returncode == 1
+    assert json.loads(result.stdout) == {
+        "run": "versions",
+        "error": "an import failed: No module named 'ml_collections' (planted)",
+    }
+    assert result.stderr.strip().splitlines()[-1].startswith("error: an import failed")
 
 
 def _write_trace(directory, events):

@@ -278,7 +278,7 @@ def summarise_trace(profile_dir: str | Path, steps: int, top: int = TOP_KERNELS)
     kernel_ms = sum(own_us.values()) / 1e3 / steps
     return {
         "steps": steps,
-        "kernel_lines": sorted({f"{processes.get(pid, pid)} / {name}" for (pid, _), name in lines.items()})[:8],
+        "kernel_lines": sorted({f"{processes.get(pid, pid)} / {threads[pid, tid]}" for pid, tid in lines})[:8],
         "kernels": len(own_us),
         "kernel_ms_per_step": kernel_ms,
         "span_ms_per_step": (last - first) / 1e3 / steps if own_us else 0.0,
