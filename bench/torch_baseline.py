@@ -1,14 +1,18 @@
-"""A plain eager PyTorch GPT-2 training step, the yardstick for ``gpt2jax.cli.bench`` on a CPU.
+"""A PyTorch GPT-2 training step, the yardstick for ``gpt2jax.cli.bench``: eager on a CPU, compiled on a GPU.
 
 The same architecture as gpt2jax (nanoGPT's shape conventions: pre-LayerNorm blocks,
-tied embeddings, tanh GELU, a 64-padded vocabulary), AdamW, float32, eager mode (no
-torch.compile), all host cores. PyTorch is not a project dependency: run this from an
-environment that has it, e.g. ``pip install torch`` in a separate venv.
+tied embeddings, tanh GELU, a 64-padded vocabulary), AdamW, gradient clipping. By default
+float32, eager mode (no torch.compile), all host cores: ``bench/compare_cpu.sh``'s peer.
+With ``--device cuda --compile --dtype bfloat16``, what a PyTorch user runs on a GPU (and
+``bench/gpu.py``'s peer): ``torch.compile``, SDPA held to its flash-attention kernel,
+fused AdamW, bf16 autocast around float32 weights. PyTorch is not a project dependency:
+run this from an environment that has it (the GPU image does; ``pip install torch`` elsewhere).
 
     python bench/torch_baseline.py --n_layer 2 --n_head 4 --n_embd 128 --block_size 64 --batch_size 16
 """
 
 import argparse
+import contextlib
 import json
 import math
 import time
@@ -53,7 +57,7 @@ class GPT(nn.Module):
                 nn.init.zeros_(p)
 
     def forward(self, tokens, targets):
-        x = self.wte(tokens) + self.wpe(torch.arange(tokens.shape[1]))
+        x = self.wte(tokens) + self.wpe(torch.arange(tokens.shape[1], device=tokens.device))
         for block in self.blocks:
             x = block(x)
         logits = self.ln_f(x) @ self.wte.weight.T
@@ -72,37 +76,80 @@ def main():
         ("steps", 10),
     ]:
         parser.add_argument(f"--{name}", type=int, default=default)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="bfloat16: autocast.")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model.")
     args = parser.parse_args()
     torch.manual_seed(0)
-    model = GPT(args.n_layer, args.n_head, args.n_embd, args.block_size, args.vocab_size)
+    device = torch.device(args.device)
+    on_gpu = device.type == "cuda"
+    if on_gpu:
+        torch.set_float32_matmul_precision("high")  # TF32 for what autocast leaves in float32, as nanoGPT does
+    model = GPT(args.n_layer, args.n_head, args.n_embd, args.block_size, args.vocab_size).to(device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}], lr=6e-4, betas=(0.9, 0.95)
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=6e-4,
+        betas=(0.9, 0.95),
+        fused=on_gpu,  # one kernel for the whole update (CUDA only)
     )
+    forward = torch.compile(model) if args.compile else model
     shape = (args.batch_size, args.block_size)
 
+    def autocast():
+        if args.dtype == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+    def attention_kernel():
+        if not on_gpu:
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel(SDPBackend.FLASH_ATTENTION)  # flash or an error, never a silent fallback
+
     def step():
-        tokens = torch.randint(0, 50257, shape)
-        loss = model(tokens, torch.roll(tokens, -1, dims=1))
+        tokens = torch.randint(0, 50257, shape, device=device)
+        with autocast(), attention_kernel():
+            loss = forward(tokens, torch.roll(tokens, -1, dims=1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         return loss
 
-    step()  # warm-up: first-call allocations
+    def synchronize():
+        if on_gpu:
+            torch.cuda.synchronize()
+
+    start = time.perf_counter()
+    for _ in range(2):  # warm-up: compilation, first-call allocations
+        step()
+    synchronize()
+    warmup_s = time.perf_counter() - start
     start = time.perf_counter()
     for _ in range(args.steps):
         loss = step()
+    synchronize()
     seconds = (time.perf_counter() - start) / args.steps
+    mode = "torch.compile" if args.compile else "eager"
     print(
         json.dumps(
             {
-                "framework": f"torch {torch.__version__} eager",
+                "framework": f"torch {torch.__version__} {mode}",
+                "device_name": torch.cuda.get_device_name() if on_gpu else "cpu",
+                "settings": {
+                    "dtype": args.dtype,
+                    "compile": args.compile,
+                    "fused_adamw": on_gpu,
+                    "sdpa": "flash" if on_gpu else "default",
+                },
                 "threads": torch.get_num_threads(),
                 "tokens_per_s": args.batch_size * args.block_size / seconds,
                 "step_ms": 1e3 * seconds,
+                "warmup_s": warmup_s,
+                "peak_memory_bytes": torch.cuda.max_memory_allocated() if on_gpu else None,
                 "final_loss": loss.item(),
             }
         )

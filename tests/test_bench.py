@@ -1,12 +1,16 @@
+import gzip
+import importlib.util
 import json
 import os
 import subprocess
 import sys
+import time
 
+import jax
 import pytest
 
 from gpt2jax import flops
-from gpt2jax.training.benchmark import benchmark
+from gpt2jax.training.benchmark import benchmark, summarise_trace
 from tests.helpers import REPO, tiny_config
 
 
@@ -97,3 +101,173 @@ def test_a_cpu_peak_timed_on_a_busier_machine_is_timed_again(tmp_path, monkeypat
     assert flops.measured_cpu_matmul_peak() == 1e15
     assert json.loads(cache.read_text())[key]["flops"] == 1e15
     flops.measured_cpu_matmul_peak.cache_clear()
+
+
+# bench/gpu.py: the one-process GPU harness, run on the CPU at its tiny shape.
+
+
+def _harness_module():
+    spec = importlib.util.spec_from_file_location("gpu_harness", REPO / "bench" / "gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def _one_cpu_device_env(**extra) -> dict:
+    """The harness as a GPU runs it: one device (the tests' 8 fake CPU devices are dropped), this checkout first."""
+    env = {key: value for key, value in os.environ.items() if key != "XLA_FLAGS"}
+    return {**env, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu", **extra}
+
+
+@pytest.fixture(scope="module")
+def harness_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu_bench")
+    command = [sys.executable, "bench/gpu.py", "--tiny", "--out", str(out), "--compile_cache", str(out / "cache")]
+    start = time.monotonic()
+    result = subprocess.run(command, cwd=REPO, env=_one_cpu_device_env(), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(text) for text in result.stdout.splitlines()]
+    return out, lines, time.monotonic() - start
+
+
+def test_the_gpu_harness_prints_its_versions_first_then_every_variant_in_order(harness_run):
+    out, lines, _ = harness_run
+    harness = _harness_module()
+    versions = lines[0]
+    assert versions["run"] == "versions" and versions["elapsed_s"] < 60
+    assert versions["attention_probe"] == "xla"  # a CPU: cuDNN's probe is not run
+    assert versions["versions"]["jax"] == jax.__version__ and versions["versions"]["platform"] == "cpu"
+    assert versions["versions"]["cudnn"] is None and versions["versions"]["nvidia_driver"] is None
+    # The children keep this process's clock: the lines' elapsed times never go back.
+    assert [line["elapsed_s"] for line in lines] == sorted(line["elapsed_s"] for line in lines)
+    runs = [line["run"] for line in lines]
+    expected = []
+    for section in harness.DEFAULT_SECTIONS:
+        expected += [variant.name for variant in harness.VARIANTS.get(section, [])] or [section]
+    assert runs == ["versions", *expected]
+    for line in lines:
+        assert "error" not in line, line
+        assert line["versions"] == versions["versions"]  # every line says what it ran on
+    variants = [line for line in lines if line["section"] in harness.VARIANTS]
+    for line in variants:
+        assert line["tokens_per_s"] > 0 and line["compile_s"] >= 0 and line["xla_total"] > 0
+        assert all(line[key] is None or 0 < line[key] <= 1 for key in ("mfu", "mfu_causal"))
+    by_run = {line["run"]: line for line in lines}
+    # The default remat and loss head are the unrolled micro-batch of 16 itself: measured once.
+    for same in ("small-b16-unrolled-remat-none", "small-b16-unrolled-loss_chunk-128"):
+        assert by_run[same]["same_as"] == "small-b16-unrolled"
+        assert by_run[same]["step_ms"] == by_run["small-b16-unrolled"]["step_ms"]
+    assert by_run["small-b16-unrolled-remat-dots"]["remat"] == "dots"
+    assert by_run["small-b16-unrolled-loss_chunk-0"]["loss_chunk"] == 0
+    assert [by_run[f"small-b16-{layout}"]["scan_layers"] for layout in ("scanned", "unrolled")] == [True, False]
+    assert by_run["small"]["grad_accum_steps"] == 2 and by_run["small-b32-scanned"]["micro_batch_size"] == 4
+    # What jax reads once per process ran in a process of its own: its lines say what differed.
+    assert by_run["small-b16-unrolled-xla_ab"]["environment"] == {"GPT2JAX_GPU_XLA_DEFAULTS": "0"}
+    assert by_run["small_12gib-in-12gib"]["environment"] == {}  # a CPU has no card to take a share of
+    assert [json.loads(text) for text in (out / "bench.jsonl").read_text().splitlines()] == lines
+
+
+def test_the_gpu_harness_summarises_its_profile_trains_and_skips_a_missing_torch(harness_run):
+    out, lines, _ = harness_run
+    by_run = {line["run"]: line for line in lines}
+    profile = by_run["profile"]
+    assert profile["variant"] == "small" and 0 < len(profile["top"]) <= 15
+    assert set(profile["totals_ms_per_step"]) == {"matmul", "attention", "fusion", "copy", "other"}
+    assert sum(profile["totals_ms_per_step"].values()) == pytest.approx(profile["kernel_ms_per_step"])
+    assert profile["totals_ms_per_step"]["matmul"] > 0
+    assert profile["kernel_lines"] and all(line.startswith("/host:CPU / tf_XLA") for line in profile["kernel_lines"])
+    with gzip.open(out / "trace.json.gz", "rt") as trace:
+        assert json.load(trace)["traceEvents"]
+    train = by_run["train"]
+    assert train["step"] == 4 and train["checkpoint"] == 4 and train["tokens_per_s"] > 0
+    assert 0 < train["val_loss"] < 11.5
+    assert len((out / "train_metrics.jsonl").read_text().splitlines()) == 1
+    if importlib.util.find_spec("torch") is None:
+        assert by_run["torch"]["skipped"] == "torch is not installed"
+    else:
+        assert by_run["torch"]["tokens_per_s"] > 0 and "mfu_causal" in by_run["torch"]
+    kept = [path for path in out.iterdir() if path.is_file()]
+    assert len(kept) <= 8, kept  # what the GPU tool brings back
+
+
+def test_an_import_the_harness_lacks_stops_it_within_10_seconds(tmp_path):
+    planted = tmp_path / "ml_collections"
+    planted.mkdir()
+    (planted / "__init__.py").write_text("raise ImportError(\"No module named 'ml_collections' (planted)\")\n")
+    env = _one_cpu_device_env(PYTHONPATH=f"{tmp_path}{os.pathsep}{REPO}")
+    start = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "bench/gpu.py", "--out", str(tmp_path / "out")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert time.monotonic() - start < 10
+    assert result.returncode == 1
+    assert json.loads(result.stdout) == {
+        "run": "versions",
+        "error": "an import failed: No module named 'ml_collections' (planted)",
+    }
+    assert result.stderr.strip().splitlines()[-1].startswith("error: an import failed")
+
+
+def _write_trace(directory, events):
+    path = directory / "plugins" / "profile" / "run" / "host.trace.json.gz"
+    path.parent.mkdir(parents=True)
+    with gzip.open(path, "wt") as file:
+        json.dump({"traceEvents": events}, file)
+
+
+def test_a_gpu_trace_is_summarised_from_its_stream_lines_each_kernel_by_its_own_time(tmp_path):
+    meta = lambda pid, tid, kind, name: {"ph": "M", "pid": pid, "tid": tid, "name": kind, "args": {"name": name}}
+    kernel = lambda tid, ts, dur, name: {"ph": "X", "pid": 2, "tid": tid, "ts": ts, "dur": dur, "name": name}
+    events = [
+        meta(1, 0, "process_name", "/host:CPU"),
+        meta(2, 0, "process_name", "/device:GPU:0"),
+        meta(2, 7, "thread_name", "Stream #7(Compute)"),
+        meta(2, 9, "thread_name", "XLA Ops"),  # derived from the streams: counted there, not twice
+        {"ph": "X", "pid": 1, "tid": 3, "ts": 0, "dur": 5000, "name": "PjitFunction(train_step)"},
+    ]
+    # Two steps: a cuBLAS matmul, cuDNN's attention, a fusion and a copy, each step.
+    for step in range(2):
+        at = 1000 * step
+        events += [
+            kernel(7, at, 400, "sm90_xmma_gemm_bf16bf16_bf16f32"),
+            kernel(7, at + 400, 300, "cudnn_generated_fort_native_sdpa_sm90"),
+            kernel(7, at + 700, 100, "loop_multiply_fusion"),
+            kernel(7, at + 800, 50, "Memcpy DtoD"),
+            kernel(9, at, 800, "fusion.12"),
+        ]
+    _write_trace(tmp_path, events)
+    summary = summarise_trace(tmp_path, steps=2)
+    assert summary["totals_ms_per_step"] == pytest.approx(
+        {"attention": 0.3, "matmul": 0.4, "copy": 0.05, "fusion": 0.1, "other": 0.0}
+    )
+    assert summary["kernel_ms_per_step"] == pytest.approx(0.85)
+    assert summary["span_ms_per_step"] == pytest.approx(1.85 / 2)
+    assert [entry["name"] for entry in summary["top"]][:2] == [
+        "sm90_xmma_gemm_bf16bf16_bf16f32",
+        "cudnn_generated_fort_native_sdpa_sm90",
+    ]
+    assert summary["top"][0]["calls_per_step"] == 1 and summary["top"][0]["share"] == pytest.approx(0.4 / 0.85)
+
+
+def test_a_cpu_trace_counts_the_xla_threads_ops_without_the_ops_nested_in_them(tmp_path):
+    events = [
+        {"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/host:CPU"}},
+        {"ph": "M", "pid": 1, "tid": 4, "name": "thread_name", "args": {"name": "tf_XLAEigen/123"}},
+        {"ph": "M", "pid": 1, "tid": 5, "name": "thread_name", "args": {"name": "python"}},
+        {"ph": "X", "pid": 1, "tid": 4, "ts": 0, "dur": 1000, "name": "ThunkExecutor::Execute"},  # bookkeeping
+        {"ph": "X", "pid": 1, "tid": 4, "ts": 0, "dur": 900, "name": "while.51"},
+        {"ph": "X", "pid": 1, "tid": 4, "ts": 100, "dur": 500, "name": "dot.3"},
+        {"ph": "X", "pid": 1, "tid": 4, "ts": 600, "dur": 200, "name": "copy_bitcast_fusion.7"},
+        {"ph": "X", "pid": 1, "tid": 5, "ts": 0, "dur": 5000, "name": "block_until_ready"},
+    ]
+    _write_trace(tmp_path, events)
+    summary = summarise_trace(tmp_path, steps=1)
+    own = {entry["name"]: entry["ms_per_step"] for entry in summary["top"]}
+    assert own == pytest.approx({"dot.3": 0.5, "copy_bitcast_fusion.7": 0.2, "while.51": 0.2})
+    assert summary["totals_ms_per_step"]["matmul"] == pytest.approx(0.5)

@@ -10,8 +10,8 @@ gradients 0.93, activations kept for backward 1.63, largest temporaries 0.75), w
     python -m gpt2jax.main --config small_12gib --dry_run
 
 Micro-batches of 16 (``--config.train.grad_accum_steps=32``) estimate 6.9 GiB, also
-within; ``bench/gpu.sh`` runs both under a 12 GiB memory limit to show which one XLA's
-GPU allocation fits.
+within; ``bench/gpu.py`` runs both under a 12 GiB card's memory share to show which one
+XLA's GPU allocation fits.
 """
 
 from gpt2jax.config import gpt2_recipe

@@ -325,21 +325,29 @@ def estimate(trainer: Trainer) -> dict:
 
 
 def per_device_bytes(trainer: Trainer, compiled) -> dict:
-    """Bytes one device holds during a train step: ``estimate``'s parts, and XLA's buffer assignment.
-
-    From XLA: ``xla_activations_and_temporaries``, everything the compiled step allocates
-    besides its arguments (saved activations, gradients and their accumulator, workspace),
-    and ``xla_total``, which adds the arguments (state and batch) and the outputs the
-    donated state does not absorb.
-    """
+    """Bytes one device holds during a train step: ``estimate``'s parts, and XLA's buffer assignment (``xla_bytes``)."""
     report = {f"estimate_{key}" if key == "total" else key: value for key, value in estimate(trainer).items()}
+    report.update(xla_bytes(compiled))
+    return report
+
+
+def xla_bytes(compiled) -> dict:
+    """XLA's buffer assignment of a compiled step, per device; empty where XLA gives none.
+
+    ``xla_activations_and_temporaries``: everything the step allocates besides its arguments
+    (saved activations, gradients and their accumulator, workspace); ``xla_total``: that, the
+    arguments (state and batch), and the outputs the donated state does not absorb.
+    The benchmark reports it per variant, since a process's peak counts every step it ran before.
+    """
     memory = compiled.memory_analysis()
-    if memory is not None:
-        report["xla_activations_and_temporaries"] = int(memory.temp_size_in_bytes)
-        report["xla_total"] = int(
+    if memory is None:
+        return {}
+    return {
+        "xla_activations_and_temporaries": int(memory.temp_size_in_bytes),
+        "xla_total": int(
             memory.argument_size_in_bytes
             + memory.temp_size_in_bytes
             + memory.output_size_in_bytes
             - memory.alias_size_in_bytes
-        )
-    return report
+        ),
+    }
