@@ -22,7 +22,8 @@ The sections, in order (the default run):
   baseline   configs/small.py as shipped (512 x 1024 a step in micro-batches of 16)
   layers     one micro-batch of 16, then of 32, each with model.scan_layers true and false
   remat      model.remat none, dots, attention (unrolled, one micro-batch of 16)
-  loss_head  model.loss_chunk 0 (full logits) and 128 (the chunked head), likewise
+  loss_head  model.loss_chunk 0 (full logits), 128 (the chunk of every earlier GPU figure) and
+             auto (the default: as many positions as the memory leaves), likewise
   in_12gib   configs/small_12gib.py inside a 12 GiB card's share: micro-batches of 8, then of 16
   profile    one traced step of the baseline: its 15 heaviest kernels, the time in matmuls,
              attention, fusions and copies (a standard-library reader of jax.profiler's trace)
@@ -40,20 +41,20 @@ hf_generate hf_generate.jsonl. --tiny runs every section at a 2-layer shape on a
 (tests/test_bench.py runs it on the CPU, so a GPU draw never finds the harness broken).
 
 How long on one H100, estimated (no H100 has run it yet; --deadline_s bounds it anyway).
-Compiles: 12 of a full train step (baseline 1; layers 4; remat 2, since none is the unrolled
-b16 of layers; loss_head 1, since 128 is that too; in_12gib 2; train 1, its learning-rate
+Compiles: 13 of a full train step (baseline 1; layers 4; remat 2, since none is the unrolled
+b16 of layers; loss_head 2, since auto is that too; in_12gib 2; train 1, its learning-rate
 schedule differs from the baseline's; xla_flags 1) and 7 small ones (the cuDNN probe, 4
 initialisations, the loop's eval step and checkpoint check), at 4 s each: 28 s. A scanned
 step compiled in 7.2 s on the H200 (bench/records.jsonl: compile_s 8.8 less its 1.54 s step);
 an unrolled one is taken as 2x that, 14.4 s: on this repository's 2-core CPU, GPT-2 small's
 unrolled step compiled 1.3 to 2.9 times as long as the scanned (median 1.7 of five pairs).
-With model.scan_layers=auto unrolled on a GPU, 10 of the 12 are unrolled: 10 x 14.4 + 2 x 7.2
-= 158 s. Steps, at docs/benchmarks.md's H200 speeds: baseline 3 x 1.55 s, the one-micro-batch
-variants 8 x 21 steps of 35-86 ms (9 s), in_12gib 2 x 3 x 1.5 s, profile 2 x 1.55 s and 8 s
-of trace, train 30 x 1.55 s and 10 s of data, evaluation and checkpoint: 90 s. Processes:
+With model.scan_layers=auto unrolled on a GPU, 11 of the 13 are unrolled: 11 x 14.4 + 2 x 7.2
+= 173 s. Steps, at docs/benchmarks.md's H200 speeds: baseline 3 x 1.55 s, the one-micro-batch
+variants 9 x 21 steps of 35-86 ms (9 s), in_12gib 2 x 3 x 1.5 s, profile 2 x 1.55 s and 8 s
+of trace, train 30 x 1.55 s and 10 s of data, evaluation and checkpoint: 91 s. Processes:
 this one's imports and backend 8 s, two children 8 s each, the PyTorch peer 51 s (5 s of
-import, 45 of torch.compile, 22 steps): 75 s. In all 158 + 28 + 90 + 75 = 351 s, 5.9
-minutes (5.5 at the CPU's median ratio, 6.9 at its worst). --deadline_s skips what is left
+import, 45 of torch.compile, 22 steps): 75 s. In all 173 + 28 + 91 + 75 = 367 s, 6.1
+minutes (5.7 at the CPU's median ratio, 7.3 at its worst). --deadline_s skips what is left
 once it passes (540 s by default; 420 in the command below), so a run ends inside its command
 with its files written.
 
@@ -140,7 +141,7 @@ VARIANTS = {
     ],
     "loss_head": [
         Variant(f"small-b16-unrolled-loss_chunk-{chunk}", "small", {**UNROLLED_B16, "model.loss_chunk": chunk})
-        for chunk in (0, 128)
+        for chunk in (0, 128, "auto")
     ],
     "in_12gib": [
         Variant("small_12gib-in-12gib", "small_12gib", {}, steps=2),

@@ -23,8 +23,16 @@ SHIPPED_CONFIGS = Path(__file__).parent / "configs"
 def base_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
 
-    # The model's keys, their defaults and their comments are GPTConfig's fields (model.py).
-    config.model = ml_collections.ConfigDict(dataclasses.asdict(GPTConfig()))
+    # The model's keys, their defaults and their comments are GPTConfig's fields (model.py). A field
+    # that takes a word or a value of another type (scan_layers: auto or a bool; loss_chunk: auto or
+    # a number) is left untyped, so a config file may write False or 64 and the command line
+    # false or 64; ml_collections would otherwise lock it to its default's type, the word's.
+    config.model = ml_collections.ConfigDict(
+        {
+            key: ml_collections.FieldReference(value, field_type=object) if key in GPTConfig.WORD_OR_VALUE else value
+            for key, value in dataclasses.asdict(GPTConfig()).items()
+        }
+    )
 
     config.data = ml_collections.ConfigDict(
         dict(

@@ -24,7 +24,7 @@ import dataclasses
 import functools
 import logging
 import math
-from typing import Literal, NamedTuple
+from typing import ClassVar, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -115,9 +115,12 @@ class GPTConfig:
     # 0: the full float32 B x T x V logits and ``cross_entropy`` (faster on a CPU, configs/tiny.py)
     loss_chunk: int | str = "auto"
 
+    # The fields above that hold "auto" or a value of another type (``config.base_config`` leaves them untyped).
+    WORD_OR_VALUE: ClassVar[tuple[str, ...]] = ("scan_layers", "loss_chunk")
+
     def __post_init__(self):
-        # The config's fields for these two are strings ("auto"), so the command line and config files
-        # give "false" or "64"; a saved config or a test gives True or 64. Both mean the same.
+        # A config may still hold one of these as text ("false", "64": a config.json written while
+        # these fields were typed as words); it means the same as False or 64.
         object.__setattr__(self, "scan_layers", _from_text(self.scan_layers, {"true": True, "false": False}))
         object.__setattr__(self, "loss_chunk", _from_text(self.loss_chunk, {}))
 

@@ -155,11 +155,12 @@ def test_the_gpu_harness_prints_its_versions_first_then_every_variant_in_order(h
         assert all(line[key] is None or 0 < line[key] <= 1 for key in ("mfu", "mfu_causal"))
     by_run = {line["run"]: line for line in lines}
     # The default remat and loss head are the unrolled micro-batch of 16 itself: measured once.
-    for same in ("small-b16-unrolled-remat-none", "small-b16-unrolled-loss_chunk-128"):
+    for same in ("small-b16-unrolled-remat-none", "small-b16-unrolled-loss_chunk-auto"):
         assert by_run[same]["same_as"] == "small-b16-unrolled"
         assert by_run[same]["step_ms"] == by_run["small-b16-unrolled"]["step_ms"]
     assert by_run["small-b16-unrolled-remat-dots"]["remat"] == "dots"
     assert by_run["small-b16-unrolled-loss_chunk-0"]["loss_chunk"] == 0
+    assert by_run["small-b16-unrolled-loss_chunk-128"]["loss_chunk"] == 128
     assert [by_run[f"small-b16-{layout}"]["scan_layers"] for layout in ("scanned", "unrolled")] == [True, False]
     assert by_run["small"]["grad_accum_steps"] == 2 and by_run["small-b32-scanned"]["micro_batch_size"] == 4
     # What jax reads once per process ran in a process of its own: its lines say what differed.

@@ -11,7 +11,7 @@ def get_config():
     # The full float32 logits (model.loss_chunk=0) instead of the chunked cross-entropy that
     # keeps a GPU's memory down: on a CPU the one large matmul ran the whole step 1.25x faster
     # at this shape and 1.18x at 4 layers of 256 (AMD EPYC, side by side in one process).
-    config.model.update(n_layer=2, n_head=4, n_embd=128, block_size=64, remat="dots", loss_chunk="0")
+    config.model.update(n_layer=2, n_head=4, n_embd=128, block_size=64, remat="dots", loss_chunk=0)
     config.data.update(source="synthetic", synthetic_train_tokens=1_000_000, synthetic_val_tokens=50_000)
     config.train.update(
         batch_size=16,
