@@ -306,3 +306,25 @@ def test_a_model_the_host_cannot_hold_is_refused_before_anything_is_allocated(tm
         message,
     ), message
     assert not workdir.exists() and not data.exists()
+
+
+def test_a_config_file_and_the_command_line_give_scan_layers_and_loss_chunk_as_a_word_or_a_value(tmp_path):
+    """Typed as words ("auto"), a config file's ``config.model.scan_layers = False`` was refused by ml_collections."""
+    from gpt2jax.config import load_config_file
+    from gpt2jax.model import GPTConfig
+
+    path = tmp_path / "mine.py"
+    path.write_text(
+        "from gpt2jax.configs import tiny\n\n\ndef get_config():\n    config = tiny.get_config()\n"
+        "    config.model.scan_layers = False\n    config.model.loss_chunk = 64\n    return config\n"
+    )
+    config = load_config_file(str(path))
+    model = GPTConfig.from_config(config.model)
+    assert (model.scan_layers, model.loss_chunk) == (False, 64)
+    config.model.scan_layers, config.model.loss_chunk = "auto", "auto"  # what the defaults hold
+    assert GPTConfig.from_config(config.model).scan_layers == "auto"
+    # A config.json written while the fields were words still reads as the values they name.
+    assert GPTConfig(scan_layers="false", loss_chunk="0").scan_layers is False
+    assert GPTConfig(scan_layers="false", loss_chunk="0").loss_chunk == 0
+    with pytest.raises(ValueError, match="model.scan_layers='sometimes'"):
+        GPTConfig.from_config({**dict(config.model), "scan_layers": "sometimes"})
