@@ -65,8 +65,9 @@ def test_the_converter_writes_a_results_csv_the_fits_read(tmp_path):
     assert '"points": 2' in (tmp_path / "tiny.json").read_text()
 
 
-# Backtests on other groups' runs. Chinchilla's (Epoch's extraction) and Porian et al.'s chose the
-# interval's calibration; Li et al.'s and Marin's only test it (docs/scaling.md).
+# Backtests on other groups' runs. Chinchilla's points (Epoch's extraction) chose the interval's
+# calibration, with Porian et al.'s and Marin's DCLM ladder looked at beside them; Li et al.'s and
+# Marin's Comma and Nemotron ladders only test it (docs/scaling.md).
 OTHER_GROUPS = ("porian", "misfitting", "marin_dclm", "marin_comma", "marin_nemotron")
 
 

@@ -7,10 +7,12 @@ so a whole profile falls on one side. Then:
 - approach 3 (the parametric L(N, D)) predicts every held-out point's loss, with a prediction
   interval calibrated on the training range itself (``calibrate``): the law is refitted below
   each of several lower cut-offs and made to predict the training points above them, and the
-  interval is as wide as 95% of those errors needed, grown with how far a point lies beyond the
-  points fitted. Held-out errors are one law's bias more than independent noise, so resampling
+  interval is as wide as 95% of those errors needed, grown with the distance in compute above
+  the cut-off. Held-out errors are one law's bias more than independent noise, so resampling
   the training points (the bootstrap) sees too little of them: on Chinchilla's points its
-  intervals covered 35 to 74% at the top, the calibrated ones 87 to 95% (README, "Scale");
+  intervals covered 35 to 74% at the top, the calibrated ones 86 to 100% at every cut-off that
+  holds out 10 points (docs/scaling.md); beside them, what two trivial predictors cover at the
+  same widths (``trivial_coverage``), so a reader sees what the law adds;
 - approaches 2 (IsoFLOP minima) and 3 predict N_opt at the held-out budgets, set against the
   held-out budget's own IsoFLOP minimum.
 
@@ -80,10 +82,9 @@ def calibrate(train: ScalingPoints, optima: np.ndarray) -> dict:
 
     For each fold cut-off c below the top, approach 3 is fitted on the points up to c and predicts
     the training points above it; each error |log observed - log predicted| divided by
-    (NOISE_DECADES + the point's distance beyond the fitted compute, in decades) is one sample of
-    the rate. The
-    interval of a new point is exp(+-rate * (NOISE_DECADES + its extrapolation)) around the
-    prediction, with rate the ``CONFIDENCE`` quantile of the samples: it covers that share of
+    (NOISE_DECADES + the point's distance in compute above c, in decades) is one sample of the
+    rate. The interval of a new point is exp(+-rate * (NOISE_DECADES + its distance above the
+    cut-off)) around the prediction, with rate the ``CONFIDENCE`` quantile of the samples: it covers that share of
     the errors seen. Folds start from the full fit's ``optima`` and the coarse grid. Raises
     ``fit.InsufficientData`` when no fold can be fitted.
     """
