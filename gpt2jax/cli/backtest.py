@@ -1,7 +1,8 @@
 """``python -m gpt2jax.scaling backtest``: fit on the budgets up to C, predict the rest (drives ``scaling.backtest``).
 
 ``python -m gpt2jax.scaling backtest --results CSV [CSV ...] --train_below C [--params total|non_embedding]
-[--flops 6n|6n_attention] [--predict SWEEP_CONFIG] [--json]``
+[--flops 6n|6n_attention] [--predict SWEEP_CONFIG] [--json]``, or ``--every_cutoff`` instead of
+``--train_below`` for one row per cut-off that holds out at least 10 points.
 
 With ``--predict`` the points to predict are the sweep plan's points above C, before any of
 them is trained: the JSON records when the prediction was made.
@@ -19,7 +20,11 @@ HELP = "fit each approach on the points up to a budget and predict the points ab
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--results", nargs="+", required=True, help="results CSV(s) of one or more sweeps")
-    parser.add_argument("--train_below", type=float, required=True, help="fit on the budgets up to this many FLOPs")
+    cut = parser.add_mutually_exclusive_group(required=True)
+    cut.add_argument("--train_below", type=float, help="fit on the budgets up to this many FLOPs")
+    cut.add_argument(
+        "--every_cutoff", action="store_true", help="one row per cut-off that holds out at least 10 points"
+    )
     parser.add_argument("--predict", help="a sweep config (FILE[:VARIANT]): predict its points above --train_below")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_law_options(parser)
@@ -32,9 +37,15 @@ def run(args: argparse.Namespace) -> None:
     from gpt2jax.scaling.fit import START_GRIDS
     from gpt2jax.scaling.results import load_results
 
-    train_below = backtest.finite_budget(args.train_below)
     require_interval_resamples(args)
     points = load_results(args.results, params=args.params, flops=args.flops)
+    if args.every_cutoff:
+        if args.predict:
+            raise ValueError("--predict needs one --train_below, not --every_cutoff.")
+        rows = backtest.cutoff_rows(points, n_bootstrap=args.bootstrap, seed=args.seed, starts=START_GRIDS[args.grid])
+        print(json.dumps(rows, indent=2) if args.json else backtest.format_cutoff_rows(rows, " ".join(args.results)))
+        return
+    train_below = backtest.finite_budget(args.train_below)
     targets = labels = allocations = None
     if args.predict:
         from gpt2jax.scaling.plan import expand, load_sweep_config
