@@ -11,16 +11,9 @@ from gpt2jax.scaling import backtest, fit, laws
 from gpt2jax.scaling.results import ScalingPoints, load_results
 
 KNOWN_LAW = laws.ChinchillaLaw(E=1.7, A=400.0, B=410.0, alpha=0.34, beta=0.28, name="known", source="test")
-# Besiroglu et al.'s points read off Chinchilla's figure 4; shared data beside the checkout (one level
-# further up from a worktree under wt/), absent outside the project's machines.
-SHARED_DATA = next(
-    (
-        folder / "shared" / "data"
-        for folder in pathlib.Path(__file__).resolve().parents[2:4]
-        if (folder / "shared").is_dir()
-    ),
-    pathlib.Path(__file__).resolve().parents[2] / "shared" / "data",
-)
+# Besiroglu et al.'s points read off Chinchilla's figure 4; shared data beside the checkout, absent
+# outside the project's machines.
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 EPOCH_DATA = SHARED_DATA / "chinchilla_svg_extracted_epoch.csv"
 
 
