@@ -30,7 +30,7 @@ from gpt2jax.inference import export, weights
 from gpt2jax.inference.sampling import GPT2_VOCABULARY, Vocabulary, generate, sample_text, vocabulary_of
 from gpt2jax.inference.scoring import _perplexity
 from gpt2jax.model import GPT, GPTConfig
-from gpt2jax.scaling.results import read_rows, upsert_row
+from gpt2jax.scaling.results import load_results, read_rows, repair, upsert_row
 from gpt2jax.scaling.sweep import Sweep
 from gpt2jax.training import checkpoint, loop
 from gpt2jax.training.checkpoint import COMMIT_MARKER, Checkpointer, UnreadableCheckpoint
@@ -390,6 +390,28 @@ def test_a_cut_results_row_is_not_a_finished_point_and_is_repaired(tmp_path):
     with pytest.warns(UserWarning):
         upsert_row(path, {"run": "c", "loss": 2.0, "n_params": 10, "n_tokens": 20})
     assert [row["run"] for row in read_rows(path)] == ["a", "c"]  # repaired: no warning now
+
+
+def test_a_results_row_longer_than_its_header_is_named_as_such_and_a_column_added_by_hand_is_kept(tmp_path):
+    """A row with an extra field was called "cut short"; a ``note`` column added by hand ended ``sweep`` and
+    ``sweep --repair`` in "dict contains fields not in fieldnames: 'note'", naming no file."""
+    path = tmp_path / "results.csv"
+    for run, loss in (("a", 3.0), ("b", 2.5)):
+        upsert_row(path, {"run": run, "loss": loss, "n_params": 10, "n_tokens": 20, "wall_s": 12.5})
+    header, first, second = path.read_text().splitlines()
+    columns = len(header.split(","))
+    path.write_text(f"{header}\n{first}\n{second},extra\n")
+    with pytest.warns(UserWarning, match=rf"holds 1 row\(s\) with more fields than its header's {columns} \(line 3\)"):
+        assert [row["run"] for row in read_rows(path)] == ["a"]
+    with pytest.raises(
+        ValueError, match=rf"{path} line 3: it has {columns + 1} fields where the header names {columns}"
+    ):
+        load_results(path)
+    path.write_text(f"{header},note\n{first},my note\n{second},\n")  # a column of the user's own
+    upsert_row(path, {"run": "c", "loss": 2.0, "n_params": 10, "n_tokens": 20})
+    assert repair(path) == 0
+    rows = read_rows(path)
+    assert [(row["run"], row["note"]) for row in rows] == [("a", "my note"), ("b", ""), ("c", "")]
 
 
 def test_a_full_disk_is_one_sentence_saying_what_was_saved(data_dir, tmp_path, monkeypatch):
