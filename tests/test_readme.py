@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -54,11 +55,19 @@ def as_run_here(line: str) -> str | None:
     return command
 
 
-def _environment(command: str) -> dict:
+def _environment(command: str, compilation_cache=None) -> dict:
+    """The command's environment; with ``compilation_cache``, JAX's persistent cache of compiled steps there.
+
+    The commands compile the same steps more than once (two dry runs of small, three evaluations
+    of runs/tiny): a cache shared by the test's commands compiles each once, as a user's cache
+    would. Every command still runs as written and compiles whatever the earlier ones did not.
+    """
     env = dict(os.environ, PYTHONPATH=str(REPO), GPT2JAX_TRACEBACK="1")
     env.pop("XLA_FLAGS", None)
     if "--config.mesh." in command:
         env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    if compilation_cache is not None:
+        env.update(JAX_COMPILATION_CACHE_DIR=str(compilation_cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
     return env
 
 
@@ -70,18 +79,29 @@ def test_the_readme_shows_commands_and_this_test_runs_each_or_says_why_not():
     assert any(line.startswith("python -m gpt2jax.scaling budget") for line in lines)
 
 
-def test_every_readme_command_runs_as_written(tmp_path):
+def test_every_readme_command_runs_as_written(tmp_path, tmp_path_factory):
     for name in READ_BY_PATH:
         (tmp_path / name).symlink_to(REPO / name)
+    cache = tmp_path_factory.mktemp("compilation_cache")
     for line in readme_lines(README.read_text()):
         run = as_run_here(line)
         if run is None:
             continue
+        started = time.perf_counter()
         result = subprocess.run(
-            run, shell=True, cwd=tmp_path, env=_environment(run), capture_output=True, text=True, timeout=900
+            run, shell=True, cwd=tmp_path, env=_environment(run, cache), capture_output=True, text=True, timeout=900
         )
+        print(f"{time.perf_counter() - started:6.1f} s  {run}")  # pytest -s shows where the minutes go
         assert result.returncode == 0, f"{run}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
         assert "Traceback" not in result.stderr, f"{run}\n{result.stderr[-3000:]}"
+    # What the commands write goes under runs/ and data/, not into the repository they run in (hs.jsonl did).
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([*READ_BY_PATH, "data", "runs"])
+
+
+def test_a_readme_line_promising_per_token_log_probabilities_writes_them():
+    """``evaluate --text README.md   # per-token log-probabilities`` printed one aggregate loss."""
+    promising = [line for line in readme_lines(README.read_text()) if "log-probabilities" in line]
+    assert promising and all("--logprobs_out" in command_of(line) for line in promising)
 
 
 def test_the_readmes_first_screen_is_the_budget_commands_own_output(tmp_path):
