@@ -388,6 +388,28 @@ def test_two_workers_on_one_share_never_run_one_point(tmp_path, monkeypatch):
     assert set(trained.values()) == {1}
 
 
+def test_two_sweeps_of_other_configs_started_together_on_one_workdir_train_only_one(tmp_path):
+    """Both trained and mixed their rows in results.csv: the sweep.json check was check-then-write, unlocked."""
+    config_file = tmp_path / "sweep_config.py"
+    config_file.write_text(CONFIG_FILE.format(data_dir=str(tmp_path / "data"), budgets=[1024.0, 2048.0]))
+    workdir = tmp_path / "sweep"
+    processes = []
+    for spec in (str(config_file), f"{config_file}:cosine"):
+        command, env = sweep_command(spec, workdir)
+        processes.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    results = [(process.wait(timeout=600), process.stderr.read().decode()) for process in processes]
+    assert sorted(code for code, _ in results) == [0, 1], results
+    winner = [code for code, _ in results].index(0)
+    loser_stderr = results[1 - winner][1]
+    assert loser_stderr.strip().splitlines()[-1] == (
+        f"error: {workdir} holds another sweep (its sweep.json has another config); use a new --workdir."
+    )
+    spec = json.loads((workdir / "sweep.json").read_text())["config_spec"]
+    assert spec == (str(config_file), f"{config_file}:cosine")[winner]
+    runs = {point.run for point in plan_module.expand(plan_module.load_sweep_config(spec)).points}
+    assert {row["run"] for row in read_rows(workdir / "results.csv")} == runs  # the winner's rows, all of them
+
+
 def _fake_run(trained):
     """loop.run as a finished run looks to the sweep: its final metrics record, counted in ``trained``."""
 
