@@ -145,7 +145,7 @@ def guarded(main, stops_at_checkpoints: bool = False):
         warnings.formatwarning = _one_line_warning
         previous = [signal.signal(signum, request_stop) for signum in STOP_SIGNALS]  # see the module docstring
         try:
-            check_stop()  # sent while the command's modules loaded
+            check_stop(lambda name: f"stopped by {name} as the command loaded, before it started; nothing was written.")
             with stopping_at_checkpoints() if stops_at_checkpoints else stopping_anywhere():
                 result = main(*args, **kwargs)
             check_stop()
