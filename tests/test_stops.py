@@ -16,7 +16,15 @@ import time
 import numpy as np
 import pytest
 
-from gpt2jax.errors import Stopped, check_stop, clear_stop, request_stop, stopping_at_checkpoints
+from gpt2jax.errors import (
+    Stopped,
+    check_stop,
+    clear_stop,
+    request_stop,
+    stop_requested,
+    stopping_anywhere,
+    stopping_at_checkpoints,
+)
 from gpt2jax.files import workdir as workdir_files
 from gpt2jax.training import loop
 from gpt2jax.training.checkpoint import Checkpointer
@@ -143,7 +151,11 @@ def test_a_stop_lands_only_where_the_code_checks_it_inside_a_stopping_block():
                 check_stop(lambda name: f"stopped by {name} here")
         assert stopped.value.code == 130 and stopped.value.message == "stopped by SIGINT here"
         clear_stop()
-        with pytest.raises(Stopped):  # outside such a block (a command that only reads) a stop lands at once
+        os.kill(os.getpid(), signal.SIGINT)  # outside any block (a command loading its modules): only recorded
+        time.sleep(0.01)
+        assert stop_requested() == signal.SIGINT
+        clear_stop()
+        with pytest.raises(Stopped), stopping_anywhere():  # a command that only reads: a stop lands at once
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(1)
     finally:
