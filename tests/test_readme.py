@@ -55,19 +55,11 @@ def as_run_here(line: str) -> str | None:
     return command
 
 
-def _environment(command: str, compilation_cache=None) -> dict:
-    """The command's environment; with ``compilation_cache``, JAX's persistent cache of compiled steps there.
-
-    The commands compile the same steps more than once (two dry runs of small, three evaluations
-    of runs/tiny): a cache shared by the test's commands compiles each once, as a user's cache
-    would. Every command still runs as written and compiles whatever the earlier ones did not.
-    """
+def _environment(command: str) -> dict:
     env = dict(os.environ, PYTHONPATH=str(REPO), GPT2JAX_TRACEBACK="1")
     env.pop("XLA_FLAGS", None)
     if "--config.mesh." in command:
         env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-    if compilation_cache is not None:
-        env.update(JAX_COMPILATION_CACHE_DIR=str(compilation_cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5")
     return env
 
 
@@ -79,17 +71,16 @@ def test_the_readme_shows_commands_and_this_test_runs_each_or_says_why_not():
     assert any(line.startswith("python -m gpt2jax.scaling budget") for line in lines)
 
 
-def test_every_readme_command_runs_as_written(tmp_path, tmp_path_factory):
+def test_every_readme_command_runs_as_written(tmp_path):
     for name in READ_BY_PATH:
         (tmp_path / name).symlink_to(REPO / name)
-    cache = tmp_path_factory.mktemp("compilation_cache")
     for line in readme_lines(README.read_text()):
         run = as_run_here(line)
         if run is None:
             continue
         started = time.perf_counter()
         result = subprocess.run(
-            run, shell=True, cwd=tmp_path, env=_environment(run, cache), capture_output=True, text=True, timeout=900
+            run, shell=True, cwd=tmp_path, env=_environment(run), capture_output=True, text=True, timeout=900
         )
         print(f"{time.perf_counter() - started:6.1f} s  {run}")  # pytest -s shows where the minutes go
         assert result.returncode == 0, f"{run}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
