@@ -366,8 +366,41 @@ def test_cli_reports_errors_in_one_line_and_prints_meta(tmp_path, capsys):
         ["--source", f"text:{tmp_path}/corpus/*.txt", "--out", str(tmp_path / "out"), "--val_fraction", "0.5"]
         + ["--shard_tokens", "4"]
     )
-    meta = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr()
+    meta = json.loads(printed.out)
     assert meta == open_prepared(tmp_path / "out").meta and len(meta["shards"]["train"]) > 1
+    # The closing line names both splits (it named the train tokens only).
+    assert printed.err.startswith(
+        f"prepared {tmp_path / 'out'} ({meta['train_tokens']:,} train and {meta['val_tokens']:,} val tokens, val "
+        "carved from train); train on it with"
+    )
+
+
+def test_a_prepared_folder_renamed_to_another_settings_name_is_refused_not_trusted_by_its_name(tmp_path):
+    """A prepared directory is what its meta.json records: ensure_prepared took any folder of the right name."""
+    settings = dict(synthetic_train_tokens=5_000, synthetic_val_tokens=1_000)
+    seed_0 = ensure_prepared("synthetic", tmp_path, seed=0, **settings)
+    seed_1 = tmp_path / prepared_dir_name("synthetic", seed=1, **settings)
+    seed_0.rename(seed_1)
+    with pytest.raises(ValueError, match=rf"^{seed_1} holds data prepared with seed=0 \(not 1\); choose another"):
+        ensure_prepared("synthetic", tmp_path, seed=1, **settings)
+
+
+def test_a_val_split_carved_from_too_few_documents_is_refused_in_one_sentence(tmp_path):
+    """Two one-document files and val_fraction 0.005 sent 51% of the tokens to val (34% with three files)."""
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.txt").write_text(f"The document of {name}, alone in its file. " * 50)
+    source = f"text:{tmp_path}/*.txt"
+    with pytest.raises(
+        ValueError,
+        match=r"holds 2 documents, too few to carve a val split of val_fraction=0.005 \(one document in every 200\): "
+        r"its val split would be 5\d% of the tokens; give at least 200 documents, a --val_fraction of at least 0.5, or "
+        r"a source with its own validation split\.$",
+    ):
+        prepare(source, tmp_path / "out")
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".out.lock", "a.txt", "b.txt"]  # nothing to trip over
+    meta = prepare(source, tmp_path / "out", val_fraction=0.5)  # the corrected command
+    assert 0.4 < meta["val_tokens"] / meta["train_tokens"] < 1.1
 
 
 # prepare: atomicity.

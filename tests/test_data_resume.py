@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -155,6 +157,44 @@ def test_a_prepare_stopped_by_sigterm_unwinds_with_its_journal_and_continues(cor
     assert [shard["file"] for shard in journal["splits"]["train"]["shards"]] == [p.name for p in published(partial)]
     assert journal["done"] == {"train": 0, "val": 0}
     finish(out, cache, reference, identities(published(partial)))
+
+
+def test_a_prepare_waiting_for_a_stopped_one_says_who_holds_the_lock_and_stops_waiting_on_ctrl_c(corpus, tmp_path):
+    """A prepare of an --out another prepare held, stopped (SIGSTOP), waited silently forever."""
+    cache, _ = corpus
+    out = tmp_path / "out"
+    holder = start_prepare(out, cache)
+    waiter = None
+    try:
+        wait_for_shards(holder, tmp_path / ".out.partial", 1)
+        holder.send_signal(signal.SIGSTOP)
+        waiter = start_prepare(out, cache)
+        lines = []
+        reader = threading.Thread(target=lambda: lines.extend(waiter.stderr), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 120
+        while not any("waiting for" in line for line in lines) and waiter.poll() is None:
+            assert time.monotonic() < deadline, "no word of the wait in 120 s"
+            time.sleep(0.05)
+        waiter.send_signal(signal.SIGINT)
+        waiter.wait(timeout=60)
+        reader.join(timeout=10)
+        lock = tmp_path / ".out.lock"
+        assert re.fullmatch(
+            rf"prepare: waiting for pid {holder.pid} on host \S+ \(since [0-9-]+ [0-9:]+; it is stopped \(SIGSTOP\): "
+            rf"kill -CONT {holder.pid} resumes it\), which is preparing {out} \(lock {lock}\); Ctrl-C stops waiting\.\n",
+            lines[0],
+        ), lines
+        assert waiter.returncode == 130 and lines[-1] == (
+            f"prepare: stopped by SIGINT while it waited for {lock}; nothing was written.\n"
+        ), lines
+    finally:
+        holder.send_signal(signal.SIGCONT)
+        holder.send_signal(signal.SIGTERM)
+        holder.communicate(timeout=120)
+        if waiter is not None and waiter.poll() is None:
+            waiter.kill()
+    assert holder.returncode == 128 + signal.SIGTERM
 
 
 def test_a_journal_is_continued_only_for_the_same_input_and_stale_files_are_removed(tmp_path):

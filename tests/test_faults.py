@@ -30,7 +30,7 @@ from gpt2jax.inference import export, weights
 from gpt2jax.inference.sampling import GPT2_VOCABULARY, Vocabulary, generate, sample_text, vocabulary_of
 from gpt2jax.inference.scoring import _perplexity
 from gpt2jax.model import GPT, GPTConfig
-from gpt2jax.scaling.results import read_rows, upsert_row
+from gpt2jax.scaling.results import load_results, read_rows, repair, upsert_row
 from gpt2jax.scaling.sweep import Sweep
 from gpt2jax.training import checkpoint, loop
 from gpt2jax.training.checkpoint import COMMIT_MARKER, Checkpointer, UnreadableCheckpoint
@@ -50,6 +50,18 @@ def _driver(code: str, config, workdir) -> list[str]:
 
 def _env():
     return dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS="--xla_force_host_platform_device_count=1")
+
+
+def _evaluate(workdir, cwd=REPO) -> subprocess.CompletedProcess:
+    """``python -m gpt2jax.cli.evaluate --workdir WORKDIR``, a real process run from ``cwd``."""
+    return subprocess.run(
+        [sys.executable, "-m", "gpt2jax.cli.evaluate", "--workdir", str(workdir)],
+        cwd=cwd,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +212,7 @@ def test_a_bit_flipped_checkpoint_is_refused_though_it_reads(trained, data_dir, 
 
 def test_a_workdir_whose_records_disagree_is_refused_naming_the_flag_that_accepts_it(data_dir, tmp_path):
     workdir = tmp_path / "run"
-    config = compact_config(data_dir, checkpoint_every=3)  # the save of 9 waits for 6's: step 12's record names 6+
+    config = compact_config(data_dir, checkpoint_every=3)  # the last record, step 12's, names its own checkpoint
     loop.run(config, workdir)
     saved_config = (workdir / "config.json").read_bytes()
     (workdir / "config.json").unlink()  # the one record of the config the checkpoints were trained with
@@ -220,7 +232,7 @@ def test_a_workdir_whose_records_disagree_is_refused_naming_the_flag_that_accept
     shutil.rmtree(workdir / "checkpoints")  # metrics.jsonl stays, and says which steps were saved
     with pytest.raises(
         ValueError,
-        match=r"run/metrics.jsonl records a checkpoint of step (6|9) \(training to step 12\) but it holds none: "
+        match=r"run/metrics.jsonl records a checkpoint of step 12 \(training to step 12\) but it holds none: "
         r"checkpoints were deleted or lost, .* pass --config.train.allow_lost_checkpoints=True to continue from the "
         r"start\.$",
     ):
@@ -229,6 +241,37 @@ def test_a_workdir_whose_records_disagree_is_refused_naming_the_flag_that_accept
     assert loop.run(config, workdir)["step"] == 12
     config.train.update(allow_lost_checkpoints=False, steps=14)
     assert loop.run(config, workdir)["step"] == 14  # the records agree again
+
+
+def test_a_renamed_checkpoint_folder_is_refused_not_taken_for_the_step_its_name_says(trained, data_dir, tmp_path):
+    """``checkpoints/20`` renamed to ``40`` was evaluated as step 40 with step 20's loss, and training then
+    failed on every rerun with "could not write the checkpoint of step 40 ... already exists"."""
+    workdir = _copy(trained, tmp_path)
+    (workdir / "checkpoints" / "6").rename(workdir / "checkpoints" / "18")
+    refused = (
+        rf"{workdir}/checkpoints/18 holds the state of step 6, not 18 \(the folder was renamed or copied\); rename "
+    )
+    with pytest.raises(checkpoint.MislabeledCheckpoint, match=refused + rf"it to {workdir}/checkpoints/6, or move"):
+        weights.restore_checkpoint(workdir)
+    with pytest.raises(checkpoint.MislabeledCheckpoint, match=refused):
+        loop.run(compact_config(data_dir, steps=18), workdir)
+    assert not (workdir / "checkpoints_set_aside").exists()  # refused, not set aside as unreadable
+    # A checkpoint saved before its metadata recorded the step: the step inside its state tells.
+    metadata_path = workdir / "checkpoints" / "18" / checkpoint.METADATA_FILE
+    metadata = json.loads(metadata_path.read_text())
+    assert metadata["custom_metadata"].pop("step") == 6
+    metadata_path.write_text(json.dumps(metadata))
+    with pytest.raises(checkpoint.MislabeledCheckpoint, match=refused):
+        weights.restore_checkpoint(workdir, step=18)
+    evaluate = _evaluate(workdir)
+    assert evaluate.returncode == 1 and evaluate.stdout == "", evaluate.stdout
+    assert (
+        evaluate.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"error: {workdir}/checkpoints/18 holds the state of step 6")
+    )
+    (workdir / "checkpoints" / "18").rename(workdir / "checkpoints" / "6")  # as the sentence says
+    assert loop.run(compact_config(data_dir, steps=18), workdir)["step"] == 18
 
 
 def test_a_step_folder_without_its_commit_marker_is_not_a_checkpoint(trained, data_dir, tmp_path):
@@ -274,47 +317,6 @@ def test_a_second_trainer_is_refused_readers_see_committed_steps_and_a_killed_lo
     config.train.update(steps=max(saved.committed_steps()) + 2, allow_config_change=True)
     final = loop.run(config, workdir)  # the dead holder's lock is broken
     assert final["step"] == config.train.steps and not (workdir / workdir_files.LOCK_FILE).exists()
-
-
-def test_ctrl_c_stops_training_in_one_line_naming_its_checkpoint_and_frees_the_workdir(data_dir, tmp_path):
-    workdir = tmp_path / "run"
-    config = compact_config(data_dir, steps=5000, checkpoint_every=5, log_every=1000)
-    config.train.eval_every = 5000
-    first = subprocess.Popen(
-        _driver("", config, workdir), cwd=REPO, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    saved = Checkpointer(workdir / "checkpoints", writer=False)
-    deadline = time.time() + 240
-    while first.poll() is None and time.time() < deadline and not saved.committed_steps():
-        time.sleep(0.05)
-    first.send_signal(signal.SIGINT)
-    _, stderr = first.communicate(timeout=120)
-    assert first.returncode == 128 + signal.SIGINT, stderr
-    newest = max(saved.committed_steps())
-    assert stderr.strip().splitlines()[-1] == (
-        f"stopped by SIGINT: its newest checkpoint is step {newest} in {workdir}; the same command resumes from it."
-    )
-    assert "Traceback" not in stderr and not (workdir / workdir_files.LOCK_FILE).exists()
-
-
-def test_a_stop_inside_a_deferred_block_lands_when_the_block_ends():
-    from gpt2jax.errors import Stopped, stop_now, stops_deferred
-
-    previous = signal.signal(signal.SIGINT, stop_now)
-    reached = []
-    try:
-        with pytest.raises(Stopped) as stopped:
-            with stops_deferred():
-                os.kill(os.getpid(), signal.SIGINT)
-                time.sleep(0.01)  # the handler has run: the block goes on
-                reached.append("end of block")
-            reached.append("after the block")
-        assert reached == ["end of block"] and stopped.value.name == "SIGINT"
-        with pytest.raises(Stopped):  # outside such a block a stop lands at once
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(1)
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def test_an_empty_lock_left_by_a_crash_is_stale_and_said_to_be(data_dir, tmp_path):
@@ -374,6 +376,28 @@ def test_a_cut_results_row_is_not_a_finished_point_and_is_repaired(tmp_path):
     assert [row["run"] for row in read_rows(path)] == ["a", "c"]  # repaired: no warning now
 
 
+def test_a_results_row_longer_than_its_header_is_named_as_such_and_a_column_added_by_hand_is_kept(tmp_path):
+    """A row with an extra field was called "cut short"; a ``note`` column added by hand ended ``sweep`` and
+    ``sweep --repair`` in "dict contains fields not in fieldnames: 'note'", naming no file."""
+    path = tmp_path / "results.csv"
+    for run, loss in (("a", 3.0), ("b", 2.5)):
+        upsert_row(path, {"run": run, "loss": loss, "n_params": 10, "n_tokens": 20, "wall_s": 12.5})
+    header, first, second = path.read_text().splitlines()
+    columns = len(header.split(","))
+    path.write_text(f"{header}\n{first}\n{second},extra\n")
+    with pytest.warns(UserWarning, match=rf"holds 1 row\(s\) with more fields than its header's {columns} \(line 3\)"):
+        assert [row["run"] for row in read_rows(path)] == ["a"]
+    with pytest.raises(
+        ValueError, match=rf"{path} line 3: it has {columns + 1} fields where the header names {columns}"
+    ):
+        load_results(path)
+    path.write_text(f"{header},note\n{first},my note\n{second},\n")  # a column of the user's own
+    upsert_row(path, {"run": "c", "loss": 2.0, "n_params": 10, "n_tokens": 20})
+    assert repair(path) == 0
+    rows = read_rows(path)
+    assert [(row["run"], row["note"]) for row in rows] == [("a", "my note"), ("b", ""), ("c", "")]
+
+
 def test_a_full_disk_is_one_sentence_saying_what_was_saved(data_dir, tmp_path, monkeypatch):
     disk = tmp_path / "disk"
     disk.mkdir()
@@ -420,6 +444,45 @@ def test_a_full_disk_is_one_sentence_saying_what_was_saved(data_dir, tmp_path, m
         assert not list(small.glob("*/meta.json"))  # nothing a later run would take for prepared data
     finally:
         subprocess.run(["umount", "-l", str(small)])
+
+
+def test_a_workdir_turned_read_only_is_one_sentence_saying_what_was_saved_and_what_to_do(
+    data_dir, tmp_path, monkeypatch
+):
+    """It ended in "Read-only file system: .../run.lock": releasing the lock failed too, and hid what was saved."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("tmpfs cannot be mounted here")
+    real_append = workdir_files.append_jsonl
+
+    def read_only_after_step_9(path, record):
+        real_append(path, record)
+        if record.get("step") == 9:
+            deadline = time.time() + 60  # step 6's checkpoint is written in the background
+            while not (path.parent / "checkpoints" / "6" / COMMIT_MARKER).is_file() and time.time() < deadline:
+                time.sleep(0.05)
+            subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+
+    try:
+        workdir = disk / "run"
+        with monkeypatch.context() as patched:
+            patched.setattr(workdir_files, "append_jsonl", read_only_after_step_9)
+            with pytest.warns(UserWarning, match=r"could not remove .*run.lock \(Read-only file system\)"):
+                with pytest.raises(
+                    checkpoint.CheckpointWriteError,
+                    match=r"could not write the checkpoint of step 12 to .* \(Read-only file system\); the newest "
+                    r"checkpoint saved is step 6: make it writable again \(free space, or fix its permission or mount\) "
+                    r"and run the same command to resume\.$",
+                ):
+                    loop.run(compact_config(data_dir), workdir)
+        subprocess.run(["mount", "-o", "remount,rw", str(disk)], check=True)
+        lock = workdir / workdir_files.LOCK_FILE
+        assert json.loads(lock.read_text())["pid"] == os.getpid()  # once this process ends, the next run breaks it
+        lock.unlink()
+        assert loop.run(compact_config(data_dir), workdir)["step"] == 12
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])
 
 
 def test_an_injected_disk_error_is_one_sentence(data_dir, tmp_path, monkeypatch):
@@ -485,6 +548,51 @@ def test_the_command_line_shows_one_plain_line_per_log_and_no_library_noise(data
     )
     # No absl or Orbax log lines, no progress bar written into a file.
     assert not result.stderr.strip(), result.stderr[-2000:]
+
+
+def test_a_relative_data_dir_is_recorded_absolute_and_found_from_any_directory(tmp_path, monkeypatch):
+    """A relative data.dir was relative to wherever the command ran: resumed or evaluated from elsewhere, the
+    corpus was prepared again there."""
+    first, elsewhere, workdir = tmp_path / "first", tmp_path / "elsewhere", tmp_path / "run"
+    first.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(first)
+    loop.run(compact_config("data", steps=6), workdir)
+    assert json.loads((workdir / "config.json").read_text())["data"]["dir"] == str(first / "data")
+    assert json.loads((workdir / "data.json").read_text())["path"].startswith(str(first / "data") + "/")
+    monkeypatch.chdir(elsewhere)
+    assert loop.run(compact_config("data", steps=12), workdir)["step"] == 12
+    evaluate = _evaluate(workdir, cwd=elsewhere)
+    assert evaluate.returncode == 0, evaluate.stderr[-2000:]
+    assert list(elsewhere.iterdir()) == []  # nothing prepared again here
+    (change,) = workdir_files.read_jsonl(workdir / workdir_files.CONFIG_CHANGES_FILE)
+    assert change["changes"] == {"train.steps": [6, 12]}  # data.dir the same, wherever the run started
+    fresh = tmp_path / "fresh"  # a new run from here prepares here, as a relative path says
+    loop.run(compact_config("data", steps=2), fresh)
+    assert json.loads((fresh / "config.json").read_text())["data"]["dir"] == str(elsewhere / "data")
+
+
+def test_a_clones_root_taken_for_the_package_is_one_sentence(tmp_path):
+    """From a clone's parent (the clone named gpt2jax), python took the clone's root for the package, and the
+    data/ training had made there shadowed gpt2jax.data: "cannot import name 'hellaswag' from 'gpt2jax.data'
+    (unknown location)". As the editable install finds the package: by a finder after the current directory."""
+    finders = list(Path(sys.prefix).glob("lib/python3*/site-packages/__editable___gpt2jax_*_finder.py"))
+    if not finders:
+        pytest.skip("gpt2jax is not installed editable here")
+    (tmp_path / "gpt2jax" / "data").mkdir(parents=True)  # the clone's root and the data/ training made in it
+    code = (
+        "import runpy, sys\n"
+        f"import {finders[0].stem} as finder\n"
+        f"finder.MAPPING['gpt2jax'] = {str(REPO / 'gpt2jax')!r}\n"
+        "sys.argv = ['evaluate', '--workdir', 'runs/x']\n"
+        "runpy.run_module('gpt2jax.cli.evaluate', run_name='__main__')\n"
+    )
+    env = {key: value for key, value in _env().items() if key != "PYTHONPATH"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert result.returncode == 1 and result.stderr == (
+        f"error: python took {tmp_path / 'gpt2jax'}, a folder of the current directory that is not the package, "
+        "for gpt2jax (a clone's root?); run the command from another directory, the clone's root for instance.\n"
+    )
 
 
 def _tiny_model(block_size=8, vocab_size=65):
@@ -567,14 +675,7 @@ def test_invalid_json_files_are_named(trained, data_dir, tmp_path):
     (workdir / "config.json").write_text("[]")  # valid JSON, but no config: one sentence, from the command too
     with pytest.raises(ValueError, match=r"run/config.json holds a JSON list, not an object; restore it or remove it"):
         loop.run(compact_config(data_dir, steps=14), workdir)
-    evaluate = subprocess.run(
-        [sys.executable, "-m", "gpt2jax.cli.evaluate", "--workdir", str(workdir)],
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    evaluate = _evaluate(workdir)
     assert evaluate.returncode == 1 and evaluate.stderr.strip().splitlines() == [
         f"error: {workdir / 'config.json'} holds a JSON list, not an object; restore it or remove it."
     ], evaluate.stderr[-2000:]

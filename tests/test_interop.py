@@ -142,7 +142,9 @@ def test_import_refuses_missing_weights(tmp_path):
 
 
 def test_import_refuses_weights_that_disagree_with_the_config(tmp_path):
-    with pytest.raises(ValueError, match=r"wpe.weight .* has shape \(128, 32\) but config.json implies \(64, 32\)"):
+    with pytest.raises(
+        ValueError, match=r"the weights in .* are block_size=128, but its config.json says block_size=64"
+    ):
         hf.load_hf(copy_fixture(tmp_path, n_positions=64))
 
 
@@ -288,6 +290,30 @@ def test_restore_or_init_names_the_flags_for_a_mismatched_model(tmp_path):
     try:
         with pytest.raises(ValueError, match=r"pass --config.model.n_embd=32\.$"):
             loop.restore_or_init(trainer, checkpointer)
+    finally:
+        checkpointer.close()
+
+
+def test_a_config_json_of_another_shape_than_its_weights_is_refused_not_advised_as_flags(tmp_path):
+    """A config.json of GPT-2 medium beside weights of 2 x 128: training advised medium's flags, which the weights
+    cannot fill; evaluate said at once that the two disagree. Both say so now, from the weights' shapes."""
+    from gpt2jax.training import loop
+    from gpt2jax.training.checkpoint import Checkpointer
+    from gpt2jax.training.trainer import build_trainer
+
+    directory = copy_fixture(tmp_path, n_layer=24, n_embd=1024, n_head=16)  # medium's shape, the fixture's weights
+    disagree = (
+        rf"^the weights in {directory} are n_layer=2, n_embd=32, but its config.json says n_layer=24, n_embd=1024: "
+        r"the checkpoint and its config disagree; correct config.json to the weights' shape, or download"
+    )
+    with pytest.raises(ValueError, match=disagree):
+        hf.load_hf(directory)  # as evaluate --init_from reads it
+    config = fixture_run_config()
+    config.train.init_from = f"hf:{directory}"
+    checkpointer = Checkpointer(tmp_path / "checkpoints", asynchronous=False)
+    try:
+        with pytest.raises(ValueError, match=disagree):
+            loop.restore_or_init(build_trainer(config), checkpointer)
     finally:
         checkpointer.close()
 

@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -84,11 +85,21 @@ def test_every_readme_command_runs_as_written(tmp_path):
         run = as_run_here(line)
         if run is None:
             continue
+        started = time.perf_counter()
         result = subprocess.run(
             run, shell=True, cwd=tmp_path, env=_environment(run), capture_output=True, text=True, timeout=900
         )
+        print(f"{time.perf_counter() - started:6.1f} s  {run}")  # pytest -s shows where the minutes go
         assert result.returncode == 0, f"{run}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
         assert "Traceback" not in result.stderr, f"{run}\n{result.stderr[-3000:]}"
+    # What the commands write goes under runs/ and data/, not into the repository they run in (hs.jsonl did).
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([*READ_BY_PATH, "data", "runs"])
+
+
+def test_a_readme_line_promising_per_token_log_probabilities_writes_them():
+    """``evaluate --text README.md   # per-token log-probabilities`` printed one aggregate loss."""
+    promising = [line for line in readme_lines(README.read_text()) if "log-probabilities" in line]
+    assert promising and all("--logprobs_out" in command_of(line) for line in promising)
 
 
 def test_the_readmes_first_screen_is_the_budget_commands_own_first_screen(tmp_path):

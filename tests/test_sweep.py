@@ -378,6 +378,28 @@ def test_two_workers_on_one_share_never_run_one_point(tmp_path, monkeypatch):
     assert set(trained.values()) == {1}
 
 
+def test_two_sweeps_of_other_configs_started_together_on_one_workdir_train_only_one(tmp_path):
+    """Both trained and mixed their rows in results.csv: the sweep.json check was check-then-write, unlocked."""
+    config_file = tmp_path / "sweep_config.py"
+    config_file.write_text(CONFIG_FILE.format(data_dir=str(tmp_path / "data"), budgets=[1024.0, 2048.0]))
+    workdir = tmp_path / "sweep"
+    processes = []
+    for spec in (str(config_file), f"{config_file}:cosine"):
+        command, env = sweep_command(spec, workdir)
+        processes.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+    results = [(process.wait(timeout=600), process.stderr.read().decode()) for process in processes]
+    assert sorted(code for code, _ in results) == [0, 1], results
+    winner = [code for code, _ in results].index(0)
+    loser_stderr = results[1 - winner][1]
+    assert loser_stderr.strip().splitlines()[-1] == (
+        f"error: {workdir} holds another sweep (its sweep.json has another config); use a new --workdir."
+    )
+    spec = json.loads((workdir / "sweep.json").read_text())["config_spec"]
+    assert spec == (str(config_file), f"{config_file}:cosine")[winner]
+    runs = {point.run for point in plan_module.expand(plan_module.load_sweep_config(spec)).points}
+    assert {row["run"] for row in read_rows(workdir / "results.csv")} == runs  # the winner's rows, all of them
+
+
 def _fake_run(trained):
     """loop.run as a finished run looks to the sweep: its final metrics record, counted in ``trained``."""
 
@@ -502,11 +524,10 @@ def test_killed_sweep_skips_finished_points_and_resumes_the_rest(branched_sweep)
     log = (branched_sweep["sweep"].point_dir(second.run) / "metrics.jsonl").read_text().splitlines()
     steps = [json.loads(line)["step"] for line in log]
     assert steps[-1] == second.steps
-    # Resumed from its own last checkpoint, not from the trunk: only the steps after that
-    # checkpoint, which the killed worker had logged but not saved, are logged twice.
-    logged_twice = {step for step in steps if steps.count(step) > 1}
-    assert all(step > branched_sweep["killed_checkpoint"] for step in logged_twice)
-    assert steps.count(min(steps)) == 1
+    # Resumed from its own last checkpoint, not from the trunk: the steps after that checkpoint,
+    # which the killed worker had logged but not saved, were trained again, and the resume
+    # removed their old records, so each step is logged once.
+    assert steps == sorted(set(steps)) and min(steps) > second.branch_step
 
 
 def test_branch_rows_account_trunk_and_cooldown_flops(branched_sweep):

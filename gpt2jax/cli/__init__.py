@@ -11,9 +11,11 @@ mismatched checkpoint, a full disk, the NaN stop) in one sentence on stderr and 
 a malformed command line exits 2. Any other exception is a bug, or an input nothing checks
 yet: it is one sentence too, naming its type, exit 1. ``GPT2JAX_TRACEBACK=1`` re-raises
 instead, for a developer who wants the traceback. SIGTERM (kill's default, and what SLURM
-sends first) and SIGINT (Ctrl-C) unwind as ``errors.Stopped``, so ``finally`` clauses run
-(locks are released, the checkpoint being saved completes), and the command ends in one
-line, exit 143 or 130, never in a KeyboardInterrupt's traceback. A warning is one line,
+sends first) and SIGINT (Ctrl-C) are recorded by ``errors.request_stop``: training, prepare and
+a sweep stop at the next point they choose (between steps, between start-up phases; training
+saves the step it stopped at), commands that only read stop where they are, and ``finally``
+clauses run (locks are released); the command ends in one line, exit 143 or 130, never in a
+KeyboardInterrupt's traceback. A second signal ends the process at once. A warning is one line,
 ``warning: ...``.
 
 Libraries' logging is quiet unless asked for: absl's (Orbax, TFDS: about 50 INFO lines a
@@ -29,10 +31,19 @@ import os
 import runpy
 import signal
 import sys
+import threading
 import warnings
 
 from gpt2jax import xla_flags
-from gpt2jax.errors import Stopped, first_line, stop_now
+from gpt2jax.errors import (
+    Stopped,
+    check_stop,
+    clear_stop,
+    first_line,
+    request_stop,
+    stopping_anywhere,
+    stopping_at_checkpoints,
+)
 
 # Errors a user causes: their own sentence is the message; anything else is named as unexpected.
 USER_ERRORS = (ValueError, OSError, RuntimeError)
@@ -76,15 +87,69 @@ def quiet_library_logging() -> None:
     sys.unraisablehook = _quiet_unraisable
 
 
-def guarded(main):
-    """``main`` with its errors turned into one sentence and exit code 1, unless GPT2JAX_TRACEBACK is set."""
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def install_stop_handlers() -> None:
+    """``errors.request_stop`` for SIGTERM and SIGINT, where they still have Python's default handlers,
+    when the process is a command (``python -m gpt2jax.X``, a ``gpt2jax-X`` script), not a program
+    that imports the package (a test runner keeps its own Ctrl-C).
+
+    Called as this package loads, before a command imports absl, JAX and its config (2 s and
+    more on a loaded machine): a stop sent then was Python's default, a KeyboardInterrupt's
+    traceback for Ctrl-C.
+    """
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    command = (spec is not None and spec.name.startswith("gpt2jax.")) or os.path.basename(sys.argv[0]).startswith(
+        "gpt2jax-"
+    )
+    if not command or threading.current_thread() is not threading.main_thread():
+        return
+    for signum in STOP_SIGNALS:
+        if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
+            signal.signal(signum, request_stop)
+
+
+install_stop_handlers()
+
+
+def refuse_a_shadowed_package() -> None:
+    """Ends the command in one sentence when ``gpt2jax`` was imported as a folder of the current directory
+    that is not the package (a clone's root, from the clone's parent: ``python -m`` puts the current
+    directory first), which made the clone's ``data/`` shadow ``gpt2jax.data``: "cannot import name
+    'hellaswag' from 'gpt2jax.data' (unknown location)"."""
+    package = sys.modules.get("gpt2jax")
+    if package is not None and getattr(package, "__file__", None) is None:
+        folder = next(iter(package.__path__), "?")
+        print(
+            f"error: python took {folder}, a folder of the current directory that is not the package, for gpt2jax "
+            "(a clone's root?); run the command from another directory, the clone's root for instance.",
+            file=sys.stderr,
+        )
+        sys.exit(USER_ERROR_EXIT)
+
+
+refuse_a_shadowed_package()
+
+
+def guarded(main, stops_at_checkpoints: bool = False):
+    """``main`` with its errors turned into one sentence and exit code 1, unless GPT2JAX_TRACEBACK is set.
+
+    A stop (SIGTERM, Ctrl-C) ends ``main`` where it is (``errors.stopping_anywhere``), or with
+    ``stops_at_checkpoints`` only where it checks (training, prepare, a sweep), and it ends the
+    command with 128 + the signal's number even where the code it interrupted finished anyway:
+    a SIGTERM is never answered by 0.
+    """
 
     def run(*args, **kwargs):
         warnings.formatwarning = _one_line_warning
-        stop_signals = (signal.SIGTERM, signal.SIGINT)
-        previous = [signal.signal(signum, stop_now) for signum in stop_signals]  # see the module docstring
+        previous = [signal.signal(signum, request_stop) for signum in STOP_SIGNALS]  # see the module docstring
         try:
-            return main(*args, **kwargs)
+            check_stop(lambda name: f"stopped by {name} as the command loaded, before it started; nothing was written.")
+            with stopping_at_checkpoints() if stops_at_checkpoints else stopping_anywhere():
+                result = main(*args, **kwargs)
+            check_stop()
+            return result
         except Stopped as stop:
             print(stop.message or f"stopped by {stop.name}.", file=sys.stderr)
             sys.exit(stop.code)
@@ -94,8 +159,9 @@ def guarded(main):
             print(f"error: {_one_sentence(error)}", file=sys.stderr)
             sys.exit(USER_ERROR_EXIT)
         finally:
-            for signum, handler in zip(stop_signals, previous):
+            for signum, handler in zip(STOP_SIGNALS, previous):
                 signal.signal(signum, handler)
+            clear_stop()
 
     return run
 
@@ -106,7 +172,7 @@ def usage_error(message: str) -> None:
     sys.exit(USAGE_EXIT)
 
 
-def run_absl(main) -> None:
+def run_absl(main, stops_at_checkpoints: bool = False) -> None:
     """Runs an absl command: its flags parsed by absl, its user errors reported in one sentence."""
     from absl import app
 
@@ -120,7 +186,10 @@ def run_absl(main) -> None:
         except app.UsageError as error:
             usage_error(str(error))
 
-    app.run(guarded(main_with_usage), flags_parser=lambda argv: _parse_absl_flags(argv, main.__module__))
+    app.run(
+        guarded(main_with_usage, stops_at_checkpoints),
+        flags_parser=lambda argv: _parse_absl_flags(argv, main.__module__),
+    )
 
 
 HELP_FLAGS = ("--help", "-h", "-?", "--helpshort")
@@ -215,10 +284,10 @@ def run_as_scaling_subcommand(module_name: str) -> None:
     runpy.run_module("gpt2jax.cli.scaling", run_name="__main__", alter_sys=True)
 
 
-def run_argparse(main, argv=None) -> None:
+def run_argparse(main, argv=None, stops_at_checkpoints: bool = False) -> None:
     """Runs ``main(argv)`` of an argparse command, its user errors reported in one sentence."""
     quiet_library_logging()
-    guarded(main)(argv)
+    guarded(main, stops_at_checkpoints)(argv)
 
 
 def initialize_distributed(mesh_config=None) -> None:

@@ -74,9 +74,11 @@ def main(argv: list[str] | None = None) -> None:
         hub_cache=args.hub_cache or Path(args.out).parent / "hub",
     )
     print(json.dumps(meta, indent=2))
+    tokens = {split: sum(shard["tokens"] for shard in split_shards(meta, split)) for split in ("train", "val")}
     print(
-        f"prepared {args.out} ({sum(shard['tokens'] for shard in split_shards(meta, 'train')):,} train tokens); train on it with "
-        f"python -m gpt2jax.main --config CONFIG --workdir WORKDIR --config.data.prepared={args.out}",
+        f"prepared {args.out} ({tokens['train']:,} train and {tokens['val']:,} val tokens, val "
+        f"{meta['val_split']}); train on it with python -m gpt2jax.main --config CONFIG --workdir WORKDIR "
+        f"--config.data.prepared={args.out}",
         file=sys.stderr,
     )
 
@@ -93,7 +95,7 @@ def _prepare_config(spec: str, data_dir: str | None) -> dict:
 
 
 def entry(argv: list[str] | None = None) -> None:
-    cli.run_argparse(main, argv)
+    cli.run_argparse(main, argv, stops_at_checkpoints=True)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import json
 import math
 from pathlib import Path
 
+from gpt2jax.errors import stopping_at_checkpoints
+
 HELP = "run a sweep's points (resumable, shardable over workers), or print its plan"
 
 
@@ -53,6 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+@stopping_at_checkpoints()  # a stop ends the sweep where its training checks it: see errors.request_stop
 def run(args: argparse.Namespace) -> None:
     from gpt2jax.scaling.plan import expand, format_plan, load_sweep_config
     from gpt2jax.scaling.tuning import TuningStage, describe, tuned_config

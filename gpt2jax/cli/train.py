@@ -54,7 +54,7 @@ def main(argv):
 
 
 def entry() -> None:
-    cli.run_absl(main)
+    cli.run_absl(main, stops_at_checkpoints=True)
 
 
 if __name__ == "__main__":

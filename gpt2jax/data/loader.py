@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpt2jax.data.prepare import DEFAULT_SHARD_TOKENS, prepare, token_settings
+from gpt2jax.data.prepare import DEFAULT_SHARD_TOKENS, prepare, reused, token_settings
 from gpt2jax.data.shards import META_FILE, SPLITS, TOKEN_DTYPE, read_meta, split_shards, verify_token_files
 
 
@@ -79,7 +79,7 @@ def open_prepared(data_dir: str | Path) -> PreparedData:
 
 def prepared_dir_name(source: str, **prepare_kwargs) -> str:
     """``<slug of source>-<hash of the settings that decide the tokens>``, e.g. ``synthetic-3f2a9c01d4``."""
-    settings = token_settings(source, **{k: v for k, v in prepare_kwargs.items() if k not in _LAYOUT_ONLY})
+    settings = _token_settings(source, prepare_kwargs)
     slug = re.sub(r"[^a-z0-9]+", "-", source.lower()).strip("-")[:48] or "data"
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     return f"{slug}-{digest}"
@@ -87,6 +87,10 @@ def prepared_dir_name(source: str, **prepare_kwargs) -> str:
 
 # prepare's arguments that change where inputs come from or how tokens are cut into files, not the tokens.
 _LAYOUT_ONLY = ("tfds_data_dir", "hub_cache", "shard_tokens", "workers")
+
+
+def _token_settings(source: str, prepare_kwargs: dict) -> dict:
+    return token_settings(source, **{k: v for k, v in prepare_kwargs.items() if k not in _LAYOUT_ONLY})
 
 
 def ensure_prepared(source: str, data_root: str | Path, **prepare_kwargs) -> Path:
@@ -98,22 +102,40 @@ def ensure_prepared(source: str, data_root: str | Path, **prepare_kwargs) -> Pat
     """
     out_dir = Path(data_root) / prepared_dir_name(source, **prepare_kwargs)
     if (out_dir / META_FILE).exists():  # checked before prepare's lock, so a read-only data_root works
+        reused(out_dir, _token_settings(source, prepare_kwargs))
         return out_dir
     prepare(source, out_dir, **prepare_kwargs)
     return out_dir
 
 
-def prepared_data(config) -> PreparedData:
-    """The prepared tokens of a run config's ``data`` section, preparing them on first use.
+def anchored(config, recorded_dir: str | None = None):
+    """A copy of ``config`` whose data paths (``data.dir``, ``data.prepared``, ``data.hub_cache``) are absolute.
 
-    Refuses data with ids past the model's embedding, which the gather would clip silently.
+    A relative path is relative to the current directory, except a relative ``data.dir`` under
+    which this config's data are not prepared while ``recorded_dir`` (the absolute data.dir a
+    workdir's config.json records) holds them: a run resumed, or evaluated, from another
+    directory prepared the corpus again there. Recorded absolute, a workdir's data are found
+    from anywhere.
     """
+    config = config.copy_and_resolve_references()
     data = config.data
-    if data.get("prepared"):
-        return _checked_vocab(open_prepared(Path(data.prepared)), Path(data.prepared), config)
-    data_dir = ensure_prepared(
-        data.source,
-        data.dir,
+    for key in ("prepared", "hub_cache"):
+        if data.get(key):
+            data[key] = str(Path(data[key]).absolute())
+    if Path(data.dir).is_absolute():
+        return config
+    here = Path(data.dir).absolute()
+    if recorded_dir and Path(recorded_dir).is_absolute() and not data.get("prepared"):
+        name = prepared_dir_name(data.source, **_prepare_settings(data))
+        if not (here / name / META_FILE).exists() and (Path(recorded_dir) / name / META_FILE).exists():
+            here = Path(recorded_dir)
+    data.dir = str(here)
+    return config
+
+
+def _prepare_settings(data) -> dict:
+    """The keyword arguments of ``prepare`` (and of ``prepared_dir_name``) a config's data section gives."""
+    return dict(
         val_fraction=data.val_fraction,
         text_key=data.text_key,
         tfds_data_dir=data.tfds_data_dir or None,
@@ -124,6 +146,17 @@ def prepared_data(config) -> PreparedData:
         workers=data.get("workers") or None,
         hub_cache=data.get("hub_cache") or Path(data.dir) / "hub",
     )
+
+
+def prepared_data(config) -> PreparedData:
+    """The prepared tokens of a run config's ``data`` section, preparing them on first use.
+
+    Refuses data with ids past the model's embedding, which the gather would clip silently.
+    """
+    data = config.data
+    if data.get("prepared"):
+        return _checked_vocab(open_prepared(Path(data.prepared)), Path(data.prepared), config)
+    data_dir = ensure_prepared(data.source, data.dir, **_prepare_settings(data))
     return _checked_vocab(open_prepared(data_dir), data_dir, config)
 
 

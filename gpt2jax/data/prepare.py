@@ -24,10 +24,8 @@ import json
 import math
 import os
 import shutil
-import signal
 import socket
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -49,7 +47,7 @@ from gpt2jax.data.synthetic import SOURCE_PREFIX as SYNTHETIC_PREFIX
 from gpt2jax.data.synthetic import SyntheticLanguage
 from gpt2jax.data.tokenizer import EOT_TOKEN_ID, GPT2_VOCAB_SIZE
 from gpt2jax.data.workers import Tokenizers
-from gpt2jax.errors import Stopped, stop_now
+from gpt2jax.errors import check_stop, stop_requested, stopping_at_checkpoints
 from gpt2jax.files.atomic import fsync_directory, write_atomically
 
 DEFAULT_SHARD_TOKENS = 100_000_000  # 200 MB a shard, as build-nanogpt and llm.c write FineWeb
@@ -94,6 +92,7 @@ def token_settings(
     return settings | {"val_fraction": val_fraction, "text_key": text_key}
 
 
+@stopping_at_checkpoints()
 def prepare(
     source: str,
     out_dir: str | Path,
@@ -132,7 +131,7 @@ def prepare(
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be at least 1 (or unset for every core), got {workers}.")
     if (out_dir / META_FILE).exists():
-        return _reused(out_dir, settings)
+        return reused(out_dir, settings)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ValueError(f"{out_dir} exists but holds no prepared data; choose another output directory or delete it.")
     # Open the source first, so that a bad one is refused before anything is created.
@@ -154,7 +153,7 @@ def prepare(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(out_dir) as locked:
         if (out_dir / META_FILE).exists():  # another process finished it while this one waited
-            return _reused(out_dir, settings)
+            return reused(out_dir, settings)
         if not locked:  # a filesystem without locks: a private work directory, never resumed
             partial = partial.with_name(f"{partial.name}-{socket.gethostname()}-{os.getpid()}")
         if isinstance(opened, SyntheticLanguage):
@@ -178,7 +177,9 @@ def prepare(
         return _publish(partial, out_dir, settings)
 
 
-def _reused(out_dir: Path, settings: dict) -> dict:
+def reused(out_dir: Path, settings: dict) -> dict:
+    """The meta.json of prepared data in out_dir, refused unless prepared with ``settings``: a directory is
+    what its meta.json records, not what its name says (a prepared folder renamed or copied by hand)."""
     meta = read_meta(out_dir)
     if meta["settings"] != settings:
         raise ValueError(
@@ -195,16 +196,65 @@ def _differences(found: dict, wanted: dict) -> str:
     )
 
 
+LOCK_SAY_AFTER_S = 2.0  # a wait shorter than this (another prepare finishing) goes unsaid
+LOCK_POLL_S = 0.2
+
+
 @contextlib.contextmanager
 def _exclusive(out_dir: Path):
-    """Holds ``.DIR.lock`` beside out_dir; yields False where the filesystem refuses locks."""
-    with open(out_dir.parent / f".{out_dir.name}.lock", "a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
-        except OSError:
-            yield False
-            return
+    """Holds ``.DIR.lock`` beside out_dir; yields False where the filesystem refuses locks.
+
+    The holder writes its pid, host and start time into the file, so a prepare that waits
+    says who it waits for (a stopped prepare, SIGSTOP, used to keep the next one waiting
+    silently forever). The wait polls, so a stop (SIGTERM, Ctrl-C) ends it within LOCK_POLL_S.
+    """
+    path = out_dir.parent / f".{out_dir.name}.lock"
+    with open(path, "a+") as lock:
+        said = False
+        started = time.monotonic()
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the file closes, or the process dies
+                break
+            except BlockingIOError:
+                pass
+            except OSError:
+                yield False
+                return
+            check_stop(lambda name: f"prepare: stopped by {name} while it waited for {path}; nothing was written.")
+            if not said and time.monotonic() - started >= LOCK_SAY_AFTER_S:
+                said = True
+                print(
+                    f"prepare: waiting for {_lock_holder(path)}, which is preparing {out_dir} (lock {path}); "
+                    "Ctrl-C stops waiting.",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            time.sleep(LOCK_POLL_S)
+        lock.seek(0)
+        lock.truncate()
+        lock.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}))
+        lock.flush()
         yield True
+
+
+def _lock_holder(path: Path) -> str:
+    """Who holds a prepare's lock, as its file records it, and whether that process is stopped."""
+    try:
+        holder = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        holder = {}
+    if not isinstance(holder, dict) or type(holder.get("pid")) is not int:
+        return "another prepare"
+    pid = holder["pid"]
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("since", 0)))
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        state = ""
+    here = holder.get("host") == socket.gethostname()
+    stopped = "; it is stopped (SIGSTOP): kill -CONT {pid} resumes it" if here and state in ("T", "t") else ""
+    return f"pid {pid} on host {holder.get('host', '?')} (since {since}{stopped.format(pid=pid)})"
 
 
 def _publish(partial: Path, out_dir: Path, settings: dict) -> dict:
@@ -319,13 +369,12 @@ def _write_pieces(plan: sources.Plan, partial: Path, settings: dict, shard_token
         return not all(writers[split].full for split in wanted)
 
     progress = _Progress(settings["source"], plan, budgets)
-    stop = _StopSignals()
     completed = False
     try:
-        with stop, Tokenizers(workers) as tokenizers:
+        with Tokenizers(workers) as tokenizers:
             todo = ((index, plan.pieces[index]) for index in range(position.piece, len(plan.pieces)))
             for index, (tokens, lengths) in tokenizers.in_order(
-                ((index, piece) for index, piece in todo if needed(piece)), stop.requested
+                ((index, piece) for index, piece in todo if needed(piece)), lambda: stop_requested() is not None
             ):
                 position.start(index)
                 piece = plan.pieces[index]
@@ -335,13 +384,13 @@ def _write_pieces(plan: sources.Plan, partial: Path, settings: dict, shard_token
                 progress.update(sum(writer.count for writer in writers.values()), index + 1)
                 if all(writer.full for writer in writers.values()):
                     break
-            if stop.signum is not None:
-                published = sum(len(writer.published) for writer in writers.values())
-                raise Stopped(
-                    stop.signum,
-                    f"prepare: stopped by {signal.Signals(stop.signum).name} with {published} shards published; "
-                    "the same command continues from there.",
+            published = sum(len(writer.published) for writer in writers.values())
+            check_stop(
+                lambda name: (
+                    f"prepare: stopped by {name} with {published} shards published; "
+                    "the same command continues from there."
                 )
+            )
         for writer in writers.values():
             writer.publish()
         completed = True
@@ -355,6 +404,7 @@ def _write_pieces(plan: sources.Plan, partial: Path, settings: dict, shard_token
             writer.close()
         progress.close()
     counts = {split: writer.count for split, writer in writers.items()}
+    _check_carved_split(settings, plan, position.documents, counts, partial)
     if counts["train"] == 0 or counts["val"] == 0:
         shutil.rmtree(partial, ignore_errors=True)
         if counts["train"] == 0:
@@ -371,6 +421,28 @@ def _write_pieces(plan: sources.Plan, partial: Path, settings: dict, shard_token
     } | ({"origin": plan.origin} if plan.origin else {})
 
 
+def _check_carved_split(settings: dict, plan: sources.Plan, documents: int, counts: dict, partial: Path) -> None:
+    """Refuses a val split carved from fewer documents than the fraction needs.
+
+    A carved val split takes one document in every ``round(1 / val_fraction)``; with fewer
+    documents than that its one document is no fraction of anything: two one-document files and
+    val_fraction 0.005 sent 51% of the tokens to val.
+    """
+    stride = sources.carve_stride(settings["val_fraction"])
+    if plan.val_origin != sources.CARVED or not 2 <= documents < stride:
+        return
+    if settings["max_tokens"] and counts["train"] >= settings["max_tokens"]:
+        return  # stopped by its budget, before the rest of the documents
+    shutil.rmtree(partial, ignore_errors=True)
+    share = counts["val"] / max(counts["train"] + counts["val"], 1)
+    raise ValueError(
+        f"source {settings['source']!r} holds {documents} documents, too few to carve a val split of "
+        f"val_fraction={settings['val_fraction']:g} (one document in every {stride}): its val split would be "
+        f"{share:.0%} of the tokens; give at least {stride} documents, a --val_fraction of at least "
+        f"{1 / documents:.2g}, or a source with its own validation split."
+    )
+
+
 def _write_piece(piece, tokens, lengths, writers, position: _Position, val_fraction: float, write_journal) -> None:
     """Appends one piece's documents to their splits, past what position.done says is already written."""
     if piece.role == "carve":
@@ -384,40 +456,6 @@ def _write_piece(piece, tokens, lengths, writers, position: _Position, val_fract
             writer.append(part[position.done(split) :])
             if writer.just_published:
                 write_journal()
-
-
-class _StopSignals:
-    """Turns SIGTERM and SIGINT into a stop at the next piece boundary; a second one stops at once.
-
-    Installed only in the main thread and only over the default handlers or ``stop_now`` (a
-    training run's, which would stop mid-piece), so a command that handles these signals
-    otherwise keeps its handlers.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self):
-        self.signum = None
-        self._previous = {}
-
-    def requested(self) -> bool:
-        return self.signum is not None
-
-    def _handle(self, signum, frame) -> None:
-        if self.signum is not None:
-            raise Stopped(signum)  # a second signal: stop now; the finally clauses still write the journal
-        self.signum = signum
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for signum in self.SIGNALS:
-                if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler, stop_now):
-                    self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
 
 
 def _read_journal(partial: Path) -> dict:

@@ -16,10 +16,13 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import threading
 import time
 import warnings
 from pathlib import Path
+
+from gpt2jax.errors import check_stop
 
 STALE_AFTER_S = 600.0
 UNREADABLE_GRACE_S = 5.0  # a creator writes its owner record microseconds after creating the file
@@ -77,10 +80,28 @@ class FileLock:
         )
         return owner if well_formed else {}  # a lock that says no owner plainly is an unreadable one
 
-    def acquire(self, poll_s: float = 0.05) -> None:
-        """Waits until the lock is taken."""
+    def acquire(self, poll_s: float = 0.05, waiting: str | None = None, say_after_s: float = 2.0) -> None:
+        """Waits until the lock is taken; a stop (SIGTERM, Ctrl-C) ends the wait.
+
+        ``waiting`` names what the holder does: after ``say_after_s`` the wait is said on stderr,
+        with the holder's pid and host, so that it never looks like a hang.
+        """
+        started = time.monotonic()
+        said = waiting is None
         while not self.try_acquire():
+            check_stop(lambda name: f"stopped by {name} while it waited for {self.path}.")
+            if not said and time.monotonic() - started >= say_after_s:
+                said = True
+                print(f"waiting for {self.path} ({waiting}: {self.describe_holder()}).", file=sys.stderr, flush=True)
             time.sleep(poll_s)
+
+    def describe_holder(self) -> str:
+        """``pid 12 on host h, since 2026-12-07 10:00:00``, from the lock file; what is known when it names no one."""
+        holder = self.holder() or {}
+        if "pid" not in holder:  # younger than UNREADABLE_GRACE_S: its creator is still writing it
+            return "it is taking the lock this very moment"
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("since", 0)))
+        return f"pid {holder['pid']} on host {holder.get('host', '?')}, since {since}"
 
     def release(self) -> None:
         if not self._held:
@@ -93,6 +114,11 @@ class FileLock:
             self.path.unlink()
         except FileNotFoundError:
             pass  # broken as stale by another worker: it judged this owner dead
+        except OSError as error:
+            # A filesystem turned read-only: the error that ends the command says what was saved, not this.
+            warnings.warn(
+                f"could not remove {self.path} ({error.strerror}); the next run breaks it, its owner being dead."
+            )
 
     def __enter__(self) -> FileLock:
         self.acquire()
@@ -108,7 +134,7 @@ class FileLock:
             while not self._stop.wait(self.stale_after / 4):
                 try:
                     os.utime(self.path)
-                except FileNotFoundError:
+                except OSError:  # broken as stale, or its filesystem turned read-only: release says so
                     return
 
         self._heartbeat = threading.Thread(target=beat, name=f"lock {self.path.name}", daemon=True)

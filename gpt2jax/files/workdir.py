@@ -14,6 +14,7 @@ A sweep workdir (``--workdir`` of ``python -m gpt2jax.scaling sweep``) holds
   sweep.json      the sweep config, its points and the data's meta.json
   points/RUN/     each point's (and each trunk's) training workdir
   locks/JOB.lock  held by the worker running that job
+  locks/sweep.json.lock  held while a sweep checks its sweep.json and writes it
   results.csv     one row per finished point
   sessions.jsonl  one line per invocation of a worker
 
@@ -29,6 +30,8 @@ import os
 import warnings
 from pathlib import Path
 
+from gpt2jax.files.atomic import write_atomically
+
 CONFIG_FILE = "config.json"
 CONFIG_CHANGES_FILE = "config_changes.jsonl"
 DATA_FILE = "data.json"
@@ -43,6 +46,7 @@ RESULTS_FILE = "results.csv"
 SESSIONS_FILE = "sessions.jsonl"
 POINTS_DIR = "points"
 LOCKS_DIR = "locks"
+SWEEP_LOCK = "sweep.json.lock"
 
 
 def read_json(path: str | Path, remedy: str = "restore it or remove it") -> dict:
@@ -92,8 +96,9 @@ def _is_step(value) -> bool:
 def read_metrics(workdir: str | Path) -> list[dict]:
     """A run's metrics.jsonl, one record per step.
 
-    A resumed run logs again the steps after its last checkpoint, and the later record of
-    a step is the one the run continued from.
+    A resume removes the records of the steps it trains again (``drop_records_after``); of
+    two records of one step (a file written before it did), the later is the one the run
+    continued from.
     """
     by_step = {
         record["step"]: record for record in read_jsonl(Path(workdir) / METRICS_FILE) if _is_step(record.get("step"))
@@ -127,17 +132,47 @@ def remove_cut_line(path: str | Path) -> int:
         return 0
 
 
+def _remove_cut_line_saying_so(path: Path) -> None:
+    cut = remove_cut_line(path)
+    if cut:
+        warnings.warn(f"{path} ended in a line cut short ({cut} bytes, left by a crash); removed it.")
+
+
 def append_jsonl(path: str | Path, record: dict) -> None:
     """Appends ``record`` as one line, after removing a line a crash cut (with a warning)."""
     path = Path(path)
     try:
-        cut = remove_cut_line(path)
-        if cut:
-            warnings.warn(f"{path} ended in a line cut short ({cut} bytes, left by a crash); removed it.")
+        _remove_cut_line_saying_so(path)
         with path.open("a") as file:
             file.write(json.dumps(record) + "\n")
     except OSError as error:
         raise OSError(error.errno, error.strerror, str(path)) from error
+
+
+def drop_records_after(path: str | Path, step: int) -> int:
+    """Removes from a metrics.jsonl the records of steps after ``step``, which a run resumed at ``step`` trains
+    again, so that the file holds one record per step; the number removed.
+
+    A run killed after its last checkpoint (SIGKILL, a crash, a full disk) logged steps it
+    then trains again; their old records described a state no checkpoint kept.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    _remove_cut_line_saying_so(path)
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if not _is_step(_step_of(line)) or _step_of(line) <= step]
+    if len(kept) < len(lines):
+        write_atomically(path, "".join(kept))
+    return len(lines) - len(kept)
+
+
+def _step_of(line: str):
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return record.get("step") if isinstance(record, dict) else None
 
 
 def results_path(sweep_workdir: str | Path) -> Path:

@@ -127,6 +127,28 @@ def check_shape(hf_fields: dict[str, int], model_config: GPTConfig, directory: s
         )
 
 
+def check_config_fits_weights(fields: dict[str, int], tensors: dict[str, np.ndarray], directory) -> None:
+    """Refuses a config.json whose shape is not the weights': a config.json of GPT-2 medium beside weights of
+    2 layers of width 128 had training advise medium's flags, which those weights cannot fill."""
+    if "wte.weight" not in tensors or "wpe.weight" not in tensors:
+        return  # named as missing weights
+    layers = {int(name.split(".")[1]) for name in tensors if re.match(r"h\.\d+\.", name)}
+    found = dict(
+        n_layer=max(layers) + 1 if layers else 0,
+        n_embd=tensors["wte.weight"].shape[-1],
+        block_size=tensors["wpe.weight"].shape[0],
+        vocab_size=tensors["wte.weight"].shape[0],
+    )
+    differing = [name for name, value in found.items() if fields[name] != value]
+    if differing:
+        weights = ", ".join(f"{name}={found[name]}" for name in differing)
+        said = ", ".join(f"{name}={fields[name]}" for name in differing)
+        raise ValueError(
+            f"the weights in {directory} are {weights}, but its {CONFIG_FILE} says {said}: the checkpoint and its "
+            f"config disagree; correct {CONFIG_FILE} to the weights' shape, or download the checkpoint again."
+        )
+
+
 def load_hf(directory: str | Path, model_config: GPTConfig | None = None) -> tuple[GPTConfig, nnx.State]:
     """(config, params) of a Hugging Face GPT-2 directory; params match ``GPT(config)`` as host numpy arrays.
 
@@ -135,11 +157,12 @@ def load_hf(directory: str | Path, model_config: GPTConfig | None = None) -> tup
     dtype, ...) are kept.
     """
     fields = read_config(directory)
+    tensors = _read_tensors(directory)
+    check_config_fits_weights(fields, tensors, directory)  # before the config's shape is advised as the flags to pass
     if model_config is None:
         model_config = GPTConfig(**fields)
     else:
         check_shape(fields, model_config, directory)
-    tensors = _read_tensors(directory)
     lm_head = tensors.pop("lm_head.weight", None)
     table = _name_table(model_config)
     missing = [name for name, *_ in table if name not in tensors]

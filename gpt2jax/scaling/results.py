@@ -76,32 +76,54 @@ COLUMNS = (
 
 
 def read_rows(path: str | Path) -> list[dict]:
-    """The rows of finished points. A row cut short or garbled is left out, with a warning, and is not a finished point.
+    """The rows of finished points. A row cut short, garbled or longer than its header is left out, with a
+    warning naming its line, and is not a finished point.
 
     Every row is written whole and ends in a newline, so a row that lacks columns, or a last
     row without its newline, was cut (by a copy, a crash or a full disk on a filesystem that
     does not rename atomically); a row whose numbers ``load_results`` would refuse
-    (``row_problem``) was garbled. Either way its point runs again, and the next ``upsert_row``
-    (or ``repair``) writes the file without it, so the runner and the fits agree on the points.
+    (``row_problem``) was garbled; a row with more fields than the header was edited by hand.
+    Either way its point runs again, and the next ``upsert_row`` (or ``repair``) writes the
+    file without it, so the runner and the fits agree on the points.
     """
     path = Path(path)
     if not path.is_file():
         return []
     text = path.read_text()
-    rows = list(csv.DictReader(io.StringIO(text, newline="")))
-    complete = [row for row in rows if None not in row and None not in row.values()]
-    if rows and complete and complete[-1] is rows[-1] and not text.endswith("\n"):
-        complete.pop()
-    finished = [row for row in complete if row_problem(row) is None]
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows = list(reader)
+    columns = reader.fieldnames or []
+    finished, garbled, cut, long = [], [], [], []
+    for line, row in enumerate(rows, start=2):
+        shape = _shape_problem(row, columns)
+        if shape is None and row is rows[-1] and not text.endswith("\n"):
+            shape = "it is cut short"
+        if shape == "it is cut short":
+            cut.append(line)
+        elif shape is not None:
+            long.append(f"line {line}")
+        elif row_problem(row) is not None:
+            garbled.append(f"run {row['run']!r}: {row_problem(row)}")
+        else:
+            finished.append(row)
     if len(finished) < len(rows):
-        garbled = [f"run {row['run']!r}: {row_problem(row)}" for row in complete if row_problem(row) is not None]
-        warnings.warn(
-            f"{path} holds {len(complete) - len(finished)} garbled row(s) ({'; '.join(garbled[:3])}) and "
-            f"{len(rows) - len(complete)} cut short; left them out, so their points run again."
-            if garbled
-            else f"{path} holds {len(rows) - len(complete)} row(s) cut short; left them out, so their points run again."
-        )
+        parts = [f"{len(garbled)} garbled row(s) ({'; '.join(garbled[:3])})"] if garbled else []
+        parts += [f"{len(cut)} row(s) cut short"] if cut else []
+        if long:
+            parts.append(
+                f"{len(long)} row(s) with more fields than its header's {len(columns)} ({', '.join(long[:3])})"
+            )
+        warnings.warn(f"{path} holds {' and '.join(parts)}; left them out, so their points run again.")
     return finished
+
+
+def _shape_problem(row: dict, columns: list[str]) -> str | None:
+    """Why a csv.DictReader row does not fit its header: fewer fields (cut short) or more, or None."""
+    if None in row:  # DictReader's key for the fields past the header's
+        return f"it has {len(columns) + len(row[None])} fields where the header names {len(columns)} columns"
+    if None in row.values():
+        return "it is cut short"
+    return None
 
 
 def row_problem(row: dict) -> str | None:
@@ -157,8 +179,14 @@ def repair(path: str | Path) -> int:
 
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
+    """Writes ``rows`` under COLUMNS and, after them, the columns a user added to the file (a ``note``,
+    say), kept as they are: they ended the sweep in "dict contains fields not in fieldnames"."""
+    added = []
+    if path.is_file():
+        header = next(csv.reader(io.StringIO(path.read_text(), newline="")), [])
+        added = [column for column in header if column not in COLUMNS and column]
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(text, fieldnames=[*COLUMNS, *added], lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     write_atomically(path, text.getvalue())
@@ -261,7 +289,7 @@ def _read_rows(path: pathlib.Path) -> tuple[list[str], list[dict]]:
     if not rows:
         raise ValueError(f"{path} has a header but no rows.")
     for line, row in enumerate(rows, start=2):
-        problem = "it is cut short" if None in row or None in row.values() else row_problem(row)
+        problem = _shape_problem(row, columns) or row_problem(row)
         if problem:
             raise ValueError(f"{path} line {line}: {problem}; {_remedy(path)}.")
     return columns, [dict(row, _line=line, _path=path) for line, row in enumerate(rows, start=2)]

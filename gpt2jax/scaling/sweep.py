@@ -30,6 +30,7 @@ from gpt2jax.files.workdir import (
     RESULTS_FILE,
     SESSIONS_FILE,
     SWEEP_FILE,
+    SWEEP_LOCK,
     append_jsonl,
     read_json,
     read_metrics,
@@ -83,10 +84,23 @@ class Sweep:
         return {row["run"] for row in read_rows(self.results_path)}
 
     def start(self, config_spec: str) -> None:
-        """Writes sweep.json, preparing the data once; refuses a workdir of another sweep."""
+        """Writes sweep.json, preparing the data once; refuses a workdir of another sweep.
+
+        The check and the write happen under the workdir's ``locks/sweep.lock``: two sweeps of
+        different configs started together both found no sweep.json, both trained, and mixed
+        their rows in results.csv.
+        """
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(self.workdir / LOCKS_DIR / SWEEP_LOCK)
+        lock.acquire(waiting=f"a sweep starting in {self.workdir}")
+        try:
+            self._start_locked(config_spec)
+        finally:
+            lock.release()
+
+    def _start_locked(self, config_spec: str) -> None:
         from gpt2jax.data import loader
 
-        self.workdir.mkdir(parents=True, exist_ok=True)
         path = self.workdir / SWEEP_FILE
         config = json.loads(self.plan.config.to_json())
         if path.is_file() and not extends(read_json(path).get("config"), config):

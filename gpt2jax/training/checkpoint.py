@@ -41,6 +41,14 @@ class UnreadableCheckpoint(RuntimeError):
     """A committed step that does not read back as it was saved (truncated, altered, deleted meanwhile)."""
 
 
+# What to do when a workdir stops taking writes (a full disk, a permission, a filesystem turned read-only).
+WRITE_REMEDY = "make it writable again (free space, or fix its permission or mount) and run the same command to resume"
+
+
+class MislabeledCheckpoint(ValueError):
+    """A step folder whose name is not the step its state records (renamed or copied by hand)."""
+
+
 class CheckpointWriteError(RuntimeError):
     """A save that failed (a full disk, a permission), with the step it was writing."""
 
@@ -145,7 +153,7 @@ class Checkpointer:
                 ),
             )
         self.wait()  # Orbax would wait too; waiting here names the step whose save failed
-        metadata = dict(counters or {}, checksums=checksums(state))
+        metadata = dict(counters or {}, step=step, checksums=checksums(state))
         self._saving = step
         try:
             self._manager.save(step, args=ocp.args.StandardSave(state), custom_metadata=metadata, force=True)
@@ -168,7 +176,8 @@ class Checkpointer:
         saved = self.committed_steps()
         return CheckpointWriteError(
             f"could not write the checkpoint of step {step} to {self.directory} ({_reason(error)}); "
-            + (f"the newest checkpoint saved is step {saved[-1]}." if saved else "no checkpoint was saved.")
+            + (f"the newest checkpoint saved is step {saved[-1]}" if saved else "no checkpoint was saved")
+            + f": {WRITE_REMEDY}."
         )
 
     def set_aside(self, folder: Path) -> Path:
@@ -215,8 +224,11 @@ class Checkpointer:
         )
 
     def restore_params(self, step: int, abstract_params):
-        """Only the parameters (no optimizer state), onto the shardings of ``abstract_params``."""
-        target = {"params": abstract_params}
+        """Only the parameters (no optimizer state), onto the shardings of ``abstract_params``; and the step,
+        which ``_read`` holds against the folder's name."""
+        mesh = jax.tree.leaves(abstract_params)[0].sharding.mesh
+        replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        target = {"params": abstract_params, "step": jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)}
         self.check_shapes(step, target)
         restore_args = ocp.checkpoint_utils.construct_restore_args(target)
         restored = self._read(
@@ -227,14 +239,38 @@ class Checkpointer:
         )
         return restored["params"]
 
+    def check_label(self, step: int, recorded) -> None:
+        """Refuses a folder named ``step`` whose state records another step: a checkpoint's step is what it
+        records, not its folder's name (``checkpoints/20`` renamed to ``40`` was evaluated as step 40
+        with step 20's loss, and a run then could never save its step 40)."""
+        if recorded is not None and int(recorded) != step:
+            raise MislabeledCheckpoint(
+                f"{self.directory / str(step)} holds the state of step {int(recorded)}, not {step} (the folder was "
+                f"renamed or copied); rename it to {self.directory / str(int(recorded))}, or move it out of "
+                f"{self.directory}."
+            )
+
+    def check_labels(self) -> None:
+        """``check_label`` on every committed step whose metadata records its step (one small file each)."""
+        for step in self.committed_steps():
+            try:
+                recorded = self.metadata(step).get("step")
+            except UnreadableCheckpoint:
+                continue  # refused, or set aside, when it is restored
+            self.check_label(step, recorded)
+
     def _read(self, step: int, read):
-        """``read(item path)``, verified against the checksums saved with it and for finiteness."""
+        """``read(item path)``, verified against the step and the checksums saved with it, and for finiteness."""
         where = f"the checkpoint of step {step} in {self.directory}"
-        saved = self.metadata(step).get("checksums", {})
+        metadata = self.metadata(step)
+        self.check_label(step, metadata.get("step"))
+        saved = metadata.get("checksums", {})
         try:
             tree = read(self.directory / str(step) / ITEM)
         except Exception as error:  # TensorStore raises bare Exceptions for a damaged file
             raise UnreadableCheckpoint(f"{where} could not be read ({_reason(error)}).") from error
+        if isinstance(tree, dict) and "step" in tree:  # a checkpoint saved before its metadata recorded the step
+            self.check_label(step, jax.device_get(tree["step"]))
         found = checksums(tree)
         altered = sorted(path for path, sums in found.items() if path in saved and saved[path] != sums)
         if altered:

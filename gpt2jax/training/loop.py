@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import signal
 import sys
 import time
 import warnings
@@ -24,7 +25,7 @@ import numpy as np
 from gpt2jax import flops, init_from
 from gpt2jax.config import warmup_warning
 from gpt2jax.data import loader
-from gpt2jax.errors import Stopped, stops_deferred
+from gpt2jax.errors import Stopped, check_stop, stop_requested, stopping_at_checkpoints
 from gpt2jax.files import workdir as workdir_files
 from gpt2jax.files.atomic import write_atomically
 from gpt2jax.files.locks import FileLock
@@ -245,7 +246,8 @@ def check_records_agree(config, workdir: Path, checkpointer: Checkpointer) -> No
     if type(claimed) is not int:  # a record this code did not write: it claims nothing
         claimed = None
     set_aside = workdir / workdir_files.SET_ASIDE_DIR
-    aside = [int(path.name.split("-")[0]) for path in set_aside.glob("*-*")] if set_aside.is_dir() else []
+    named = [path.name.split("-")[0] for path in set_aside.glob("*-*")] if set_aside.is_dir() else []
+    aside = [int(name) for name in named if name.isdigit()]  # a folder of the user's own there is no step
     newest = max(committed + aside, default=None)
     if claimed is None or (newest is not None and newest >= claimed) or config.train.allow_lost_checkpoints:
         return
@@ -291,6 +293,7 @@ def check_workdir_takes(config, workdir: Path, checkpointer: Checkpointer) -> di
     a sweep's trunk idles.
     """
     refuse_scratch_over_checkpoints(config.train, checkpointer)
+    checkpointer.check_labels()  # before a folder's name is taken for the step it holds
     check_records_agree(config, workdir, checkpointer)
     latest = checkpointer.latest_step()
     finished = latest is not None and latest >= config.train.steps
@@ -345,7 +348,7 @@ def record_data(data, workdir: Path) -> None:
     The token files themselves were checked against meta.json when the loader opened them.
     """
     path = workdir / workdir_files.DATA_FILE
-    record = {"path": str(data.path), "meta": data.meta}
+    record = {"path": str(Path(data.path).absolute()), "meta": data.meta}
     if jax.process_index() == 0 and (not path.is_file() or workdir_files.read_json(path) != record):
         write_atomically(path, json.dumps(record, indent=2) + "\n")
 
@@ -414,20 +417,27 @@ def log_line(record: dict, steps_total: int) -> str:
 # The run.
 
 
+@stopping_at_checkpoints()
 def run(config, workdir: str | Path) -> dict:
     """Trains until ``train.steps``, resuming from the workdir's newest intact checkpoint.
 
     Returns the final metrics. Everything a config or its data can get wrong is refused
     before the workdir is touched; then the run takes the workdir's lock, which a second
     run is refused, and releases it on any exit (a killed run's lock is broken by the next).
+    A stop (SIGTERM, Ctrl-C: ``errors.request_stop``) ends the run at the next point it
+    checks: between start-up phases (the config, the data, the lock, the restore, the
+    first step's compilation) with nothing saved, and between steps by saving the step it
+    stopped at.
     """
     workdir = Path(workdir)
+    config = loader.anchored(config, _recorded_data_dir(workdir))
     trainer = build_trainer(config)
     check_workdir_takes(config, workdir, _source_checkpointer(workdir))
     if warmup_warning(config.train):
         warnings.warn(warmup_warning(config.train), stacklevel=2)
     memory.check_step_fits(trainer)  # before anything is allocated: a step past the memory is killed by the kernel
     tasks = eval_tasks.read_tasks(config)  # a benchmark's missing data is refused before any data is prepared
+    check_stop(_starting_stop(workdir))
     try:
         data = loader.prepared_data(config)
     except OSError as error:
@@ -435,15 +445,11 @@ def run(config, workdir: str | Path) -> dict:
             raise RuntimeError(f"could not prepare the data under {config.data.dir} ({error.strerror}).") from error
         raise
     check_data_fits(data, trainer.model_config.block_size)
+    check_stop(_starting_stop(workdir))
     workdir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(workdir / workdir_files.LOCK_FILE)
     if jax.process_index() == 0 and not lock.try_acquire():
-        holder = lock.holder() or {}
-        if "pid" in holder:
-            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("since", 0)))
-            who = f"pid {holder['pid']} on host {holder.get('host', '?')}, since {since}"
-        else:  # younger than locks.UNREADABLE_GRACE_S: its creator is still writing it
-            who = "it is taking the lock this very moment"
+        who = lock.describe_holder()
         raise RuntimeError(
             f"{workdir} is in use by another training run ({who}); wait for it to finish or train in another --workdir."
         )
@@ -451,6 +457,29 @@ def run(config, workdir: str | Path) -> dict:
         return _run_locked(trainer, data, tasks, workdir)
     finally:
         lock.release()
+
+
+def _recorded_data_dir(workdir: Path) -> str | None:
+    """The data.dir the workdir's config.json records (absolute since runs record it so), or None."""
+    path = workdir / workdir_files.CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = workdir_files.read_json(path).get("data")
+    except ValueError:
+        return None  # refused by name once the run reads it
+    return data.get("dir") if isinstance(data, dict) else None
+
+
+def _starting_stop(workdir: Path):
+    """The line of a stop before the first step: nothing trained, and the checkpoint a rerun resumes, if any."""
+
+    def message(name: str) -> str:
+        saved = Checkpointer(workdir / workdir_files.CHECKPOINTS_DIR, writer=False).latest_step()
+        kept = f"its newest checkpoint is step {saved}" if saved is not None else "it holds no checkpoint"
+        return f"stopped by {name} while starting, before any step: {kept} in {workdir}; the same command resumes."
+
+    return message
 
 
 def closing_line(final: dict, workdir: str | Path) -> str:
@@ -483,20 +512,12 @@ def _run_locked(trainer: Trainer, data, tasks: dict, workdir: Path) -> dict:
         if jax.process_index() == 0:
             checkpointer.set_aside_uncommitted()
         state = restore_or_init(trainer, checkpointer)
-        record_config(config, workdir, changes, int(state["step"]), console.say, resumed=latest is not None)
-        final = _train(trainer, data, tasks, workdir, checkpointer, state, console)
-        # metrics.jsonl's line holds the checkpoint committed when it was written, before the last save
-        return final | {"checkpoint": checkpointer.latest_step()}
-    except Stopped as stop:
-        if stop.message is None:
-            try:
-                checkpointer.wait()  # _train's finally did, unless a second signal cut that wait short
-            except checkpoint.CheckpointWriteError:
-                pass
-            saved = checkpointer.latest_step()
-            kept = f"its newest checkpoint is step {saved}" if saved is not None else "it saved no checkpoint yet"
-            stop.message = f"stopped by {stop.name}: {kept} in {workdir}; the same command resumes from it."
-        raise
+        check_stop(_starting_stop(workdir))
+        start_step = int(state["step"])
+        record_config(config, workdir, changes, start_step, console.say, resumed=latest is not None)
+        if jax.process_index() == 0:
+            workdir_files.drop_records_after(workdir / workdir_files.METRICS_FILE, start_step)
+        return _train(trainer, data, tasks, workdir, checkpointer, state, console)
     finally:
         console.close()
         checkpointer.close()
@@ -573,10 +594,13 @@ def _train(
                 "tokens_seen": counters["tokens_seen"] + step_cost["tokens_per_step"],
                 "flops_seen": counters["flops_seen"] + step_cost["flops_per_step"],
             }
+            signum = stop_requested()
+            if signum is not None and step == start_step:
+                check_stop(_starting_stop(workdir))  # one step, compiled meanwhile: not worth a save
             is_last = completed == train_config.steps
             evaluate_now = completed % train_config.eval_every == 0 or is_last
-            log_now = completed % train_config.log_every == 0 or evaluate_now
-            save_now = completed % train_config.checkpoint_every == 0 or is_last
+            log_now = completed % train_config.log_every == 0 or evaluate_now or signum is not None
+            save_now = completed % train_config.checkpoint_every == 0 or is_last or signum is not None
             if log_now or save_now:
                 metrics = host_metrics(*pending)
                 window.losses.append(metrics["loss"])
@@ -593,20 +617,29 @@ def _train(
                             trainer.graphdef, state["params"], tasks, trainer.model_config.block_size
                         )
                     )
-                record["checkpoint"] = checkpointer.latest_step()  # what check_records_agree holds a resume to
-                logger.write(record)
-                console.say(log_line(record, train_config.steps))
-                window = _Window()
             if save_now:
                 # Checked on the batch the next step trains on: the loss this very state gives.
                 loss, finite = jax.device_get(trainer.certify(state, *trainer.train_batch(data.train, completed)))
                 what = _diverged(float(loss), None, vocab_size) if finite else "the state became NaN or infinite"
                 if what:
                     raise _stop(f"{what} after the update", completed, kept, checkpointer, train_config.learning_rate)
-                with stops_deferred():
-                    checkpointer.save(completed, state, counters)
+                checkpointer.save(completed, state, counters)
                 kept = completed
+            if log_now:
+                if is_last or signum is not None:
+                    checkpointer.wait()  # so that the run's last record names the checkpoint its closing line names
+                record["checkpoint"] = checkpointer.latest_step()  # what check_records_agree holds a resume to
+                logger.write(record)
+                console.say(log_line(record, train_config.steps))
+                window = _Window()
             console.bar.update(1)
+            if signum is not None:
+                name = signal.Signals(signum).name
+                raise Stopped(
+                    signum,
+                    f"stopped by {name} at step {completed}: saved it in {checkpointer.directory / str(completed)}; "
+                    "the same command resumes from it.",
+                )
         checkpointer.wait()
     except OSError as error:
         try:
@@ -617,7 +650,7 @@ def _train(
         raise RuntimeError(
             f"could not write {error.filename or workdir} ({error.strerror or error}); "
             + (f"the newest checkpoint saved is step {saved}" if saved is not None else "no checkpoint was saved")
-            + ": free the space (or fix the permission) and run again to resume."
+            + f": {checkpoint.WRITE_REMEDY}."
         ) from error
     finally:
         logger.close()
