@@ -408,7 +408,7 @@ def test_a_val_split_carved_from_too_few_documents_is_refused_in_one_sentence(tm
 
 def test_an_interrupted_prepare_leaves_nothing_that_counts_as_prepared(tmp_path, monkeypatch):
     make_text_corpus(tmp_path / "corpus")
-    source = f"text:{tmp_path}/corpus/*"
+    source = f"text:{tmp_path}/corpus/*"  # 12 documents: val_fraction 0.1 carves one in every 10
     out = tmp_path / "prepared" / "out"
     real_append = ShardWriter.append
     calls = []
@@ -421,15 +421,15 @@ def test_an_interrupted_prepare_leaves_nothing_that_counts_as_prepared(tmp_path,
 
     monkeypatch.setattr(ShardWriter, "append", append_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
-        prepare(source, out, shard_tokens=8)
+        prepare(source, out, shard_tokens=8, val_fraction=0.1)
     assert not out.exists() and all(path.name.startswith(".") for path in out.parent.iterdir())
     with pytest.raises(FileNotFoundError, match="no prepared data"):
         open_prepared(out)
     monkeypatch.undo()
     # Started again, it ends with the shards an uninterrupted prepare writes.
-    meta = prepare(source, out, shard_tokens=8)
+    meta = prepare(source, out, shard_tokens=8, val_fraction=0.1)
     assert meta == open_prepared(out).meta
-    assert meta["shards"] == prepare(source, out.parent / "again", shard_tokens=8)["shards"]
+    assert meta["shards"] == prepare(source, out.parent / "again", shard_tokens=8, val_fraction=0.1)["shards"]
     assert sorted(path.name for path in out.parent.iterdir()) == [".again.lock", ".out.lock", "again", "out"]
 
 

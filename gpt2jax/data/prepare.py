@@ -421,20 +421,28 @@ def _write_pieces(plan: sources.Plan, partial: Path, settings: dict, shard_token
     } | ({"origin": plan.origin} if plan.origin else {})
 
 
-def _check_carved_split(settings: dict, plan: sources.Plan, documents: int, counts: dict, partial: Path) -> None:
-    """Refuses a val split carved from fewer documents than the fraction needs.
+# How many times val_fraction a carved val split may hold before it is refused (``_check_carved_split``).
+MAX_VAL_SHARE_OVER_FRACTION = 4
 
-    A carved val split takes one document in every ``round(1 / val_fraction)``; with fewer
-    documents than that its one document is no fraction of anything: two one-document files and
-    val_fraction 0.005 sent 51% of the tokens to val.
+
+def _check_carved_split(settings: dict, plan: sources.Plan, documents: int, counts: dict, partial: Path) -> None:
+    """Refuses a val split carved from so few documents that it holds far more than the fraction asked.
+
+    A carved val split takes one document in every ``round(1 / val_fraction)``, and at least
+    one; with fewer documents than that, its one document is no fraction of anything: two
+    one-document files and val_fraction 0.005 sent 51% of the tokens to val. A share up to
+    MAX_VAL_SHARE_OVER_FRACTION times the fraction is kept (66 documents at 0.005: 1%, a val
+    split still small beside train); past it the split is refused.
     """
     stride = sources.carve_stride(settings["val_fraction"])
     if plan.val_origin != sources.CARVED or not 2 <= documents < stride:
         return
     if settings["max_tokens"] and counts["train"] >= settings["max_tokens"]:
         return  # stopped by its budget, before the rest of the documents
-    shutil.rmtree(partial, ignore_errors=True)
     share = counts["val"] / max(counts["train"] + counts["val"], 1)
+    if share <= MAX_VAL_SHARE_OVER_FRACTION * settings["val_fraction"]:
+        return
+    shutil.rmtree(partial, ignore_errors=True)
     raise ValueError(
         f"source {settings['source']!r} holds {documents} documents, too few to carve a val split of "
         f"val_fraction={settings['val_fraction']:g} (one document in every {stride}): its val split would be "
