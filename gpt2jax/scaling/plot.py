@@ -367,9 +367,10 @@ def plot_sweep(
 ) -> list[Path]:
     """Writes ``sweep_figures`` as PNGs into ``out`` (the workdir unless given); returns their paths."""
     out = Path(out) if out else Path(workdir)
+    figures = sweep_figures(workdir, starts, n_bootstrap, seed, params)  # a missing workdir is refused first
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, figure in sweep_figures(workdir, starts, n_bootstrap, seed, params).items():
+    for name, figure in figures.items():
         paths.append(out / name)
         figure.savefig(paths[-1], dpi=DPI)
         plt.close(figure)
