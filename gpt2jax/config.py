@@ -62,6 +62,10 @@ def base_config() -> ml_collections.ConfigDict:
             # adamw | adamw_bf16 (both moments in bfloat16: half the state) | adafactor (a factored
             # second moment, no first: almost none); training/optim.py says what each keeps
             optimizer="adamw",
+            # none | optimizer (the optimizer's state in host memory) | master (float32 master
+            # weights and the optimizer's state in host memory, the compute-dtype weights on the
+            # device): JAX's pinned_host memory kind, for a model whose state outgrows the card
+            offload="none",
             learning_rate=6e-4,
             schedule="cosine",  # cosine | wsd | constant, each after a linear warmup
             warmup_steps=100,
