@@ -1,5 +1,5 @@
 """The README's commands run as written, in order, from a fresh directory, and its first screen
-is what the budget command prints.
+is what the budget command prints. Commands that share no path under runs/ run side by side.
 
 Three liberties, each to fit CI's minutes and machine: the tiny training runs 20 steps, not
 400; any other training command runs as its dry run (the same config checks, mesh and compile,
@@ -78,13 +78,47 @@ def test_the_readme_shows_commands_and_this_test_runs_each_or_says_why_not():
     assert any(line.startswith("python -m gpt2jax.scaling budget") for line in lines)
 
 
-def test_every_readme_command_runs_as_written(tmp_path):
-    for name in READ_BY_PATH:
-        (tmp_path / name).symlink_to(REPO / name)
-    for line in readme_lines(README.read_text()):
+def command_chains(lines: list[str]) -> list[list[str]]:
+    """The README's runnable commands in chains that share no path under runs/, each in the README's order.
+
+    A command reads what an earlier one wrote only through runs/ (``--workdir runs/tiny``, then
+    ``evaluate --workdir runs/tiny``), so two chains are independent and run side by side under
+    pytest-xdist: run in one test, the README's commands took 627 s of a 58-minute CI run.
+    """
+    chains: list[tuple[set[str], list[str]]] = []
+    for line in lines:
         run = as_run_here(line)
         if run is None:
             continue
+        paths = set(re.findall(r"\bruns/([\w.-]+)", run))
+        joined = [chain for chain in chains if chain[0] & paths]
+        chains = [chain for chain in chains if not chain[0] & paths]
+        merged_paths = paths.union(*(chain[0] for chain in joined))
+        merged_runs = sorted((run_ for chain in joined for run_ in chain[1]), key=_readme_order(lines))
+        chains.append((merged_paths, [*merged_runs, run]))
+    return [runs for _, runs in chains]
+
+
+def _readme_order(lines: list[str]):
+    runs = [as_run_here(line) for line in lines]
+    return runs.index
+
+
+README_CHAINS = command_chains(readme_lines(README.read_text()))
+
+
+@pytest.mark.parametrize(
+    "runs",
+    # Each chain a group of its own, so pytest-xdist (--dist loadgroup) runs them side by side.
+    [
+        pytest.param(runs, marks=pytest.mark.xdist_group(f"readme-{index}"), id=runs[0])
+        for index, runs in enumerate(README_CHAINS)
+    ],
+)
+def test_every_readme_command_runs_as_written(tmp_path, runs):
+    for name in READ_BY_PATH:
+        (tmp_path / name).symlink_to(REPO / name)
+    for run in runs:
         started = time.perf_counter()
         result = subprocess.run(
             run, shell=True, cwd=tmp_path, env=_environment(run), capture_output=True, text=True, timeout=900
@@ -93,7 +127,26 @@ def test_every_readme_command_runs_as_written(tmp_path):
         assert result.returncode == 0, f"{run}\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}"
         assert "Traceback" not in result.stderr, f"{run}\n{result.stderr[-3000:]}"
     # What the commands write goes under runs/ and data/, not into the repository they run in (hs.jsonl did).
-    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([*READ_BY_PATH, "data", "runs"])
+    assert {path.name for path in tmp_path.iterdir()} <= {*READ_BY_PATH, "data", "runs"}
+
+
+def test_the_readmes_commands_fall_into_chains_that_keep_each_reader_after_its_writer():
+    chains = command_chains(readme_lines(README.read_text()))
+    tiny = next(chain for chain in chains if "runs/tiny " in chain[0] + " ")
+    assert tiny[0].startswith("python -m gpt2jax.main --config configs/tiny.py")
+    assert any("runs/hs.jsonl" in run for run in tiny) and tiny[-1].startswith("python -m gpt2jax.cli.export")
+    smoke = next(chain for chain in chains if any("runs/smoke" in run for run in chain))
+    assert [run.split()[3] for run in smoke] == ["sweep", "fit", "plot"]
+    assert sum(len(chain) for chain in chains) == sum(
+        as_run_here(line) is not None for line in readme_lines(README.read_text())
+    )
+    lines = [
+        "python -m a --workdir runs/x",
+        "python -m b",
+        "python -m c --out runs/y",
+        "python -m d --in runs/y runs/x",
+    ]
+    assert command_chains(lines) == [["python -m b"], lines[:1] + lines[2:]]
 
 
 def test_a_readme_line_promising_per_token_log_probabilities_writes_them():
