@@ -207,26 +207,33 @@ def format_count(value: float) -> str:
 #         precision training runs (GeForce cards run fp16 accumulation twice as fast; no
 #         trainer uses it).
 # Keys are matched against jax's ``device_kind`` by ``device_key``.
+#   host_link  bytes/s one direction of the card's link to the host memory, an assumption: PCIe x16's
+#         coded rate per direction (PCI-SIG: 8, 16, 32 GT/s a lane for 3.0, 4.0, 5.0, 128b/130b:
+#         15.75, 31.5, 63 GB/s) x 0.8, about what pinned copies reach in CUDA's bandwidthTest (PCIe 4.0
+#         x16 ~25 GB/s); not measured here. SXM boards reach the host over PCIe x16 too (HGX: 5.0 for
+#         H100 and H200, 4.0 for A100). What train.offload's traffic is costed at (``host_link_seconds``).
+#         TPUs: none stated (their host link is not in Google's pages), so offload is not costed there.
+PCIE_X16 = {"3.0": 0.8 * 15.75e9, "4.0": 0.8 * 31.5e9, "5.0": 0.8 * 63e9}
 DEVICE_PEAKS: dict[str, dict[str, float]] = {
     # H100 SXM5 datasheet: FP32 67 TFLOPS; TF32 989, BF16/FP16 1979 TFLOPS "with sparsity".
-    "h100-sxm": {"fp32": 67e12, "tf32": 494.5e12, "bf16": 989.5e12, "memory_gib": 80},
+    "h100-sxm": {"fp32": 67e12, "tf32": 494.5e12, "bf16": 989.5e12, "memory_gib": 80, "host_link": PCIE_X16["5.0"]},
     # H100 PCIe datasheet: FP32 51; TF32 756, BF16 1513 with sparsity.
-    "h100-pcie": {"fp32": 51e12, "tf32": 378e12, "bf16": 756.5e12, "memory_gib": 80},
+    "h100-pcie": {"fp32": 51e12, "tf32": 378e12, "bf16": 756.5e12, "memory_gib": 80, "host_link": PCIE_X16["5.0"]},
     # H200 SXM datasheet: the H100 SXM's compute (FP32 67; TF32 989, BF16 1979 with sparsity), 141 GB HBM3e.
-    "h200": {"fp32": 67e12, "tf32": 494.5e12, "bf16": 989.5e12, "memory_gib": 141},
+    "h200": {"fp32": 67e12, "tf32": 494.5e12, "bf16": 989.5e12, "memory_gib": 141, "host_link": PCIE_X16["5.0"]},
     # A100 datasheet: FP32 19.5; TF32 156 and BF16 312 dense (312 and 624 with sparsity).
-    "a100": {"fp32": 19.5e12, "tf32": 156e12, "bf16": 312e12, "memory_gib": 80},
+    "a100": {"fp32": 19.5e12, "tf32": 156e12, "bf16": 312e12, "memory_gib": 80, "host_link": PCIE_X16["4.0"]},
     # Ada whitepaper, appendix A (RTX 4090): FP32 82.6; TF32 82.6, BF16 with FP32 accumulate 165.2
     # dense (FP16 accumulate 330.3); llm.c's Ada table uses the same 165.2.
-    "rtx-4090": {"fp32": 82.6e12, "tf32": 82.6e12, "bf16": 165.2e12, "memory_gib": 24},
+    "rtx-4090": {"fp32": 82.6e12, "tf32": 82.6e12, "bf16": 165.2e12, "memory_gib": 24, "host_link": PCIE_X16["4.0"]},
     # RTX 4070 Ti: 7680 CUDA cores x 2.61 GHz boost x 2 = 40.1 TFLOPS fp32, the rate the one-GPU-year
     # question's 1.14e21 assumes. NVIDIA gives 641 "AI TOPS", sparse FP8: 320 dense FP8, 160 FP16 with
     # FP16 accumulate, and GeForce Ada halves that with FP32 accumulate: 80.2 (60 SMs x 2.61 GHz x
     # 512 FLOP per SM per clock, the 4090's 165.2 / (128 x 2.52) ratio); TF32 is half of that again.
-    "rtx-4070-ti": {"fp32": 40.1e12, "tf32": 40.1e12, "bf16": 80.2e12, "memory_gib": 12},
+    "rtx-4070-ti": {"fp32": 40.1e12, "tf32": 40.1e12, "bf16": 80.2e12, "memory_gib": 12, "host_link": PCIE_X16["4.0"]},
     # V100 SXM2 datasheet: FP32 15.7, FP16 tensor (FP32 accumulate) 125; no bf16 and no TF32, so
     # float32 matmuls run at the fp32 rate.
-    "v100": {"fp32": 15.7e12, "tf32": 15.7e12, "bf16": 125e12, "memory_gib": 32},
+    "v100": {"fp32": 15.7e12, "tf32": 15.7e12, "bf16": 125e12, "memory_gib": 32, "host_link": PCIE_X16["3.0"]},
     # TPU v4 and v5e: 275 and 197 TFLOPS bf16 (Google Cloud's system architecture pages). A float32
     # matmul at JAX's default precision is one bf16 pass (the tf32 column); at HIGHEST, six.
     "tpu-v4": {"fp32": 275e12 / 6, "tf32": 275e12, "bf16": 275e12, "memory_gib": 32},
@@ -247,6 +254,49 @@ _DEVICE_KIND_PATTERNS = (
     ("tpu v5 lite", "tpu-v5e"),
     ("tpu v5e", "tpu-v5e"),
 )
+
+
+def host_link_seconds(transfer_bytes: float, device: str) -> float | None:
+    """Seconds ``transfer_bytes`` take over ``device``'s link to the host (DEVICE_PEAKS' ``host_link``), counted
+    one direction after the other (a bound: PCIe is full duplex); None where the table states no link."""
+    rate = DEVICE_PEAKS[device].get("host_link")
+    return None if rate is None else transfer_bytes / rate
+
+
+# The share of the forward pass's matmul FLOPs each model.remat policy runs again in the backward pass:
+# full recomputes every block's forward; dots keeps every weight matmul's output and the attention
+# output, so it reruns only elementwise ops. A step of 6N per token then costs (6 + 2 x share) N.
+# Counted, not timed: on an H200, GPT-2 small's step ran no slower with full (docs/benchmarks.md),
+# since memory bound there; a compute-bound card pays up to the count.
+REMAT_RECOMPUTED_FORWARD = {"none": 0.0, "dots": 0.0, "full": 1.0}
+
+
+def remat_step_factor(remat: str) -> float:
+    """A train step's FLOPs with ``remat`` over its FLOPs without: 1 + 2 x the recomputed forward share / 6."""
+    if remat not in REMAT_RECOMPUTED_FORWARD:
+        raise ValueError(
+            f"no recompute count for model.remat={remat!r}; counted: {', '.join(REMAT_RECOMPUTED_FORWARD)}."
+        )
+    return 1.0 + 2.0 * REMAT_RECOMPUTED_FORWARD[remat] / 6.0
+
+
+def step_seconds(
+    step_flops: float, flops_per_second: float, remat: str, transfer_bytes: float, device: str
+) -> dict | None:
+    """A train step's seconds at ``flops_per_second`` (a peak x MFU), ``remat``'s recompute and ``transfer_bytes``
+    over the host link added: by part, and as ``slowdown``, over the step without either; None where the host
+    link's rate is unknown and there are bytes to move."""
+    link = host_link_seconds(transfer_bytes, device) if transfer_bytes else 0.0
+    if link is None:
+        return None
+    plain = step_flops / flops_per_second
+    compute = plain * remat_step_factor(remat)
+    return {
+        "compute_seconds": compute,
+        "host_link_seconds": link,
+        "step_seconds": compute + link,
+        "slowdown": (compute + link) / plain,
+    }
 
 
 def device_key(device_kind: str) -> str | None:

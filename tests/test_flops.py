@@ -141,3 +141,20 @@ def test_causal_count_halves_the_attention_term():
     shape = flops.Shape(12, 12, 768, 50257, 1024)
     assert flops.flops_per_token_palm(shape, causal=True) == 6 * (124_439_808 - 1024 * 768) + 6 * 12 * 768 * 1024
     assert flops.flops_per_token_palm(shape, causal=True) == 798_543_360
+
+
+def test_offload_traffic_is_costed_at_the_stated_pcie_rate_and_remat_at_its_recompute():
+    # PCIe 4.0 x16: 16 GT/s x 16 lanes x 128/130 / 8 = 31.5 GB/s a direction, x 0.8 assumed reachable.
+    assert flops.DEVICE_PEAKS["rtx-4070-ti"]["host_link"] == pytest.approx(16e9 * 16 * 128 / 130 / 8 * 0.8, rel=1e-3)
+    assert flops.DEVICE_PEAKS["h100-pcie"]["host_link"] == pytest.approx(2 * flops.DEVICE_PEAKS["a100"]["host_link"])
+    assert flops.host_link_seconds(25.2e9, "rtx-4070-ti") == pytest.approx(1.0)
+    assert flops.host_link_seconds(1e9, "tpu-v4") is None  # no link stated: not costed
+    # One step of 6N x 0.5M tokens for 1.56B parameters at 40% of 80.2 TFLOP/s: 152.9 s; full remat adds a
+    # forward pass (2N of 6N), and 25 GB over the link adds 0.99 s.
+    plain = 6 * 1.56e9 * 524288 / (0.4 * 80.2e12)
+    seconds = flops.step_seconds(6 * 1.56e9 * 524288, 0.4 * 80.2e12, "full", 25e9, "rtx-4070-ti")
+    assert seconds["compute_seconds"] == pytest.approx(plain * 4 / 3)
+    assert seconds["host_link_seconds"] == pytest.approx(25e9 / 25.2e9)
+    assert seconds["slowdown"] == pytest.approx((plain * 4 / 3 + 25e9 / 25.2e9) / plain)
+    assert flops.step_seconds(1e15, 1e13, "dots", 0, "tpu-v4")["slowdown"] == 1.0
+    assert flops.step_seconds(1e15, 1e13, "dots", 1e9, "tpu-v4") is None

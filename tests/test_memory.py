@@ -116,7 +116,7 @@ def test_the_dry_run_names_an_optimizer_only_where_its_smaller_state_makes_the_s
     )
     summary["per_device_bytes"]["estimate_total"] = 16 * gib
     line = memory.format_dry_run(summary).splitlines()[2]
-    assert line.endswith("no remat policy, micro-batch or optimizer fits it: add devices (mesh.fsdp)")
+    assert line.endswith("no remat policy, micro-batch, offload or optimizer fits it: add devices (mesh.fsdp)")
     assert "adafactor" not in line
 
 
@@ -163,3 +163,126 @@ def test_the_dry_run_header_says_what_each_total_counts():
         "activations, gradients and temporaries 43.00; platform-dependent, so the fits below read the estimate"
     )
     assert lines[3].startswith("  12 GiB card (9.0 GiB usable): does not fit")
+
+
+def _padded_params(trainer) -> int:
+    return flops.count_params(flops.Shape.from_config(trainer.model_config, padded=True))["n_params"]
+
+
+def test_each_offload_layout_moves_the_state_it_names_to_the_host_as_counted_by_hand():
+    """Counted from GPT-2 tiny's parameter count: float32 4 bytes, bfloat16 2, AdamW's two float32 moments 8."""
+    trainer = _one_device_trainer("tiny", dtype="bfloat16")
+    n, vocab, width = _padded_params(trainer), trainer.model_config.padded_vocab_size, trainer.model_config.n_embd
+    moments = footprint.shard_bytes(trainer.abstract_state["opt_state"])
+    assert 8 * n <= moments <= 8 * n + 64  # and the step count
+    per_element = moments / n
+    expected = {  # device params, device optimizer state, gradients, stream; host master, host moments
+        "none": (4 * n, moments, 4 * n, 0, 0, 0),
+        "optimizer": (4 * n, 0, 4 * n, 2 * per_element * vocab * width, 0, moments),
+        "master": (2 * n, 0, 2 * n, 2 * (per_element + 8) * vocab * width, 4 * n, moments),
+    }
+    for mode, (params, optimizer, gradients, stream, master, offloaded) in expected.items():
+        device, host = footprint.state_bytes(trainer, mode), footprint.host_bytes(trainer, mode)
+        assert (device["params"], device["optimizer_state"], device["gradients"]) == (params, optimizer, gradients)
+        assert device["offload_stream"] == pytest.approx(stream, abs=1)  # the token embedding is the largest unit
+        assert (host["master_params"], host["optimizer_state"]) == (master, offloaded)
+        assert host["checkpoint_copy"] == 4 * n + moments  # every layout's checkpoint writes the float32 state
+        assert footprint.offload_traffic_bytes(trainer, mode) == 2 * (master + offloaded)
+    with pytest.raises(ValueError, match=r"^train.offload='disk' is not one of none, optimizer, master\.$"):
+        footprint.state_bytes(trainer, "disk")
+
+
+@pytest.mark.parametrize(
+    "name, optimizer, offload, remat",
+    [("large_12gib", "adamw", "optimizer", "dots"), ("xl_12gib", "adamw_bf16", "master", "full")],
+)
+def test_the_12gib_configs_fit_a_12_gib_cards_share_by_the_estimate_with_their_state_in_host_memory(
+    name, optimizer, offload, remat
+):
+    trainer = _one_device_trainer(name)
+    config = trainer.config
+    assert (config.train.optimizer, config.train.offload, trainer.model_config.remat) == (optimizer, offload, remat)
+    assert trainer.micro_batch_size == 1 and config.train.batch_size == load_config_file("small").train.batch_size
+    share = 0.75 * 12 * GIB  # JAX's default share of a 12 GiB card
+    traced = memory.traced_bytes(trainer)
+    device = memory.estimate(trainer, traced=traced)
+    assert device["total"] <= share
+    n = _padded_params(trainer)
+    weights = (2 if offload == "master" else 4) * n  # bfloat16 on the card with master weights on the host
+    assert device["params"] == device["gradients"] == weights and device["optimizer_state"] == 0
+    # Without offload the same step does not fit: what the config's offload is for.
+    assert memory.estimate(trainer, "none", traced=traced)["total"] > share
+    host = memory.host_estimate(trainer)
+    assert host["optimizer_state"] > 0 and host["master_params"] == (4 * n if offload == "master" else 0)
+
+
+def test_xl_with_float32_moments_does_not_fit_the_12_gib_share_which_is_why_xl_12gib_keeps_them_in_bfloat16():
+    config = load_config_file("xl_12gib")
+    config.train.optimizer = "adamw"
+    config.mesh.update(data=1, fsdp=1, tensor=1)
+    assert memory.estimate(build_trainer(config, devices=jax.devices()[:1]))["total"] > 0.75 * 12 * GIB
+
+
+def test_a_run_whose_host_memory_is_short_is_refused_in_one_sentence_before_it_starts():
+    """On a CPU the host holds each device's step as well as what offload and a checkpoint keep there."""
+    trainer = _one_device_trainer("tiny", dtype="bfloat16")
+    config = trainer.config
+    config.train.offload = "master"
+    host = memory.host_estimate(trainer)
+    needed = memory.estimate(trainer)["total"] + host["total"]
+    assert host["total"] == 2 * 4 * _padded_params(trainer) + 2 * host["optimizer_state"]  # master + moments, twice
+    assert memory.host_memory(trainer, available=needed)[0] == needed
+    memory.check_host_fits(trainer, available=needed)
+    with pytest.raises(
+        ValueError,
+        match=r"^the train step and a checkpoint's copy of its state in this host's memory "
+        r"need about \d+\.\d GiB by the dry run's estimate, more than the \d+\.\d GiB available; make the model smaller ",
+    ):
+        memory.check_host_fits(trainer, available=needed - 1)
+
+
+def test_the_dry_run_prints_host_memory_and_names_an_offload_that_makes_the_step_fit():
+    gib = 2**30
+    summary = _dry_run_summary(
+        remat="dots",
+        accumulation=(4, 1),
+        parts=dict(estimate_total=14, params=4, optimizer_state=8, gradients=1, activations_saved_for_backward=1),
+        saved={"none": 2, "dots": 1, "full": 0.5},
+        fits=(False, True, True),
+    )
+    summary["offload"] = "none"
+    summary["per_device_host_bytes"] = {"master_params": 0, "optimizer_state": 0, "checkpoint_copy": 12 * gib} | {
+        "total": 12 * gib
+    }
+    summary["estimate_by_offload"] = {
+        "none": {"device": 14 * gib, "host": 12 * gib},
+        "optimizer": {"device": 10 * gib, "host": 20 * gib},  # 9 besides the activations: full remat makes 9.5
+        "master": {"device": 8 * gib, "host": 24 * gib},
+    }
+    lines = memory.format_dry_run(summary).splitlines()
+    assert lines[2] == (
+        "host memory per device, train.offload=none (JSON per_device_host_bytes): 12.00 GiB = master weights 0.00"
+        " + optimizer 0.00 + a checkpoint's copy of the state 12.00"
+    )
+    # optimizer comes first, but needs full remat and still does not fit 9 GiB; master fits as it is.
+    assert lines[3].endswith(
+        "does not fit; fits with --config.train.offload=master --config.model.remat=dots (24.0 GiB of host memory a device)"
+    )
+
+
+def test_beside_an_accelerator_the_host_keeps_the_offloaded_state_and_is_told_to_offload_less(monkeypatch):
+    import types
+
+    trainer = _one_device_trainer("tiny", dtype="bfloat16")
+    trainer.config.train.offload = "master"
+    monkeypatch.setattr(memory, "_local_devices", lambda trainer: [types.SimpleNamespace(platform="gpu")])
+    host = memory.host_estimate(trainer)
+    assert memory.host_memory(trainer, available=2**40)[0] == host["total"]  # the device's step is not in it
+    offloaded = (host["master_params"] + host["optimizer_state"]) / GIB
+    with pytest.raises(ValueError) as refused:
+        memory.check_host_fits(trainer, available=1)
+    assert str(refused.value).startswith(
+        f"the state offloaded to this host ({offloaded:.1f} GiB, train.offload=master) and a checkpoint's copy of it "
+        f"need about {host['total'] / GIB:.1f} GiB by the dry run's estimate, more than the 0.0 GiB available; "
+        "offload less (--config.train.offload=optimizer or none)"
+    )

@@ -32,12 +32,14 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import pathlib
 
 from gpt2jax import flops, model
 from gpt2jax.data.hub import PUBLISHED_TOKENS
 from gpt2jax.data.tokenizer import GPT2_VOCAB_SIZE
 from gpt2jax.scaling.laws import EPOCH_REFIT, PUBLISHED_LAWS, ChinchillaLaw
+from gpt2jax.training.footprint import OFFLOAD_MODES
 from gpt2jax.training.optim import OPTIMIZERS
 
 SECONDS_PER_DAY = 86_400
@@ -191,7 +193,7 @@ def data_use(tokens: float, params: float, corpus: float, law: ChinchillaLaw) ->
     }
 
 
-def _memory_config(n_layer: int, n_embd: int, optimizer: str, dtype: str):
+def _memory_config(n_layer: int, n_embd: int, optimizer: str, dtype: str, remat: str = MEMORY_STEP["remat"]):
     from gpt2jax.config import base_config
 
     config = base_config()
@@ -201,22 +203,103 @@ def _memory_config(n_layer: int, n_embd: int, optimizer: str, dtype: str):
         n_embd=n_embd,
         block_size=MEMORY_STEP["block_size"],
         dtype=dtype,
-        remat=MEMORY_STEP["remat"],
+        remat=remat,
     )
     config.train.update(batch_size=MEMORY_STEP["micro_batch"], grad_accum_steps=1, optimizer=optimizer)
     return config
 
 
 @functools.cache
-def training_step_bytes(n_layer: int, n_embd: int, optimizer: str = "adamw", dtype: str = "bfloat16") -> int:
-    """``memory.estimate``'s total for one device training this shape with ``MEMORY_STEP``; compiles nothing."""
+def _abstract_trainer(n_layer: int, n_embd: int, optimizer: str, dtype: str, remat: str):
     import jax
 
-    from gpt2jax.training import memory
     from gpt2jax.training.trainer import build_trainer
 
-    config = _memory_config(n_layer, n_embd, optimizer, dtype)
-    return memory.estimate(build_trainer(config, devices=jax.devices()[:1]))["total"]
+    return build_trainer(_memory_config(n_layer, n_embd, optimizer, dtype, remat), devices=jax.devices()[:1])
+
+
+@functools.cache
+def _traced_bytes(n_layer: int, n_embd: int, dtype: str, remat: str) -> dict:
+    """``memory.traced_bytes`` of the shape's step: the same for every optimizer and offload, so traced once."""
+    from gpt2jax.training import memory
+
+    return memory.traced_bytes(_abstract_trainer(n_layer, n_embd, "adamw", dtype, remat))
+
+
+def training_step_bytes(
+    n_layer: int,
+    n_embd: int,
+    optimizer: str = "adamw",
+    dtype: str = "bfloat16",
+    offload: str = "none",
+    remat: str = MEMORY_STEP["remat"],
+) -> int:
+    """``memory.estimate``'s device total for one device training this shape with ``MEMORY_STEP``'s micro-batch,
+    ``remat`` and ``offload``; compiles nothing."""
+    from gpt2jax.training import memory
+
+    trainer = _abstract_trainer(n_layer, n_embd, optimizer, dtype, remat)
+    return memory.estimate(trainer, offload, traced=_traced_bytes(n_layer, n_embd, dtype, remat))["total"]
+
+
+def training_offload_bytes(n_layer: int, n_embd: int, optimizer: str, dtype: str, offload: str) -> dict:
+    """The host bytes (``memory.host_estimate``) and the bytes crossing the host link each step
+    (``footprint.offload_traffic_bytes``) of one device training this shape with ``offload``."""
+    from gpt2jax.training import footprint, memory
+
+    trainer = _abstract_trainer(n_layer, n_embd, optimizer, dtype, MEMORY_STEP["remat"])
+    return {
+        "host_bytes": memory.host_estimate(trainer, offload)["total"],
+        "traffic_bytes": footprint.offload_traffic_bytes(trainer, offload),
+    }
+
+
+# The layouts the budget tries for each GPT-2 size: train.offload's three (footprint.OFFLOAD_MODES) x the remat
+# policies whose recompute flops.REMAT_RECOMPUTED_FORWARD counts, at MEMORY_STEP's one-sequence micro-batch
+# (the least the step keeps; a GPU's speed at larger ones is not measured here).
+LAYOUT_REMATS = ("dots", "full")
+
+
+def recipe_tokens_per_step() -> int:
+    """Tokens in one optimizer step of GPT-2's recipe (``config.gpt2_recipe``: 512 sequences of 1024)."""
+    from gpt2jax.config import gpt2_recipe
+
+    recipe = gpt2_recipe("gpt2", learning_rate=6e-4, grad_accum_steps=1)
+    return recipe.train.batch_size * recipe.model.block_size
+
+
+def cheapest_layout(
+    n_layer: int,
+    n_embd: int,
+    dtype: str,
+    gpu: str,
+    usable_bytes: float,
+    flops_per_second: float,
+    step_bytes=training_step_bytes,
+    offload_bytes=training_offload_bytes,
+) -> dict | None:
+    """The cheapest layout whose step fits ``usable_bytes``: the optimizer closest to AdamW first (``OPTIMIZERS``'
+    order), then the fastest of its offload x remat layouts by ``flops.step_seconds`` (a step of GPT-2's recipe
+    at ``flops_per_second``, its recompute and its host-link traffic); None where none fits. Offload is not
+    tried on a device whose host link the table does not state."""
+    step_flops = 6.0 * _shape_params(n_layer, n_embd) * recipe_tokens_per_step()
+    for optimizer in OPTIMIZERS:
+        layouts = []
+        for offload in OFFLOAD_MODES:
+            moved = offload_bytes(n_layer, n_embd, optimizer, dtype, offload)
+            for remat in LAYOUT_REMATS:
+                seconds = flops.step_seconds(step_flops, flops_per_second, remat, moved["traffic_bytes"], gpu)
+                if seconds is not None:
+                    layouts.append(
+                        dict(optimizer=optimizer, offload=offload, remat=remat, micro_batch=MEMORY_STEP["micro_batch"])
+                        | moved
+                        | seconds
+                    )
+        for layout in sorted(layouts, key=lambda layout: layout["step_seconds"]):
+            device = step_bytes(n_layer, n_embd, optimizer, dtype, offload=layout["offload"], remat=layout["remat"])
+            if device <= usable_bytes:
+                return layout | {"device_bytes": device}
+    return None
 
 
 def _family_shape(size: int) -> tuple[int, int]:
@@ -309,12 +392,14 @@ def budget_report(
     bench_records=BENCH_RECORDS,
     step_bytes=training_step_bytes,
     corpus: str = DEFAULT_CORPUS,
+    offload_bytes=training_offload_bytes,
 ) -> dict:
     """The whole comparison as a JSON-ready dict; ``fit`` adds the project's own law to ``laws``.
 
     ``mfu`` None: the last recorded bench figure for ``gpu`` in ``bench_records``, else DEFAULT_MFU.
-    ``step_bytes(n_layer, n_embd, optimizer, dtype)``: the memory a training step of that shape needs
-    (tests pass a stand-in). ``corpus``: what ``corpus_tokens`` reads.
+    ``step_bytes(n_layer, n_embd, optimizer, dtype, offload=, remat=)``: the device memory a training step of
+    that shape needs, and ``offload_bytes(n_layer, n_embd, optimizer, dtype, offload)`` its host memory and
+    host-link traffic (tests pass stand-ins). ``corpus``: what ``corpus_tokens`` reads.
     """
     from gpt2jax.training.memory import usable_fraction
 
@@ -355,12 +440,12 @@ def budget_report(
         law.name: _law_row(law, total, largest_fitting, corpus_size)
         for law in [*([fit] if fit is not None else []), *PUBLISHED_LAWS.values()]
     }
-    models = {
-        name: _gpt2_row(
-            name, n_params, days_at_mfu, lambda *shape: step_bytes(*shape, dtype), usable_bytes, corpus_size
-        )
-        for name, n_params in gpt2_params.items()
-    }
+    models = {}
+    for name, n_params in gpt2_params.items():
+        shape = (model.PRESETS[name]["n_layer"], model.PRESETS[name]["n_embd"])
+        estimated = {opt: step_bytes(*shape, opt, dtype) for opt in OPTIMIZERS}
+        layout = cheapest_layout(*shape, dtype, gpu, usable_bytes, peak * mfu, step_bytes, offload_bytes)
+        models[name] = _gpt2_row(name, n_params, days_at_mfu, estimated, layout, usable_bytes, corpus_size)
 
     headline = laws[HEADLINE_LAW.name]
     constrained = {}
@@ -380,6 +465,10 @@ def budget_report(
         "peak_flops_per_second": peak,
         "memory_bytes": memory_bytes,
         "usable_memory_bytes": usable_bytes,
+        "usable_fraction": usable_fraction(),
+        "usable_fraction_set": "XLA_PYTHON_CLIENT_MEM_FRACTION" in os.environ,
+        "host_link_bytes_per_second": device.get("host_link"),
+        "tokens_per_step": recipe_tokens_per_step(),
         "days": days,
         "utilization": utilization,
         "mfu": mfu,
@@ -455,13 +544,13 @@ def _law_row(law: ChinchillaLaw, total_flops: float, largest_fitting: float, cor
     }
 
 
-def _gpt2_row(name: str, n_params: int, days_at_mfu, step_bytes, usable_bytes: float, corpus_size: float) -> dict:
-    """A GPT-2 size trained compute-optimally and on GPT-2's 10B tokens: FLOPs, days, epochs, and its
-    step's memory with each optimizer (``step_bytes(n_layer, n_embd, optimizer)``)."""
+def _gpt2_row(name: str, n_params: int, days_at_mfu, estimated: dict, layout, usable_bytes: float, corpus_size: float):
+    """A GPT-2 size trained compute-optimally and on GPT-2's 10B tokens: FLOPs, days, epochs, its step's memory
+    with each optimizer in ``MEMORY_STEP``'s layout (``estimated``), and the cheapest ``layout`` that fits the card
+    (``cheapest_layout``), whose slowdown the days include."""
     optimal_flops = float(HEADLINE_LAW.optimal_flops(n_params))
     original_flops = 6.0 * n_params * GPT2_ORIGINAL_TOKENS
-    preset = model.PRESETS[name]
-    estimated = {opt: step_bytes(preset["n_layer"], preset["n_embd"], opt) for opt in OPTIMIZERS}
+    slowdown = layout["slowdown"] if layout else 1.0
     return {
         "n_params": n_params,
         "training_memory_bytes": flops.training_memory_bytes(n_params),
@@ -469,14 +558,15 @@ def _gpt2_row(name: str, n_params: int, days_at_mfu, step_bytes, usable_bytes: f
         "fits_in_memory": estimated["adamw"] <= usable_bytes,
         "estimated_memory_bytes_by_optimizer": estimated,
         "fits_with": [opt for opt in OPTIMIZERS if estimated[opt] <= usable_bytes],
+        "layout": layout,
         "optimal_epochs": float(HEADLINE_LAW.optimal_tokens(n_params)) / corpus_size,
         "original_epochs": GPT2_ORIGINAL_TOKENS / corpus_size,
         "optimal_tokens": float(HEADLINE_LAW.optimal_tokens(n_params)),
         "optimal_flops": optimal_flops,
-        "optimal_days": days_at_mfu(optimal_flops),
+        "optimal_days": days_at_mfu(optimal_flops) * slowdown,
         "original_tokens": GPT2_ORIGINAL_TOKENS,
         "original_flops": original_flops,
-        "original_days": days_at_mfu(original_flops),
+        "original_days": days_at_mfu(original_flops) * slowdown,
     }
 
 
@@ -509,24 +599,63 @@ def _names(sizes: dict) -> str:
     return named[0] if len(named) == 1 else ", ".join(named[:-1]) + " and " + named[-1]
 
 
+def _is_plain(layout: dict) -> bool:
+    """Whether a layout is ``MEMORY_STEP``'s own: nothing offloaded, no recompute beyond its remat."""
+    return layout["offload"] == "none" and layout["remat"] == MEMORY_STEP["remat"]
+
+
+def _layout_name(layout: dict) -> str:
+    return f"{layout['optimizer']}, train.offload={layout['offload']}, remat={layout['remat']}"
+
+
+def _layout_cost(layout: dict, tokens_per_step: int) -> str:
+    """'8.7 GiB on the card, 23.2 GiB of host memory; 1.0 s over PCIe and 224 s of compute a 524k-token step (x1.34)'."""
+    return (
+        f"{layout['device_bytes'] / 2**30:.1f} GiB on the card, {layout['host_bytes'] / 2**30:.1f} GiB of host "
+        f"memory; {layout['host_link_seconds']:.1f} s over PCIe and {layout['compute_seconds']:.0f} s of compute a "
+        f"{flops.format_count(tokens_per_step)}-token step, x{layout['slowdown']:.2f} the time of one without "
+        "offload or recompute"
+    )
+
+
+def _fraction_phrase(report: dict) -> str:
+    """The share of the card the fits are judged on, and how to change it."""
+    usable, fraction = report["usable_memory_bytes"] / 2**30, report["usable_fraction"]
+    if report["usable_fraction_set"]:
+        return f"judged on {usable:.1f} GiB, the {fraction:.0%} of the card XLA_PYTHON_CLIENT_MEM_FRACTION gives XLA"
+    return (
+        f"judged on {usable:.1f} GiB, the {fraction:.0%} of the card JAX gives XLA by default "
+        "(XLA_PYTHON_CLIENT_MEM_FRACTION=0.95 raises it)"
+    )
+
+
 def _trains_answer(report: dict) -> str:
-    """Which GPT-2 sizes one card trains in the time, which it holds but does not finish, and which it cannot hold."""
+    """Which GPT-2 sizes one card trains in the time and in which layout, which it holds but does not finish, and
+    which it cannot hold; then the share of the card that decides it."""
     gib, days = report["memory_bytes"] / 2**30, report["days"]
     models = report["models"]
-    held = {name: size for name, size in models.items() if size["fits_with"]}
+    held = {name: size for name, size in models.items() if size["layout"]}
     finish = {name: size for name, size in held.items() if max(size["optimal_days"], size["original_days"]) <= days}
     slow = {name: size for name, size in held.items() if name not in finish}
     too_big = {name: size for name, size in models.items() if name not in held}
+    offloaded = {name: size["layout"] for name, size in held.items() if not _is_plain(size["layout"])}
     parts = []
     if finish:
-        taken = " and ".join(f"{size['original_days']:.1f}" for size in finish.values())
+        taken = ", ".join(f"{size['original_days']:.1f}" for size in finish.values())
+        taken = " and ".join(taken.rsplit(", ", 1))
         tokens = flops.format_count(report["gpt2_original_tokens"])
         parts.append(f"yes for {_names(finish)}, in {taken} days on GPT-2's {tokens} tokens")
     if slow:
         parts.append(f"{_names(slow)} fit but do not finish in {days:g} days")
+    if offloaded:
+        parts.append(
+            f"{' and '.join(offloaded)} with state in host memory ("
+            + "; ".join(f"{name}: {_layout_name(layout)}" for name, layout in offloaded.items())
+            + ")"
+        )
     if too_big:
-        parts.append(f"{_names(too_big)} do not fit {gib:g} GiB with any optimizer ({', '.join(OPTIMIZERS)})")
-    return ("" if finish else "no: ") + "; ".join(parts)
+        parts.append(f"{_names(too_big)} do not fit {gib:g} GiB in any layout")
+    return ("" if finish else "no: ") + "; ".join(parts) + f"; {_fraction_phrase(report)}"
 
 
 def _allocation_phrase(row: dict) -> str:
@@ -559,7 +688,7 @@ def _optimum_answer(report: dict) -> str:
         + (
             ""
             if optimum["fits_in_memory"]
-            else f"; the best it holds: {flops.format_count(best['params'])} params with {best['optimizer']}, "
+            else f"; the best it holds without offload: {flops.format_count(best['params'])} params with {best['optimizer']}, "
             f"{best['loss_gap']:+.3f} in loss"
         )
     )
@@ -599,16 +728,23 @@ def verdict_lines(report: dict) -> list[str]:
     days = report["days"]
     lines = [f"In detail, at {report['mfu']:.0%} MFU:"]
     for name, size in report["models"].items():
-        fits = size["fits_with"]
-        if not fits:
-            how = f"does not fit {gib:g} GiB with any optimizer ({', '.join(OPTIMIZERS)})"
+        layout = size["layout"]
+        if not layout:
+            how = (
+                f"does not fit {gib:g} GiB in any layout ({', '.join(OPTIMIZERS)} x train.offload "
+                f"{'/'.join(OFFLOAD_MODES)} x remat {'/'.join(LAYOUT_REMATS)}, micro-batch {MEMORY_STEP['micro_batch']})"
+            )
         else:
             optimal, original = size["optimal_days"], size["original_days"]
             in_time = "trains" if max(optimal, original) <= days else "does not finish"
+            fits = (
+                ", ".join(size["fits_with"])
+                if _is_plain(layout)
+                else f"{_layout_name(layout)}: {_layout_cost(layout, report['tokens_per_step'])}"
+            )
             how = (
                 f"{in_time}: compute-optimally ({flops.format_count(size['optimal_tokens'])} tokens) in {optimal:.1f} days, "
-                f"on GPT-2's {flops.format_count(size['original_tokens'])} in {original:.1f}; its step fits with "
-                + ", ".join(fits)
+                f"on GPT-2's {flops.format_count(size['original_tokens'])} in {original:.1f}; its step fits with {fits}"
             )
         lines.append(f"  {name} ({flops.format_count(size['n_params'])}) {how}")
     own = report["own_law"]
@@ -704,9 +840,11 @@ def format_report(report: dict) -> str:
             f"  {name:<13}{flops.format_count(size['n_params']):>8}{by_optimizer:>26}  "
             f"{', '.join(size['fits_with']) or 'none':<26}{flops.format_count(size['optimal_tokens']):>11}"
             f"{size['optimal_days']:>7.1f}{size['original_days']:>10.1f}"
+            + (f"  {_layout_name(size['layout'])}" if size["layout"] and not _is_plain(size["layout"]) else "")
         )
     lines.append(
         f"  (step GiB for {'/'.join(OPTIMIZERS)}: parameters, optimizer state, gradients and kept activations by "
-        f"memory.estimate, {step['dtype']}, remat={step['remat']}, micro-batch {step['micro_batch']})"
+        f"memory.estimate, {step['dtype']}, remat={step['remat']}, micro-batch {step['micro_batch']}; the days are "
+        "those of the cheapest layout that fits, named after them where it is not that step)"
     )
     return "\n".join(lines)

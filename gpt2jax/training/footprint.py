@@ -1,6 +1,8 @@
-"""What a train step holds on one device, from shapes alone, and the loss chunk that memory leaves room for.
+"""What a train step holds on one device and in host memory, from shapes alone, and the loss chunk that memory
+leaves room for.
 
-The dry run (``memory.py``) adds the step's largest temporaries to ``held_bytes``;
+The dry run (``memory.py``) adds the step's largest temporaries to ``held_bytes``, and checks
+``host_bytes`` against the host's memory; the budget reads ``offload_traffic_bytes``;
 ``build_trainer`` resolves ``model.loss_chunk=auto`` with ``auto_loss_chunk``. A trainer
 is read by its attributes only, so the trainer module can use this one.
 """
@@ -50,21 +52,115 @@ def saved_for_backward_bytes(trainer) -> int:
     return int(sum(aval_bytes(v) for v in jaxpr.outvars if isinstance(v, Var) and v not in inputs))
 
 
-def held_bytes(trainer) -> dict:
-    """What one device holds through a train step besides its temporaries, by part, from shapes alone.
+# train.offload's layouts: what each keeps in host memory (JAX's pinned_host memory kind) instead of the device.
+OFFLOAD_MODES = ("none", "optimizer", "master")
 
-    The float32 parameters and optimizer state (this device's shards), the float32
-    gradients of one micro-batch and their running sum (``steps.train_step`` sums
-    micro-batches in a scan whatever their number), and the activations the backward
-    pass keeps.
+
+def shard_elements(tree) -> int:
+    """Elements of this device's shards of a pytree of ShapeDtypeStructs carrying shardings."""
+    return int(sum(math.prod(leaf.sharding.shard_shape(leaf.shape)) for leaf in jax.tree.leaves(tree)))
+
+
+def _offload(trainer, offload: str | None) -> str:
+    offload = trainer.config.train.offload if offload is None else offload
+    if offload not in OFFLOAD_MODES:
+        raise ValueError(f"train.offload={offload!r} is not one of {', '.join(OFFLOAD_MODES)}.")
+    return offload
+
+
+def _state_bytes(trainer) -> tuple[int, int, int]:
+    """(float32 parameters, compute-dtype parameters, optimizer state): this device's shards, from shapes.
+
+    Counted from the parameters' element counts, not their stored dtype, so the figure is the same
+    whichever dtype a layout stores its device copy in.
     """
-    params = shard_bytes(trainer.abstract_state["params"])
+    elements = shard_elements(trainer.abstract_state["params"])
+    compute = jnp.dtype(trainer.model_config.dtype).itemsize
+    return 4 * elements, compute * elements, shard_bytes(trainer.abstract_state["opt_state"])
+
+
+def state_bytes(trainer, offload: str | None = None) -> dict:
+    """The device's share of the train state and its gradients under ``offload`` (default: the config's
+    ``train.offload``), by part, from shapes alone; no tracing, so every layout is cheap to count.
+
+    - ``none``: the float32 parameters and the optimizer state (this device's shards) on the device;
+    - ``optimizer``: the float32 parameters on the device, the optimizer state in host memory;
+    - ``master``: the compute-dtype weights on the device, the float32 master weights and the
+      optimizer state in host memory.
+    The gradients are one parameter-sized buffer, the accumulator micro-batches are added into as
+    they are made (``steps.train_step``): float32, or the compute dtype with ``master``. With
+    offload, the streamed update's working set (``offload_stream_bytes``) too.
+    """
+    offload = _offload(trainer, offload)
+    master, compute, optimizer = _state_bytes(trainer)
+    weights = compute if offload == "master" else master
     return {
-        "params": params,
-        "optimizer_state": shard_bytes(trainer.abstract_state["opt_state"]),
-        "gradients": 2 * params,
-        "activations_saved_for_backward": saved_for_backward_bytes(trainer),
+        "params": weights,
+        "optimizer_state": optimizer if offload == "none" else 0,
+        "gradients": weights,
+        "offload_stream": offload_stream_bytes(trainer, offload),
     }
+
+
+def held_bytes(trainer, offload: str | None = None) -> dict:
+    """What one device holds through a train step besides its temporaries, by part, from shapes alone:
+    ``state_bytes`` and the activations the backward pass keeps."""
+    return state_bytes(trainer, offload) | {"activations_saved_for_backward": saved_for_backward_bytes(trainer)}
+
+
+def offload_stream_bytes(trainer, offload: str | None = None) -> int:
+    """The device bytes an offloaded update holds at once: two units, one updated while the next arrives.
+
+    The update streams the host's state through the device a unit at a time: a parameter leaf, the
+    blocks' stacked leaves one layer at a time. A unit brings its optimizer state, and with
+    ``master`` also its float32 master weights and its gradient upcast to float32; its new weights
+    are written in place. The largest unit is GPT-2's token embedding (50304 x 1600 for xl: with
+    AdamW 1.3 GB of master, moments and float32 gradient). 0 without offload.
+    """
+    offload = _offload(trainer, offload)
+    if offload == "none":
+        return 0
+    master, _, optimizer = _state_bytes(trainer)
+    per_element = optimizer / (master // 4) + (8 if offload == "master" else 0)
+    return int(2 * per_element * _largest_stream_unit(trainer))
+
+
+def _largest_stream_unit(trainer) -> int:
+    """Elements of the largest unit the update streams: a leaf, or one layer of the blocks' stack (``h``,
+    whose leaves lead with the layer axis whether the layers run scanned or not)."""
+    layers = trainer.model_config.n_layer
+    units = []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(trainer.abstract_state["params"]):
+        elements = math.prod(leaf.sharding.shard_shape(leaf.shape))
+        units.append(elements // layers if getattr(path[0], "key", None) == "h" else elements)
+    return max(units)
+
+
+def host_bytes(trainer, offload: str | None = None) -> dict:
+    """What the host keeps for one device through a run, by part, from shapes alone.
+
+    The state ``offload`` moves there (``held_bytes``), and the copy of the float32 state an
+    asynchronous checkpoint writes from (every layout: on a CPU a 102M-parameter run peaked at its
+    estimate plus that 1.14 GiB state, ``memory.step_memory``).
+    """
+    offload = _offload(trainer, offload)
+    master, _, optimizer = _state_bytes(trainer)
+    return {
+        "master_params": master if offload == "master" else 0,
+        "optimizer_state": optimizer if offload != "none" else 0,
+        "checkpoint_copy": master + optimizer,
+    }
+
+
+def offload_traffic_bytes(trainer, offload: str | None = None) -> int:
+    """Bytes that cross the host link each optimizer step: the host's share of the state, down and back up.
+
+    The gradients stay on the device; the update reads the offloaded state (optimizer state, and the
+    float32 master weights with ``master``) and writes it back, once a step whatever the number of
+    micro-batches.
+    """
+    parts = host_bytes(trainer, offload)
+    return 2 * (parts["master_params"] + parts["optimizer_state"])
 
 
 def auto_loss_chunk(trainer, memory_limit: int | None = None) -> int:

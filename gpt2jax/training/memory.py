@@ -17,7 +17,15 @@ import jax.numpy as jnp
 from gpt2jax import flops
 from gpt2jax.model import REMAT_POLICIES, attention_implementation, scans_layers
 from gpt2jax.training import steps
-from gpt2jax.training.footprint import aval_bytes, held_bytes, micro_batch_tokens, saved_for_backward_bytes, shard_bytes
+from gpt2jax.training.footprint import (
+    OFFLOAD_MODES,
+    aval_bytes,
+    host_bytes,
+    micro_batch_tokens,
+    saved_for_backward_bytes,
+    shard_bytes,
+    state_bytes,
+)
 from gpt2jax.training.optim import OPTIMIZERS
 from gpt2jax.training.trainer import Trainer, build_trainer
 
@@ -57,26 +65,60 @@ def step_memory(trainer: Trainer) -> tuple[int, int, str] | None:
     """(bytes the run needs, bytes available to it, what they count and where), or None where unknown.
 
     On a GPU or TPU each device holds its share of the step (``estimate``) within what XLA may
-    allocate on it (``bytes_limit``, XLA_PYTHON_CLIENT_MEM_FRACTION of the card). On a CPU every
-    local device's share lives in the host's memory, and so does the copy of the train state an
-    asynchronous checkpoint writes from: a 102M-parameter run (n_embd 1024, 4 layers) estimated at
-    2.65 GiB peaked at 3.98 GiB resident, the estimate plus its 1.14 GiB state and the runtime.
+    allocate on it (``bytes_limit``, XLA_PYTHON_CLIENT_MEM_FRACTION of the card); the host's
+    share is ``host_memory``'s. On a CPU the devices are the host: ``host_memory`` counts both.
     """
-    devices = [device for device in trainer.mesh.devices.flat if device.process_index == jax.process_index()]
-    if devices[0].platform != "cpu":
-        limits = [(device.memory_stats() or {}).get("bytes_limit") for device in devices]
-        if None in limits:
-            return None
-        return estimate(trainer)["total"], min(limits), f"the train step on one {devices[0].device_kind}"
-    available = host_available_bytes()
+    devices = _local_devices(trainer)
+    if devices[0].platform == "cpu":
+        return host_memory(trainer)
+    limits = [(device.memory_stats() or {}).get("bytes_limit") for device in devices]
+    if None in limits:
+        return None
+    return estimate(trainer)["total"], min(limits), f"the train step on one {devices[0].device_kind}"
+
+
+def _local_devices(trainer: Trainer) -> list:
+    return [device for device in trainer.mesh.devices.flat if device.process_index == jax.process_index()]
+
+
+def host_memory(trainer: Trainer, available: int | None = None) -> tuple[int, int, str] | None:
+    """(host bytes the run needs, host bytes ``available``, what they count), or None where unknown.
+
+    Each local device's ``host_estimate``: the state ``train.offload`` keeps in host memory and the
+    copy of the state an asynchronous checkpoint writes from. On a CPU every device's step lives in
+    the host's memory too: a 102M-parameter run (n_embd 1024, 4 layers) estimated at 2.65 GiB peaked
+    at 3.98 GiB resident, the estimate plus its 1.14 GiB state and the runtime.
+    ``available``: ``host_available_bytes()`` unless given.
+    """
+    devices = _local_devices(trainer)
+    available = host_available_bytes() if available is None else available
     if available is None:
         return None
-    parts = estimate(trainer)
-    needed = len(devices) * (parts["total"] + parts["params"] + parts["optimizer_state"])
-    return needed, available, "the train step and a checkpoint's copy of its state in this host's memory"
+    host = host_estimate(trainer)
+    if devices[0].platform == "cpu":
+        needed = len(devices) * (estimate(trainer)["total"] + host["total"])
+        return needed, available, "the train step and a checkpoint's copy of its state in this host's memory"
+    offloaded = host["total"] - host["checkpoint_copy"]
+    what = (
+        f"the state offloaded to this host ({len(devices) * offloaded / GIB:.1f} GiB, train.offload="
+        f"{trainer.config.train.offload}) and a checkpoint's copy of it"
+        if offloaded
+        else "a checkpoint's copy of the train state in this host's memory"
+    )
+    return len(devices) * host["total"], available, what
 
 
-def refuse_unfit(needed: int, available: int, what: str) -> None:
+HOST_ADVICE = (
+    "offload less (--config.train.offload=optimizer or none), keep a smaller optimizer state "
+    "(--config.train.optimizer=adamw_bf16 or adafactor), or use a host with more memory; --dry_run shows both memories."
+)
+DEVICE_ADVICE = (
+    "make the model smaller (model.n_embd, model.n_layer) or the micro-batch (raise train.grad_accum_steps), "
+    "or keep less (model.remat=full); --dry_run shows what fits."
+)
+
+
+def refuse_unfit(needed: int, available: int, what: str, advice: str = DEVICE_ADVICE) -> None:
     """Refuses, in one sentence, a run that needs more bytes than are ``available``.
 
     Checked before anything is allocated: a run with n_embd=4096 on a 23 GB host grew past 17 GB in a
@@ -86,16 +128,31 @@ def refuse_unfit(needed: int, available: int, what: str) -> None:
         return
     raise ValueError(
         f"{what} need about {needed / GIB:.1f} GiB by the dry run's estimate, more than the "
-        f"{available / GIB:.1f} GiB available; make the model smaller (model.n_embd, model.n_layer) or the "
-        "micro-batch (raise train.grad_accum_steps), or keep less (model.remat=full); --dry_run shows what fits."
+        f"{available / GIB:.1f} GiB available; {advice}"
     )
 
 
+def check_host_fits(trainer: Trainer, available: int | None = None) -> None:
+    """``refuse_unfit`` for what this trainer keeps in host memory; nothing where the memory available is unknown.
+
+    On a CPU the device's step is in the host's memory too, and the advice is the device's.
+    """
+    memory = host_memory(trainer, available)
+    if memory is not None:
+        cpu = _local_devices(trainer)[0].platform == "cpu"
+        refuse_unfit(*memory, advice=DEVICE_ADVICE if cpu else HOST_ADVICE)
+
+
 def check_step_fits(trainer: Trainer) -> None:
-    """``refuse_unfit`` for this trainer on its devices; nothing where the memory available is unknown."""
+    """``refuse_unfit`` for this trainer on its devices and on its host; nothing where the memory available is
+    unknown. The loop and the benchmark call it before anything is allocated."""
+    if _local_devices(trainer)[0].platform == "cpu":
+        check_host_fits(trainer)
+        return
     memory = step_memory(trainer)
     if memory is not None:
         refuse_unfit(*memory)
+    check_host_fits(trainer)
 
 
 def dry_run(config) -> dict:
@@ -122,6 +179,9 @@ def dry_run(config) -> dict:
     )
     compiled = trainer.train_step.lower(trainer.abstract_state, batch, batch).compile()
     summary["per_device_bytes"] = per_device_bytes(trainer, compiled)
+    summary["per_device_host_bytes"] = host_estimate(trainer)
+    summary["offload"] = trainer.config.train.offload
+    summary["estimate_by_offload"] = estimate_by_offload(trainer, summary["per_device_bytes"]["estimate_total"])
     usable = usable_fraction()
     summary["fits"] = {
         f"{gib} GiB": summary["per_device_bytes"]["estimate_total"] <= usable * gib * 2**30 for gib in CARDS_GIB
@@ -156,8 +216,17 @@ def format_dry_run(summary: dict) -> str:
         f"train step per device, estimated from shapes (JSON estimate_total): {total / gib:.2f} GiB = parameters {parts['params'] / gib:.2f}"
         f" + optimizer {parts['optimizer_state'] / gib:.2f} + gradients {parts['gradients'] / gib:.2f}"
         f" + kept activations {parts['activations_saved_for_backward'] / gib:.2f}"
-        f" + largest temporaries {parts['largest_temporaries'] / gib:.2f}",
+        f" + largest temporaries {parts['largest_temporaries'] / gib:.2f}"
+        + (f" + offloaded update's stream {parts['offload_stream'] / gib:.2f}" if parts.get("offload_stream") else ""),
     ]
+    if "per_device_host_bytes" in summary:
+        host = summary["per_device_host_bytes"]
+        lines.append(
+            f"host memory per device, train.offload={summary['offload']} (JSON per_device_host_bytes): "
+            f"{host['total'] / gib:.2f} GiB = master weights {host['master_params'] / gib:.2f}"
+            f" + optimizer {host['optimizer_state'] / gib:.2f} + a checkpoint's copy of the state "
+            f"{host['checkpoint_copy'] / gib:.2f}"
+        )
     if "xla_total" in parts:
         allocated = parts["xla_activations_and_temporaries"]
         lines.append(
@@ -170,11 +239,15 @@ def format_dry_run(summary: dict) -> str:
         if fits:
             lines.append(f"  {card} card ({room / gib:.1f} GiB usable): fits")
             continue
-        hint = _fitting_change(summary, total - saved_now, room) or _fitting_optimizer(summary, total - saved_now, room)
+        hint = (
+            _fitting_change(summary, total - saved_now, room)
+            or _fitting_offload(summary, saved_now, room)
+            or _fitting_optimizer(summary, total - saved_now, room)
+        )
         hint = (
             f"fits with {hint}"
             if hint
-            else "no remat policy, micro-batch or optimizer fits it: add devices (mesh.fsdp)"
+            else "no remat policy, micro-batch, offload or optimizer fits it: add devices (mesh.fsdp)"
         )
         lines.append(f"  {card} card ({room / gib:.1f} GiB usable): does not fit; {hint}")
     return "\n".join(lines)
@@ -195,6 +268,18 @@ def _fitting_change(summary: dict, without_activations: int, room: float) -> str
         if without_activations + saved[policy] / split <= room:
             more = f" --config.train.grad_accum_steps={accum * split}" if split > 1 else ""
             return f"--config.model.remat={policy}{more}"
+    return None
+
+
+def _fitting_offload(summary: dict, saved_now: int, room: float) -> str | None:
+    """A ``train.offload`` layout that fits ``room`` with the cheapest remat change it then needs, the optimizer
+    kept: the optimizer state in host memory before the master weights too, each said with the host memory it takes."""
+    for mode, totals in summary.get("estimate_by_offload", {}).items():
+        if mode == summary["offload"] or totals["device"] >= summary["per_device_bytes"]["estimate_total"]:
+            continue
+        change = _fitting_change(summary, totals["device"] - saved_now, room)
+        if change:
+            return f"--config.train.offload={mode} {change} ({totals['host'] / GIB:.1f} GiB of host memory a device)"
     return None
 
 
@@ -311,15 +396,46 @@ def largest_temporaries_bytes(trainer: Trainer) -> int:
     return int(sum(sorted(_intermediate_sizes(jaxpr))[-2:]))
 
 
-def estimate(trainer: Trainer) -> dict:
+def estimate(trainer: Trainer, offload: str | None = None, traced: dict | None = None) -> dict:
     """Bytes one device needs for a train step, from shapes alone: the same on every platform.
 
-    ``footprint.held_bytes``'s parts (parameters, optimizer state, gradients and their sum,
-    the activations the backward pass keeps) and the two largest temporaries. XLA's own
-    buffer total depends on the platform it compiles for (XLA:CPU keeps bfloat16
-    activations at float32 cost); this estimate does not, and ``fits`` is read from it.
+    ``footprint.held_bytes``'s parts for ``offload`` (default: the config's ``train.offload``):
+    parameters, optimizer state, the gradient accumulator, the activations the backward pass keeps,
+    the offloaded update's working set; and the two largest temporaries. XLA's own buffer total
+    depends on the platform it compiles for (XLA:CPU keeps bfloat16 activations at float32 cost);
+    this estimate does not, and ``fits`` is read from it. ``traced``: ``traced_bytes(trainer)``, if already read.
     """
-    report = held_bytes(trainer) | {"largest_temporaries": largest_temporaries_bytes(trainer)}
+    report = state_bytes(trainer, offload) | (traced or traced_bytes(trainer))
+    report["total"] = sum(report.values())
+    return report
+
+
+def traced_bytes(trainer: Trainer) -> dict:
+    """The parts of ``estimate`` read from the traced step, which no optimizer or offload changes: the
+    activations the backward pass keeps and the two largest temporaries (the budget reuses them)."""
+    return {
+        "activations_saved_for_backward": saved_for_backward_bytes(trainer),
+        "largest_temporaries": largest_temporaries_bytes(trainer),
+    }
+
+
+def estimate_by_offload(trainer: Trainer, total: int) -> dict:
+    """Each ``train.offload`` layout's device and host totals per device, from ``total`` (this trainer's own
+    ``estimate``): only the state's parts differ between layouts, and they need no tracing."""
+    own = sum(state_bytes(trainer).values())
+    return {
+        mode: {
+            "device": total - own + sum(state_bytes(trainer, mode).values()),
+            "host": host_estimate(trainer, mode)["total"],
+        }
+        for mode in OFFLOAD_MODES
+    }
+
+
+def host_estimate(trainer: Trainer, offload: str | None = None) -> dict:
+    """Bytes the host keeps for one device through a run, from shapes alone: ``footprint.host_bytes``'s parts
+    (master weights and optimizer state where ``offload`` puts them, a checkpoint's copy of the state) and their total."""
+    report = host_bytes(trainer, offload)
     report["total"] = sum(report.values())
     return report
 
