@@ -204,3 +204,28 @@ def test_a_best_muon_rate_at_the_edge_of_its_scan_is_refused():
     rows = {m: [dict(n_layer=1, n_head=2, n_embd=16, loss=_bowl(m, 10.0))] for m in (0.5, 1.0, 2.0)}
     with pytest.raises(ValueError, match="best Muon rate for L1H2W16 is its highest multiplier"):
         tuning.fit_muon_rate(config, rows)
+
+
+def test_a_muon_sweeps_tuning_stage_trains_both_scans_and_writes_both_rates(tmp_path):
+    """The AdamW-rate scan, then Muon's at the rule it fitted, each multiple in its own workdir: one shape and
+    one multiplier (2 runs of 8 steps; a smoke test fits an unbracketed scan), since wiring is what it checks."""
+    from gpt2jax.scaling.sweep import STALE_AFTER_S
+
+    config = tiny_sweep_config(str(tmp_path / "data"), schedule="cosine", budgets=[1024.0])
+    config.update(smoke_test=True, lr_tuning=[2.0], shapes=[dict(n_layer=1, n_head=2, n_embd=16)])
+    config.update(evals_per_run=1, checkpoints_per_run=1)
+    config.limits.max_epochs = 100.0
+    config.base.train.update(optimizer="muon", muon_learning_rate=0.02)
+    plan = plan_module.expand(config)
+    stage = tuning.TuningStage(plan.config, plan, tmp_path / "sweep")
+    rule = stage.run("test", (0, 1), STALE_AFTER_S, log=lambda line: None)
+    assert rule == stage.rule() and "muon_learning_rate" in rule and "learning_rate" in rule
+    rows = {2.0: read_rows(stage.muon_scan_dir(2.0) / "results.csv")}
+    assert rule["muon_learning_rate"] == tuning.fit_muon_rate(plan.config, rows)["muon_learning_rate"]
+    for multiplier in rows:
+        (row,) = rows[multiplier]
+        # AdamW's branch at the fitted rule (2x the untuned rate, the scan's only point), Muon's at 2 x 0.02.
+        assert np.isfinite(float(row["loss"])) and float(row["learning_rate"]) == pytest.approx(rule["learning_rate"])
+        assert rule["learning_rate"] == pytest.approx(2 * config.rules.learning_rate)
+        recorded = json.loads((stage.muon_scan_dir(multiplier) / "sweep.json").read_text())["config"]
+        assert recorded["base"]["train"]["muon_learning_rate"] == pytest.approx(multiplier * 0.02)
