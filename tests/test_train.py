@@ -471,3 +471,19 @@ def test_a_muon_update_of_q_is_its_gradient_orthogonalised_as_one_matrix_per_lay
     np.testing.assert_allclose(np.linalg.svd(q_update, compute_uv=False), np.sort(expected)[::-1], atol=2e-3)
     # A zero gradient (the other layer, k, v) stays a zero update.
     assert not np.asarray(updates["h"]["attn"]["qkv_kernel"].value)[0].any()
+
+
+def test_muon_decays_every_matrix_by_adamws_weight_decay_per_step_whatever_its_rate():
+    """With no gradient, each update is the decay alone: wd x train.learning_rate x the weight, on Muon's
+    branch (at a rate 50x AdamW's) as on AdamW's; biases and norms are not decayed."""
+    _, abstract = abstract_model(GPTConfig(n_layer=2, n_head=4, n_embd=32, block_size=16))
+    params = jax.tree.map(lambda leaf: jnp.ones(leaf.shape, leaf.dtype), abstract)
+    train = tiny_config("unused", optimizer="muon", schedule="constant", warmup_steps=0, learning_rate=1e-2).train
+    train.update(muon_learning_rate=0.5, weight_decay=0.1)
+    optimizer = optim.make_optimizer(train)
+    grads = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = jax.jit(optimizer.update)(grads, optimizer.init(params), params)
+    decay = {path_str(p): float(np.asarray(u).max()) for p, u in jax.tree_util.tree_leaves_with_path(updates)}
+    for path in ("h/attn/qkv_kernel", "h/mlp/fc_kernel", "wte"):
+        assert decay[path] == pytest.approx(-0.1 * 1e-2, rel=1e-5), path
+    assert decay["h/ln_1/scale"] == 0.0 and decay["h/attn/qkv_bias"] == 0.0

@@ -176,19 +176,25 @@ def scale_by_adam_in(dtype, b1: float, b2: float, eps: float) -> optax.GradientT
     return optax.GradientTransformation(init, update)
 
 
+def adamw(train_config, schedule: optax.Schedule) -> optax.GradientTransformation:
+    """AdamW at ``schedule`` with decoupled weight decay on ``decay_mask``'s parameters: ``adamw``, and Muon's
+    branch for the parameters that are not hidden matrices."""
+    return optax.adamw(
+        schedule,
+        b1=train_config.beta1,
+        b2=train_config.beta2,
+        eps=train_config.eps,
+        weight_decay=train_config.weight_decay,
+        mask=decay_mask,
+    )
+
+
 def make_optimizer(train_config) -> optax.GradientTransformation:
     """Global-norm clipping, then ``train.optimizer`` with decoupled weight decay on ``decay_mask``'s parameters."""
     schedule = learning_rate_schedule(train_config)
     name = train_config.optimizer
     if name == "adamw":
-        update = optax.adamw(
-            schedule,
-            b1=train_config.beta1,
-            b2=train_config.beta2,
-            eps=train_config.eps,
-            weight_decay=train_config.weight_decay,
-            mask=decay_mask,
-        )
+        update = adamw(train_config, schedule)
     elif name == "adamw_bf16":
         update = optax.chain(
             scale_by_adam_in(jnp.bfloat16, train_config.beta1, train_config.beta2, train_config.eps),
@@ -197,23 +203,16 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
         )
     elif name == "muon":
         muon_peak = train_config.muon_learning_rate
-        adamw = optax.adamw(
-            schedule,
-            b1=train_config.beta1,
-            b2=train_config.beta2,
-            eps=train_config.eps,
-            weight_decay=train_config.weight_decay,
-            mask=decay_mask,
-        )
         muon = optax.chain(
             scale_by_muon(beta=MUON_MOMENTUM, ns_steps=MUON_NS_STEPS, weight_dimension_numbers=muon_dimension_numbers),
-            # Jordan's sqrt(max(1, fan_out / fan_in)), so the MLP's D -> 4D matrix moves as much per entry.
+            # Jordan's sqrt(max(1, fan_out / fan_in)): twice the update for the MLP's D -> 4D matrix, as the
+            # spectral condition for feature learning asks (Yang, Simon and Bernstein 2023).
             scale_by_shape(weight_dimension_numbers=muon_dimension_numbers),
             # Decayed before the rate scales it: wd x (lr / muon_lr) x muon's schedule is AdamW's wd x lr.
             optax.add_decayed_weights(train_config.weight_decay * train_config.learning_rate / muon_peak, decay_mask),
             optax.scale_by_learning_rate(learning_rate_schedule(train_config, peak=muon_peak)),
         )
-        update = optax.partition({"muon": muon, "adamw": adamw}, muon_labels)
+        update = optax.partition({"muon": muon, "adamw": adamw(train_config, schedule)}, muon_labels)
     elif name == "adafactor":
         # optax.adafactor adds weight_decay_rate * params after the learning rate (10% of every
         # weight a step at 0.1: the tiny config's loss stayed at 10.5); decay here is AdamW's,
