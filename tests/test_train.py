@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from gpt2jax import flops
 from gpt2jax.config import SHIPPED_CONFIGS, load_config_file
@@ -447,9 +448,8 @@ def test_a_muon_update_of_q_is_its_gradient_orthogonalised_as_one_matrix_per_lay
     Newton-Schulz makes of s / |s|: within Muon's band 0.68-1.13 for s_i >= 1% of |s|, not 1 (Jordan's
     coefficients trade exactness for speed). Orthogonalised per head, or over q, k and v together, the
     singular values of the D x H*K slice would be others."""
-    config = GPTConfig(n_layer=2, n_head=4, n_embd=32, block_size=16)
-    _, abstract = abstract_model(config)
-    params = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), abstract)
+    _, abstract = abstract_model(GPTConfig(n_layer=2, n_head=4, n_embd=32, block_size=16))
+    params = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), nnx.to_pure_dict(abstract))
     d, h, k = 32, 4, 8
     rng = np.random.default_rng(0)
     u, _ = np.linalg.qr(rng.normal(size=(d, d)))
@@ -459,25 +459,25 @@ def test_a_muon_update_of_q_is_its_gradient_orthogonalised_as_one_matrix_per_lay
     grads = jax.tree.map(jnp.zeros_like, params)
     qkv = np.zeros((2, d, 3, h, k), np.float32)
     qkv[1, :, 0] = q_gradient.reshape(d, h, k)
-    grads["h"]["attn"]["qkv_kernel"].value = jnp.asarray(qkv)
+    grads["h"]["attn"]["qkv_kernel"] = jnp.asarray(qkv)
     train = tiny_config("unused", optimizer="muon", schedule="constant", warmup_steps=0).train
     train.update(muon_learning_rate=0.5, weight_decay=0.0)
     optimizer = optim.make_optimizer(train)
     updates, _ = jax.jit(optimizer.update)(grads, optimizer.init(params), params)
-    q_update = -np.asarray(updates["h"]["attn"]["qkv_kernel"].value)[1, :, 0].reshape(d, h * k) / 0.5
+    q_update = -np.asarray(updates["h"]["attn"]["qkv_kernel"])[1, :, 0].reshape(d, h * k) / 0.5
     expected = _newton_schulz(sigma / np.linalg.norm(sigma))
     assert 0.68 <= expected.min() and expected.max() <= 1.14
     np.testing.assert_allclose(q_update, (u * expected) @ v.T, atol=2e-3)
     np.testing.assert_allclose(np.linalg.svd(q_update, compute_uv=False), np.sort(expected)[::-1], atol=2e-3)
     # A zero gradient (the other layer, k, v) stays a zero update.
-    assert not np.asarray(updates["h"]["attn"]["qkv_kernel"].value)[0].any()
+    assert not np.asarray(updates["h"]["attn"]["qkv_kernel"])[0].any()
 
 
 def test_muon_decays_every_matrix_by_adamws_weight_decay_per_step_whatever_its_rate():
     """With no gradient, each update is the decay alone: wd x train.learning_rate x the weight, on Muon's
     branch (at a rate 50x AdamW's) as on AdamW's; biases and norms are not decayed."""
     _, abstract = abstract_model(GPTConfig(n_layer=2, n_head=4, n_embd=32, block_size=16))
-    params = jax.tree.map(lambda leaf: jnp.ones(leaf.shape, leaf.dtype), abstract)
+    params = jax.tree.map(lambda leaf: jnp.ones(leaf.shape, leaf.dtype), nnx.to_pure_dict(abstract))
     train = tiny_config("unused", optimizer="muon", schedule="constant", warmup_steps=0, learning_rate=1e-2).train
     train.update(muon_learning_rate=0.5, weight_decay=0.1)
     optimizer = optim.make_optimizer(train)
