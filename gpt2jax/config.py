@@ -60,13 +60,17 @@ def base_config() -> ml_collections.ConfigDict:
             grad_accum_steps=1,  # micro-batches per step: batch_size / grad_accum_steps at a time
             steps=1000,
             # adamw | adamw_bf16 (both moments in bfloat16: half the state) | adafactor (a factored
-            # second moment, no first: almost none); training/optim.py says what each keeps
+            # second moment, no first: almost none) | muon (Muon on the hidden matrices, AdamW on the
+            # rest); training/optim.py says what each keeps
             optimizer="adamw",
             # none | optimizer (the optimizer's state in host memory) | master (float32 master
             # weights and the optimizer's state in host memory, the compute-dtype weights on the
             # device): JAX's pinned_host memory kind, for a model whose state outgrows the card
             offload="none",
             learning_rate=6e-4,
+            # train.optimizer=muon: Muon's peak rate on the hidden matrices (learning_rate is then its
+            # AdamW branch's), on the same schedule; Jordan's default
+            muon_learning_rate=0.02,
             schedule="cosine",  # cosine | wsd | constant, each after a linear warmup
             warmup_steps=100,
             min_lr_ratio=0.1,  # cosine and wsd decay to learning_rate * min_lr_ratio

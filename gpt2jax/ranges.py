@@ -88,6 +88,7 @@ RUN_CONFIG_RANGES: dict[str, Range] = {
     "train.steps": COUNT,
     # 0 trains nothing and keeps the weights to the bit (tests/test_interop.py imports weights that way).
     "train.learning_rate": NON_NEGATIVE,
+    "train.muon_learning_rate": POSITIVE,  # optim.py divides by it (Muon's decay is AdamW's per step)
     "train.warmup_steps": whole(0),
     "train.min_lr_ratio": FRACTION,  # of the peak: 5 made the rate climb to 3x its peak
     "train.decay_fraction": FRACTION,

@@ -434,3 +434,50 @@ def test_the_verdict_judges_the_share_of_the_card_xla_python_client_mem_fraction
 def test_a_card_whose_host_link_is_not_stated_gets_no_offload_layout():
     report = budget.budget_report("tpu-v5e", 365, 0.9, mfu=0.4, step_bytes=params_bytes)
     assert all(size["layout"] is None or size["layout"]["offload"] == "none" for size in report["models"].values())
+
+
+def test_muon_without_a_measured_multiplier_says_so_in_one_line_and_applies_nothing(default_report, tmp_path):
+    section = budget.optimizer_section(default_report, "muon", tmp_path / "multiplier.json")
+    (line,) = budget.optimizer_lines(section)
+    assert line.startswith(f"--optimizer muon: no measured multiplier ({tmp_path / 'multiplier.json'} does not exist)")
+    assert "for context and not applied" in line
+    assert all(figure in line for figure in ("~1.4x at 0.1B falling to ~1.1x at 1.2B", "1.35x", "~2x"))
+    assert "days" not in section and budget.optimizer_section(default_report, "adamw") is None
+
+
+def test_muon_with_a_measured_multiplier_divides_the_days_and_says_where_and_at_what_scale(
+    default_report, tmp_path, capsys
+):
+    path = tmp_path / "multiplier.json"
+    measured = {"multiplier": 1.25, "interval": [1.1, 1.4], "where": "on a 2-core CPU", "params": [2e5, 3.2e6]}
+    path.write_text(json.dumps(measured))
+    section = budget.optimizer_section(default_report, "muon", path)
+    # GPT-2 small: 0.8 days compute-optimally and 2.7 on its 10B tokens with AdamW at 40% MFU (above).
+    assert section["days"]["gpt2"]["optimal_days"] == pytest.approx(0.8 / 1.25, abs=0.04)
+    assert section["days"]["gpt2"]["original_days"] == pytest.approx(2.7 / 1.25, abs=0.04)
+    assert section["achieved_flops_as_adamw"] == pytest.approx(1.25 * 80.2e12 * 0.4 * ONE_YEAR)
+    lines = budget.optimizer_lines(section)
+    assert lines[0] == (
+        f"--optimizer muon: a compute multiplier of 1.25 (interval 1.10-1.40), measured on a 2-core CPU at "
+        f"200k-3.2M params ({path}); applied to GPT-2's sizes it is an extrapolation"
+    )
+    gpt2 = section["days"]["gpt2"]
+    assert lines[2].split() == ["gpt2", f"{gpt2['optimal_days']:.1f}", f"{gpt2['original_days']:.1f}"]
+    assert lines[-1].startswith("  published, for context:")
+    budget_command(["--mfu", "0.4", "--optimizer", "muon", "--multiplier", str(path), "--json"])
+    assert json.loads(capsys.readouterr().out)["optimizer"]["measured"] == measured
+
+
+@pytest.mark.parametrize(
+    "content, pattern",
+    [
+        ("{", "is not JSON"),
+        ('{"multiplier": 1.2}', "lacks interval, where, params"),
+        ('{"multiplier": 2.0, "interval": [1.1, 1.4], "where": "x", "params": [1, 2]}', "outside its interval"),
+    ],
+)
+def test_a_malformed_multiplier_file_is_one_sentence(tmp_path, capsys, content, pattern):
+    path = tmp_path / "multiplier.json"
+    path.write_text(content)
+    error = user_error(capsys, ["--mfu", "0.4", "--optimizer", "muon", "--multiplier", str(path)])
+    assert pattern in error and error.endswith("write it again with the Muon experiment, or remove it.")

@@ -319,7 +319,7 @@ def test_inference_flags_become_one_weights_source():
 # The parameter contract.
 
 
-def test_a_parameter_no_table_knows_is_refused_by_all_three(tmp_path):
+def test_a_parameter_no_table_knows_is_refused_by_all_four(tmp_path):
     model_config = GPTConfig(n_layer=2, n_head=4, n_embd=32, block_size=16)
     _, params = abstract_model(model_config)
     pure = nnx.to_pure_dict(params)
@@ -333,6 +333,8 @@ def test_a_parameter_no_table_knows_is_refused_by_all_three(tmp_path):
         sharding.tree_shardings(mesh, pure)
     with pytest.raises(ValueError, match="parameter h/attn/rotary_table matches no rule in optim.DECAY_RULES"):
         optim.decay_mask(pure)
+    with pytest.raises(ValueError, match="parameter h/attn/rotary_table matches no rule in optim.MUON_RULES"):
+        optim.muon_labels(pure)
     host = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), pure)
     with pytest.raises(ValueError, match="parameter h/attn/rotary_table has no Hugging Face name"):
         hf.save_hf(model_config, host, tmp_path / "out")

@@ -771,3 +771,15 @@ def test_non_embedding_sweeps_count_budgets_in_non_embedding_parameters():
     for point in plan.points:
         counts = plan.accounting(point)
         assert abs(counts["n_tokens"] - 1e9 / (6 * counts["n_params_non_embedding"])) <= _tokens_per_step(plan, point)
+
+
+def test_the_muon_study_trains_the_same_points_with_each_optimizer(capsys):
+    adamw, muon = (
+        plan_module.expand(plan_module.load_sweep_config(f"{REPO}/experiments/cpu_muon.py:{name}"))
+        for name in ("adamw", "muon")
+    )
+    assert [point.run for point in adamw.points] == [point.run for point in muon.points]
+    assert (adamw.config.base.train.optimizer, muon.config.base.train.optimizer) == ("adamw", "muon")
+    assert adamw.config.lr_tuning and tuning.spent_flops(muon.config) > tuning.spent_flops(adamw.config)
+    scaling_cli.entry(["sweep", "--config", f"{REPO}/experiments/cpu_muon.py:muon", "--plan"])
+    assert "then Muon's rate: the same runs at the fitted rule" in capsys.readouterr().out

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from gpt2jax import flops
 from gpt2jax.config import SHIPPED_CONFIGS, load_config_file
@@ -19,7 +20,7 @@ from gpt2jax.files.workdir import METRICS_FILE
 from gpt2jax.inference import weights
 from gpt2jax.inference.sampling import sample_text
 from gpt2jax.inference.scoring import evaluate_checkpoint
-from gpt2jax.model import PRESETS, GPTConfig
+from gpt2jax.model import PRESETS, GPTConfig, abstract_model, count_model_params
 from gpt2jax.training import loop, optim, validation
 from gpt2jax.training.checkpoint import Checkpointer
 from gpt2jax.training.trainer import Trainer
@@ -395,7 +396,7 @@ def test_weight_decay_only_on_matrices(trained):
     assert not decayed["h/attn/qkv_bias"] and not decayed["h/ln_1/scale"] and not decayed["ln_f/bias"]
 
 
-@pytest.mark.parametrize("optimizer", optim.OPTIMIZERS)
+@pytest.mark.parametrize("optimizer", optim.ALL_OPTIMIZERS)
 def test_every_optimizer_trains_and_keeps_the_state_it_claims(data_dir, tmp_path, optimizer):
     """Each optimizer lowers the loss from ln(vocab) over the same steps, and its state has the size its docstring says."""
     from gpt2jax.training import memory
@@ -406,12 +407,83 @@ def test_every_optimizer_trains_and_keeps_the_state_it_claims(data_dir, tmp_path
     assert final["val_loss"] < np.log(config.model.vocab_size) - 2.0, final
     # Adafactor factors matrices of at least 128 on both sides (optax's min_dim_size_to_factor).
     config.model.update(n_embd=128, n_head=4)
-    estimate = memory.estimate(build_trainer(config))
+    trainer = build_trainer(config)
+    estimate = memory.estimate(trainer)
     ratio = estimate["optimizer_state"] / estimate["params"]
-    expected = {"adamw": (1.99, 2.01), "adamw_bf16": (0.99, 1.01), "adafactor": (0.0, 0.1)}[optimizer]
+    # Muon: one moment for the hidden matrices (12 D^2 a layer), Adam's two for the rest.
+    muon = 2 - config.model.n_layer * 12 * config.model.n_embd**2 / count_model_params(trainer.model_config)
+    expected = {
+        "adamw": (1.99, 2.01),
+        "adamw_bf16": (0.99, 1.01),
+        "adafactor": (0.0, 0.1),
+        "muon": (muon - 0.001, muon + 0.001),
+    }[optimizer]
     assert expected[0] <= ratio <= expected[1], ratio
 
 
 def test_an_unknown_optimizer_is_one_sentence(data_dir):
-    with pytest.raises(ValueError, match=r"train.optimizer='lion' is not one of adamw, adamw_bf16, adafactor\."):
+    with pytest.raises(ValueError, match=r"train.optimizer='lion' is not one of adamw, adamw_bf16, adafactor, muon\."):
         optim.make_optimizer(tiny_config(data_dir, optimizer="lion").train)
+
+
+def test_muon_takes_the_hidden_matrices_and_adamw_the_rest():
+    _, params = abstract_model(GPTConfig(n_layer=2, n_head=4, n_embd=32, block_size=16))
+    labels = {path_str(p): label for p, label in jax.tree_util.tree_leaves_with_path(optim.muon_labels(params))}
+    muon = {"h/attn/qkv_kernel", "h/attn/out_kernel", "h/mlp/fc_kernel", "h/mlp/proj_kernel"}
+    assert {path for path, label in labels.items() if label == "muon"} == muon
+    assert {"wte", "wpe", "ln_f/scale", "ln_f/bias", "h/ln_1/scale", "h/attn/qkv_bias"} <= set(labels)
+    assert all(label == "adamw" for path, label in labels.items() if path not in muon)
+
+
+def _newton_schulz(sigma, steps=optim.MUON_NS_STEPS, coefficients=(3.4445, -4.7750, 2.0315)):
+    """What Muon's five quintic steps make of singular values ``sigma`` of a matrix of Frobenius norm 1."""
+    a, b, c = coefficients
+    for _ in range(steps):
+        sigma = a * sigma + b * sigma**3 + c * sigma**5
+    return sigma
+
+
+def test_a_muon_update_of_q_is_its_gradient_orthogonalised_as_one_matrix_per_layer():
+    """A gradient U diag(s) V^T on one layer's q projection (D x H*K) becomes lr x U diag(s') V^T, with s' what
+    Newton-Schulz makes of s / |s|: within Muon's band 0.68-1.13 for s_i >= 1% of |s|, not 1 (Jordan's
+    coefficients trade exactness for speed). Orthogonalised per head, or over q, k and v together, the
+    singular values of the D x H*K slice would be others."""
+    _, abstract = abstract_model(GPTConfig(n_layer=2, n_head=4, n_embd=32, block_size=16))
+    params = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), nnx.to_pure_dict(abstract))
+    d, h, k = 32, 4, 8
+    rng = np.random.default_rng(0)
+    u, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    v, _ = np.linalg.qr(rng.normal(size=(h * k, h * k)))
+    sigma = np.geomspace(1.0, 0.03, d)  # the smallest is 1.8% of the Frobenius norm
+    q_gradient = (u * sigma) @ v.T
+    grads = jax.tree.map(jnp.zeros_like, params)
+    qkv = np.zeros((2, d, 3, h, k), np.float32)
+    qkv[1, :, 0] = q_gradient.reshape(d, h, k)
+    grads["h"]["attn"]["qkv_kernel"] = jnp.asarray(qkv)
+    train = tiny_config("unused", optimizer="muon", schedule="constant", warmup_steps=0).train
+    train.update(muon_learning_rate=0.5, weight_decay=0.0)
+    optimizer = optim.make_optimizer(train)
+    updates, _ = jax.jit(optimizer.update)(grads, optimizer.init(params), params)
+    q_update = -np.asarray(updates["h"]["attn"]["qkv_kernel"])[1, :, 0].reshape(d, h * k) / 0.5
+    expected = _newton_schulz(sigma / np.linalg.norm(sigma))
+    assert 0.68 <= expected.min() and expected.max() <= 1.14
+    np.testing.assert_allclose(q_update, (u * expected) @ v.T, atol=2e-3)
+    np.testing.assert_allclose(np.linalg.svd(q_update, compute_uv=False), np.sort(expected)[::-1], atol=2e-3)
+    # A zero gradient (the other layer, k, v) stays a zero update.
+    assert not np.asarray(updates["h"]["attn"]["qkv_kernel"])[0].any()
+
+
+def test_muon_decays_every_matrix_by_adamws_weight_decay_per_step_whatever_its_rate():
+    """With no gradient, each update is the decay alone: wd x train.learning_rate x the weight, on Muon's
+    branch (at a rate 50x AdamW's) as on AdamW's; biases and norms are not decayed."""
+    _, abstract = abstract_model(GPTConfig(n_layer=2, n_head=4, n_embd=32, block_size=16))
+    params = jax.tree.map(lambda leaf: jnp.ones(leaf.shape, leaf.dtype), nnx.to_pure_dict(abstract))
+    train = tiny_config("unused", optimizer="muon", schedule="constant", warmup_steps=0, learning_rate=1e-2).train
+    train.update(muon_learning_rate=0.5, weight_decay=0.1)
+    optimizer = optim.make_optimizer(train)
+    grads = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = jax.jit(optimizer.update)(grads, optimizer.init(params), params)
+    decay = {path_str(p): float(np.asarray(u).max()) for p, u in jax.tree_util.tree_leaves_with_path(updates)}
+    for path in ("h/attn/qkv_kernel", "h/mlp/fc_kernel", "wte"):
+        assert decay[path] == pytest.approx(-0.1 * 1e-2, rel=1e-5), path
+    assert decay["h/ln_1/scale"] == 0.0 and decay["h/attn/qkv_bias"] == 0.0

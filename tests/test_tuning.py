@@ -155,3 +155,77 @@ def test_a_sweep_tunes_first_then_trains_every_point_at_the_fitted_rate(tmp_path
         assert f"| {float(row['budget']):.3g} | {row['steps']} |" in line and f"{float(row['loss']):.4f}" in line
     assert f"learning rate {rule['learning_rate']:.3g} x (16 / n_embd)^{rule['lr_width_exponent']:.3f}" in table[-1]
     assert report_module.tuning_lines(tmp_path) == []  # an untuned sweep has no scan to report
+
+
+def _muon_sweep_config():
+    config = tiny_sweep_config("unused", schedule="cosine", budgets=[4096.0, 8192.0])
+    config.update(smoke_test=True, lr_tuning=[0.5, 1.0, 2.0])
+    config.base.train.update(optimizer="muon", muon_learning_rate=0.02)
+    return plan_module.expand(config).config  # with the sweep keys' defaults
+
+
+def test_muon_scans_its_own_rate_at_the_fitted_adamw_rule_and_every_point_trains_at_the_best():
+    """Muon's scan: the shapes of the AdamW-rate scan, at the fitted rule, once per multiple of Muon's rate;
+    Muon's rate is then the geometric mean of the shapes' best (2x at width 16, 1.5x at 32 here)."""
+    config = _muon_sweep_config()
+    plan = plan_module.expand(config)
+    rule = tuning.fit_rule(config, _scan_rows(config.rules, lambda width: 2e-2 * (16 / width) ** 0.8, (16, 32)))
+    scans = tuning.muon_scan_configs(config, rule)
+    assert sorted(scans) == [0.5, 1.0, 2.0]
+    adamw_scan = {(p.n_embd, plan.tokens(p)) for p in tuning.scan_plan(config, plan).points}
+    for multiplier, scanned in scans.items():
+        muon_scan = tuning.scan_plan(scanned, plan_module.expand(scanned))
+        assert {(p.n_embd, muon_scan.tokens(p)) for p in muon_scan.points} == adamw_scan
+        for point in muon_scan.points:
+            train = muon_scan.train_config(point, lambda run: run).train
+            assert train.muon_learning_rate == pytest.approx(multiplier * 0.02)
+            assert train.learning_rate == pytest.approx(2e-2 * (16 / point.n_embd) ** 0.8, rel=1e-6)
+    best = {16: 2.0, 32: 1.5}
+    rows = {
+        m: [dict(n_layer=1, n_head=2, n_embd=w, loss=_bowl(m, best[w])) for w in best] for m in (0.5, 1.0, 2.0, 4.0)
+    }
+    muon = tuning.fit_muon_rate(config, rows)
+    assert [s["best_rate"] for s in muon["muon_shapes"]] == pytest.approx([0.04, 0.03], rel=1e-6)
+    assert muon["muon_learning_rate"] == pytest.approx(0.02 * math.sqrt(2.0 * 1.5), rel=1e-6)
+    tuned = plan_module.expand(tuning.tuned_config(config, {**rule, **muon}))
+    rates = [tuned.train_config(p, lambda run: run).train.muon_learning_rate for p in tuned.points]
+    assert rates == pytest.approx([muon["muon_learning_rate"]] * len(tuned.points))
+    assert "Muon's rate = 0.0346 at every width (untuned: 0.02)" in tuning.describe({**rule, **muon})
+    # Two scans of the same runs: the sweep's cost counts the scan twice.
+    adamw_config = _muon_sweep_config()
+    adamw_config.base.train.optimizer = "adamw"
+    scan_flops = tuning.spent_flops(config) - tuning.spent_flops(adamw_config)
+    assert scan_flops == pytest.approx(plan_module.costs(tuning.scan_plan(config, plan))["flops_spent"]["6n_attention"])
+
+
+def test_a_best_muon_rate_at_the_edge_of_its_scan_is_refused():
+    config = _muon_sweep_config()
+    config.smoke_test = False
+    rows = {m: [dict(n_layer=1, n_head=2, n_embd=16, loss=_bowl(m, 10.0))] for m in (0.5, 1.0, 2.0)}
+    with pytest.raises(ValueError, match="best Muon rate for L1H2W16 is its highest multiplier"):
+        tuning.fit_muon_rate(config, rows)
+
+
+def test_a_muon_sweeps_tuning_stage_trains_both_scans_and_writes_both_rates(tmp_path):
+    """The AdamW-rate scan, then Muon's at the rule it fitted, each multiple in its own workdir: one shape and
+    one multiplier (2 runs of 8 steps; a smoke test fits an unbracketed scan), since wiring is what it checks."""
+    from gpt2jax.scaling.sweep import STALE_AFTER_S
+
+    config = tiny_sweep_config(str(tmp_path / "data"), schedule="cosine", budgets=[1024.0])
+    config.update(smoke_test=True, lr_tuning=[2.0], shapes=[dict(n_layer=1, n_head=2, n_embd=16)])
+    config.update(evals_per_run=1, checkpoints_per_run=1)
+    config.limits.max_epochs = 100.0
+    config.base.train.update(optimizer="muon", muon_learning_rate=0.02)
+    plan = plan_module.expand(config)
+    stage = tuning.TuningStage(plan.config, plan, tmp_path / "sweep")
+    rule = stage.run("test", (0, 1), STALE_AFTER_S, log=lambda line: None)
+    assert rule == stage.rule() and "muon_learning_rate" in rule and "learning_rate" in rule
+    rows = {2.0: read_rows(stage.muon_scan_dir(2.0) / "results.csv")}
+    assert rule["muon_learning_rate"] == tuning.fit_muon_rate(plan.config, rows)["muon_learning_rate"]
+    for multiplier in rows:
+        (row,) = rows[multiplier]
+        # AdamW's branch at the fitted rule (2x the untuned rate, the scan's only point), Muon's at 2 x 0.02.
+        assert np.isfinite(float(row["loss"])) and float(row["learning_rate"]) == pytest.approx(rule["learning_rate"])
+        assert rule["learning_rate"] == pytest.approx(2 * config.rules.learning_rate)
+        recorded = json.loads((stage.muon_scan_dir(multiplier) / "sweep.json").read_text())["config"]
+        assert recorded["base"]["train"]["muon_learning_rate"] == pytest.approx(multiplier * 0.02)

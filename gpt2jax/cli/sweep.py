@@ -58,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 @stopping_at_checkpoints()  # a stop ends the sweep where its training checks it: see errors.request_stop
 def run(args: argparse.Namespace) -> None:
     from gpt2jax.scaling.plan import expand, format_plan, load_sweep_config
-    from gpt2jax.scaling.tuning import TuningStage, describe, tuned_config
+    from gpt2jax.scaling.tuning import TuningStage, describe, tuned_config, tunes_muon
 
     if args.repair:
         _repair(args.workdir)
@@ -75,6 +75,11 @@ def run(args: argparse.Namespace) -> None:
         if config.lr_tuning:
             scan = TuningStage(config, plan, Path(".")).scan
             print(f"tuning stage, trained first:\n{format_plan(scan, args.device, args.mfu)}\n")
+            if tunes_muon(config):
+                print(
+                    "then Muon's rate: the same runs at the fitted rule, once per lr_tuning multiple of "
+                    f"train.muon_learning_rate={config.base.train.muon_learning_rate:g}\n"
+                )
             if rule:
                 print(f"{describe(rule)}\n")
                 plan = expand(tuned_config(config, rule))

@@ -848,3 +848,91 @@ def format_report(report: dict) -> str:
         "those of the cheapest layout that fits, named after them where it is not that step)"
     )
     return "\n".join(lines)
+
+
+# --optimizer muon. The measurement the Muon experiment writes (issue 36): the compute AdamW needs to
+# reach Muon's loss, over Muon's. Absent, the budget applies nothing and names the published figures.
+MULTIPLIER_FILE = pathlib.Path(__file__).resolve().parents[2] / "experiments" / "cpu_muon" / "multiplier.json"
+MULTIPLIER_KEYS = ("multiplier", "interval", "where", "params")
+PUBLISHED_MULTIPLIERS = (
+    "Wen et al. 2025, against a tuned AdamW: ~1.4x at 0.1B falling to ~1.1x at 1.2B",
+    "modded-nanogpt: 1.35x (GPT-2 small's tokens to its target loss, 5B to 3.7B)",
+    "Moonlight (Liu et al. 2025): ~2x",
+)
+
+
+def load_multiplier(path) -> dict | None:
+    """The measured multiplier in ``path`` (multiplier, its interval [low, high], where it was measured and
+    the parameter counts [smallest, largest] it was measured at), or None where there is no such file."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        return None
+    remedy = "write it again with the Muon experiment, or remove it"
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise ValueError(f"multiplier file {path} is not JSON; {remedy}.") from None
+    missing = [key for key in MULTIPLIER_KEYS if not isinstance(values, dict) or key not in values]
+    if missing:
+        raise ValueError(f"multiplier file {path} lacks {', '.join(missing)}; {remedy}.")
+    numbers = [values["multiplier"], *values["interval"], *values["params"]]
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0 for x in numbers):
+        raise ValueError(
+            f"multiplier file {path} holds a multiplier, interval or params that are not positive; {remedy}."
+        )
+    low, high = values["interval"]
+    if not low <= values["multiplier"] <= high:
+        raise ValueError(
+            f"multiplier file {path}: the multiplier {values['multiplier']:g} lies outside its interval "
+            f"[{low:g}, {high:g}]; {remedy}."
+        )
+    return values
+
+
+def optimizer_section(report: dict, optimizer: str, multiplier_path=MULTIPLIER_FILE) -> dict | None:
+    """What ``--optimizer`` changes in ``report``: nothing for adamw; for muon, each GPT-2 size's days divided
+    by the measured multiplier (Muon reaching AdamW's loss on 1/m of its FLOPs), or no change without one."""
+    if optimizer == "adamw":
+        return None
+    if optimizer != "muon":
+        raise ValueError(f"--optimizer {optimizer} is not one of adamw, muon.")
+    measured = load_multiplier(multiplier_path)
+    section = {"optimizer": optimizer, "multiplier_file": str(multiplier_path), "measured": measured}
+    if measured is None:
+        return section
+    factor = measured["multiplier"]
+    section["achieved_flops_as_adamw"] = report["achieved_flops"] * factor
+    section["days"] = {
+        name: {"optimal_days": size["optimal_days"] / factor, "original_days": size["original_days"] / factor}
+        for name, size in report["models"].items()
+    }
+    return section
+
+
+def optimizer_lines(section: dict | None) -> list[str]:
+    """``optimizer_section`` as text: the measured multiplier with where, at what scale and its interval, and
+    the days it gives; or the one line saying there is none, with the published figures as context."""
+    if section is None:
+        return []
+    measured, name = section["measured"], section["optimizer"]
+    published = "; ".join(PUBLISHED_MULTIPLIERS)
+    if measured is None:
+        return [
+            f"--optimizer {name}: no measured multiplier ({section['multiplier_file']} does not exist), so every "
+            f"figure above is AdamW's; published, for context and not applied: {published}"
+        ]
+    low, high = measured["interval"]
+    smallest, largest = measured["params"]
+    lines = [
+        f"--optimizer {name}: a compute multiplier of {measured['multiplier']:.2f} (interval {low:.2f}-{high:.2f}), "
+        f"measured {measured['where']} at {flops.format_count(smallest)}-{flops.format_count(largest)} params "
+        f"({section['multiplier_file']}); applied to GPT-2's sizes it is an extrapolation",
+        f"  the run's FLOPs reach the loss AdamW reaches on {section['achieved_flops_as_adamw']:.3g}; days to "
+        "AdamW's loss, compute-optimally and on GPT-2's tokens:",
+    ]
+    lines += [
+        f"  {model_name:<13}{days['optimal_days']:>7.1f}{days['original_days']:>10.1f}"
+        for model_name, days in section["days"].items()
+    ]
+    lines.append(f"  published, for context: {published}")
+    return lines

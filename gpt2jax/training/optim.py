@@ -1,4 +1,4 @@
-"""Optax: the optimizers (AdamW, and two that fit a small card), weight decay on matrices only,
+"""Optax: the optimizers (AdamW, two that fit a small card, and Muon), weight decay on matrices only,
 global-norm clipping, and schedules.
 
 ``train.optimizer`` chooses:
@@ -14,6 +14,13 @@ global-norm clipping, and schedules.
               parameter, a third of each block's; at gpt2-medium 384 of the state's 386 MiB).
               Its learning rate is absolute (no scaling by the parameters' size), so the same
               rule sets it, and weight decay is AdamW's.
+  muon        Muon (Jordan 2024; optax.contrib's Newton-Schulz orthogonalisation) on every hidden
+              weight matrix, AdamW (the adamw above, at train.learning_rate) on the embeddings,
+              head (tied to wte), biases and LayerNorms: ``MUON_RULES`` says which and how. Muon's
+              peak rate is train.muon_learning_rate, on the same schedule; its weight decay per
+              step is AdamW's (train.weight_decay x train.learning_rate's schedule), so the two
+              optimizers differ in the direction of the update only. One float32 momentum per
+              Muon parameter, Adam's two moments for the rest.
 8-bit moments have no well-kept JAX implementation (bitsandbytes is PyTorch's); host offload of
 the optimizer state (JAX's ``pinned_host`` memory kind) is not offered: it was never measured on
 a GPU here.
@@ -24,10 +31,16 @@ import re
 import jax
 import jax.numpy as jnp
 import optax
+from optax.contrib import MuonDimensionNumbers, scale_by_muon
+from optax.contrib._muon import scale_by_shape  # optax 0.2.8 does not export it; optax.contrib.muon uses it
 
 from gpt2jax.trees import path_str
 
+# The optimizers the dry run and the budget size by memory: AdamW and two smaller states of it, under
+# one law. Muon is not among them: what it changes is the loss a FLOP buys, which the budget applies
+# only as a measured multiplier (budget --optimizer muon).
 OPTIMIZERS = ("adamw", "adamw_bf16", "adafactor")
+ALL_OPTIMIZERS = (*OPTIMIZERS, "muon")
 
 # (regex on the parameter's name, decayed?): weight decay on matrices (dense kernels and
 # embeddings), none on biases and LayerNorm scales. A name no rule knows is refused, so a
@@ -39,14 +52,33 @@ DECAY_RULES: tuple[tuple[str, bool], ...] = (
     (r"^scale$", False),
 )
 
+# (regex on the parameter's path, how Muon sees it): the dimension numbers of a hidden weight matrix
+# (its reduction axes, the input it reads, and output axes; every other axis, the stacked blocks'
+# layer axis and qkv's q/k/v axis, is a batch of matrices orthogonalised one by one), or None for
+# AdamW. Axes count from the end, so the layer axis in front changes nothing. q, k and v are each
+# the one D x (H*K) matrix of their projection, not H matrices of D x K (per head: output axis -1).
+# A path no rule names is refused: a new matrix left to AdamW by accident would bias the comparison.
+MUON_RULES: tuple[tuple[str, MuonDimensionNumbers | None], ...] = (
+    (r"attn/qkv_kernel$", MuonDimensionNumbers(reduction_axis=-4, output_axis=(-2, -1))),  # D x 3 x H x K
+    (r"attn/out_kernel$", MuonDimensionNumbers(reduction_axis=(-3, -2), output_axis=-1)),  # H x K x D
+    (r"mlp/(fc|proj)_kernel$", MuonDimensionNumbers(reduction_axis=-2, output_axis=-1)),  # D x F, F x D
+    (r"(^|/)(wte|wpe)$", None),  # rows looked up, not a matrix applied to an input: wte is the head too
+    (r"(^|[/_])bias$", None),
+    (r"(^|/)scale$", None),
+)
+# Muon's momentum and Newton-Schulz steps: Jordan's defaults (optax's), untuned here.
+MUON_MOMENTUM = 0.95
+MUON_NS_STEPS = 5
 
-def learning_rate_schedule(train_config) -> optax.Schedule:
+
+def learning_rate_schedule(train_config, peak: float | None = None) -> optax.Schedule:
     """Linear warmup from 0, then cosine, warmup-stable-decay (WSD) or constant.
 
-    Cosine and WSD end at ``learning_rate * min_lr_ratio``. WSD holds the peak rate and
-    decays linearly over the last ``decay_fraction`` of the steps (Hägele et al. 2024).
+    Cosine and WSD end at ``peak * min_lr_ratio``. WSD holds the peak rate and decays linearly
+    over the last ``decay_fraction`` of the steps (Hägele et al. 2024). ``peak``: the
+    ``learning_rate`` unless given (Muon's branch gives its own).
     """
-    peak = train_config.learning_rate
+    peak = train_config.learning_rate if peak is None else peak
     warmup = train_config.warmup_steps
     total = train_config.steps
     floor = peak * train_config.min_lr_ratio
@@ -93,6 +125,33 @@ def decay_mask(params):
     return jax.tree_util.tree_map_with_path(decayed, params)
 
 
+def muon_dimension_numbers(params):
+    """``MUON_RULES``' dimension numbers of each parameter, None for one AdamW updates; an unknown path is refused."""
+
+    def lookup(path, _):
+        full = path_str(path)
+        for pattern, dimension_numbers in MUON_RULES:
+            if re.search(pattern, full):
+                return dimension_numbers
+        raise ValueError(
+            f"parameter {full} matches no rule in optim.MUON_RULES, so whether Muon or AdamW updates it "
+            "is unknown; add a rule for it."
+        )
+
+    # MaskedNode: a parameter optax.partition gave to the other branch has no leaf to look up.
+    return jax.tree_util.tree_map_with_path(lookup, params)
+
+
+def muon_labels(params):
+    """'muon' or 'adamw' per parameter, as ``MUON_RULES`` say."""
+    numbers = muon_dimension_numbers(params)
+    return jax.tree.map(
+        lambda dims: "adamw" if dims is None else "muon",
+        numbers,
+        is_leaf=lambda node: node is None or isinstance(node, MuonDimensionNumbers),
+    )
+
+
 def scale_by_adam_in(dtype, b1: float, b2: float, eps: float) -> optax.GradientTransformation:
     """Adam's scaling with both moments stored in ``dtype`` and every update computed in float32.
 
@@ -117,25 +176,43 @@ def scale_by_adam_in(dtype, b1: float, b2: float, eps: float) -> optax.GradientT
     return optax.GradientTransformation(init, update)
 
 
+def adamw(train_config, schedule: optax.Schedule) -> optax.GradientTransformation:
+    """AdamW at ``schedule`` with decoupled weight decay on ``decay_mask``'s parameters: ``adamw``, and Muon's
+    branch for the parameters that are not hidden matrices."""
+    return optax.adamw(
+        schedule,
+        b1=train_config.beta1,
+        b2=train_config.beta2,
+        eps=train_config.eps,
+        weight_decay=train_config.weight_decay,
+        mask=decay_mask,
+    )
+
+
 def make_optimizer(train_config) -> optax.GradientTransformation:
     """Global-norm clipping, then ``train.optimizer`` with decoupled weight decay on ``decay_mask``'s parameters."""
     schedule = learning_rate_schedule(train_config)
     name = train_config.optimizer
     if name == "adamw":
-        update = optax.adamw(
-            schedule,
-            b1=train_config.beta1,
-            b2=train_config.beta2,
-            eps=train_config.eps,
-            weight_decay=train_config.weight_decay,
-            mask=decay_mask,
-        )
+        update = adamw(train_config, schedule)
     elif name == "adamw_bf16":
         update = optax.chain(
             scale_by_adam_in(jnp.bfloat16, train_config.beta1, train_config.beta2, train_config.eps),
             optax.add_decayed_weights(train_config.weight_decay, decay_mask),
             optax.scale_by_learning_rate(schedule),
         )
+    elif name == "muon":
+        muon_peak = train_config.muon_learning_rate
+        muon = optax.chain(
+            scale_by_muon(beta=MUON_MOMENTUM, ns_steps=MUON_NS_STEPS, weight_dimension_numbers=muon_dimension_numbers),
+            # Jordan's sqrt(max(1, fan_out / fan_in)): twice the update for the MLP's D -> 4D matrix, as the
+            # spectral condition for feature learning asks (Yang, Simon and Bernstein 2023).
+            scale_by_shape(weight_dimension_numbers=muon_dimension_numbers),
+            # Decayed before the rate scales it: wd x (lr / muon_lr) x muon's schedule is AdamW's wd x lr.
+            optax.add_decayed_weights(train_config.weight_decay * train_config.learning_rate / muon_peak, decay_mask),
+            optax.scale_by_learning_rate(learning_rate_schedule(train_config, peak=muon_peak)),
+        )
+        update = optax.partition({"muon": muon, "adamw": adamw(train_config, schedule)}, muon_labels)
     elif name == "adafactor":
         # optax.adafactor adds weight_decay_rate * params after the learning rate (10% of every
         # weight a step at 0.1: the tiny config's loss stayed at 10.5); decay here is AdamW's,
@@ -147,5 +224,5 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
             optax.scale_by_learning_rate(schedule),
         )
     else:
-        raise ValueError(f"train.optimizer={name!r} is not one of {', '.join(OPTIMIZERS)}.")
+        raise ValueError(f"train.optimizer={name!r} is not one of {', '.join(ALL_OPTIMIZERS)}.")
     return optax.chain(optax.clip_by_global_norm(train_config.grad_clip), update)
