@@ -14,9 +14,9 @@ global-norm clipping, and schedules.
               parameter, a third of each block's; at gpt2-medium 384 of the state's 386 MiB).
               Its learning rate is absolute (no scaling by the parameters' size), so the same
               rule sets it, and weight decay is AdamW's.
-8-bit moments have no well-kept JAX implementation (bitsandbytes is PyTorch's); host offload of
-the optimizer state (JAX's ``pinned_host`` memory kind) is not offered: it was never measured on
-a GPU here.
+8-bit moments have no well-kept JAX implementation (bitsandbytes is PyTorch's). Where the state
+lives (on the device, or in host memory: ``train.offload``) is the train step's choice
+(``steps.HOST_RESIDENT``), not the optimizer's.
 """
 
 import re
