@@ -19,8 +19,17 @@ STEPS = 20
 
 
 def _config(data_dir, offload, **train_overrides):
-    """A 1-layer float32 model (exact arithmetic in every layout), two micro-batches a step, a loss a step."""
-    train = dict(steps=STEPS, log_every=1, eval_every=10, checkpoint_every=10, batch_size=16, grad_accum_steps=2)
+    """A 1-layer float32 model (exact arithmetic in every layout), two micro-batches a step, a loss a step, and a
+    constant rate after warmup, so a run of 10 steps extended to 20 is the run of 20."""
+    train = dict(
+        schedule="constant",
+        steps=STEPS,
+        log_every=1,
+        eval_every=10,
+        checkpoint_every=10,
+        batch_size=16,
+        grad_accum_steps=2,
+    )
     config = compact_config(data_dir, **(train | train_overrides))
     config.model.dtype = "float32"
     config.train.offload = offload
