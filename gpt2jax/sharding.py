@@ -98,6 +98,21 @@ def laid_out(mesh: Mesh, tree):
     )
 
 
+HOST_MEMORY = "pinned_host"
+
+
+def in_host_memory(tree):
+    """A pytree of ShapeDtypeStructs carrying shardings, moved to host memory (``train.offload``).
+
+    ``pinned_host`` is the memory kind a device can copy to and from directly (page-locked host
+    RAM on a GPU); the CPU backend offers it too, so offloaded runs are tested there.
+    """
+    return jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf.sharding.with_memory_kind(HOST_MEMORY)),
+        tree,
+    )
+
+
 def residual_sharding(mesh: Mesh) -> NamedSharding:
     """The B x T x D residual stream between blocks: rows over data x fsdp, D whole.
 

@@ -79,7 +79,10 @@ def _leaf_checksum(leaf):
     return jnp.stack([jnp.sum(bits, dtype=jnp.uint32), jnp.sum(bits * (2 * index + 1), dtype=jnp.uint32)])
 
 
-_checksums_on_device = jax.jit(lambda tree: jax.tree.map(_leaf_checksum, tree))
+# Each leaf is brought to the device on its own: a state offloaded to host memory (``train.offload``) is summed there.
+_checksums_on_device = jax.jit(
+    lambda tree: jax.tree.map(lambda leaf: _leaf_checksum(jax.device_put(leaf, jax.memory.Space.Device)), tree)
+)
 
 
 def checksums(tree) -> dict[str, list[int]]:

@@ -47,7 +47,7 @@ def saved_for_backward_bytes(trainer) -> int:
         return jax.vjp(lambda p: steps.loss_fn(p, trainer.graphdef, tokens_BxT, tokens_BxT), params)[1]
 
     # The pullback closes over the residuals; the parameters it merely reads are its inputs.
-    jaxpr = jax.make_jaxpr(pullback)(trainer.abstract_state["params"], micro_batch_tokens(trainer)).jaxpr
+    jaxpr = jax.make_jaxpr(pullback)(trainer.abstract_weights, micro_batch_tokens(trainer)).jaxpr
     inputs = set(jaxpr.invars)
     return int(sum(aval_bytes(v) for v in jaxpr.outvars if isinstance(v, Var) and v not in inputs))
 

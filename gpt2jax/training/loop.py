@@ -55,6 +55,7 @@ RESUMABLE_KEYS = (
     "train.tensorboard",
     "train.init_from",
     "train.grad_accum_steps",
+    "train.offload",  # where the state lives between steps, not what it holds
     "data.dir",
     "data.prepared",  # a move of the same tokens: the loader checks them against their meta.json
     "data.tfds_data_dir",
@@ -611,11 +612,10 @@ def _train(
                     completed, window, float(schedule(step)), metrics, counters, speed, len(data.train)
                 )
                 if evaluate_now:
-                    record["val_loss"] = trainer.evaluate(state["params"], data.val, train_config.eval_batches)
+                    weights = trainer.device_params(state["params"])
+                    record["val_loss"] = trainer.evaluate(weights, data.val, train_config.eval_batches)
                     record.update(
-                        eval_tasks.score_tasks(
-                            trainer.graphdef, state["params"], tasks, trainer.model_config.block_size
-                        )
+                        eval_tasks.score_tasks(trainer.graphdef, weights, tasks, trainer.model_config.block_size)
                     )
             if save_now:
                 # Checked on the batch the next step trains on: the loss this very state gives.

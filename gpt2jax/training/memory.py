@@ -392,7 +392,7 @@ def largest_temporaries_bytes(trainer: Trainer) -> int:
     their gradient) reads another of about its size, so both are live at that moment.
     """
     grad_fn = jax.value_and_grad(lambda p, tokens: steps.loss_fn(p, trainer.graphdef, tokens, tokens))
-    jaxpr = jax.make_jaxpr(grad_fn)(trainer.abstract_state["params"], micro_batch_tokens(trainer)).jaxpr
+    jaxpr = jax.make_jaxpr(grad_fn)(trainer.abstract_weights, micro_batch_tokens(trainer)).jaxpr
     return int(sum(sorted(_intermediate_sizes(jaxpr))[-2:]))
 
 

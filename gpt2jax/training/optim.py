@@ -21,9 +21,9 @@ global-norm clipping, and schedules.
               step is AdamW's (train.weight_decay x train.learning_rate's schedule), so the two
               optimizers differ in the direction of the update only. One float32 momentum per
               Muon parameter, Adam's two moments for the rest.
-8-bit moments have no well-kept JAX implementation (bitsandbytes is PyTorch's); host offload of
-the optimizer state (JAX's ``pinned_host`` memory kind) is not offered: it was never measured on
-a GPU here.
+8-bit moments have no well-kept JAX implementation (bitsandbytes is PyTorch's). Where the state
+lives (on the device, or in host memory: ``train.offload``) is the train step's choice
+(``steps.HOST_RESIDENT``), not the optimizer's.
 """
 
 import re

@@ -42,6 +42,10 @@ class Trainer:
         return self.config.train.grad_accum_steps
 
     @property
+    def offload(self) -> str:
+        return self.config.train.offload
+
+    @property
     def micro_batch_size(self) -> int:
         return self.config.train.batch_size // self.accum_steps
 
@@ -72,6 +76,8 @@ class Trainer:
             graphdef=self.graphdef,
             optimizer=self.optimizer,
             residual_sharding=sharding.residual_sharding(self.mesh),
+            offload=self.offload,
+            compute_dtype=self.model_config.compute_dtype,
         )
         batch = self.batch_sharding(leading_unsharded=1)
         replicated = NamedSharding(self.mesh, P())
@@ -92,20 +98,52 @@ class Trainer:
 
         def certify(state, inputs_AxBxT, targets_AxBxT):
             loss = steps.loss_fn(
-                state["params"],
+                steps.step_weights(state["params"], self.offload, self.model_config.compute_dtype),
                 self.graphdef,
                 inputs_AxBxT[0],
                 targets_AxBxT[0],
                 residual_sharding=sharding.residual_sharding(self.mesh),
             )
-            return loss, checkpoint.all_finite(state)
+            return loss, checkpoint.all_finite(steps.to_device(state))
 
         batch = self.batch_sharding(leading_unsharded=1)
         return jax.jit(certify, in_shardings=(self.state_shardings, batch, batch))
 
     @functools.cached_property
     def eval_step(self):
-        return validation.compile_eval_step(self.graphdef, self.mesh, self.state_shardings["params"])
+        return validation.compile_eval_step(self.graphdef, self.mesh, self.device_shardings["params"])
+
+    @functools.cached_property
+    def device_shardings(self) -> dict:
+        """The state's shardings with every leaf in device memory: where the steps compute."""
+        return jax.tree.map(
+            lambda s: s.with_memory_kind(self.mesh.devices.flat[0].default_memory().kind), self.state_shardings
+        )
+
+    @functools.cached_property
+    def abstract_weights(self):
+        """The weights the forward and backward pass read, as ShapeDtypeStructs in device memory: the state's
+        parameters, in the compute dtype where ``train.offload=master`` keeps the float32 ones on the host."""
+        weights = jax.eval_shape(
+            functools.partial(steps.step_weights, offload=self.offload, compute_dtype=self.model_config.compute_dtype),
+            self.abstract_state["params"],
+        )
+        return jax.tree.map(
+            lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
+            weights,
+            self.device_shardings["params"],
+        )
+
+    @functools.cached_property
+    def device_params(self):
+        """Weights the evaluation reads, on the device: the state's own, or with ``train.offload=master``
+        compute-dtype copies of the host's float32 master weights (the loss they give is the same)."""
+        if "params" not in steps.host_resident(self.offload):
+            return lambda params: params
+        return jax.jit(
+            functools.partial(steps.compute_params, dtype=self.model_config.compute_dtype),
+            out_shardings=self.device_shardings["params"],
+        )
 
     def train_batch(self, tokens, step: int):
         """The batch of ``step``: a pure function of (seed, step), split into micro-batches."""
@@ -123,7 +161,8 @@ class Trainer:
         return sharding.global_batch(self.mesh, (inputs.reshape(shape), targets.reshape(shape)), leading_unsharded=1)
 
     def evaluate(self, params, tokens, num_batches: int) -> float:
-        """Mean loss over the same evenly spaced validation windows every time."""
+        """Mean loss over the same evenly spaced validation windows every time; ``params`` on the device
+        (``device_params``)."""
         return validation.validation_loss(
             self.eval_step,
             self.mesh,
@@ -147,6 +186,7 @@ def build_trainer(config, devices=None) -> Trainer:
     mesh = sharding.make_mesh(config.mesh, devices)
     sharding.validate_layout(mesh, model_config, config.train)
     optimizer = optim.make_optimizer(config.train)
+    on_host = steps.host_resident(config.train.offload)
     graphdef, abstract_params = abstract_model(model_config)
     abstract_state = {
         "step": jax.ShapeDtypeStruct((), jnp.int32),
@@ -155,6 +195,9 @@ def build_trainer(config, devices=None) -> Trainer:
         "rng": jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))),
     }
     abstract_state = sharding.laid_out(mesh, abstract_state)
+    abstract_state = {
+        part: sharding.in_host_memory(tree) if part in on_host else tree for part, tree in abstract_state.items()
+    }
     state_shardings = jax.tree.map(lambda leaf: leaf.sharding, abstract_state)
     trainer = Trainer(config, model_config, mesh, graphdef, optimizer, abstract_state, state_shardings)
     if model_config.loss_chunk == "auto":
