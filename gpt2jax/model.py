@@ -639,7 +639,9 @@ def _chunked_loss_fwd(h_BxTxD, wte_VxD, targets_BxT, vocab_size, chunk):
 
 def _chunked_loss_bwd(vocab_size, chunk, gradients, g):
     dh_BxTxD, dwte_VxD = gradients
-    return (g * dh_BxTxD).astype(dh_BxTxD.dtype), g * dwte_VxD, None
+    # The loss's cotangent g is float32: without the casts a bfloat16 wte (train.offload=master's
+    # compute-dtype weights) got a float32 cotangent, which JAX refuses to add to the embedding's.
+    return (g * dh_BxTxD).astype(dh_BxTxD.dtype), (g * dwte_VxD).astype(dwte_VxD.dtype), None
 
 
 _chunked_loss.defvjp(_chunked_loss_fwd, _chunked_loss_bwd)

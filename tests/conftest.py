@@ -100,6 +100,7 @@ LONGEST_FIRST = (
     "test_scaling_fit.py",
     "test_faults.py",
     "test_stops.py",
+    "test_offload.py",
     "test_sweep.py",
     "test_tuning.py",
     "test_hellaswag.py",

@@ -177,6 +177,17 @@ def test_bfloat16_compute_keeps_float32_params_and_close_loss():
     np.testing.assert_allclose(cross_entropy(logits16, tokens), cross_entropy(model32(tokens), tokens), rtol=1e-2)
 
 
+def test_a_model_given_bfloat16_weights_differentiates_to_bfloat16_gradients():
+    """train.offload=master trains on compute-dtype copies of the weights; the chunked head returned a
+    float32 cotangent for the bf16 wte, which JAX refused to add to the embedding's (any bf16 run)."""
+    bf16 = dataclasses.replace(TINY, dtype="bfloat16")
+    graphdef, params = nnx.split(GPT(bf16, rngs=nnx.Rngs(0)), nnx.Param)
+    weights = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
+    tokens = _tokens(2, TINY)
+    grads = jax.grad(lambda w: nnx.merge(graphdef, w).loss(tokens, tokens))(weights)
+    assert {g.dtype for g in jax.tree.leaves(grads)} == {jnp.dtype(jnp.bfloat16)}
+
+
 @pytest.mark.parametrize("policy", sorted(set(REMAT_POLICIES) - {"none"}))
 def test_remat_gives_the_same_gradients(policy):
     tokens = _tokens(6, TINY)
