@@ -187,8 +187,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path
     def poisoned(trainer):
         step_fn = real_step(trainer)
 
-        def step(state, inputs, targets):
-            new_state, metrics = step_fn(state, inputs, targets)
+        def step(state, inputs, targets, schedule):
+            new_state, metrics = step_fn(state, inputs, targets, schedule)
             if int(new_state["step"]) >= 5:
                 metrics = dict(metrics, loss=jnp.float32(jnp.nan))
             return new_state, metrics

@@ -84,12 +84,9 @@ def run(args: argparse.Namespace) -> None:
         return
     if not args.workdir:
         raise ValueError("--workdir is required to run a sweep (or pass --plan).")
-    import jax
+    from gpt2jax.scaling.sweep import Sweep, use_compilation_cache
 
-    from gpt2jax.scaling.sweep import Sweep
-
-    # Points of one shape compile the same init and eval steps; a resumed run, its train step.
-    jax.config.update("jax_compilation_cache_dir", str((Path(args.workdir) / "jax_cache").absolute()))
+    use_compilation_cache(args.workdir)
     if stage and rule is None:
         rule = stage.run(args.config, args.shard, args.stale_after)
         if rule is None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from gpt2jax.files.atomic import write_atomically
 from gpt2jax.files.locks import STALE_AFTER_S, FileLock
 from gpt2jax.files.workdir import (
+    COMPILATION_CACHE_DIR,
     LOCKS_DIR,
     METRICS_FILE,
     POINTS_DIR,
@@ -64,6 +65,30 @@ def extends(recorded: dict | None, config: dict) -> bool:
     before = recorded.get("allocations", [])
     same_rest = {**recorded, "allocations": None} == {**config, "allocations": None}
     return same_rest and all(allocation in added for allocation in before)
+
+
+def point_seconds(run: str, wall_s: float, in_steps_s: float) -> dict:
+    """A point's wall time split into the seconds inside train steps and those outside them (compiling,
+    the data, evaluations, checkpoints, records): the sessions' record of what keeps a device idle."""
+    return {
+        "run": run,
+        "wall_s": round(wall_s, 3),
+        "in_steps_s": round(in_steps_s, 3),
+        "outside_steps_s": round(wall_s - in_steps_s, 3),
+    }
+
+
+def use_compilation_cache(workdir: str | Path) -> None:
+    """Keeps every compiled program in ``WORKDIR/jax_cache``, so that a resumed sweep compiles nothing again.
+
+    JAX keeps only programs that took a second or more to compile by default: on a CPU a small
+    model's steps take less, and were compiled again by every resumed sweep.
+    """
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str((Path(workdir) / COMPILATION_CACHE_DIR).absolute()))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 class Sweep:
@@ -144,22 +169,28 @@ class Sweep:
         return row
 
     def run_job(self, job: Job, finished: set[str], on_point, max_budget: float = math.inf) -> None:
-        """Trains the job's unfinished points up to ``max_budget``; ``on_point(point, row)`` follows each one's row."""
+        """Trains the job's unfinished points up to ``max_budget``; ``on_point(point, row, seconds)`` follows
+        each one's row, with ``point_seconds``' split of its wall time."""
         from gpt2jax.training import loop
 
         for point in job.points:
             if point.run in finished or point.budget > max_budget:
                 continue
             start = time.perf_counter()
+            in_steps = 0.0
             if job.is_branched:
                 # Idle when the trunk already reached this branch's start (a rerun after a kill).
-                loop.run(self.plan.trunk_config(job, point.branch_step), self.point_dir(job.name))
+                trunk = loop.run(self.plan.trunk_config(job, point.branch_step), self.point_dir(job.name))
+                in_steps += trunk.get(loop.TRAIN_STEP_SECONDS, 0.0)
             workdir = self.point_dir(point.run)
-            loop.run(self.plan.train_config(point, self.point_dir), workdir)
+            in_steps += loop.run(self.plan.train_config(point, self.point_dir), workdir).get(
+                loop.TRAIN_STEP_SECONDS, 0.0
+            )
             final = final_record(workdir, point.steps)
-            row = self.row(point, final, time.perf_counter() - start)
+            wall_s = time.perf_counter() - start
+            row = self.row(point, final, wall_s)
             upsert_row(self.results_path, row)
-            on_point(point, row)
+            on_point(point, row, point_seconds(point.run, wall_s, in_steps))
 
     def run(
         self,
@@ -196,12 +227,18 @@ class Sweep:
             "points_run": [],
             "skipped_locked": [],
             "flops_spent": 0.0,
+            "points": [],  # point_seconds of each point run
+            "in_steps_s": 0.0,
+            "outside_steps_s": 0.0,
         }
         clock = time.perf_counter()
 
-        def on_point(point: Point, row: dict) -> None:
+        def on_point(point: Point, row: dict, seconds: dict) -> None:
             session["points_run"].append(point.run)
             session["flops_spent"] += row["flops_spent"]
+            session["points"].append(seconds)
+            for key in ("in_steps_s", "outside_steps_s"):
+                session[key] = round(session[key] + seconds[key], 3)
             elapsed = time.perf_counter() - clock
             left = to_spend - session["flops_spent"]
             # At this worker's pace so far: FLOPs per second, compile time and all.

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from gpt2jax.training import optim
+
 
 def loss_fn(params, graphdef, inputs_BxT, targets_BxT, dropout_key=None, residual_sharding=None):
     """The model's chunked cross-entropy (``GPT.loss``): no float32 B x T x V logits, forward or backward."""
@@ -19,8 +21,9 @@ def loss_fn(params, graphdef, inputs_BxT, targets_BxT, dropout_key=None, residua
     return model.loss(inputs_BxT, targets_BxT, dropout_key=dropout_key, residual_sharding=residual_sharding)
 
 
-def train_step(state, inputs_AxBxT, targets_AxBxT, *, graphdef, optimizer, residual_sharding=None):
-    """One optimizer step over A accumulated micro-batches of B sequences."""
+def train_step(state, inputs_AxBxT, targets_AxBxT, schedule, *, graphdef, optimizer, residual_sharding=None):
+    """One optimizer step over A accumulated micro-batches of B sequences, at the rate ``schedule``
+    (``optim.schedule_args``) gives this step: ``optimizer`` makes updates at a rate of 1."""
     accum_steps = inputs_AxBxT.shape[0]
     dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
     grad_fn = jax.value_and_grad(loss_fn)
@@ -44,6 +47,8 @@ def train_step(state, inputs_AxBxT, targets_AxBxT, *, graphdef, optimizer, resid
     )
     grads = jax.tree.map(lambda g: g / accum_steps, grad_sum)
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+    rate = optim.rate_at(state["step"], schedule)
+    updates = jax.tree.map(lambda update: rate.astype(update.dtype) * update, updates)
     new_state = {
         "step": state["step"] + 1,
         "params": optax.apply_updates(state["params"], updates),
