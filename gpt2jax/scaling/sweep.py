@@ -21,6 +21,9 @@ import socket
 import time
 from pathlib import Path
 
+import numpy as np
+
+from gpt2jax import flops
 from gpt2jax.files.atomic import write_atomically
 from gpt2jax.files.locks import STALE_AFTER_S, FileLock
 from gpt2jax.files.workdir import (
@@ -36,12 +39,12 @@ from gpt2jax.files.workdir import (
     read_json,
     read_metrics,
 )
-from gpt2jax.scaling.plan import Job, Point, SweepPlan, check_repetition
+from gpt2jax.scaling.plan import Job, Point, SweepPlan, check_repetition, shape_name
 from gpt2jax.scaling.results import read_rows, upsert_row
 from gpt2jax.training.eval_tasks import task_columns
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     minutes, seconds = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
@@ -67,15 +70,31 @@ def extends(recorded: dict | None, config: dict) -> bool:
     return same_rest and all(allocation in added for allocation in before)
 
 
-def point_seconds(run: str, wall_s: float, in_steps_s: float) -> dict:
+def point_seconds(point: Point, wall_s: float, in_steps_s: float, mfu: float | None) -> dict:
     """A point's wall time split into the seconds inside train steps and those outside them (compiling,
-    the data, evaluations, checkpoints, records): the sessions' record of what keeps a device idle."""
+    the data, evaluations, checkpoints, records), with its program (shape and batch) and the median MFU
+    its steps logged: the sessions' record of what keeps a device idle, which ``walltime`` reads."""
     return {
-        "run": run,
+        "run": point.run,
+        "program": program_name(point),
         "wall_s": round(wall_s, 3),
         "in_steps_s": round(in_steps_s, 3),
         "outside_steps_s": round(wall_s - in_steps_s, 3),
+        "mfu": mfu,
     }
+
+
+def program_name(point: Point) -> str:
+    """The compiled program a point runs: its shape and batch (schedules, rates and seeds are its inputs)."""
+    return f"{shape_name(dataclasses.asdict(point))}B{point.batch_size}"
+
+
+def device_name() -> str:
+    """This process's device as ``flops.DEVICE_PEAKS`` names it ('cpu' on a CPU, its jax kind if unknown)."""
+    import jax
+
+    device = jax.devices()[0]
+    return "cpu" if device.platform == "cpu" else flops.device_key(device.device_kind) or device.device_kind
 
 
 def use_compilation_cache(workdir: str | Path) -> None:
@@ -190,7 +209,8 @@ class Sweep:
             wall_s = time.perf_counter() - start
             row = self.row(point, final, wall_s)
             upsert_row(self.results_path, row)
-            on_point(point, row, point_seconds(point.run, wall_s, in_steps))
+            mfus = [record["mfu"] for record in read_metrics(workdir) if record.get("mfu")]
+            on_point(point, row, point_seconds(point, wall_s, in_steps, float(np.median(mfus)) if mfus else None))
 
     def run(
         self,
@@ -221,6 +241,7 @@ class Sweep:
             "host": socket.gethostname(),
             "cpus": os.cpu_count(),
             "pid": os.getpid(),
+            "device": device_name(),
             "shard": f"{index}/{count}",
             "started": time.time(),
             "load_average_start": os.getloadavg()[0],
@@ -242,12 +263,12 @@ class Sweep:
             elapsed = time.perf_counter() - clock
             left = to_spend - session["flops_spent"]
             # At this worker's pace so far: FLOPs per second, compile time and all.
-            estimate = _duration(elapsed * left / session["flops_spent"]) if left > 0 else _duration(0)
+            estimate = duration(elapsed * left / session["flops_spent"]) if left > 0 else duration(0)
             rows = read_rows(self.results_path)
             spent_all = sum(float(done["flops_spent"]) for done in rows)
             log(
                 f"sweep: {len(rows)}/{len(self.plan.points)} points done ({point.run}: loss {row['loss']:.4f}); "
-                f"{spent_all:.3g}/{total_flops:.3g} FLOPs spent; {_duration(elapsed)} elapsed, "
+                f"{spent_all:.3g}/{total_flops:.3g} FLOPs spent; {duration(elapsed)} elapsed, "
                 f"about {estimate} left for this shard"
             )
 
