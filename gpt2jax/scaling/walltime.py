@@ -22,7 +22,8 @@ from gpt2jax.scaling.sweep import duration, program_name
 # step and three small ones (init, eval, certify): bench/gpu.py's estimate, from its H200 record, takes an
 # unrolled GPT-2 small step at 14.4 s and a small one at 4 s, 26.4 s in all (a sweep's shapes are smaller).
 ASSUMED_COMPILE_S = 26.4
-# Evaluations, checkpoints and records of a point after the first of its program: POINT_S_SOURCE.
+# Evaluations, checkpoints and records of a point after the first of its program: 2 to 6 s on 2 loaded CPU
+# cores for the tuning test's 1-layer sweep (docs/scaling.md), mostly host work a GPU does not speed up.
 ASSUMED_POINT_S = 5.0
 
 
