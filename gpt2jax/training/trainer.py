@@ -2,7 +2,8 @@
 
 A ``Trainer`` holds everything compiled for one (config, mesh): the pure steps of
 ``steps.py`` under ``jax.jit`` with their shardings, the abstract state and the batch of a
-step. ``build_trainer`` validates the config against the mesh before anything compiles;
+step. Trainers whose configs differ only in ``PER_RUN_KEYS`` (a sweep's points of one shape) share
+one jitted copy of each step. ``build_trainer`` validates the config against the mesh before anything compiles;
 the loop (``loop.py``), the dry run (``memory.py``), the benchmark and the budget build on it.
 """
 
