@@ -15,8 +15,9 @@ its sizes. The first sweep and the backtest above predict the
 top budget from the two below before it is trained. ``--plan --device h100-sxm`` prints the
 estimate: a tuning scan of 10 points (2.21e17 FLOPs), then 28 points (four of them the lr
 check) for 2.75e18 FLOPs (6N + attention; 3.04e18 had every point been trained alone), 2.1
-hours in all at 40% MFU of the H100's 989.5 TFLOP/s bf16 peak; models this small rarely reach
-40% MFU, so expect longer; ``--shard`` splits it over GPUs.
+hours in train steps at 40% MFU of the H100's 989.5 TFLOP/s bf16 peak, and 6m41s outside them
+(8 programs compiled at an assumed 26.4 s, 38 points at an assumed 5 s): 2h11m; models this small
+rarely reach 40% MFU, so expect longer; ``--shard`` splits it over GPUs.
 
 A real corpus, not the synthetic source: the question is how GPT-2 should have spent its
 compute on web text, and the exponents of a law are properties of the data. FineWeb-Edu's

@@ -41,7 +41,9 @@ def _exported_train_step(attention: str):
     batch = jax.ShapeDtypeStruct(
         (ACCUM, MICRO_BATCH, CONTEXT), jnp.int32, sharding=trainer.batch_sharding(leading_unsharded=1)
     )
-    return trainer, export.export(trainer.train_step, platforms=["cuda"])(trainer.abstract_state, batch, batch)
+    return trainer, export.export(trainer.train_step, platforms=["cuda"])(
+        trainer.abstract_state, batch, batch, trainer.schedule
+    )
 
 
 @pytest.mark.parametrize("attention", ["xla", "cudnn"])

@@ -116,8 +116,8 @@ def test_a_state_is_saved_only_after_its_own_loss_is_known(data_dir, tmp_path, m
     def poisoned(trainer):
         step_fn = real_step(trainer)
 
-        def step(state, inputs, targets):
-            new_state, metrics = step_fn(state, inputs, targets)
+        def step(state, inputs, targets, schedule):
+            new_state, metrics = step_fn(state, inputs, targets, schedule)
             if int(new_state["step"]) == 6:  # update 6 makes a NaN; step 6's own loss is still fine
                 new_state = dict(new_state, params=jax.tree.map(lambda x: x * jnp.nan, new_state["params"]))
             return new_state, metrics

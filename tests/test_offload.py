@@ -66,7 +66,9 @@ def test_a_run_with_offload_gives_the_same_losses_as_without(runs, offload):
 def test_the_offloaded_state_lives_in_host_memory_before_and_after_a_step(data_dir, offload, host_parts):
     trainer = build_trainer(_config(data_dir, offload))
     state = trainer.init_state()
-    state, _ = trainer.train_step(state, *trainer.train_batch(np.arange(4096, dtype=np.uint16) % 65, 0))
+    state, _ = trainer.train_step(
+        state, *trainer.train_batch(np.arange(4096, dtype=np.uint16) % 65, 0), trainer.schedule
+    )
     for path, leaf in jax.tree_util.tree_leaves_with_path(state):
         part = path_str(path).split("/")[0]
         expected = "pinned_host" if part in host_parts else "device"

@@ -70,7 +70,9 @@ def trained(layout: str | None):
     losses = []
     for inputs, targets in batches():
         batch = trainer.batch_sharding(leading_unsharded=1)
-        state, metrics = trainer.train_step(state, jax.device_put(inputs, batch), jax.device_put(targets, batch))
+        state, metrics = trainer.train_step(
+            state, jax.device_put(inputs, batch), jax.device_put(targets, batch), trainer.schedule
+        )
         losses.append(float(metrics["loss"]))
     return trainer, state, losses
 

@@ -143,7 +143,7 @@ def test_accumulating_micro_batches_holds_one_gradient_sum_beside_the_micro_batc
             jnp.int32,
             sharding=trainer.batch_sharding(leading_unsharded=1),
         )
-        compiled = trainer.train_step.lower(trainer.abstract_state, batch, batch).compile()
+        compiled = trainer.train_step.lower(trainer.abstract_state, batch, batch, trainer.schedule).compile()
         temp[accum] = compiled.memory_analysis().temp_size_in_bytes
     param_bytes = shard_bytes(trainer.abstract_state["params"])
     assert 0.5 * param_bytes < temp[4] - temp[1] < 1.5 * param_bytes
@@ -217,8 +217,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(data_dir, tmp_path
     def poisoned(trainer):
         step_fn = real_step(trainer)
 
-        def step(state, inputs, targets):
-            new_state, metrics = step_fn(state, inputs, targets)
+        def step(state, inputs, targets, schedule):
+            new_state, metrics = step_fn(state, inputs, targets, schedule)
             if int(new_state["step"]) >= 5:
                 metrics = dict(metrics, loss=jnp.float32(jnp.nan))
             return new_state, metrics
@@ -472,6 +472,12 @@ def _newton_schulz(sigma, steps=optim.MUON_NS_STEPS, coefficients=(3.4445, -4.77
     return sigma
 
 
+def _at_the_schedules_rate(updates, train, step=0):
+    """What ``steps.train_step`` applies: the optimizer's update, made at a rate of 1, times the schedule's rate."""
+    rate = optim.learning_rate_schedule(train)(step)
+    return jax.tree.map(lambda update: rate * update, updates)
+
+
 def test_a_muon_update_of_q_is_its_gradient_orthogonalised_as_one_matrix_per_layer():
     """A gradient U diag(s) V^T on one layer's q projection (D x H*K) becomes lr x U diag(s') V^T, with s' what
     Newton-Schulz makes of s / |s|: within Muon's band 0.68-1.13 for s_i >= 1% of |s|, not 1 (Jordan's
@@ -492,7 +498,7 @@ def test_a_muon_update_of_q_is_its_gradient_orthogonalised_as_one_matrix_per_lay
     train = tiny_config("unused", optimizer="muon", schedule="constant", warmup_steps=0).train
     train.update(muon_learning_rate=0.5, weight_decay=0.0)
     optimizer = optim.make_optimizer(train)
-    updates, _ = jax.jit(optimizer.update)(grads, optimizer.init(params), params)
+    updates = _at_the_schedules_rate(jax.jit(optimizer.update)(grads, optimizer.init(params), params)[0], train)
     q_update = -np.asarray(updates["h"]["attn"]["qkv_kernel"])[1, :, 0].reshape(d, h * k) / 0.5
     expected = _newton_schulz(sigma / np.linalg.norm(sigma))
     assert 0.68 <= expected.min() and expected.max() <= 1.14
@@ -511,7 +517,7 @@ def test_muon_decays_every_matrix_by_adamws_weight_decay_per_step_whatever_its_r
     train.update(muon_learning_rate=0.5, weight_decay=0.1)
     optimizer = optim.make_optimizer(train)
     grads = jax.tree.map(jnp.zeros_like, params)
-    updates, _ = jax.jit(optimizer.update)(grads, optimizer.init(params), params)
+    updates = _at_the_schedules_rate(jax.jit(optimizer.update)(grads, optimizer.init(params), params)[0], train)
     decay = {path_str(p): float(np.asarray(u).max()) for p, u in jax.tree_util.tree_leaves_with_path(updates)}
     for path in ("h/attn/qkv_kernel", "h/mlp/fc_kernel", "wte"):
         assert decay[path] == pytest.approx(-0.1 * 1e-2, rel=1e-5), path

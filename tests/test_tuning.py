@@ -128,9 +128,19 @@ def test_a_sweep_tunes_first_then_trains_every_point_at_the_fitted_rate(tmp_path
     config_file.write_text(SWEEP_FILE.format(data_dir=str(tmp_path / "data")))
     workdir = tmp_path / "sweep"
     command, env = sweep_command(config_file, workdir)
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        command, cwd=REPO, env=env | {"JAX_LOG_COMPILES": "1"}, capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "tuning: rule learning_rate" in done.stdout
+    # One process, one train step compiled per shape for its 5 points: the rates and lengths are its inputs.
+    assert done.stderr.count("Finished XLA compilation of jit(train_step)") == 2
+    for stage in (workdir / tuning.TUNING_DIR, workdir):
+        (session,) = [json.loads(line) for line in (stage / "sessions.jsonl").read_text().splitlines()]
+        assert [point["run"] for point in session["points"]] == session["points_run"] and session["device"] == "cpu"
+        for point in session["points"]:
+            assert point["in_steps_s"] > 0 and point["outside_steps_s"] > 0
+            assert point["in_steps_s"] + point["outside_steps_s"] == pytest.approx(point["wall_s"], abs=2e-3)
     rule = json.loads((workdir / tuning.RULE_FILE).read_text())
     scanned = read_rows(workdir / tuning.TUNING_DIR / "results.csv")
     assert sorted((int(r["n_embd"]), float(r["lr_multiplier"])) for r in scanned) == [

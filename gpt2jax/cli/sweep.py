@@ -29,8 +29,21 @@ def _shard(text: str) -> tuple[int, int]:
     return int(index), int(count)
 
 
+def _device(text: str) -> str:
+    """A ``flops.DEVICE_PEAKS`` key, or a name ``flops.device_key`` knows (h100 is the H100 SXM)."""
+    from gpt2jax import flops
+
+    key = text if text in flops.DEVICE_PEAKS else flops.device_key(text)
+    if key is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is no device of the peak table ({', '.join(sorted(flops.DEVICE_PEAKS))})"
+        )
+    return key
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from gpt2jax import flops
+    from gpt2jax.scaling import walltime
 
     parser.add_argument("--config", help="sweep config file, optionally FILE:VARIANT")
     parser.add_argument("--workdir", help="sweep directory: points, results.csv, locks")
@@ -45,8 +58,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=math.inf,
         help="train only the points of budgets up to this, e.g. the ones a backtest fits before it predicts the rest",
     )
-    parser.add_argument("--device", choices=sorted(flops.DEVICE_PEAKS), help="with --plan: estimate hours on it")
-    parser.add_argument("--mfu", type=float, default=0.4, help="with --device: fraction of peak achieved")
+    parser.add_argument(
+        "--device",
+        type=_device,
+        help=f"with --plan: estimate the wall time on one of it ({', '.join(sorted(flops.DEVICE_PEAKS))}, or h100)",
+    )
+    parser.add_argument(
+        "--mfu", type=float, default=0.4, help="with --device: fraction of peak assumed where no session measured it"
+    )
+    parser.add_argument(
+        "--compile_s",
+        type=float,
+        default=walltime.ASSUMED_COMPILE_S,
+        help="with --device: seconds to compile a program, assumed where no session measured it",
+    )
+    parser.add_argument(
+        "--point_s",
+        type=float,
+        default=walltime.ASSUMED_POINT_S,
+        help="with --device: seconds a point spends outside its steps, assumed where no session measured it",
+    )
     parser.add_argument(
         "--stale_after",
         type=float,
@@ -58,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 @stopping_at_checkpoints()  # a stop ends the sweep where its training checks it: see errors.request_stop
 def run(args: argparse.Namespace) -> None:
     from gpt2jax.scaling.plan import expand, format_plan, load_sweep_config
-    from gpt2jax.scaling.tuning import TuningStage, describe, tuned_config, tunes_muon
+    from gpt2jax.scaling.tuning import TUNING_DIR, TuningStage, describe, tuned_config, tunes_muon
 
     if args.repair:
         _repair(args.workdir)
@@ -67,6 +98,8 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError("--config is required to plan or run a sweep (--repair needs only --workdir).")
     if not 0 < args.mfu <= 1:
         raise ValueError(f"--mfu is {args.mfu}; give a fraction of peak in (0, 1].")
+    if args.compile_s < 0 or args.point_s < 0:
+        raise ValueError(f"--compile_s {args.compile_s} and --point_s {args.point_s} are seconds; give numbers >= 0.")
     config = load_sweep_config(args.config)
     plan = expand(config)
     stage = TuningStage(config, plan, Path(args.workdir)) if config.lr_tuning and args.workdir else None
@@ -74,7 +107,7 @@ def run(args: argparse.Namespace) -> None:
     if args.plan:
         if config.lr_tuning:
             scan = TuningStage(config, plan, Path(".")).scan
-            print(f"tuning stage, trained first:\n{format_plan(scan, args.device, args.mfu)}\n")
+            print(f"tuning stage, trained first:\n{format_plan(scan)}\n")
             if tunes_muon(config):
                 print(
                     "then Muon's rate: the same runs at the fitted rule, once per lr_tuning multiple of "
@@ -85,16 +118,21 @@ def run(args: argparse.Namespace) -> None:
                 plan = expand(tuned_config(config, rule))
             else:
                 print("the sweep, its learning rates the untuned rule's until the tuning stage fits its own:")
-        print(format_plan(plan, args.device, args.mfu))
+        print(format_plan(plan))
+        if args.device:
+            from gpt2jax.scaling import walltime
+
+            workdirs = [Path(args.workdir), Path(args.workdir) / TUNING_DIR] if args.workdir else []
+            measured = walltime.measurements(workdirs, args.device)
+            plans = [TuningStage(config, plan, Path(".")).scan, plan] if config.lr_tuning else [plan]
+            found = walltime.estimate(plans, args.device, measured, args.mfu, args.compile_s, args.point_s)
+            print(walltime.format_estimate(found))
         return
     if not args.workdir:
         raise ValueError("--workdir is required to run a sweep (or pass --plan).")
-    import jax
+    from gpt2jax.scaling.sweep import Sweep, use_compilation_cache
 
-    from gpt2jax.scaling.sweep import Sweep
-
-    # Points of one shape compile the same init and eval steps; a resumed run, its train step.
-    jax.config.update("jax_compilation_cache_dir", str((Path(args.workdir) / "jax_cache").absolute()))
+    use_compilation_cache(args.workdir)
     if stage and rule is None:
         rule = stage.run(args.config, args.shard, args.stale_after)
         if rule is None:

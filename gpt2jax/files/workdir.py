@@ -46,6 +46,7 @@ RESULTS_FILE = "results.csv"
 SESSIONS_FILE = "sessions.jsonl"
 POINTS_DIR = "points"
 LOCKS_DIR = "locks"
+COMPILATION_CACHE_DIR = "jax_cache"  # JAX's persistent compilation cache, which a resumed sweep reads
 SWEEP_LOCK = "sweep.json.lock"
 
 

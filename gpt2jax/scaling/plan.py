@@ -656,8 +656,8 @@ def costs(plan: SweepPlan) -> dict:
     }
 
 
-def format_plan(plan: SweepPlan, device: str | None = None, mfu: float = 0.4) -> str:
-    """The points and their FLOPs as a table; with ``device``, the hours they take on it at ``mfu``."""
+def format_plan(plan: SweepPlan) -> str:
+    """The points and their FLOPs as a table (``walltime`` says how long they take on a device)."""
     unique = unique_train_tokens(plan.config)
     count = plan.param_count
     lines = [
@@ -695,10 +695,4 @@ def format_plan(plan: SweepPlan, device: str | None = None, mfu: float = 0.4) ->
         values = total[key]
         lines.append(f"  {label:<25}{values['6n']:.3g} / {values['6n_attention']:.3g} / {values['chinchilla']:.3g}")
     lines.append(f"  branching saves {total['saved']:.1%}")
-    if device:
-        peak = flops.DEVICE_PEAKS[device]["bf16"]
-        hours = total["flops_spent"]["6n_attention"] / (peak * mfu) / 3600
-        lines.append(
-            f"  on one {device} at {mfu:.0%} MFU of its {peak:.3g} FLOP/s bf16 peak: {hours:.2f} h of training"
-        )
     return "\n".join(lines)

@@ -21,9 +21,13 @@ import socket
 import time
 from pathlib import Path
 
+import numpy as np
+
+from gpt2jax import flops
 from gpt2jax.files.atomic import write_atomically
 from gpt2jax.files.locks import STALE_AFTER_S, FileLock
 from gpt2jax.files.workdir import (
+    COMPILATION_CACHE_DIR,
     LOCKS_DIR,
     METRICS_FILE,
     POINTS_DIR,
@@ -35,12 +39,12 @@ from gpt2jax.files.workdir import (
     read_json,
     read_metrics,
 )
-from gpt2jax.scaling.plan import Job, Point, SweepPlan, check_repetition
+from gpt2jax.scaling.plan import Job, Point, SweepPlan, check_repetition, shape_name
 from gpt2jax.scaling.results import read_rows, upsert_row
 from gpt2jax.training.eval_tasks import task_columns
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     minutes, seconds = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
@@ -64,6 +68,46 @@ def extends(recorded: dict | None, config: dict) -> bool:
     before = recorded.get("allocations", [])
     same_rest = {**recorded, "allocations": None} == {**config, "allocations": None}
     return same_rest and all(allocation in added for allocation in before)
+
+
+def point_seconds(point: Point, wall_s: float, in_steps_s: float, mfu: float | None) -> dict:
+    """A point's wall time split into the seconds inside train steps and those outside them (compiling,
+    the data, evaluations, checkpoints, records), with its program (shape and batch) and the median MFU
+    its steps logged: the sessions' record of what keeps a device idle, which ``walltime`` reads."""
+    return {
+        "run": point.run,
+        "program": program_name(point),
+        "wall_s": round(wall_s, 3),
+        "in_steps_s": round(in_steps_s, 3),
+        "outside_steps_s": round(wall_s - in_steps_s, 3),
+        "mfu": mfu,
+    }
+
+
+def program_name(point: Point) -> str:
+    """The compiled program a point runs: its shape and batch (schedules, rates and seeds are its inputs)."""
+    return f"{shape_name(dataclasses.asdict(point))}B{point.batch_size}"
+
+
+def device_name() -> str:
+    """This process's device as ``flops.DEVICE_PEAKS`` names it ('cpu' on a CPU, its jax kind if unknown)."""
+    import jax
+
+    device = jax.devices()[0]
+    return "cpu" if device.platform == "cpu" else flops.device_key(device.device_kind) or device.device_kind
+
+
+def use_compilation_cache(workdir: str | Path) -> None:
+    """Keeps every compiled program in ``WORKDIR/jax_cache``, so that a resumed sweep compiles nothing again.
+
+    JAX keeps only programs that took a second or more to compile by default: on a CPU a small
+    model's steps take less, and were compiled again by every resumed sweep.
+    """
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", str((Path(workdir) / COMPILATION_CACHE_DIR).absolute()))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 class Sweep:
@@ -144,22 +188,29 @@ class Sweep:
         return row
 
     def run_job(self, job: Job, finished: set[str], on_point, max_budget: float = math.inf) -> None:
-        """Trains the job's unfinished points up to ``max_budget``; ``on_point(point, row)`` follows each one's row."""
+        """Trains the job's unfinished points up to ``max_budget``; ``on_point(point, row, seconds)`` follows
+        each one's row, with ``point_seconds``' split of its wall time."""
         from gpt2jax.training import loop
 
         for point in job.points:
             if point.run in finished or point.budget > max_budget:
                 continue
             start = time.perf_counter()
+            in_steps = 0.0
             if job.is_branched:
                 # Idle when the trunk already reached this branch's start (a rerun after a kill).
-                loop.run(self.plan.trunk_config(job, point.branch_step), self.point_dir(job.name))
+                trunk = loop.run(self.plan.trunk_config(job, point.branch_step), self.point_dir(job.name))
+                in_steps += trunk.get(loop.TRAIN_STEP_SECONDS, 0.0)
             workdir = self.point_dir(point.run)
-            loop.run(self.plan.train_config(point, self.point_dir), workdir)
+            in_steps += loop.run(self.plan.train_config(point, self.point_dir), workdir).get(
+                loop.TRAIN_STEP_SECONDS, 0.0
+            )
             final = final_record(workdir, point.steps)
-            row = self.row(point, final, time.perf_counter() - start)
+            wall_s = time.perf_counter() - start
+            row = self.row(point, final, wall_s)
             upsert_row(self.results_path, row)
-            on_point(point, row)
+            mfus = [record["mfu"] for record in read_metrics(workdir) if record.get("mfu")]
+            on_point(point, row, point_seconds(point, wall_s, in_steps, float(np.median(mfus)) if mfus else None))
 
     def run(
         self,
@@ -190,27 +241,34 @@ class Sweep:
             "host": socket.gethostname(),
             "cpus": os.cpu_count(),
             "pid": os.getpid(),
+            "device": device_name(),
             "shard": f"{index}/{count}",
             "started": time.time(),
             "load_average_start": os.getloadavg()[0],
             "points_run": [],
             "skipped_locked": [],
             "flops_spent": 0.0,
+            "points": [],  # point_seconds of each point run
+            "in_steps_s": 0.0,
+            "outside_steps_s": 0.0,
         }
         clock = time.perf_counter()
 
-        def on_point(point: Point, row: dict) -> None:
+        def on_point(point: Point, row: dict, seconds: dict) -> None:
             session["points_run"].append(point.run)
             session["flops_spent"] += row["flops_spent"]
+            session["points"].append(seconds)
+            for key in ("in_steps_s", "outside_steps_s"):
+                session[key] = round(session[key] + seconds[key], 3)
             elapsed = time.perf_counter() - clock
             left = to_spend - session["flops_spent"]
             # At this worker's pace so far: FLOPs per second, compile time and all.
-            estimate = _duration(elapsed * left / session["flops_spent"]) if left > 0 else _duration(0)
+            estimate = duration(elapsed * left / session["flops_spent"]) if left > 0 else duration(0)
             rows = read_rows(self.results_path)
             spent_all = sum(float(done["flops_spent"]) for done in rows)
             log(
                 f"sweep: {len(rows)}/{len(self.plan.points)} points done ({point.run}: loss {row['loss']:.4f}); "
-                f"{spent_all:.3g}/{total_flops:.3g} FLOPs spent; {_duration(elapsed)} elapsed, "
+                f"{spent_all:.3g}/{total_flops:.3g} FLOPs spent; {duration(elapsed)} elapsed, "
                 f"about {estimate} left for this shard"
             )
 

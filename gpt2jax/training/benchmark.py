@@ -59,7 +59,7 @@ def time_step(
         tokens = rng.integers(0, trainer.model_config.vocab_size, shape, dtype=np.int32)
         return sharding.global_batch(trainer.mesh, (tokens, np.roll(tokens, -1, axis=-1)), leading_unsharded=1)
 
-    batches = [random_batch() for _ in range(max(1, min(steps, 4)))]
+    batches = [(*random_batch(), trainer.schedule) for _ in range(max(1, min(steps, 4)))]  # the step's inputs
     start = time.perf_counter()
     compiled = trainer.train_step.lower(state, *batches[0]).compile()
     compile_s = time.perf_counter() - start

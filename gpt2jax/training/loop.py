@@ -67,6 +67,11 @@ RESUMABLE_KEYS = (
 )
 
 
+# The key of ``run``'s result that holds the seconds this call spent in train steps (not in metrics.jsonl):
+# the sweep's session records set them against each point's wall time.
+TRAIN_STEP_SECONDS = "train_step_s"
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss diverged (NaN, infinite, or past DIVERGED_LOSS_FACTOR); the last good checkpoint is kept."""
 
@@ -576,11 +581,12 @@ def _train(
         return metrics
 
     pending = None  # (step, device metrics): dispatched, not yet read
+    step_seconds = 0.0  # in the steps of the throughput's windows: the first step (its compile) and evals are not
     window = _Window()
     record = {}
     try:
         for step in range(start_step, train_config.steps):
-            state, device_metrics = trainer.train_step(state, *trainer.train_batch(data.train, step))
+            state, device_metrics = trainer.train_step(state, *trainer.train_batch(data.train, step), trainer.schedule)
             if step == start_step:
                 # The first step compiles: time the throughput from the second on.
                 jax.block_until_ready(device_metrics)
@@ -607,6 +613,7 @@ def _train(
                 window.losses.append(metrics["loss"])
                 pending = None
             if log_now:
+                step_seconds += window.seconds()
                 speed = flops.throughput(step_cost, window.steps, window.seconds(), peak) if window.steps else None
                 record = _log_record(
                     completed, window, float(schedule(step)), metrics, counters, speed, len(data.train)
@@ -658,7 +665,7 @@ def _train(
             checkpointer.wait()  # the last good checkpoint must be complete before the process ends
         except checkpoint.CheckpointWriteError:
             pass  # raised already, or overtaken by the error in flight
-    return record
+    return record | {TRAIN_STEP_SECONDS: step_seconds}
 
 
 def _log_record(

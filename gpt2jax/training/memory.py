@@ -177,7 +177,7 @@ def dry_run(config) -> dict:
     batch = jax.ShapeDtypeStruct(
         (trainer.accum_steps, micro, block), jnp.int32, sharding=trainer.batch_sharding(leading_unsharded=1)
     )
-    compiled = trainer.train_step.lower(trainer.abstract_state, batch, batch).compile()
+    compiled = trainer.train_step.lower(trainer.abstract_state, batch, batch, trainer.schedule).compile()
     summary["per_device_bytes"] = per_device_bytes(trainer, compiled)
     summary["per_device_host_bytes"] = host_estimate(trainer)
     summary["offload"] = trainer.config.train.offload
@@ -319,7 +319,7 @@ def xla_flops_per_token(trainer: Trainer) -> float | None:
     state = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype), trainer.abstract_state)
     tokens_per_step = trainer.config.train.batch_size * trainer.model_config.block_size
     try:
-        return scanned_flops(jax.make_jaxpr(step)(state, batch, batch)) / tokens_per_step
+        return scanned_flops(jax.make_jaxpr(step)(state, batch, batch, trainer.schedule)) / tokens_per_step
     except UncountableError:
         return None
 

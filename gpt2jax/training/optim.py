@@ -30,6 +30,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from optax.contrib import MuonDimensionNumbers, scale_by_muon
 from optax.contrib._muon import scale_by_shape  # optax 0.2.8 does not export it; optax.contrib.muon uses it
@@ -71,32 +72,71 @@ MUON_MOMENTUM = 0.95
 MUON_NS_STEPS = 5
 
 
-def learning_rate_schedule(train_config, peak: float | None = None) -> optax.Schedule:
-    """Linear warmup from 0, then cosine, warmup-stable-decay (WSD) or constant.
+def learning_rate_schedule(train_config):
+    """Linear warmup from 0, then cosine, warmup-stable-decay (WSD) or constant: the rate at a step.
 
-    Cosine and WSD end at ``peak * min_lr_ratio``. WSD holds the peak rate and decays linearly
-    over the last ``decay_fraction`` of the steps (Hägele et al. 2024). ``peak``: the
-    ``learning_rate`` unless given (Muon's branch gives its own).
+    Cosine and WSD end at ``learning_rate * min_lr_ratio``. WSD holds the peak rate and
+    decays linearly over the last ``decay_fraction`` of the steps (Hägele et al. 2024).
+    The same numbers as optax's warmup_cosine_decay_schedule and join_schedules of linear and
+    constant schedules (tests/test_train.py holds them to optax's), computed by ``rate_at``.
     """
-    peak = train_config.learning_rate if peak is None else peak
+    args = schedule_args(train_config)
+    return lambda step: rate_at(step, args)
+
+
+def schedule_args(train_config) -> dict:
+    """The numbers of ``train.schedule`` as float32 scalars: inputs of the compiled train step, not
+    constants in it, so that the points of a sweep that share a shape (other budgets, rates, seeds)
+    run one compiled step; as constants, every point compiled its own.
+
+    Every schedule is three pieces: the warmup, the peak until ``decay_start``, then a decay over
+    ``decay_steps`` (cosine where ``cosine`` is 1, else linear to ``decay_to``; constant decays from
+    the peak to the peak). Differences and ratios are taken here in float64, as optax takes them.
+    """
+    peak = train_config.learning_rate
     warmup = train_config.warmup_steps
     total = train_config.steps
     floor = peak * train_config.min_lr_ratio
-    if train_config.schedule == "cosine":
-        return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, max(total, warmup + 1), floor)
-    if train_config.schedule == "constant":
-        return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup])
-    if train_config.schedule == "wsd":
-        stable_end = wsd_stable_end(total, warmup, train_config.decay_fraction)
-        return optax.join_schedules(
-            [
-                optax.linear_schedule(0.0, peak, warmup),
-                optax.constant_schedule(peak),
-                optax.linear_schedule(peak, floor, total - stable_end),
-            ],
-            [warmup, stable_end],
-        )
-    raise ValueError(f"train.schedule={train_config.schedule!r} is not one of cosine, wsd, constant.")
+    schedule = train_config.schedule
+    if schedule == "cosine":
+        decay_start, decay_steps, decay_to = warmup, max(total, warmup + 1) - warmup, floor
+    elif schedule == "constant":
+        decay_start, decay_steps, decay_to = warmup, 1, peak
+    elif schedule == "wsd":
+        decay_start = wsd_stable_end(total, warmup, train_config.decay_fraction)
+        decay_steps, decay_to = total - decay_start, floor
+        if decay_steps <= 0:  # optax's linear schedule of no steps is its start value
+            decay_steps, decay_to = 1, peak
+    else:
+        raise ValueError(f"train.schedule={schedule!r} is not one of cosine, wsd, constant.")
+    alpha = 0.0 if peak == 0.0 else floor / peak
+    numbers = {
+        "peak": peak,
+        "minus_peak": 0.0 - peak,
+        "warmup": warmup,
+        "warmup_steps": max(warmup, 1),  # a warmup of 0 steps is never read: its piece ends at step 0
+        "decay_start": decay_start,
+        "decay_steps": decay_steps,
+        "decay_drop": peak - decay_to,
+        "decay_to": decay_to,
+        "alpha": alpha,
+        "one_minus_alpha": 1 - alpha,
+        "cosine": float(schedule == "cosine"),
+    }
+    return {name: np.float32(value) for name, value in numbers.items()}
+
+
+def rate_at(step, args: dict):
+    """The learning rate at ``step`` (an int or a traced int32) of the schedule ``schedule_args`` gave."""
+    warmup_fraction = 1 - jnp.clip(step, 0, args["warmup_steps"]) / args["warmup_steps"]
+    rate = args["minus_peak"] * warmup_fraction + args["peak"]
+    rate = jnp.where(step < args["warmup"], rate, args["peak"])
+    since = step - args["decay_start"]
+    linear = args["decay_drop"] * (1 - jnp.clip(since, 0, args["decay_steps"]) / args["decay_steps"]) + args["decay_to"]
+    cosine_decay = 0.5 * (1 + jnp.cos(jnp.pi * jnp.minimum(since, args["decay_steps"]) / args["decay_steps"]))
+    cosine = args["peak"] * (args["one_minus_alpha"] * cosine_decay + args["alpha"])
+    decayed = jnp.where(args["cosine"] > 0, cosine, linear)
+    return jnp.where(step < args["decay_start"], rate, decayed)
 
 
 def wsd_stable_end(total_steps: int, warmup_steps: int, decay_fraction: float) -> int:
@@ -190,8 +230,12 @@ def adamw(train_config, schedule: optax.Schedule) -> optax.GradientTransformatio
 
 
 def make_optimizer(train_config) -> optax.GradientTransformation:
-    """Global-norm clipping, then ``train.optimizer`` with decoupled weight decay on ``decay_mask``'s parameters."""
-    schedule = learning_rate_schedule(train_config)
+    """Global-norm clipping, then ``train.optimizer`` with decoupled weight decay on ``decay_mask``'s parameters,
+    at a rate of 1: ``steps.train_step`` scales the update by the schedule's rate, an input of the step
+    (``schedule_args``). The rate stays a schedule, so the optimizer state keeps its step count and a
+    checkpoint of the schedule's state restores as before.
+    """
+    schedule = optax.constant_schedule(1.0)
     name = train_config.optimizer
     if name == "adamw":
         update = adamw(train_config, schedule)
@@ -202,15 +246,18 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
             optax.scale_by_learning_rate(schedule),
         )
     elif name == "muon":
-        muon_peak = train_config.muon_learning_rate
+        # The step scales every update by train.learning_rate's schedule (rate_at); Muon's branch runs at
+        # train.muon_learning_rate on the same schedule, so its updates carry the ratio of the two peaks, a
+        # constant of this optimizer (``compiled_train_keys``).
+        ratio = train_config.muon_learning_rate / train_config.learning_rate
         muon = optax.chain(
             scale_by_muon(beta=MUON_MOMENTUM, ns_steps=MUON_NS_STEPS, weight_dimension_numbers=muon_dimension_numbers),
             # Jordan's sqrt(max(1, fan_out / fan_in)): twice the update for the MLP's D -> 4D matrix, as the
             # spectral condition for feature learning asks (Yang, Simon and Bernstein 2023).
             scale_by_shape(weight_dimension_numbers=muon_dimension_numbers),
-            # Decayed before the rate scales it: wd x (lr / muon_lr) x muon's schedule is AdamW's wd x lr.
-            optax.add_decayed_weights(train_config.weight_decay * train_config.learning_rate / muon_peak, decay_mask),
-            optax.scale_by_learning_rate(learning_rate_schedule(train_config, peak=muon_peak)),
+            # Decayed before the ratio scales it: wd / ratio x ratio x the schedule is AdamW's wd x lr.
+            optax.add_decayed_weights(train_config.weight_decay / ratio, decay_mask),
+            optax.scale_by_learning_rate(ratio),
         )
         update = optax.partition({"muon": muon, "adamw": adamw(train_config, schedule)}, muon_labels)
     elif name == "adafactor":
@@ -226,3 +273,9 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
     else:
         raise ValueError(f"train.optimizer={name!r} is not one of {', '.join(ALL_OPTIMIZERS)}.")
     return optax.chain(optax.clip_by_global_norm(train_config.grad_clip), update)
+
+
+def compiled_train_keys(train_config) -> tuple[str, ...]:
+    """The schedule keys (``trainer.PER_RUN_KEYS``) whose values ``make_optimizer`` compiles into the optimizer
+    rather than leaving to the step's schedule input: Muon's branch carries muon_learning_rate / learning_rate."""
+    return ("learning_rate",) if train_config.optimizer == "muon" else ()

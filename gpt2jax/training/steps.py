@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from gpt2jax.training import optim
+
 
 def loss_fn(params, graphdef, inputs_BxT, targets_BxT, dropout_key=None, residual_sharding=None):
     """The model's chunked cross-entropy (``GPT.loss``): no float32 B x T x V logits, forward or backward."""
@@ -69,6 +71,7 @@ def train_step(
     state,
     inputs_AxBxT,
     targets_AxBxT,
+    schedule,
     *,
     graphdef,
     optimizer,
@@ -76,7 +79,8 @@ def train_step(
     offload="none",
     compute_dtype=jnp.float32,
 ):
-    """One optimizer step over A accumulated micro-batches of B sequences.
+    """One optimizer step over A accumulated micro-batches of B sequences, at the rate ``schedule``
+    (``optim.schedule_args``) gives this step: ``optimizer`` makes updates at a rate of 1.
 
     One gradient buffer per micro-batch is all the step adds to the parameters when A is 1: the
     micro-batch's gradients are the step's (no zeros accumulator). For A > 1 the first micro-batch's
@@ -119,6 +123,8 @@ def train_step(
     grads = jax.tree.map(lambda g: g / accum_steps, grad_sum)
     params, opt_state = (to_device(state[part]) if part in on_host else state[part] for part in ("params", "opt_state"))
     updates, opt_state = optimizer.update(grads, opt_state, params)
+    rate = optim.rate_at(state["step"], schedule)
+    updates = jax.tree.map(lambda update: rate.astype(update.dtype) * update, updates)
     updated = {"params": optax.apply_updates(params, updates), "opt_state": opt_state}
     new_state = {
         "step": state["step"] + 1,

@@ -2,7 +2,8 @@
 
 A ``Trainer`` holds everything compiled for one (config, mesh): the pure steps of
 ``steps.py`` under ``jax.jit`` with their shardings, the abstract state and the batch of a
-step. ``build_trainer`` validates the config against the mesh before anything compiles;
+step. Trainers whose configs differ only in ``PER_RUN_KEYS`` (a sweep's points of one shape) share
+one jitted copy of each step. ``build_trainer`` validates the config against the mesh before anything compiles;
 the loop (``loop.py``), the dry run (``memory.py``), the benchmark and the budget build on it.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +25,37 @@ from gpt2jax.config import check_run_config
 from gpt2jax.data import loader
 from gpt2jax.model import GPT, GPTConfig, abstract_model
 from gpt2jax.training import checkpoint, footprint, optim, steps, validation
+
+# Train keys that are no constant of a compiled step: the schedule's numbers are an input of the train step
+# (``optim.schedule_args``), the seed one of the initialisation, and the rest are read on the host. The
+# points of a sweep differ in these alone within a shape, so they share its compiled steps (``program_key``).
+PER_RUN_KEYS = (
+    "steps",
+    "schedule",
+    "learning_rate",
+    "warmup_steps",
+    "min_lr_ratio",
+    "decay_fraction",
+    "seed",
+    "init_from",
+    "log_every",
+    "eval_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+)
+# (step's name, program key) -> the jitted step, for every trainer of the process; the oldest is dropped
+# past this many, so a process that builds trainers of many shapes (the test suite) keeps a few.
+_PROGRAMS: dict[tuple, object] = {}
+PROGRAMS_KEPT = 32
+
+
+def _shared(name: str, key: tuple, build):
+    """The jitted step ``name`` of the program ``key``, built once per process."""
+    if (name, key) not in _PROGRAMS:
+        _PROGRAMS[(name, key)] = build()
+        while len(_PROGRAMS) > PROGRAMS_KEPT:
+            _PROGRAMS.pop(next(iter(_PROGRAMS)))
+    return _PROGRAMS[(name, key)]
 
 
 @dataclasses.dataclass
@@ -59,34 +92,54 @@ class Trainer:
         return sharding.batch_sharding(self.mesh, 2 + leading_unsharded, leading_unsharded)
 
     @functools.cached_property
-    def init_state(self):
-        seed = self.config.train.seed
+    def program_key(self) -> tuple:
+        """What the compiled steps are a function of: the graphdef (which carries the model config), every
+        train key but ``PER_RUN_KEYS``, and the layout. Trainers of one key share their jitted steps."""
+        per_run = set(PER_RUN_KEYS) - set(optim.compiled_train_keys(self.config.train))
+        train = {key: value for key, value in self.config.train.to_dict().items() if key not in per_run}
+        leaves, treedef = jax.tree.flatten(self.state_shardings)
+        return (self.graphdef, json.dumps(train, sort_keys=True, default=str), self.mesh, tuple(leaves), treedef)
 
-        def init():
+    @functools.cached_property
+    def schedule(self) -> dict:
+        """This run's ``optim.schedule_args`` on every device: the train step's last input."""
+        return jax.device_put(optim.schedule_args(self.config.train), NamedSharding(self.mesh, P()))
+
+    @functools.cached_property
+    def init_state(self):
+        """A no-argument function giving this run's step-0 state; the seed is an input of the compiled init."""
+
+        def init(seed):
             model = GPT(self.model_config, rngs=nnx.Rngs(params=jax.random.key(seed)))
             return steps.fresh_state(nnx.state(model), self.optimizer, seed)
 
         # Initialised directly into its shards: no device ever holds the whole model.
-        return jax.jit(init, out_shardings=self.state_shardings)
+        compiled = _shared("init", self.program_key, lambda: jax.jit(init, out_shardings=self.state_shardings))
+        return functools.partial(compiled, self.config.train.seed)
 
     @functools.cached_property
     def train_step(self):
-        step = functools.partial(
-            steps.train_step,
-            graphdef=self.graphdef,
-            optimizer=self.optimizer,
-            residual_sharding=sharding.residual_sharding(self.mesh),
-            offload=self.offload,
-            compute_dtype=self.model_config.compute_dtype,
-        )
-        batch = self.batch_sharding(leading_unsharded=1)
-        replicated = NamedSharding(self.mesh, P())
-        return jax.jit(
-            step,
-            in_shardings=(self.state_shardings, batch, batch),
-            out_shardings=(self.state_shardings, replicated),
-            donate_argnums=0,
-        )
+        """``(state, inputs_AxBxT, targets_AxBxT, schedule) -> (state, metrics)``; pass ``self.schedule``."""
+
+        def build():
+            step = functools.partial(
+                steps.train_step,
+                graphdef=self.graphdef,
+                optimizer=self.optimizer,
+                residual_sharding=sharding.residual_sharding(self.mesh),
+                offload=self.offload,
+                compute_dtype=self.model_config.compute_dtype,
+            )
+            batch = self.batch_sharding(leading_unsharded=1)
+            replicated = NamedSharding(self.mesh, P())
+            return jax.jit(
+                step,
+                in_shardings=(self.state_shardings, batch, batch, replicated),
+                out_shardings=(self.state_shardings, replicated),
+                donate_argnums=0,
+            )
+
+        return _shared("train", self.program_key, build)
 
     @functools.cached_property
     def certify(self):
@@ -107,11 +160,17 @@ class Trainer:
             return loss, checkpoint.all_finite(steps.to_device(state))
 
         batch = self.batch_sharding(leading_unsharded=1)
-        return jax.jit(certify, in_shardings=(self.state_shardings, batch, batch))
+        return _shared(
+            "certify", self.program_key, lambda: jax.jit(certify, in_shardings=(self.state_shardings, batch, batch))
+        )
 
     @functools.cached_property
     def eval_step(self):
-        return validation.compile_eval_step(self.graphdef, self.mesh, self.device_shardings["params"])
+        return _shared(
+            "eval",
+            self.program_key,
+            lambda: validation.compile_eval_step(self.graphdef, self.mesh, self.device_shardings["params"]),
+        )
 
     @functools.cached_property
     def device_shardings(self) -> dict:
