@@ -82,3 +82,14 @@ def test_runs_of_one_shape_share_one_compiled_step_and_each_trains_at_its_own_sc
     trainer_module._PROGRAMS.clear()  # as in a process of its own
     alone = _losses(build_trainer(second_config), tokens, 7)
     assert shared == alone
+
+
+def test_muon_runs_at_other_learning_rates_do_not_share_a_program_their_branch_ratio_is_compiled_in():
+    """Muon's branch scales its updates by muon_learning_rate / learning_rate inside the optimizer: a program
+    shared across learning rates would train the second run at the first run's ratio."""
+    adamw = [build_trainer(compact_config("unused", learning_rate=rate)) for rate in (1e-2, 3e-3)]
+    muon = [build_trainer(compact_config("unused", learning_rate=rate, optimizer="muon")) for rate in (1e-2, 3e-3)]
+    assert adamw[0].program_key == adamw[1].program_key
+    assert muon[0].program_key != muon[1].program_key
+    same_rate = build_trainer(compact_config("unused", learning_rate=1e-2, optimizer="muon", steps=99))
+    assert same_rate.program_key == muon[0].program_key
