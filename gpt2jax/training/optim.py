@@ -148,38 +148,33 @@ def wsd_stable_end(total_steps: int, warmup_steps: int, decay_fraction: float) -
     return max(warmup_steps, total_steps - decay_steps)
 
 
-def decay_mask(params):
-    """True where ``DECAY_RULES`` decay a parameter, False where they do not; an unknown name is refused."""
+def _by_rule(params, rules, table: str, unknown: str, name_of=lambda full: full):
+    """Each parameter's value in the first of ``rules`` (regex, value) whose pattern its ``name_of(path)``
+    matches; a parameter no rule names is refused, so a new one never gets a choice by accident."""
 
-    def decayed(path, _):
+    def lookup(path, _):
         full = path_str(path)
-        name = full.rsplit("/", 1)[-1]
-        for pattern, decay in DECAY_RULES:
-            if re.search(pattern, name):
-                return decay
+        for pattern, value in rules:
+            if re.search(pattern, name_of(full)):
+                return value
         raise ValueError(
-            f"parameter {full} matches no rule in optim.DECAY_RULES, so whether weight decay "
-            "applies to it is unknown; add a rule for it."
+            f"parameter {full} matches no rule in optim.{table}, so {unknown} is unknown; add a rule for it."
         )
 
-    return jax.tree_util.tree_map_with_path(decayed, params)
+    return jax.tree_util.tree_map_with_path(lookup, params)
+
+
+def decay_mask(params):
+    """True where ``DECAY_RULES`` decay a parameter, False where they do not; an unknown name is refused."""
+    return _by_rule(
+        params, DECAY_RULES, "DECAY_RULES", "whether weight decay applies to it", lambda full: full.rsplit("/", 1)[-1]
+    )
 
 
 def muon_dimension_numbers(params):
     """``MUON_RULES``' dimension numbers of each parameter, None for one AdamW updates; an unknown path is refused."""
-
-    def lookup(path, _):
-        full = path_str(path)
-        for pattern, dimension_numbers in MUON_RULES:
-            if re.search(pattern, full):
-                return dimension_numbers
-        raise ValueError(
-            f"parameter {full} matches no rule in optim.MUON_RULES, so whether Muon or AdamW updates it "
-            "is unknown; add a rule for it."
-        )
-
-    # MaskedNode: a parameter optax.partition gave to the other branch has no leaf to look up.
-    return jax.tree_util.tree_map_with_path(lookup, params)
+    # A parameter optax.partition gave to the other branch is a MaskedNode, with no leaf to look up.
+    return _by_rule(params, MUON_RULES, "MUON_RULES", "whether Muon or AdamW updates it")
 
 
 def muon_labels(params):
