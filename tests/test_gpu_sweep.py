@@ -4,11 +4,19 @@ on a corpus of the repo's own text, packed by scripts/pack_english.sh."""
 import csv
 import datetime
 import json
+import os
 import subprocess
 import sys
 import tarfile
 
+from gpt2jax.scaling import walltime
+from gpt2jax.scaling.plan import expand, load_sweep_config
+from gpt2jax.scaling.tuning import TuningStage
 from tests.helpers import REPO
+
+# experiments/english_corpus.py's corpus as prepare tokenized it (val_fraction 0.01): its training tokens.
+ENGLISH_TRAIN_TOKENS = 22_778_712
+ONE_DRAW_S = 7 * 60  # of a lent device's 15 minutes: the machine's start and a rerun take the rest
 
 EIGHT_FILES = {
     "results.csv",
@@ -20,6 +28,16 @@ EIGHT_FILES = {
     "driver.json",
     "details.tar.gz",
 }
+
+
+def test_the_gpu_english_study_fits_one_h100_draw_and_reads_no_token_twice():
+    config = load_sweep_config(str(REPO / "experiments" / "gpu_english.py"))
+    plan = expand(config)
+    scan = TuningStage(config, plan, REPO).scan
+    found = walltime.estimate([scan, plan], "h100-sxm", {}, mfu=0.4)
+    assert found["wall_s"] < ONE_DRAW_S
+    assert max(plan.tokens(point) for point in scan.points + plan.points) <= ENGLISH_TRAIN_TOKENS
+    assert min(point.n_layer for point in plan.points) >= 4 and max(point.n_embd for point in plan.points) >= 128
 
 
 def repo_text_as_jsonl(folder):
@@ -40,7 +58,8 @@ def test_the_driver_packs_a_bet_whose_prediction_precedes_the_top_budget_into_ei
     subprocess.run(
         [sys.executable, REPO / "bench" / "gpu_sweep.py", "--config", f"{REPO}/experiments/gpu_english.py:smoke",
          "--corpus", archive, "--workdir", "runs/smoke", "--out", out, "--bootstrap", "4", "--grid", "coarse"],
-        cwd=tmp_path, check=True, timeout=600,
+        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS="--xla_force_host_platform_device_count=1"),
+        check=True, timeout=600,
     )  # fmt: skip
     assert {path.name for path in out.iterdir()} == EIGHT_FILES
 
