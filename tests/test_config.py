@@ -20,7 +20,7 @@ from gpt2jax.training.trainer import build_trainer
 from tests.helpers import REPO, compact_config, tiny_config, tiny_sweep_config
 
 SECTIONS = ("model", "data", "train", "mesh")
-SWEEP_CONFIGS = ("cpu_english.py", "cpu_topics.py", "gpu_sweep.py")
+SWEEP_CONFIGS = ("cpu_english.py", "cpu_topics.py", "gpu_english.py", "gpu_sweep.py")
 
 
 def _numeric(value) -> bool:
