@@ -101,6 +101,7 @@ LONGEST_FIRST = (
     "test_faults.py",
     "test_stops.py",
     "test_offload.py",
+    "test_gpu_sweep.py",
     "test_sweep.py",
     "test_tuning.py",
     "test_hellaswag.py",
