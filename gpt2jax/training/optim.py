@@ -230,6 +230,9 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
     (``schedule_args``). The rate stays a schedule, so the optimizer state keeps its step count and a
     checkpoint of the schedule's state restores as before.
     """
+    schedule_args(
+        train_config
+    )  # an unknown train.schedule is refused here with the other config errors, before a run starts
     schedule = optax.constant_schedule(1.0)
     name = train_config.optimizer
     if name == "adamw":
