@@ -86,20 +86,25 @@ MAX_DAYS = 36_500.0
 MIN_FRACTION = 0.001
 
 
-def load_fit_law(path) -> ChinchillaLaw:
-    """The approach-3 law in a JSON written by ``python -m gpt2jax.scaling fit --json``."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise ValueError(f"fit file {path} does not exist; write one with python -m gpt2jax.scaling fit --json.")
+def _read_json_with(path: pathlib.Path, what: str, keys, remedy: str) -> dict:
+    """The JSON object in ``path`` holding every one of ``keys``; else one sentence naming ``what`` and ``remedy``."""
     try:
         values = json.loads(path.read_text())
     except json.JSONDecodeError:
-        raise ValueError(f"fit file {path} is not JSON; write one with python -m gpt2jax.scaling fit --json.") from None
-    missing = [name for name in FIT_CONSTANTS if not isinstance(values, dict) or name not in values]
+        raise ValueError(f"{what} {path} is not JSON; {remedy}.") from None
+    missing = [key for key in keys if not isinstance(values, dict) or key not in values]
     if missing:
-        raise ValueError(
-            f"fit file {path} lacks {', '.join(missing)}; write one with python -m gpt2jax.scaling fit --json."
-        )
+        raise ValueError(f"{what} {path} lacks {', '.join(missing)}; {remedy}.")
+    return values
+
+
+def load_fit_law(path) -> ChinchillaLaw:
+    """The approach-3 law in a JSON written by ``python -m gpt2jax.scaling fit --json``."""
+    path = pathlib.Path(path)
+    remedy = "write one with python -m gpt2jax.scaling fit --json"
+    if not path.is_file():
+        raise ValueError(f"fit file {path} does not exist; {remedy}.")
+    values = _read_json_with(path, "fit file", FIT_CONSTANTS, remedy)
     constants = {name: values[name] for name in FIT_CONSTANTS}
     # L = E + A/N^alpha + B/D^beta: its optimum divides by alpha and beta, and a NaN would print as a row.
     wrong = [
@@ -871,13 +876,7 @@ def load_multiplier(path) -> dict | None:
     if not path.is_file():
         return None
     remedy = "write it again with the Muon experiment, or remove it"
-    try:
-        values = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise ValueError(f"multiplier file {path} is not JSON; {remedy}.") from None
-    missing = [key for key in MULTIPLIER_KEYS if not isinstance(values, dict) or key not in values]
-    if missing:
-        raise ValueError(f"multiplier file {path} lacks {', '.join(missing)}; {remedy}.")
+    values = _read_json_with(path, "multiplier file", MULTIPLIER_KEYS, remedy)
     numbers = [values["multiplier"], *values["interval"], *values["params"]]
     if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0 for x in numbers):
         raise ValueError(
