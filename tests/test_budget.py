@@ -470,6 +470,7 @@ def test_muon_with_a_measured_multiplier_divides_the_days_and_says_where_and_at_
         ("{", "is not JSON"),
         ('{"multiplier": 1.2}', "lacks interval, where, params"),
         ('{"multiplier": 2.0, "interval": [1.1, 1.4], "where": "x", "params": [1, 2]}', "outside its interval"),
+        ('{"multiplier": 1.2, "interval": 1.3, "where": "x", "params": [1, 2]}', "must each be a pair [low, high]"),
     ],
 )
 def test_a_malformed_multiplier_file_is_one_sentence(tmp_path, capsys, content, pattern):

@@ -877,6 +877,8 @@ def load_multiplier(path) -> dict | None:
         return None
     remedy = "write it again with the Muon experiment, or remove it"
     values = _read_json_with(path, "multiplier file", MULTIPLIER_KEYS, remedy)
+    if not all(isinstance(values[key], list) and len(values[key]) == 2 for key in ("interval", "params")):
+        raise ValueError(f"multiplier file {path}: interval and params must each be a pair [low, high]; {remedy}.")
     numbers = [values["multiplier"], *values["interval"], *values["params"]]
     if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0 for x in numbers):
         raise ValueError(
