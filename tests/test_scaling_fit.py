@@ -1,4 +1,5 @@
 import csv
+import dataclasses
 import json
 import pathlib
 import re
@@ -359,6 +360,36 @@ def test_backtest_of_a_known_law_predicts_its_top_budget():
         assert low <= n_opt[approach]["predicted"] <= high
     with pytest.raises(ValueError, match="no point has a budget above 1e\\+21"):
         backtest.backtest(noisy, 1e21, n_bootstrap=2, starts=fit.COARSE_STARTS)
+
+
+def test_a_fit_holding_e_lower_refits_the_rest_and_predicts_lower_above_the_cutoff():
+    points = grid_points(noise=0.01)
+    free = fit.parametric_fit(points, fit.COARSE_STARTS)
+    held = fit.parametric_fit(points, fit.COARSE_STARTS, irreducible_scale=0.8)
+    assert held.law.E == pytest.approx(0.8 * free.law.E, rel=1e-12)
+    # The rest was refitted: the held law fits the points nearly as well as the free one, far
+    # better than the free law with only its E moved.
+    moved = dataclasses.replace(free.law, E=held.law.E)
+    data = (np.log(points.n_params), np.log(points.n_tokens), np.log(points.loss))
+    moved_objective, _ = fit.huber_objective(
+        np.log([moved.A, moved.B, moved.E]).tolist() + [moved.alpha, moved.beta], *data
+    )
+    assert free.objective <= held.objective < 0.5 * moved_objective
+    big_n, big_d = np.array([1e12]), np.array([1e14])  # far beyond the grid: the lower E shows
+    assert held.law.loss(big_n, big_d) < free.law.loss(big_n, big_d)
+
+
+def test_cli_backtest_holds_e_at_a_fraction_and_refuses_one_outside_it(tmp_path, capsys):
+    path = sweep_like_csv(tmp_path / "results.csv")
+    args = ["backtest", "--results", str(path), "--train_below", "2e20", "--bootstrap", "2", "--grid", "coarse"]
+    reports = {}
+    for scale in ("1", "0.9"):
+        scaling_cli.main([*args, "--json", "--irreducible_scale", scale])
+        reports[scale] = json.loads(capsys.readouterr().out)
+    assert reports["0.9"]["law"]["E"] < reports["1"]["law"]["E"]
+    for scale in ("0", "1.5"):
+        with pytest.raises(ValueError, match="--irreducible_scale is .*fraction of E in \\(0, 1\\]"):
+            scaling_cli.main([*args, "--irreducible_scale", scale])
 
 
 def sweep_like_csv(path) -> pathlib.Path:

@@ -1,7 +1,7 @@
 """``python -m gpt2jax.scaling backtest``: fit on the budgets up to C, predict the rest (drives ``scaling.backtest``).
 
 ``python -m gpt2jax.scaling backtest --results CSV [CSV ...] --train_below C [--params total|non_embedding]
-[--flops 6n|6n_attention] [--predict SWEEP_CONFIG] [--json]``, or ``--every_cutoff`` instead of
+[--flops 6n|6n_attention] [--predict SWEEP_CONFIG] [--irreducible_scale F] [--json]``, or ``--every_cutoff`` instead of
 ``--train_below`` for one row per cut-off that holds out at least 10 points.
 
 With ``--predict`` the points to predict are the sweep plan's points above C, before any of
@@ -26,6 +26,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--every_cutoff", action="store_true", help="one row per cut-off that holds out at least 10 points"
     )
     parser.add_argument("--predict", help="a sweep config (FILE[:VARIANT]): predict its points above --train_below")
+    parser.add_argument(
+        "--irreducible_scale",
+        type=float,
+        default=1.0,
+        help="hold E at this fraction of the fitted E and refit the rest (1: the fit as it is; docs/scaling.md)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     add_law_options(parser)
     add_bootstrap_options(parser)
@@ -38,11 +44,19 @@ def run(args: argparse.Namespace) -> None:
     from gpt2jax.scaling.results import load_results
 
     require_interval_resamples(args)
+    if not 0.0 < args.irreducible_scale <= 1.0:
+        raise ValueError(f"--irreducible_scale is {args.irreducible_scale}; give a fraction of E in (0, 1].")
+    options = dict(
+        n_bootstrap=args.bootstrap,
+        seed=args.seed,
+        starts=START_GRIDS[args.grid],
+        irreducible_scale=args.irreducible_scale,
+    )
     points = load_results(args.results, params=args.params, flops=args.flops)
     if args.every_cutoff:
         if args.predict:
             raise ValueError("--predict needs one --train_below, not --every_cutoff.")
-        rows = backtest.cutoff_rows(points, n_bootstrap=args.bootstrap, seed=args.seed, starts=START_GRIDS[args.grid])
+        rows = backtest.cutoff_rows(points, **options)
         print(json.dumps(rows, indent=2) if args.json else backtest.format_cutoff_rows(rows, " ".join(args.results)))
         return
     train_below = backtest.finite_budget(args.train_below)
@@ -59,9 +73,7 @@ def run(args: argparse.Namespace) -> None:
         targets=targets,
         labels=labels,
         allocations=allocations,
-        n_bootstrap=args.bootstrap,
-        seed=args.seed,
-        starts=START_GRIDS[args.grid],
+        **options,
     )
     report.update(results=args.results, params=args.params, flops=args.flops)
     print(json.dumps(report, indent=2) if args.json else backtest.format_backtest(report, " ".join(args.results)))

@@ -77,7 +77,7 @@ def _fold_cuts(train: ScalingPoints) -> np.ndarray:
     return np.array([cut for cut in cuts if np.sum(key <= cut) >= enough and np.any(key > cut)])
 
 
-def calibrate(train: ScalingPoints, optima: np.ndarray) -> dict:
+def calibrate(train: ScalingPoints, optima: np.ndarray, irreducible_scale: float = 1.0) -> dict:
     """The rate at which prediction errors grow with extrapolation, measured inside the training range.
 
     For each fold cut-off c below the top, approach 3 is fitted on the points up to c and predicts
@@ -94,7 +94,7 @@ def calibrate(train: ScalingPoints, optima: np.ndarray) -> dict:
     for cut in _fold_cuts(train):
         fitted, predicted = train.subset(key <= cut), train.subset(key > cut)
         try:
-            law = fit.parametric_fit(fitted, fold_starts).law
+            law = fit.parametric_fit(fitted, fold_starts, irreducible_scale=irreducible_scale).law
         except fit.InsufficientData:
             continue
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -239,12 +239,15 @@ def backtest(
     starts: np.ndarray = fit.HOFFMANN_STARTS,
     labels=None,
     allocations: list[dict] | None = None,
+    irreducible_scale: float = 1.0,
 ) -> dict:
     """Fits on ``points`` up to ``train_below`` and predicts the rest (or ``targets``); a JSON-ready dict.
 
     ``labels``: names of the target points (default: their run ids, else their index).
     ``allocations``: ways to spend one budget, each a dict of label, n_params, n_tokens (and runs,
     the points that will train it): their predicted losses and each one's gap to the first.
+    ``irreducible_scale``: E held at this fraction of the Huber fit's in every fit, the calibration's
+    folds and the bootstrap's refits too (``fit.parametric_fit``); 1 keeps the fit's E.
     """
     final = points.final_points()
     train_mask, held_mask = split(final, train_below)
@@ -253,14 +256,14 @@ def backtest(
     if len(held) == 0:
         raise ValueError(f"no point has a budget above {train_below:g}; give --train_below a smaller budget.")
     try:
-        parametric, boot_laws = fit.parametric_bootstrap(train, n_bootstrap, seed, starts)
+        parametric, boot_laws = fit.parametric_bootstrap(train, n_bootstrap, seed, starts, irreducible_scale)
     except fit.InsufficientData as reason:
         raise ValueError(f"the points up to {train_below:g} cannot be fitted: {reason}") from None
     law = parametric.law
     residuals = np.log(train.loss) - np.log(law.loss(train.n_params, train.n_tokens))
     predicted = law.loss(held.n_params, held.n_tokens)
     try:
-        calibration = calibrate(train, parametric.optima)
+        calibration = calibrate(train, parametric.optima, irreducible_scale)
     except fit.InsufficientData as reason:
         # Too few points to measure coverage on: the bootstrap's interval, said to be uncalibrated.
         calibration = {"skipped": f"{reason}; the intervals are the bootstrap's, uncalibrated (too narrow at the top)"}

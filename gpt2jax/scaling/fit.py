@@ -26,6 +26,8 @@ ISOFLOP_TOLERANCE = 0.1
 ENVELOPE_BINS = 30
 # Approach 3 fits five constants; fewer points than this leave it underdetermined.
 MIN_PARAMETRIC_POINTS = 6
+# L-BFGS-B's tolerances for the polish of the best minimum (see parametric_fit).
+POLISH_OPTIONS = {"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10_000}
 # Resampled fits restart from this many of the full fit's distinct local minima.
 BOOTSTRAP_STARTS = 4
 # exp() of a fitted log-constant above this overflows a float: the fit ran off without a minimum.
@@ -242,17 +244,28 @@ def _distinct_minima(results, count: int) -> np.ndarray:
     return np.array(kept)
 
 
+def _fixed_e_objective(params, e, log_n, log_d, log_loss, delta):
+    """``huber_objective`` of (a, b, alpha, beta) with log E held at ``e``, and its gradient."""
+    a, b, alpha, beta = params
+    value, gradient = huber_objective(np.array([a, b, e, alpha, beta]), log_n, log_d, log_loss, delta)
+    return value, gradient[[0, 1, 3, 4]]
+
+
 def parametric_fit(
     points: ScalingPoints,
     starts: np.ndarray = HOFFMANN_STARTS,
     delta: float = HUBER_DELTA,
     name: str = "fit",
     source: str = "Huber fit of L(N, D) to this project's results",
+    irreducible_scale: float = 1.0,
 ) -> ParametricFit:
     """Approach 3: L-BFGS-B from every start, keeping the lowest summed Huber loss, as Hoffmann et al. do.
 
     The best minimum is polished with tight tolerances: at this loss scale the default ones stop
-    early, the flaw Besiroglu et al. (2024) found in Hoffmann et al.'s own fit.
+    early, the flaw Besiroglu et al. (2024) found in Hoffmann et al.'s own fit. With
+    ``irreducible_scale`` below 1, E is then held at that fraction of the fitted E and A, B,
+    alpha and beta refitted from the minimum: ``backtest --irreducible_scale`` measures what a lower E does
+    to the predictions (docs/scaling.md).
     """
     if len(points) < MIN_PARAMETRIC_POINTS:
         raise InsufficientData(
@@ -274,10 +287,22 @@ def parametric_fit(
             args=data,
             jac=True,
             method="L-BFGS-B",
-            options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 10_000},
+            options=POLISH_OPTIONS,
         )
-    best = polished if polished.fun <= results[0].fun else results[0]
-    a, b, e, alpha, beta = best.x
+        best = polished if polished.fun <= results[0].fun else results[0]
+        a, b, e, alpha, beta = best.x
+        objective = best.fun
+        if irreducible_scale != 1.0:
+            e += math.log(irreducible_scale)
+            held = optimize.minimize(
+                _fixed_e_objective,
+                np.array([a, b, alpha, beta]),
+                args=(e, *data),
+                jac=True,
+                method="L-BFGS-B",
+                options=POLISH_OPTIONS,
+            )
+            (a, b, alpha, beta), objective = held.x, held.fun
     if max(a, b, e) > MAX_LOG_CONSTANT:
         raise InsufficientData(
             f"approach 3 ran off to constants too large for a float (log A {a:.3g}, log B {b:.3g}, log E {e:.3g}): "
@@ -292,7 +317,7 @@ def parametric_fit(
         name=name,
         source=source,
     )
-    return ParametricFit(law, float(best.fun), _distinct_minima([best, *results], BOOTSTRAP_STARTS))
+    return ParametricFit(law, float(objective), _distinct_minima([best, *results], BOOTSTRAP_STARTS))
 
 
 def percentile_interval(samples, confidence: float) -> list[float] | None:
@@ -358,21 +383,25 @@ def parametric_bootstrap(
     n_bootstrap: int = 100,
     seed: int = 0,
     starts: np.ndarray = HOFFMANN_STARTS,
+    irreducible_scale: float = 1.0,
 ) -> tuple[ParametricFit, list[ChinchillaLaw]]:
-    """Approach 3 on each run's final point, and its refits on ``n_bootstrap`` resamples.
+    """Approach 3 on each run's final point, and its refits on ``n_bootstrap`` resamples
+    (``irreducible_scale`` as ``parametric_fit`` takes it, the same for every refit).
 
     The refits give intervals for anything a law predicts (a loss, an allocation at some
     budget); they are the ones behind ``fit_summary``'s intervals for the same seed.
     """
     final = points.final_points()
     rng = _approach_rngs(seed)[2]
-    parametric = parametric_fit(final, starts)
+    parametric = parametric_fit(final, starts, irreducible_scale=irreducible_scale)
     laws = []
     # A resample without a fit (too few distinct points, or constants that overflow) is dropped;
     # fit_summary reports how many of the n_bootstrap resamples fitted.
     for _ in range(n_bootstrap):
         try:
-            laws.append(parametric_fit(_resample(final, rng), parametric.optima).law)
+            laws.append(
+                parametric_fit(_resample(final, rng), parametric.optima, irreducible_scale=irreducible_scale).law
+            )
         except InsufficientData:
             continue
     return parametric, laws
