@@ -51,6 +51,9 @@ def base_config() -> ml_collections.ConfigDict:
             shard_tokens=100_000_000,  # tokens per prepared shard file (200 MB); the stream is the same for any
             workers=0,  # tokenizer processes for prepare; 0: every core (none for an input under 16 MB)
             hub_cache="",  # where hf: datasets are downloaded; empty: dir/hub
+            # the train split copied to every device once (a sweep's points share the copy) and each step's
+            # windows gathered there, instead of cut on the host and sent: for corpora of a few GB at most
+            on_device=False,
         )
     )
 

@@ -241,6 +241,17 @@ def window_starts(seed: int, step: int, batch_size: int, n_tokens: int, block_si
     return starts
 
 
+def step_starts(
+    tokens: TokenStream | np.ndarray, *, seed: int, step: int, batch_size: int, block_size: int, sampling: str
+) -> np.ndarray:
+    """The global batch's window starts at ``step`` in ``tokens`` (``window_starts``), after checking that
+    the split holds a window and that seed and step are whole; what ``batch_for_step`` cuts, or the device gathers."""
+    _check_length(tokens, block_size, "train")
+    if seed < 0 or step < 0:
+        raise ValueError(f"seed and step must be >= 0, got {seed} and {step}.")
+    return window_starts(seed, step, batch_size, len(tokens), block_size, sampling)
+
+
 def batch_for_step(
     tokens: TokenStream | np.ndarray,
     *,
@@ -258,10 +269,9 @@ def batch_for_step(
     [process_index * b, (process_index + 1) * b).
     """
     local_batch_size = _local_batch_size(batch_size, process_index, process_count)
-    _check_length(tokens, block_size, "train")
-    if seed < 0 or step < 0:
-        raise ValueError(f"seed and step must be >= 0, got {seed} and {step}.")
-    starts_G = window_starts(seed, step, batch_size, len(tokens), block_size, sampling)
+    starts_G = step_starts(
+        tokens, seed=seed, step=step, batch_size=batch_size, block_size=block_size, sampling=sampling
+    )
     starts_B = starts_G[process_index * local_batch_size : (process_index + 1) * local_batch_size]
     return _windows(tokens, starts_B, block_size)
 

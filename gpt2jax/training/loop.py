@@ -59,6 +59,7 @@ RESUMABLE_KEYS = (
     "data.dir",
     "data.prepared",  # a move of the same tokens: the loader checks them against their meta.json
     "data.tfds_data_dir",
+    "data.on_device",  # the same windows of the same tokens, cut on the device instead of the host
     "model.attention",
     "model.remat",
     "model.scan_layers",  # the same stacked parameters either way: a run moves between a CPU and a GPU
@@ -451,6 +452,8 @@ def run(config, workdir: str | Path) -> dict:
             raise RuntimeError(f"could not prepare the data under {config.data.dir} ({error.strerror}).") from error
         raise
     check_data_fits(data, trainer.model_config.block_size)
+    if config.data.on_device:
+        memory.check_step_fits(trainer, corpus_bytes=len(data.train) * np.dtype(loader.TOKEN_DTYPE).itemsize)
     check_stop(_starting_stop(workdir))
     workdir.mkdir(parents=True, exist_ok=True)
     lock = FileLock(workdir / workdir_files.LOCK_FILE)
@@ -498,6 +501,21 @@ def closing_line(final: dict, workdir: str | Path) -> str:
         f"done: step {final['step']}{', ' + losses if losses else ''}; checkpoint {checkpoint}, "
         f"metrics {workdir / workdir_files.METRICS_FILE}"
     )
+
+
+# data.on_device's copy of the train split, kept for the next run of this process on the same tokens and
+# devices, so the points of a sweep copy their corpus over once; one corpus at a time.
+_DEVICE_CORPUS: dict[tuple, jax.Array] = {}
+
+
+def device_corpus(trainer: Trainer, data) -> jax.Array:
+    """The train split on every device of the trainer's mesh, copied there by the first run that asks."""
+    devices = tuple(device.id for device in trainer.mesh.devices.flat)
+    key = (str(data.path), json.dumps(data.meta, sort_keys=True, default=str), devices)
+    if key not in _DEVICE_CORPUS:
+        _DEVICE_CORPUS.clear()
+        _DEVICE_CORPUS[key] = trainer.replicated(data.train[0 : len(data.train)])
+    return _DEVICE_CORPUS[key]
 
 
 def _run_locked(trainer: Trainer, data, tasks: dict, workdir: Path) -> dict:
@@ -572,6 +590,7 @@ def _train(
     peak = flops.mesh_peak_flops(list(trainer.mesh.devices.flat), trainer.model_config.dtype)
     schedule = optim.learning_rate_schedule(train_config)
     console.say(first_line(trainer, data, workdir, start_step))
+    train_tokens = device_corpus(trainer, data) if trainer.config.data.on_device else data.train
 
     def host_metrics(step: int, device_metrics) -> dict:
         metrics = {key: float(value) for key, value in jax.device_get(device_metrics).items()}
@@ -586,7 +605,9 @@ def _train(
     record = {}
     try:
         for step in range(start_step, train_config.steps):
-            state, device_metrics = trainer.train_step(state, *trainer.train_batch(data.train, step), trainer.schedule)
+            state, device_metrics = trainer.train_step(
+                state, *trainer.train_batch(train_tokens, step), trainer.schedule
+            )
             if step == start_step:
                 # The first step compiles: time the throughput from the second on.
                 jax.block_until_ready(device_metrics)
@@ -626,7 +647,7 @@ def _train(
                     )
             if save_now:
                 # Checked on the batch the next step trains on: the loss this very state gives.
-                loss, finite = jax.device_get(trainer.certify(state, *trainer.train_batch(data.train, completed)))
+                loss, finite = jax.device_get(trainer.certify(state, *trainer.train_batch(train_tokens, completed)))
                 what = _diverged(float(loss), None, vocab_size) if finite else "the state became NaN or infinite"
                 if what:
                     raise _stop(f"{what} after the update", completed, kept, checkpointer, train_config.learning_rate)

@@ -143,16 +143,31 @@ def check_host_fits(trainer: Trainer, available: int | None = None) -> None:
         refuse_unfit(*memory, advice=DEVICE_ADVICE if cpu else HOST_ADVICE)
 
 
-def check_step_fits(trainer: Trainer) -> None:
+def check_step_fits(trainer: Trainer, corpus_bytes: int = 0) -> None:
     """``refuse_unfit`` for this trainer on its devices and on its host; nothing where the memory available is
-    unknown. The loop and the benchmark call it before anything is allocated."""
-    if _local_devices(trainer)[0].platform == "cpu":
-        check_host_fits(trainer)
-        return
+    unknown. The loop and the benchmark call it before anything is allocated.
+
+    ``corpus_bytes``: the train split that ``data.on_device`` copies to every device, checked beside the
+    step once the loop knows its size (on a CPU each device's copy is in the host's memory).
+    """
+    devices = _local_devices(trainer)
     memory = step_memory(trainer)
-    if memory is not None:
-        refuse_unfit(*memory)
-    check_host_fits(trainer)
+    if memory is None:
+        if devices[0].platform != "cpu":
+            check_host_fits(trainer)
+        return
+    needed, available, what = memory
+    if corpus_bytes:
+        copies = len(devices) if devices[0].platform == "cpu" else 1
+        needed += copies * corpus_bytes
+        copied = f"{copies} copies" if copies > 1 else "a copy"
+        what += f" and {copied} of the {corpus_bytes / GIB:.2f} GiB train split (data.on_device)"
+        advice = f"leave data.on_device off (--config.data.on_device=False), or {DEVICE_ADVICE}"
+    else:
+        advice = DEVICE_ADVICE
+    refuse_unfit(needed, available, what, advice)
+    if devices[0].platform != "cpu":
+        check_host_fits(trainer)
 
 
 def dry_run(config) -> dict:

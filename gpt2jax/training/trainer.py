@@ -204,8 +204,43 @@ class Trainer:
             out_shardings=self.device_shardings["params"],
         )
 
+    def replicated(self, host_array) -> jax.Array:
+        """``host_array`` (the same in every process) whole on every device of the mesh."""
+        return jax.make_array_from_callback(
+            host_array.shape, NamedSharding(self.mesh, P()), lambda index: host_array[index]
+        )
+
+    @functools.cached_property
+    def gather_windows(self):
+        """(corpus on every device, window starts [A, B]) -> (inputs, targets) [A, B, T], laid out as
+        ``train_batch``'s host path lays them: the windows cut where the tokens already are."""
+        block_size, batch = self.model_config.block_size, self.batch_sharding(leading_unsharded=1)
+
+        def gather(corpus, starts_AxB):
+            window_AxBxT1 = corpus[starts_AxB[..., None] + jnp.arange(block_size + 1)].astype(jnp.int32)
+            return window_AxBxT1[..., :-1], window_AxBxT1[..., 1:]
+
+        return _shared("gather", self.program_key, lambda: jax.jit(gather, out_shardings=(batch, batch)))
+
     def train_batch(self, tokens, step: int):
-        """The batch of ``step``: a pure function of (seed, step), split into micro-batches."""
+        """The batch of ``step``: a pure function of (seed, step), split into micro-batches.
+
+        ``tokens`` on the host (a ``TokenStream`` or array) are cut here and sent; a ``jax.Array``
+        (``loop.device_corpus``, ``data.on_device``) is cut on the devices, into the same batch.
+        """
+        if isinstance(tokens, jax.Array):
+            train = self.config.train
+            starts_G = loader.step_starts(
+                tokens,
+                seed=train.seed,
+                step=step,
+                batch_size=train.batch_size,
+                block_size=self.model_config.block_size,
+                sampling=train.sampling,
+            )
+            # The host path's order: each process's rows, cut into micro-batches, then the processes side by side.
+            starts_AxB = starts_G.reshape(jax.process_count(), self.accum_steps, -1).transpose(1, 0, 2)
+            return self.gather_windows(tokens, self.replicated(starts_AxB.reshape(self.accum_steps, -1)))
         inputs, targets = loader.batch_for_step(
             tokens,
             seed=self.config.train.seed,
