@@ -28,8 +28,10 @@ def _jaxlib_knows(flag: str) -> bool:
 # The tests' programs are tiny and run a few steps: compiling them is most of their time, and LLVM's
 # optimisations most of the compile. Without them (the XLA:CPU backend at level 0; XLA's own HLO passes,
 # which decide fusion, layout and buffers, all still run) test_train.py's gradient accumulation runs
-# took 95 s, 83 s of it compiling (init 42 s, train step 25 s), and 30 s (compiling 17 s) on a 2-core EPYC.
-# Nothing a test checks is LLVM's: the same flags hold in every process a test compares with another.
+# took 95 s, 83 s of it compiling (init 42 s, train step 25 s), and 30 s (compiling 17 s), their losses
+# bit-identical; the module 870 s of CPU, and 591 s (2-core EPYC, 2026-12-07). Child processes that set
+# their own XLA_FLAGS keep the default: a step runs ~8x slower at level 0, and test_gpu_sweep.py's
+# driver, hundreds of steps, took 312 s of CPU with it against 261 s without.
 UNOPTIMISED_CODEGEN_FLAG = "--xla_backend_optimization_level=0"
 
 _flags = ["--xla_force_host_platform_device_count=8", UNOPTIMISED_CODEGEN_FLAG]

@@ -113,17 +113,9 @@ def tiny_sweep_config(data_dir, schedule="wsd_branches", budgets=(4096.0, 8192.0
     return config
 
 
-def child_xla_flags(devices: int) -> str:
-    """XLA_FLAGS for a child process on ``devices`` fake CPU devices, with the tests' other flags (tests/conftest.py:
-    unoptimised codegen, which took a tiny run's compiles from 83 s to 17 s, and the collective timeout)."""
-    count = "--xla_force_host_platform_device_count="
-    flags = [flag for flag in os.environ.get("XLA_FLAGS", "").split() if not flag.startswith(count)]
-    return " ".join([f"{count}{devices}", *flags])
-
-
 def sweep_command(config_file, workdir) -> tuple[list[str], dict]:
     """(argv, env) of a ``scaling sweep`` process on one CPU device."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS=child_xla_flags(1))
+    env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS="--xla_force_host_platform_device_count=1")
     argv = [sys.executable, "-m", "gpt2jax.scaling", "sweep", "--config", str(config_file), "--workdir", str(workdir)]
     return argv, env
 
