@@ -25,7 +25,16 @@ def _jaxlib_knows(flag: str) -> bool:
     return False
 
 
-_flags = ["--xla_force_host_platform_device_count=8"]
+# The tests' programs are tiny and run a few steps: compiling them is most of their time, and LLVM's
+# optimisations most of the compile. Without them (the XLA:CPU backend at level 0; XLA's own HLO passes,
+# which decide fusion, layout and buffers, all still run) test_train.py's gradient accumulation runs
+# took 95 s, 83 s of it compiling (init 42 s, train step 25 s), and 30 s (compiling 17 s), their losses
+# bit-identical; the module 870 s of CPU, and 591 s (2-core EPYC, 2026-12-07). Child processes that set
+# their own XLA_FLAGS keep the default: a step runs ~8x slower at level 0, and test_gpu_sweep.py's
+# driver, hundreds of steps, took 312 s of CPU with it against 261 s without.
+UNOPTIMISED_CODEGEN_FLAG = "--xla_backend_optimization_level=0"
+
+_flags = ["--xla_force_host_platform_device_count=8", UNOPTIMISED_CODEGEN_FLAG]
 if _jaxlib_knows(COLLECTIVE_TIMEOUT_FLAG):
     _flags.append(f"--{COLLECTIVE_TIMEOUT_FLAG}=1800")
 os.environ.setdefault("XLA_FLAGS", " ".join(_flags))
@@ -51,16 +60,20 @@ def _release_compiled_steps():
     gc.collect()
 
 
-# Modules whose tests train in this process and run in a pytest process of their own. Late in full
+# Modules whose tests train in this process and run in pytest processes of their own. Late in full
 # runs of the suite, one process that had run every module before test_train.py aborted inside XLA
 # while test_train.py trained on 8 fake devices (CI twice, this machine 4 runs of 5; never when the
 # module ran alone), with no message, and no limit of threads, files, maps or memory near.
 OWN_PROCESS_MODULES = ("test_train.py",)
 CHILD_ENV = "GPT2JAX_TEST_CHILD"
+# A test marked ``@pytest.mark.own_process("NAME")`` runs in the module's child process NAME, the others in
+# its child "rest": one child for test_train.py's 20 minutes (CI, 2026-12-07) left the other worker idle
+# through its last ones, two are shared out by pytest-xdist like any other test.
+OWN_PROCESS_MARK = "own_process"
 
 
 class OwnProcess(pytest.Item):
-    """One module's selected tests, run by ``python -m pytest`` in a child process; fails with its output."""
+    """Some of one module's selected tests, run by ``python -m pytest`` in a child process; fails with its output."""
 
     def __init__(self, *, nodeids: list[str], **kwargs):
         super().__init__(**kwargs)
@@ -85,7 +98,16 @@ class OwnProcess(pytest.Item):
             )
 
     def reportinfo(self):
-        return self.path, None, f"{self.path.name}: {len(self.nodeids)} tests in their own process"
+        return self.path, None, f"{self.path.name}: {len(self.nodeids)} tests in their own process ({self.name})"
+
+
+def own_process_children(items) -> dict[str, list]:
+    """The items of one module by the child process their ``own_process`` mark names ("rest" unmarked), in order."""
+    children: dict[str, list] = {}
+    for item in items:
+        mark = item.get_closest_marker(OWN_PROCESS_MARK)
+        children.setdefault(mark.args[0] if mark else "rest", []).append(item)
+    return children
 
 
 # CI runs the suite on two pytest-xdist workers (``-n auto --dist loadgroup``, pyproject.toml):
@@ -123,6 +145,7 @@ class GroupByModule:
 
 def pytest_configure(config):
     config.pluginmanager.register(GroupByModule())
+    config.addinivalue_line("markers", f"{OWN_PROCESS_MARK}(name): the child process of OWN_PROCESS_MODULES it runs in")
 
 
 @pytest.hookimpl(trylast=True)  # after -k and -m have deselected
@@ -135,6 +158,8 @@ def pytest_collection_modifyitems(session, config, items):
             continue
         items[:] = [item for item in items if item.path.name != name]
         module = moved[0].getparent(pytest.Module)
-        items.append(OwnProcess.from_parent(module, name="in_its_own_process", nodeids=[item.nodeid for item in moved]))
+        for child, tests in own_process_children(moved).items():
+            nodeids = [item.nodeid for item in tests]
+            items.append(OwnProcess.from_parent(module, name=f"in_its_own_process[{child}]", nodeids=nodeids))
     rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each module's order kept

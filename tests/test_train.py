@@ -33,6 +33,14 @@ def _records(workdir):
     return [json.loads(line) for line in (Path(workdir) / METRICS_FILE).read_text().splitlines()]
 
 
+# This module runs in two child processes (tests/conftest.py, OWN_PROCESS_MODULES), shared out between CI's two
+# workers: the tests that read the one trained run below with AdamW's runs (AdamW's own reuses the run's compiled
+# step), and the rest. Measured on a loaded 2-core EPYC (2026-12-07): 686 s and 352 s with the four optimizers'
+# runs in the first, about 550 s and 480 s with two of them moved.
+OPTIMIZERS_IN_THE_TRAINED_RUNS_CHILD = ("adamw", "adamw_bf16")
+IN_THE_TRAINED_RUNS_CHILD = pytest.mark.own_process("trained_run")
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, data_dir):
     """One tiny run shared by the tests that only read its results."""
@@ -59,6 +67,7 @@ def test_every_config_loads(path):
         assert config.data.source == "hf:HuggingFaceFW/fineweb-edu:sample-10BT"
 
 
+@IN_THE_TRAINED_RUNS_CHILD
 def test_tiny_run_learns_logs_and_checkpoints(trained):
     workdir, final = trained
     records = _records(workdir)
@@ -104,6 +113,7 @@ print(json.dumps(losses))
     assert losses == pytest.approx([r["train_loss"] for r in _records(tmp_path)])
 
 
+@IN_THE_TRAINED_RUNS_CHILD
 def test_same_seed_same_losses_other_seed_other_losses(trained, data_dir, tmp_path):
     workdir, _ = trained
     again = tmp_path / "again"
@@ -178,6 +188,7 @@ def test_a_run_scanned_for_5_steps_resumes_unrolled_to_the_loss_of_10_scanned_st
     )
 
 
+@IN_THE_TRAINED_RUNS_CHILD
 @pytest.mark.parametrize("offload", ["none", "master"])
 def test_resume_after_sigkill_ends_at_the_same_loss(trained, data_dir, tmp_path, offload):
     """With ``train.offload=master`` too: the state saved from and restored into host memory."""
@@ -245,6 +256,7 @@ def test_divergence_from_a_huge_learning_rate_is_one_sentence(data_dir, tmp_path
     assert result.stderr.strip().splitlines()[-1].startswith("error: the loss became")
 
 
+@IN_THE_TRAINED_RUNS_CHILD
 def test_evaluate_restores_and_matches_the_run(trained):
     workdir, final = trained
     result = evaluate_checkpoint(str(workdir))
@@ -255,6 +267,7 @@ def test_evaluate_restores_and_matches_the_run(trained):
     assert older["step"] == 6 and older["val_loss"] != result["val_loss"]
 
 
+@IN_THE_TRAINED_RUNS_CHILD
 def test_evaluate_on_one_device(trained):
     workdir, final = trained
     loaded = weights.restore_checkpoint(workdir, devices=jax.devices()[:1])
@@ -273,6 +286,7 @@ def test_evaluate_on_one_device(trained):
     assert loss == pytest.approx(final["val_loss"], abs=1e-5)
 
 
+@IN_THE_TRAINED_RUNS_CHILD
 def test_restoring_a_step_the_run_never_saved_names_the_saved_ones(trained, tmp_path):
     workdir, _ = trained
     with pytest.raises(ValueError, match=r"has no checkpoint at step 7; it has steps \[6, 12\]"):
@@ -283,6 +297,7 @@ def test_restoring_a_step_the_run_never_saved_names_the_saved_ones(trained, tmp_
         weights.restore_checkpoint(tmp_path)
 
 
+@IN_THE_TRAINED_RUNS_CHILD
 def test_sample_is_seeded_and_greedy_is_deterministic(trained):
     workdir, _ = trained
     loaded = weights.restore_checkpoint(workdir)
@@ -294,6 +309,7 @@ def test_sample_is_seeded_and_greedy_is_deterministic(trained):
     assert len(set(a)) > 1
 
 
+@IN_THE_TRAINED_RUNS_CHILD
 def test_sample_and_evaluate_cli(trained):
     workdir, _ = trained
     env = dict(os.environ, PYTHONPATH=str(REPO))
@@ -331,6 +347,7 @@ def test_sample_and_evaluate_cli(trained):
     assert json.loads(result.stdout.strip().splitlines()[-1])["step"] == 12
 
 
+@IN_THE_TRAINED_RUNS_CHILD
 def test_workdir_of_another_model_shape_is_refused(trained, data_dir):
     workdir, _ = trained
     config = tiny_config(data_dir, steps=20)
@@ -351,6 +368,7 @@ def test_data_with_more_ids_than_the_model_reads_is_refused(data_dir):
         prepared_data(config)
 
 
+@IN_THE_TRAINED_RUNS_CHILD
 def test_scratch_refuses_a_workdir_with_checkpoints(trained, data_dir):
     workdir, _ = trained
     with pytest.raises(ValueError, match="use a new --workdir"):
@@ -417,6 +435,7 @@ def test_schedules(schedule):
         assert float(lr(79)) == pytest.approx(1.0) and float(lr(90)) == pytest.approx(0.55)
 
 
+@IN_THE_TRAINED_RUNS_CHILD
 def test_weight_decay_only_on_matrices(trained):
     workdir, _ = trained
     params = weights.restore_checkpoint(workdir).params
@@ -425,7 +444,13 @@ def test_weight_decay_only_on_matrices(trained):
     assert not decayed["h/attn/qkv_bias"] and not decayed["h/ln_1/scale"] and not decayed["ln_f/bias"]
 
 
-@pytest.mark.parametrize("optimizer", optim.ALL_OPTIMIZERS)
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        pytest.param(name, marks=IN_THE_TRAINED_RUNS_CHILD if name in OPTIMIZERS_IN_THE_TRAINED_RUNS_CHILD else ())
+        for name in optim.ALL_OPTIMIZERS
+    ],
+)
 def test_every_optimizer_trains_and_keeps_the_state_it_claims(data_dir, tmp_path, optimizer):
     """Each optimizer lowers the loss from ln(vocab) over the same steps, and its state has the size its docstring says."""
     from gpt2jax.training import memory
