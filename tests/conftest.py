@@ -26,19 +26,27 @@ def _jaxlib_knows(flag: str) -> bool:
 
 
 # The tests' programs are tiny and run a few steps: compiling them is most of their time, and LLVM's
-# optimisations most of the compile. Without them (the XLA:CPU backend at level 0; XLA's own HLO passes,
-# which decide fusion, layout and buffers, all still run) test_train.py's gradient accumulation runs
-# took 95 s, 83 s of it compiling (init 42 s, train step 25 s), and 30 s (compiling 17 s), their losses
-# bit-identical; the module 870 s of CPU, and 591 s (2-core EPYC, 2026-12-07). Child processes that set
-# their own XLA_FLAGS keep the default: a step runs ~8x slower at level 0, and test_gpu_sweep.py's
-# driver, hundreds of steps, took 312 s of CPU with it against 261 s without.
-UNOPTIMISED_CODEGEN_FLAG = "--xla_backend_optimization_level=0"
+# optimisations most of the compile (XLA's own HLO passes, which decide fusion, layout and buffers, run
+# at every level). At level 0 test_train.py's gradient accumulation runs took 30 s instead of 95 s (83 s
+# of it compiling), their losses bit-identical, and the module 591 s of CPU instead of 870 s; but a step
+# runs 2.5 to 8 times slower, and test_gpu_sweep.py's driver, hundreds of steps, took 312 s of CPU at
+# level 0 against 261 s. Level 1 compiles nearly as fast (a smoke point's init 2.4 s, against 2.3 s at 0
+# and 16.7 s at the default 3) and steps as fast as 3 (50 steps 3.9 s, 9.9 s at 0, 4.0 s at 3; 2-core
+# EPYC, 2026-12-07). So this process, whose tests compile much and step little, runs at 0, and every
+# process a test starts at 1: XLA reads XLA_FLAGS once, when its first backend starts.
+from tests.helpers import CHILD_CODEGEN_FLAG, IN_PROCESS_CODEGEN_FLAG  # noqa: E402
 
-_flags = ["--xla_force_host_platform_device_count=8", UNOPTIMISED_CODEGEN_FLAG]
+_flags = ["--xla_force_host_platform_device_count=8"]
 if _jaxlib_knows(COLLECTIVE_TIMEOUT_FLAG):
     _flags.append(f"--{COLLECTIVE_TIMEOUT_FLAG}=1800")
-os.environ.setdefault("XLA_FLAGS", " ".join(_flags))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+USER_XLA_FLAGS = os.environ.get("XLA_FLAGS")  # a run's own flags win, here and in the children
+if USER_XLA_FLAGS is None:
+    os.environ["XLA_FLAGS"] = " ".join([*_flags, IN_PROCESS_CODEGEN_FLAG])
+    import jax
+
+    jax.devices()  # this process's backend starts with level 0
+    os.environ["XLA_FLAGS"] = " ".join([*_flags, CHILD_CODEGEN_FLAG])
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +92,9 @@ class OwnProcess(pytest.Item):
         import sys
 
         env = {**os.environ, CHILD_ENV: "1"}
+        env.pop("XLA_FLAGS")  # a pytest process: its conftest sets this process's flags again
+        if USER_XLA_FLAGS is not None:
+            env["XLA_FLAGS"] = USER_XLA_FLAGS
         result = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *self.nodeids],
             cwd=self.config.rootpath,

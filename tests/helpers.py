@@ -10,6 +10,9 @@ from gpt2jax.config import base_config
 from gpt2jax.scaling.laws import ChinchillaLaw
 
 REPO = Path(__file__).resolve().parents[1]
+# XLA:CPU's codegen level in the tests' own processes and in every process they start (tests/conftest.py).
+IN_PROCESS_CODEGEN_FLAG = "--xla_backend_optimization_level=0"
+CHILD_CODEGEN_FLAG = "--xla_backend_optimization_level=1"
 
 
 def tiny_config(data_dir, **train_overrides):
@@ -113,9 +116,15 @@ def tiny_sweep_config(data_dir, schedule="wsd_branches", budgets=(4096.0, 8192.0
     return config
 
 
+def child_xla_flags(devices: int) -> str:
+    """XLA_FLAGS of a child process on ``devices`` fake CPU devices, compiled as every child of the tests is
+    (``CHILD_CODEGEN_FLAG``, tests/conftest.py says why)."""
+    return f"--xla_force_host_platform_device_count={devices} {CHILD_CODEGEN_FLAG}"
+
+
 def sweep_command(config_file, workdir) -> tuple[list[str], dict]:
     """(argv, env) of a ``scaling sweep`` process on one CPU device."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS=child_xla_flags(1))
     argv = [sys.executable, "-m", "gpt2jax.scaling", "sweep", "--config", str(config_file), "--workdir", str(workdir)]
     return argv, env
 

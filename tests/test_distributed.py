@@ -13,7 +13,7 @@ import pytest
 
 from gpt2jax.files.workdir import METRICS_FILE
 from gpt2jax.inference import weights
-from tests.helpers import REPO, config_flags, final_record, run_main, tiny_config
+from tests.helpers import REPO, child_xla_flags, config_flags, final_record, run_main, tiny_config
 
 MESH_FLAGS = ["--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2"]
 
@@ -41,7 +41,7 @@ def runs(tmp_path_factory):
         env = dict(
             os.environ,
             PYTHONPATH=str(REPO),
-            XLA_FLAGS="--xla_force_host_platform_device_count=4",
+            XLA_FLAGS=child_xla_flags(4),
             JAX_COORDINATOR_ADDRESS=coordinator,
             JAX_NUM_PROCESSES="2",
             JAX_PROCESS_ID=str(process_id),

@@ -35,7 +35,7 @@ from gpt2jax.scaling.sweep import Sweep
 from gpt2jax.training import checkpoint, loop
 from gpt2jax.training.checkpoint import COMMIT_MARKER, Checkpointer, UnreadableCheckpoint
 from gpt2jax.training.trainer import Trainer, build_trainer
-from tests.helpers import REPO, compact_config, config_flags, final_record, run_main
+from tests.helpers import REPO, child_xla_flags, compact_config, config_flags, final_record, run_main
 
 
 def _driver(code: str, config, workdir) -> list[str]:
@@ -49,7 +49,7 @@ def _driver(code: str, config, workdir) -> list[str]:
 
 
 def _env():
-    return dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    return dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS=child_xla_flags(1))
 
 
 def _evaluate(workdir, cwd=REPO) -> subprocess.CompletedProcess:

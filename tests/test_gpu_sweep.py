@@ -12,7 +12,7 @@ import tarfile
 from gpt2jax.scaling import walltime
 from gpt2jax.scaling.plan import expand, load_sweep_config
 from gpt2jax.scaling.tuning import TuningStage
-from tests.helpers import REPO
+from tests.helpers import REPO, child_xla_flags
 
 # experiments/english_corpus.py's corpus as prepare tokenized it (val_fraction 0.01): its training tokens.
 ENGLISH_TRAIN_TOKENS = 22_778_712
@@ -58,7 +58,7 @@ def test_the_driver_packs_a_bet_whose_prediction_precedes_the_top_budget_into_ei
     subprocess.run(
         [sys.executable, REPO / "bench" / "gpu_sweep.py", "--config", f"{REPO}/experiments/gpu_english.py:smoke",
          "--corpus", archive, "--workdir", "runs/smoke", "--out", out, "--bootstrap", "4", "--grid", "coarse"],
-        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS="--xla_force_host_platform_device_count=1"),
+        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS=child_xla_flags(1)),
         check=True, timeout=600,
     )  # fmt: skip
     assert {path.name for path in out.iterdir()} == EIGHT_FILES

@@ -26,7 +26,7 @@ from gpt2jax.training.checkpoint import Checkpointer
 from gpt2jax.training.footprint import shard_bytes
 from gpt2jax.training.trainer import Trainer, build_trainer
 from gpt2jax.trees import path_str
-from tests.helpers import REPO, compact_config, config_flags, config_overrides, run_main, tiny_config
+from tests.helpers import REPO, child_xla_flags, compact_config, config_flags, config_overrides, run_main, tiny_config
 
 
 def _records(workdir):
@@ -106,7 +106,7 @@ while data:  # TFRecord framing: u64 length, u32 crc, payload, u32 crc
     losses += [value.simple_value for value in event.summary.value if value.tag == "train_loss"]
 print(json.dumps(losses))
 """
-    env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS=child_xla_flags(1))
     done = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     losses = json.loads(done.stdout.strip().splitlines()[-1])
