@@ -173,22 +173,36 @@ def test_each_offload_layout_moves_the_state_it_names_to_the_host_as_counted_by_
     """Counted from GPT-2 tiny's parameter count: float32 4 bytes, bfloat16 2, AdamW's two float32 moments 8."""
     trainer = _one_device_trainer("tiny", dtype="bfloat16")
     n, vocab, width = _padded_params(trainer), trainer.model_config.padded_vocab_size, trainer.model_config.n_embd
+    layers, block, accum = trainer.model_config.n_layer, trainer.model_config.block_size, trainer.accum_steps
     moments = footprint.shard_bytes(trainer.abstract_state["opt_state"])
     assert 8 * n <= moments <= 8 * n + 64  # and the step count
     per_element = moments / n
-    expected = {  # device params, device optimizer state, gradients, stream; host master, host moments
-        "none": (4 * n, moments, 4 * n, 0, 0, 0),
-        "optimizer": (4 * n, 0, 4 * n, 2 * per_element * vocab * width, 0, moments),
-        "master": (2 * n, 0, 2 * n, 2 * (per_element + 8) * vocab * width, 4 * n, moments),
+    # The update's units: wte, wpe and ln_f's scale and bias at once, then one layer of the stack.
+    outside = vocab * width + block * width + 2 * width
+    layer = (n - outside) // layers
+    assert outside > layer  # so the largest set is the first unit and a layer
+    sum_on_device = 4 * n if accum > 1 else 0
+    expected = {  # device params, device optimizer state, gradients, stream; host master, moments, gradient sum
+        "none": (4 * n, moments, 4 * n + sum_on_device, 0, 0, 0, 0),
+        "optimizer": (4 * n, 0, 4 * n + sum_on_device, per_element * (outside + layer), 0, moments, 0),
+        "master": (2 * n, 0, 2 * n + sum_on_device, (per_element + 8) * (outside + layer), 4 * n, moments, 0),
+        "all": (2 * n, 0, 2 * n, (per_element + 8) * (outside + layer), 4 * n, moments, 4 * n),
     }
-    for mode, (params, optimizer, gradients, stream, master, offloaded) in expected.items():
+    for mode, (params, optimizer, gradients, stream, master, offloaded, gradient_sum) in expected.items():
         device, host = footprint.state_bytes(trainer, mode), footprint.host_bytes(trainer, mode)
         assert (device["params"], device["optimizer_state"], device["gradients"]) == (params, optimizer, gradients)
-        assert device["offload_stream"] == pytest.approx(stream, abs=1)  # the token embedding is the largest unit
-        assert (host["master_params"], host["optimizer_state"]) == (master, offloaded)
+        assert device["offload_stream"] == pytest.approx(stream, abs=1)
+        assert (host["master_params"], host["optimizer_state"], host["gradient_sum"]) == (
+            master,
+            offloaded,
+            gradient_sum,
+        )
         assert host["checkpoint_copy"] == 4 * n + moments  # every layout's checkpoint writes the float32 state
-        assert footprint.offload_traffic_bytes(trainer, mode) == 2 * (master + offloaded)
-    with pytest.raises(ValueError, match=r"^train.offload='disk' is not one of none, optimizer, master\.$"):
+        # The state down and up once a step; with ``all`` the gradient sum down and up every micro-batch, and down
+        # once more for the update.
+        traffic = 2 * (master + offloaded) + (2 * accum + 1) * gradient_sum
+        assert footprint.offload_traffic_bytes(trainer, mode) == traffic
+    with pytest.raises(ValueError, match=r"^train.offload='disk' is not one of none, optimizer, master, all\.$"):
         footprint.state_bytes(trainer, "disk")
 
 
@@ -211,10 +225,23 @@ def test_large_12gib_fits_a_12_gib_cards_share_by_the_estimate_with_its_float32_
     assert host["optimizer_state"] == pytest.approx(8 * n, abs=64) and host["master_params"] == 4 * n  # Adam's counts
 
 
-def test_xl_fits_no_layout_of_a_12_gib_cards_share_its_float32_gradient_sum_on_the_card():
-    trainer = _one_device_trainer("large_12gib", n_layer=48, n_head=25, n_embd=1600)  # xl in large_12gib's layout
-    device = memory.estimate(trainer)
-    assert device["gradients"] == 6 * _padded_params(trainer) and device["total"] > 0.95 * 12 * GIB
+def test_xl_12gib_fits_a_12_gib_cards_share_by_the_estimate_with_its_gradient_sum_in_host_memory():
+    trainer = _one_device_trainer("xl_12gib")
+    config = trainer.config
+    assert (config.train.optimizer, config.train.offload, trainer.model_config.remat) == ("adamw", "all", "full")
+    assert trainer.micro_batch_size * trainer.accum_steps == config.train.batch_size == 512
+    share = 0.75 * 12 * GIB
+    traced = memory.traced_bytes(trainer)
+    device = memory.estimate(trainer, traced=traced)
+    n = _padded_params(trainer)
+    # bf16 weights and a micro-batch's bf16 gradients on the card, and no float32 sum
+    assert device["params"] == 2 * n and device["gradients"] == 2 * n and device["optimizer_state"] == 0
+    assert device["total"] <= share
+    # With the sum on the card (master), the same step does not fit even 95% of the card: 11.6 GiB of weights
+    # and gradients before anything else.
+    assert memory.estimate(trainer, "master", traced=traced)["total"] > 0.95 * 12 * GIB
+    host = memory.host_estimate(trainer)
+    assert (host["master_params"], host["gradient_sum"]) == (4 * n, 4 * n)
 
 
 def test_a_run_whose_host_memory_is_short_is_refused_in_one_sentence_before_it_starts():

@@ -39,6 +39,7 @@ from gpt2jax import flops, model
 from gpt2jax.data.hub import PUBLISHED_TOKENS
 from gpt2jax.data.tokenizer import GPT2_VOCAB_SIZE
 from gpt2jax.scaling.laws import EPOCH_REFIT, PUBLISHED_LAWS, ChinchillaLaw
+from gpt2jax.training import steps
 from gpt2jax.training.footprint import OFFLOAD_MODES
 from gpt2jax.training.optim import OPTIMIZERS
 
@@ -251,20 +252,22 @@ def training_step_bytes(
 
 
 def training_offload_bytes(n_layer: int, n_embd: int, optimizer: str, dtype: str, offload: str) -> dict:
-    """The host bytes (``memory.host_estimate``) and the bytes crossing the host link each step
-    (``footprint.offload_traffic_bytes``) of one device training this shape with ``offload``."""
+    """The host bytes (``memory.host_estimate``) and the bytes crossing the host link each step of GPT-2's recipe
+    (``footprint.offload_traffic_bytes``, at ``MEMORY_STEP``'s micro-batch) of one device training this shape
+    with ``offload``."""
     from gpt2jax.training import footprint, memory
 
     trainer = _abstract_trainer(n_layer, n_embd, optimizer, dtype, MEMORY_STEP["remat"])
+    micro_batches = recipe_tokens_per_step() // (MEMORY_STEP["micro_batch"] * GPT2_CONTEXT)
     return {
         "host_bytes": memory.host_estimate(trainer, offload)["total"],
-        "traffic_bytes": footprint.offload_traffic_bytes(trainer, offload),
+        "traffic_bytes": footprint.offload_traffic_bytes(trainer, offload, accum_steps=micro_batches),
     }
 
 
-# The layouts the budget tries for each GPT-2 size: train.offload's three (footprint.OFFLOAD_MODES) x the remat
-# policies whose recompute flops.REMAT_RECOMPUTED_FORWARD counts, at MEMORY_STEP's one-sequence micro-batch
-# (the least the step keeps; a GPU's speed at larger ones is not measured here).
+# The layouts the budget tries for each GPT-2 size: the train.offload layouts the optimizer allows
+# (steps.offload_modes) x the remat policies whose recompute flops.REMAT_RECOMPUTED_FORWARD counts, at
+# MEMORY_STEP's one-sequence micro-batch (the least the step keeps; a GPU's speed at larger ones is not measured here).
 LAYOUT_REMATS = ("dots", "full")
 
 
@@ -293,7 +296,7 @@ def cheapest_layout(
     step_flops = 6.0 * _shape_params(n_layer, n_embd) * recipe_tokens_per_step()
     for optimizer in OPTIMIZERS:
         layouts = []
-        for offload in OFFLOAD_MODES:
+        for offload in steps.offload_modes(optimizer):
             moved = offload_bytes(n_layer, n_embd, optimizer, dtype, offload)
             for remat in LAYOUT_REMATS:
                 seconds = flops.step_seconds(step_flops, flops_per_second, remat, moved["traffic_bytes"], gpu)

@@ -52,8 +52,9 @@ def saved_for_backward_bytes(trainer) -> int:
     return int(sum(aval_bytes(v) for v in jaxpr.outvars if isinstance(v, Var) and v not in inputs))
 
 
-# train.offload's layouts: what each keeps in host memory (JAX's pinned_host memory kind) instead of the device.
-OFFLOAD_MODES = ("none", "optimizer", "master")
+# train.offload's layouts (``steps.HOST_RESIDENT``): what each keeps in host memory (JAX's pinned_host memory
+# kind) instead of the device.
+OFFLOAD_MODES = tuple(steps.HOST_RESIDENT)
 
 
 def shard_elements(tree) -> int:
@@ -86,18 +87,20 @@ def state_bytes(trainer, offload: str | None = None) -> dict:
     - ``none``: the float32 parameters and the optimizer state (this device's shards) on the device;
     - ``optimizer``: the float32 parameters on the device, the optimizer state in host memory;
     - ``master``: the compute-dtype weights on the device, the float32 master weights and the
-      optimizer state in host memory.
+      optimizer state in host memory;
+    - ``all``: as ``master``, and the float32 gradient sum in host memory too.
     The gradients: a micro-batch's, in the dtype of the weights the pass reads (float32, or the compute
-    dtype with ``master``), and where micro-batches accumulate (``train.grad_accum_steps`` > 1) the
-    float32 sum ``steps.train_step`` adds them into. XLA's buffer assignment keeps both: accumulating 4
+    dtype with ``master`` and ``all``), and where micro-batches accumulate (``train.grad_accum_steps`` > 1)
+    the float32 sum ``steps.train_step`` adds them into, on the device but with ``all``. XLA's buffer assignment keeps both: accumulating 4
     micro-batches against 1 added 0.98 x the parameters' bytes with scanned layers, 0.68 x unrolled
     (CPU lowering, tests/test_train.py), so the two buffers are counted whole. With offload, the
     streamed update's working set (``offload_stream_bytes``) too.
     """
     offload = _offload(trainer, offload)
+    on_host = steps.host_resident(offload)
     master, compute, optimizer = _state_bytes(trainer)
-    weights = compute if offload == "master" else master
-    gradient_sum = master if trainer.accum_steps > 1 else 0
+    weights = compute if "params" in on_host else master
+    gradient_sum = master if trainer.accum_steps > 1 and "gradient_sum" not in on_host else 0
     return {
         "params": weights,
         "optimizer_state": optimizer if offload == "none" else 0,
@@ -115,29 +118,36 @@ def held_bytes(trainer, offload: str | None = None) -> dict:
 def offload_stream_bytes(trainer, offload: str | None = None) -> int:
     """The device bytes an offloaded update holds at once: two units, one updated while the next arrives.
 
-    The update streams the host's state through the device a unit at a time: a parameter leaf, the
-    blocks' stacked leaves one layer at a time. A unit brings its optimizer state, and with
-    ``master`` also its float32 master weights and its gradient upcast to float32; its new weights
-    are written in place. The largest unit is GPT-2's token embedding (50304 x 1600 for xl: with
-    AdamW 1.3 GB of master, moments and float32 gradient). 0 without offload.
+    ``steps.streamed_update`` brings the host's state through the device in two kinds of unit: every
+    parameter outside the blocks' stack at once (GPT-2's token embedding is most of it), then one layer of
+    every stacked leaf (``h``), layer after layer. A unit brings its optimizer state, and with ``master``
+    or ``all`` also its float32 master weights and its float32 gradient; its new values are written in
+    place. So at most the first unit and a layer, or two layers, at once: for xl with AdamW and ``all``,
+    82M + 31M elements of 16 bytes, 1.7 GiB. ``all``'s sum of micro-batch gradients streams the same
+    units with less (the sum's float32 unit and a micro-batch's), so the update's set is the larger.
+    0 without offload.
     """
     offload = _offload(trainer, offload)
     if offload == "none":
         return 0
     master, _, optimizer = _state_bytes(trainer)
-    per_element = optimizer / (master // 4) + (8 if offload == "master" else 0)
-    return int(2 * per_element * _largest_stream_unit(trainer))
+    per_element = optimizer / (master // 4) + (8 if "params" in steps.host_resident(offload) else 0)
+    outside, layer = _stream_units(trainer)
+    return int(per_element * max(outside + layer, 2 * layer))
 
 
-def _largest_stream_unit(trainer) -> int:
-    """Elements of the largest unit the update streams: a leaf, or one layer of the blocks' stack (``h``,
-    whose leaves lead with the layer axis whether the layers run scanned or not)."""
-    layers = trainer.model_config.n_layer
-    units = []
+def _stream_units(trainer) -> tuple[int, int]:
+    """Elements of this device's shards in the update's two units (``offload_stream_bytes``): the parameters
+    outside the blocks' stack, and one layer of the stack (whose leaves lead with the layer axis whether
+    the layers run scanned or not)."""
+    outside = layer = 0
     for path, leaf in jax.tree_util.tree_leaves_with_path(trainer.abstract_state["params"]):
         elements = math.prod(leaf.sharding.shard_shape(leaf.shape))
-        units.append(elements // layers if getattr(path[0], "key", None) == "h" else elements)
-    return max(units)
+        if steps.in_layers(path):
+            layer += elements // trainer.model_config.n_layer
+        else:
+            outside += elements
+    return outside, layer
 
 
 def host_bytes(trainer, offload: str | None = None) -> dict:
@@ -147,24 +157,29 @@ def host_bytes(trainer, offload: str | None = None) -> dict:
     asynchronous checkpoint writes from (every layout: on a CPU a 102M-parameter run peaked at its
     estimate plus that 1.14 GiB state, ``memory.step_memory``).
     """
-    offload = _offload(trainer, offload)
+    on_host = steps.host_resident(_offload(trainer, offload))
     master, _, optimizer = _state_bytes(trainer)
     return {
-        "master_params": master if offload == "master" else 0,
-        "optimizer_state": optimizer if offload != "none" else 0,
+        "master_params": master if "params" in on_host else 0,
+        "optimizer_state": optimizer if "opt_state" in on_host else 0,
+        "gradient_sum": master if "gradient_sum" in on_host else 0,
         "checkpoint_copy": master + optimizer,
     }
 
 
-def offload_traffic_bytes(trainer, offload: str | None = None) -> int:
+def offload_traffic_bytes(trainer, offload: str | None = None, accum_steps: int | None = None) -> int:
     """Bytes that cross the host link each optimizer step: the host's share of the state, down and back up.
 
-    The gradients stay on the device; the update reads the offloaded state (optimizer state, and the
-    float32 master weights with ``master``) and writes it back, once a step whatever the number of
-    micro-batches.
+    The update reads the offloaded state (optimizer state, and the float32 master weights with ``master``
+    and ``all``) and writes it back, once a step whatever the number of micro-batches. With ``all`` the
+    float32 gradient sum also comes down and goes back up for every micro-batch, and down once more for
+    the update: with micro-batches of one sequence, by far the most of it. ``accum_steps``: the step's
+    micro-batches, the trainer's unless given.
     """
     parts = host_bytes(trainer, offload)
-    return 2 * (parts["master_params"] + parts["optimizer_state"])
+    accum_steps = trainer.accum_steps if accum_steps is None else accum_steps
+    state = 2 * (parts["master_params"] + parts["optimizer_state"])
+    return state + (2 * accum_steps + 1) * parts["gradient_sum"]
 
 
 def auto_loss_chunk(trainer, memory_limit: int | None = None) -> int:

@@ -18,7 +18,6 @@ from gpt2jax import flops
 from gpt2jax.model import REMAT_POLICIES, attention_implementation, scans_layers
 from gpt2jax.training import steps
 from gpt2jax.training.footprint import (
-    OFFLOAD_MODES,
     aval_bytes,
     host_bytes,
     micro_batch_tokens,
@@ -239,7 +238,9 @@ def format_dry_run(summary: dict) -> str:
         lines.append(
             f"host memory per device, train.offload={summary['offload']} (JSON per_device_host_bytes): "
             f"{host['total'] / gib:.2f} GiB = master weights {host['master_params'] / gib:.2f}"
-            f" + optimizer {host['optimizer_state'] / gib:.2f} + a checkpoint's copy of the state "
+            f" + optimizer {host['optimizer_state'] / gib:.2f}"
+            + (f" + gradient sum {host['gradient_sum'] / gib:.2f}" if host.get("gradient_sum") else "")
+            + " + a checkpoint's copy of the state "
             f"{host['checkpoint_copy'] / gib:.2f}"
         )
     if "xla_total" in parts:
@@ -314,6 +315,7 @@ def optimizer_state_bytes(config, optimizer: str) -> int:
     """This device's bytes of ``optimizer``'s state for ``config``'s model and mesh, from shapes alone."""
     config = copy.deepcopy(config)
     config.train.optimizer = optimizer
+    config.train.offload = "none"  # where the state lives changes not its bytes, and not every optimizer offloads
     return shard_bytes(build_trainer(config).abstract_state["opt_state"])
 
 
@@ -443,7 +445,7 @@ def estimate_by_offload(trainer: Trainer, total: int) -> dict:
             "device": total - own + sum(state_bytes(trainer, mode).values()),
             "host": host_estimate(trainer, mode)["total"],
         }
-        for mode in OFFLOAD_MODES
+        for mode in steps.offload_modes(trainer.config.train.optimizer)
     }
 
 

@@ -129,6 +129,7 @@ class Trainer:
                 residual_sharding=sharding.residual_sharding(self.mesh),
                 offload=self.offload,
                 compute_dtype=self.model_config.compute_dtype,
+                grad_clip=self.config.train.grad_clip,
             )
             batch = self.batch_sharding(leading_unsharded=1)
             replicated = NamedSharding(self.mesh, P())
@@ -281,6 +282,7 @@ def build_trainer(config, devices=None) -> Trainer:
     sharding.validate_layout(mesh, model_config, config.train)
     optimizer = optim.make_optimizer(config.train)
     on_host = steps.host_resident(config.train.offload)
+    steps.check_offload(config.train.offload, config.train.optimizer)
     graphdef, abstract_params = abstract_model(model_config)
     abstract_state = {
         "step": jax.ShapeDtypeStruct((), jnp.int32),
