@@ -34,6 +34,13 @@ The sections, in order (the default run):
              none of gpt2jax's GPU flags), to hold against the same variant above
 Measured on an H200 on 2026-12-04 and off the default run (name them in --sections):
 xla_attention, float32, medium, optimizers (each inside a 12 GiB card's share), hf_generate.
+Off the default run and not yet measured: offload (issue 34, inside a 12 GiB card's share: medium's
+budget step with train.offload all, master, optimizer and none, then configs/large_12gib.py and
+configs/xl_12gib.py at 4 micro-batches a step; each line adds the dry run's device and host estimates
+and the device's peak so far). Estimated on an H100: a child's start 8 s, 6 compiles and 6
+initialisations about 90 s, the steps about 60 s (xl's 12.4 GB of gradient sum over PCIe a micro-batch
+dominates): under 3 minutes. Its own call: the command below with ``--sections offload --deadline_s
+300`` in place of ``--deadline_s 420``, timeout_s=400.
 
 Files under DIR (at most 8, what the GPU tool brings back): bench.jsonl, bench.log (every
 process's stderr), trace.json.gz (the profile, for Perfetto), train_metrics.jsonl, and for
@@ -161,11 +168,22 @@ VARIANTS = {
         for size in ("medium", "large")
         for optimizer in ("adamw", "adamw_bf16", "adafactor")
     ],
+    # Issue 34: train.offload's cost on medium (the budget's step in each layout), then large and xl in their
+    # 12 GiB configs with 4 micro-batches a step instead of 512 (the same buffers: only the loop is shorter).
+    # In the order of their estimates, since a process's peak counts every step before it.
+    "offload": [
+        *(
+            Variant(f"medium-offload-{mode}-in-12gib", "medium", {**BUDGET_STEP, "train.offload": mode}, steps=5)
+            for mode in ("all", "master", "optimizer", "none")
+        ),
+        Variant("large_12gib-in-12gib", "large_12gib", {"train.batch_size": 4, "train.grad_accum_steps": 4}, steps=5),
+        Variant("xl_12gib-in-12gib", "xl_12gib", {"train.batch_size": 8, "train.grad_accum_steps": 4}, steps=5),
+    ],
 }
 # Sections whose variants run in a child process, and what that process's environment changes.
-CHILD_SECTIONS = ("in_12gib", "xla_flags", "optimizers")
+CHILD_SECTIONS = ("in_12gib", "xla_flags", "optimizers", "offload")
 DEFAULT_SECTIONS = ("baseline", "layers", "remat", "loss_head", "in_12gib", "profile", "train", "torch", "xla_flags")
-EXTRA_SECTIONS = ("xla_attention", "float32", "medium", "optimizers", "hf_generate")
+EXTRA_SECTIONS = ("xla_attention", "float32", "medium", "optimizers", "offload", "hf_generate")
 DEFAULT_XLA_AB = ("GPT2JAX_GPU_XLA_DEFAULTS=0",)
 
 
@@ -324,7 +342,7 @@ def import_harness() -> dict:
     import jax
 
     from gpt2jax import config, errors, flops, model
-    from gpt2jax.training import benchmark, loop, trainer
+    from gpt2jax.training import benchmark, loop, memory, trainer
 
     return {
         "jax": jax,
@@ -334,6 +352,7 @@ def import_harness() -> dict:
         "model": model,
         "benchmark": benchmark,
         "loop": loop,
+        "memory": memory,
         "trainer": trainer,
     }
 
@@ -399,18 +418,35 @@ def time_variant(harness: Harness, variant: Variant) -> dict:
     state = state_for(harness, trainer)
     steps = min(variant.steps, TINY_STEPS) if harness.args.tiny else variant.steps
     figures, state = harness.modules["benchmark"].time_step(trainer, state, steps)
+    if variant in VARIANTS["offload"]:
+        figures |= memory_figures(harness, trainer)
     harness.state = (layout(trainer), state)
     harness.trainers[variant.name] = trainer
     harness.measured[key] = (variant.name, figures)
     return figures
 
 
+def memory_figures(harness: Harness, trainer) -> dict:
+    """The dry run's estimates for the card and the host beside what the device reports: its peak so far in this
+    process (the offload section runs its variants in the order of their estimates) and its limit."""
+    memory, jax = harness.modules["memory"], harness.modules["jax"]
+    stats = jax.devices()[0].memory_stats() or {}
+    return {
+        "offload": trainer.config.train.offload,
+        "estimate_bytes": memory.estimate(trainer)["total"],
+        "host_estimate_bytes": memory.host_estimate(trainer)["total"],
+        "peak_bytes_in_use": stats.get("peak_bytes_in_use"),
+        "bytes_limit": stats.get("bytes_limit"),
+    }
+
+
 def layout(trainer):
-    """What decides whether a state fits a trainer's step: the tree, each leaf's shape and dtype, and the mesh."""
+    """What decides whether a state fits a trainer's step: the tree, each leaf's shape, dtype and memory (device, or
+    host with ``train.offload``), and the mesh."""
     import jax
 
     leaves, treedef = jax.tree.flatten(trainer.abstract_state)
-    return treedef, tuple((leaf.shape, str(leaf.dtype)) for leaf in leaves), trainer.mesh
+    return treedef, tuple((leaf.shape, str(leaf.dtype), leaf.sharding.memory_kind) for leaf in leaves), trainer.mesh
 
 
 def state_for(harness: Harness, trainer):

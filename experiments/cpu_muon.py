@@ -7,11 +7,22 @@ python -m gpt2jax.scaling sweep --config experiments/cpu_muon.py:adamw --workdir
 python -m gpt2jax.scaling sweep --config experiments/cpu_muon.py:muon --workdir runs/cpu_muon_muon
 
 with ``--max_budget 3.16e11`` first, so that the ratio at the top budget can be predicted from the
-two lower ones before it trains. The multiplier at a budget C is C_AdamW(L_Muon(C)) / C: the compute
-AdamW's frontier (its best loss over the shapes at each budget, a power law in C fitted to them)
-needs to reach the loss Muon's frontier reaches at C, with an interval from the two seeds and the
-fit. Still to build: the command that computes it and writes ``experiments/cpu_muon/multiplier.json``
-(multiplier, interval, where, params: what ``scaling budget --optimizer muon`` reads).
+two lower ones before it trains:
+
+python -m gpt2jax.scaling multiplier --reference runs/cpu_muon_adamw/results.csv \
+    --candidate runs/cpu_muon_muon/results.csv --params non_embedding --predict 1e12 \
+    --out experiments/cpu_muon/prediction.json
+
+then, both sweeps run to the top budget, the measured one, which ``scaling budget --optimizer muon`` reads:
+
+python -m gpt2jax.scaling multiplier --reference runs/cpu_muon_adamw/results.csv \
+    --candidate runs/cpu_muon_muon/results.csv --params non_embedding \
+    --where "the 2-core CPU, experiments/cpu_muon.py (4 layers, widths 32-64, English under GPT-2's tokenizer)" \
+    --out experiments/cpu_muon/multiplier.json
+
+The multiplier at a budget C is C_AdamW(L_Muon(C)) / C (``scaling.multiplier``): the compute AdamW's
+frontier (its best loss over the shapes at each budget, a power law in C fitted to them) needs to
+reach the loss Muon's frontier reaches at C, with an interval over the pairings of the two seeds.
 
 Shapes: four layers of widths 32, 48 and 64 (heads of 16), 49k to 197k non-embedding parameters,
 of which the hidden matrices Muon updates (12 D^2 a layer) are 97-98%: the CPU study's two layers

@@ -159,6 +159,20 @@ def pytest_configure(config):
     config.addinivalue_line("markers", f"{OWN_PROCESS_MARK}(name): the child process of OWN_PROCESS_MODULES it runs in")
 
 
+def pytest_xdist_node_collection_finished(node, ids):
+    """Stops, in one sentence, a run whose module groups were lost: pytest-xdist's loadgroup reads a test's group
+    from the ``@group`` suffix it writes into the nodeid, and pytest 9.2 no longer keeps a nodeid written that
+    way, so every module spread over both workers and CI built test_offload.py's, test_hellaswag.py's and
+    test_distributed.py's module fixtures once on each (pyproject.toml holds pytest below 9.2)."""
+    grouped = [nodeid for nodeid in ids if Path(nodeid.split("::")[0]).name not in OWN_PROCESS_MODULES]
+    if node.config.getvalue("dist") == "loadgroup" and grouped and not any("@" in nodeid for nodeid in grouped):
+        pytest.exit(
+            f"pytest-xdist tagged none of the {len(grouped)} tests with its module's group, so --dist loadgroup would "
+            "split every module over the workers; use a pytest this pytest-xdist supports (below 9.2).",
+            returncode=4,
+        )
+
+
 @pytest.hookimpl(trylast=True)  # after -k and -m have deselected
 def pytest_collection_modifyitems(session, config, items):
     if os.environ.get(CHILD_ENV):

@@ -272,3 +272,39 @@ def test_a_cpu_trace_counts_the_xla_threads_ops_without_the_ops_nested_in_them(t
     own = {entry["name"]: entry["ms_per_step"] for entry in summary["top"]}
     assert own == pytest.approx({"dot.3": 0.5, "copy_bitcast_fusion.7": 0.2, "while.51": 0.2})
     assert summary["totals_ms_per_step"]["matmul"] == pytest.approx(0.5)
+
+
+def test_the_gpu_harness_offload_section_runs_each_layout_with_its_estimates(tmp_path):
+    """Issue 34's GPU check at the tiny shape, in its own process as on a GPU: every layout trains, in the order of
+    its device estimate, and says the dry run's device and host figures beside what the device reports."""
+    out = tmp_path / "out"
+    out.mkdir()
+    command = [sys.executable, "bench/gpu.py", "--tiny", "--sections", "offload", "--out", str(out)]
+    command += ["--compile_cache", str(tmp_path / "cache")]
+    result = subprocess.run(command, cwd=REPO, env=_one_cpu_device_env(), capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [json.loads(text) for text in result.stdout.splitlines()][1:]
+    harness = _harness_module()
+    assert [line["run"] for line in lines] == [variant.name for variant in harness.VARIANTS["offload"]]
+    assert [line["offload"] for line in lines] == ["all", "master", "optimizer", "none", "master", "all"]
+    for line in lines:
+        assert "error" not in line, line
+        assert line["estimate_bytes"] > 0 and line["host_estimate_bytes"] > 0 and line["final_loss"] > 0
+        assert line["peak_bytes_in_use"] is None  # a CPU reports no device memory; a GPU's figure is the check
+
+
+def test_the_offload_sections_variants_run_in_the_order_of_their_estimates_at_gpt2s_sizes():
+    """A process's peak counts every step before it, so each variant's peak is its own only in this order: medium
+    all 3.3 GiB, master 4.6, optimizer 5.5, none 7.7, large_12gib 7.7, xl_12gib 8.6 (one device, the estimate)."""
+    from gpt2jax.config import load_config_file
+    from gpt2jax.training import memory
+    from gpt2jax.training.trainer import build_trainer
+
+    estimates = []
+    for variant in _harness_module().VARIANTS["offload"]:
+        config = load_config_file(variant.config)
+        for key, value in variant.overrides.items():
+            section, _, name = key.partition(".")
+            config[section][name] = value
+        estimates.append(memory.estimate(build_trainer(config, devices=jax.devices()[:1]))["total"])
+    assert estimates == sorted(estimates) and estimates[-1] <= 0.75 * 12 * 2**30

@@ -162,3 +162,22 @@ def test_the_streamed_update_is_the_whole_trees_update_for_each_optimizer_that_o
                     err_msg=f"{optimizer} {path_str(path)}",
                 )
             params, opt_state = got, got_state
+
+
+@pytest.mark.parametrize("part", ["params", "opt_state"])
+def test_a_checkpoint_of_an_offloaded_state_is_refused_for_a_nan_in_any_one_layer(data_dir, part):
+    """The check before a checkpoint reads the host's state a unit at a time (``steps.state_is_finite``): a NaN in the
+    last layer of a stacked leaf, or in the token embedding's moment, is found all the same."""
+    trainer = build_trainer(_config(data_dir, "all"))
+    state = trainer.init_state()
+    batch = trainer.train_batch(np.arange(4096, dtype=np.uint16) % 65, 0)
+    assert bool(trainer.certify(state, *batch)[1])
+    for target in ("h/mlp/fc_kernel", "wte"):
+        paths = [path_str(path) for path, _ in jax.tree_util.tree_leaves_with_path(state[part])]
+        index = next(i for i, name in enumerate(paths) if name.endswith(target))
+        leaves, treedef = jax.tree.flatten(state[part])
+        poisoned = np.asarray(leaves[index]).copy()
+        poisoned[-1, ...] = np.nan  # the last layer of a stacked leaf, or the embedding's last row
+        leaves[index] = jax.device_put(poisoned, leaves[index].sharding)
+        assert leaves[index].sharding.memory_kind == "pinned_host"
+        assert not bool(trainer.certify(state | {part: jax.tree.unflatten(treedef, leaves)}, *batch)[1]), target

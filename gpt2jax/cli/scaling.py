@@ -7,7 +7,7 @@ adding one is a new module and one line in ``SUBCOMMANDS``.
 from __future__ import annotations
 
 from gpt2jax import cli
-from gpt2jax.cli import backtest, budget, fit, plot, report, sweep
+from gpt2jax.cli import backtest, budget, fit, multiplier, plot, report, sweep
 
 SUBCOMMANDS = {
     "sweep": sweep,
@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "plot": plot,
     "report": report,
     "budget": budget,
+    "multiplier": multiplier,
 }
 
 

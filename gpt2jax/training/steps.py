@@ -143,6 +143,23 @@ def _sum_over_units(leaf, layered: bool, reduce):
     )
 
 
+def state_is_finite(state, optimizer: optax.GradientTransformation) -> jax.Array:
+    """True when no floating-point leaf of the train state holds a NaN or an infinity, counted on the device a unit
+    at a time (one layer of a stacked leaf, or another leaf whole), as ``streamed_update`` reads the state: what a
+    checkpoint's check reads where ``train.offload`` keeps the state in host memory, without bringing it all to
+    the device at once."""
+    layered = {
+        "params": [in_layers(path) for path, _ in jax.tree_util.tree_leaves_with_path(state["params"])],
+        "opt_state": [role == "layers" for role in optimizer_state_roles(optimizer, state["params"])],
+    }
+    bad = jnp.zeros((), jnp.float32)
+    for part, flags in layered.items():
+        for leaf, is_layered in zip(jax.tree.leaves(state[part]), flags, strict=True):
+            if jnp.issubdtype(leaf.dtype, jnp.inexact):
+                bad += _sum_over_units(leaf, is_layered, lambda unit: jnp.sum(~jnp.isfinite(unit)).astype(jnp.float32))
+    return bad == 0
+
+
 def add_on_host(grad_sum, grads):
     """``grad_sum`` (float32, in host memory) plus a micro-batch's ``grads`` (on the device), streamed: each unit of
     the sum (one layer of a stacked leaf, or another leaf whole) is brought to the device, added to and sent

@@ -158,7 +158,9 @@ class Trainer:
                 targets_AxBxT[0],
                 residual_sharding=sharding.residual_sharding(self.mesh),
             )
-            return loss, checkpoint.all_finite(steps.to_device(state))
+            if steps.host_resident(self.offload):
+                return loss, steps.state_is_finite(state, self.optimizer)
+            return loss, checkpoint.all_finite(state)
 
         batch = self.batch_sharding(leading_unsharded=1)
         return _shared(
