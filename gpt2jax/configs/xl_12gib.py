@@ -13,7 +13,7 @@ of a 12 GiB card that JAX gives XLA by default, and 40.6 GiB of host memory (mas
     python -m gpt2jax.main --config xl_12gib --dry_run
 
 The price is the host link: the gradient sum comes down and goes back up for every micro-batch, 3.2 TB a
-524k-token step, about 127 s at PCIe 4.0's assumed 25 GB/s against about 200 s of compute (full remat's
+524k-token step, about 128 s at PCIe 4.0's assumed 25 GB/s against about 200 s of compute (full remat's
 recompute included) at 40% MFU (``scaling budget --gpu rtx-4070-ti``, docs/memory.md); micro-batches of
 one sequence would fit too (8.4 GiB) at twice the traffic. XLA's buffer assignment on a CPU cannot confirm
 the estimate (XLA:CPU keeps the stacked gradients in float32); not yet run on a GPU.

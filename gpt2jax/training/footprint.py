@@ -91,10 +91,10 @@ def state_bytes(trainer, offload: str | None = None) -> dict:
     - ``all``: as ``master``, and the float32 gradient sum in host memory too.
     The gradients: a micro-batch's, in the dtype of the weights the pass reads (float32, or the compute
     dtype with ``master`` and ``all``), and where micro-batches accumulate (``train.grad_accum_steps`` > 1)
-    the float32 sum ``steps.train_step`` adds them into, on the device but with ``all``. XLA's buffer assignment keeps both: accumulating 4
-    micro-batches against 1 added 0.98 x the parameters' bytes with scanned layers, 0.68 x unrolled
-    (CPU lowering, tests/test_train.py), so the two buffers are counted whole. With offload, the
-    streamed update's working set (``offload_stream_bytes``) too.
+    the float32 sum ``steps.train_step`` adds them into, on the device except with ``all``. XLA's buffer
+    assignment keeps both: accumulating 4 micro-batches against 1 added 0.98 x the parameters' bytes with
+    scanned layers, 0.68 x unrolled (CPU lowering, tests/test_train.py), so the two buffers are counted
+    whole. With offload, the streamed update's working set (``offload_stream_bytes``) too.
     """
     offload = _offload(trainer, offload)
     on_host = steps.host_resident(offload)
