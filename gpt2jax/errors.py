@@ -54,8 +54,8 @@ def request_stop(signum, frame) -> None:
     locks are broken by the next one.
     """
     # The record is the first thing done. A stop sent while ml_dtypes' C extension loaded (inside import jax)
-    # was still lost now and then under load, the handler writing nothing (CPython had tripped the signal, so
-    # it ran no handler later); ``watch_stop_signals``' pipe keeps what the C-level handler saw for that case.
+    # was lost in 2 of 40 tries under load, the handler writing nothing, when its first line was an enum
+    # lookup; if that line failed, CPython had already cleared the signal. Not yet shown to be the cause.
     if _stop["signum"] is not None:
         os.write(2, f"stopped at once by a second {signal.Signals(signum).name}.\n".encode())
         os._exit(128 + signum)
@@ -64,55 +64,19 @@ def request_stop(signum, frame) -> None:
         raise Stopped(signum)
 
 
-# The read end of the pipe CPython's C-level signal handler writes each signal's number into
-# (``signal.set_wakeup_fd``), before and whether or not ``request_stop`` runs.
-_wakeup = {"read": None}
-STOP_SIGNAL_NUMBERS = (signal.SIGTERM, signal.SIGINT)
-
-
-def watch_stop_signals() -> None:
-    """Has the C-level handler note every SIGTERM and SIGINT in a pipe the checks read (``stop_requested``,
-    ``check_stop``), so that a stop whose Python handler never ran is still taken: in 2 of 4 clean-clone CI
-    runs a SIGINT sent 3.7 s after a training command started, while ``import jax`` loaded a C extension,
-    trained to the end and exited 0, ``request_stop`` never having run. Main thread only; once a process."""
-    if _wakeup["read"] is not None or threading.current_thread() is not threading.main_thread():
-        return
-    read, write = os.pipe()
-    os.set_blocking(read, False)
-    os.set_blocking(write, False)
-    signal.set_wakeup_fd(write, warn_on_full_buffer=False)
-    _wakeup["read"] = read
-
-
-def _take_noted_signals() -> None:
-    """Records a stop the pipe saw and no handler recorded (the first of them)."""
-    if _wakeup["read"] is None:
-        return
-    try:
-        noted = os.read(_wakeup["read"], 4096)
-    except BlockingIOError:
-        return
-    stops = [number for number in noted if number in STOP_SIGNAL_NUMBERS]
-    if stops and _stop["signum"] is None:
-        _stop["signum"] = stops[0]
-
-
 def stop_requested() -> int | None:
     """The number of the signal that asked for a stop, or None."""
-    _take_noted_signals()
     return _stop["signum"]
 
 
 def clear_stop() -> None:
-    """Forgets a stop once the command it stopped has ended (an in-process caller goes on), and what the pipe
-    noted of it."""
-    _take_noted_signals()
+    """Forgets a stop once the command it stopped has ended (an in-process caller goes on)."""
     _stop["signum"] = None
 
 
 def check_stop(message=None) -> None:
     """Raises ``Stopped`` if a signal asked for a stop; ``message(name)`` is the line it ends with."""
-    signum = stop_requested()
+    signum = _stop["signum"]
     if signum is not None:
         raise Stopped(signum, message(signal.Signals(signum).name) if message else None)
 

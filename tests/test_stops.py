@@ -189,27 +189,3 @@ def test_the_last_record_names_the_checkpoint_the_closing_line_names(tmp_path):
     assert (
         json.loads(json.dumps({key: value for key, value in final.items() if key != loop.TRAIN_STEP_SECONDS})) == last
     )
-
-
-@pytest.mark.parametrize("watched", [True, False])
-def test_a_stop_whose_python_handler_never_ran_is_still_taken_from_the_c_handlers_note(watched):
-    """The lost SIGINT of the random-moments test above: CPython's C-level handler ran, ``request_stop`` never did.
-    A handler that does nothing stands in for it here; the pipe ``errors.watch_stop_signals`` gives the C-level
-    handler still holds the signal, and without it the stop is lost."""
-    script = "\n".join(
-        [
-            "import os, signal",
-            "from gpt2jax import errors",
-            "errors.watch_stop_signals()" if watched else "",
-            "signal.signal(signal.SIGINT, lambda signum, frame: None)  # request_stop, never run",
-            "os.kill(os.getpid(), signal.SIGINT)",
-            "try:",
-            "    errors.check_stop()",
-            "    print('not stopped')",
-            "except errors.Stopped as stop:",
-            "    print(stop.code)",
-        ]
-    )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == ("130" if watched else "not stopped")

@@ -43,7 +43,6 @@ from gpt2jax.errors import (
     request_stop,
     stopping_anywhere,
     stopping_at_checkpoints,
-    watch_stop_signals,
 )
 
 # Errors a user causes: their own sentence is the message; anything else is named as unexpected.
@@ -98,8 +97,7 @@ def install_stop_handlers() -> None:
 
     Called as this package loads, before a command imports absl, JAX and its config (2 s and
     more on a loaded machine): a stop sent then was Python's default, a KeyboardInterrupt's
-    traceback for Ctrl-C. A command's process also has its stop signals noted below Python
-    (``errors.watch_stop_signals``); a program that imports the package keeps its own wakeup fd.
+    traceback for Ctrl-C.
     """
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     command = (spec is not None and spec.name.startswith("gpt2jax.")) or os.path.basename(sys.argv[0]).startswith(
@@ -110,7 +108,6 @@ def install_stop_handlers() -> None:
     for signum in STOP_SIGNALS:
         if signal.getsignal(signum) in (signal.SIG_DFL, signal.default_int_handler):
             signal.signal(signum, request_stop)
-    watch_stop_signals()
 
 
 install_stop_handlers()
