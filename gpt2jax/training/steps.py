@@ -134,11 +134,11 @@ def _sum_over_units(leaf, layered: bool, reduce):
     """``reduce`` (leaf -> float32 scalar) summed over ``leaf`` brought to the device a unit at a time: one
     layer of a stacked leaf at a time, or the whole of any other."""
     if not layered:
-        return reduce(jax.device_put(leaf, jax.memory.Space.Device))
+        return reduce(to_device(leaf))
     return lax.fori_loop(
         0,
         leaf.shape[0],
-        lambda index, total: total + reduce(jax.device_put(_layer(leaf, index), jax.memory.Space.Device)),
+        lambda index, total: total + reduce(to_device(_layer(leaf, index))),
         jnp.zeros((), jnp.float32),
     )
 
@@ -167,10 +167,7 @@ def add_on_host(grad_sum, grads):
 
     def add(path, total, grad):
         def unit_sum(total_unit, grad_unit):
-            return jax.device_put(
-                jax.device_put(total_unit, jax.memory.Space.Device) + grad_unit.astype(jnp.float32),
-                jax.memory.Space.Host,
-            )
+            return to_host(to_device(total_unit) + grad_unit.astype(jnp.float32))
 
         if not in_layers(path):
             return unit_sum(total, grad)
@@ -213,7 +210,7 @@ def streamed_update(optimizer, grad_sum, opt_state, params, rate, *, accum_steps
     roles = optimizer_state_roles(optimizer, params)
 
     def mean_grad(unit):
-        return jax.device_put(unit, jax.memory.Space.Device).astype(jnp.float32) / accum_steps
+        return to_device(unit).astype(jnp.float32) / accum_steps
 
     norm = jnp.sqrt(
         sum(
@@ -230,7 +227,7 @@ def streamed_update(optimizer, grad_sum, opt_state, params, rate, *, accum_steps
         """The optimizer on unit lists; returns (new weights, new state leaves), on the device."""
         updates, new_state = optimizer.update(
             jax.tree.unflatten(treedef, grads),
-            jax.tree.unflatten(state_def, [jax.device_put(s, jax.memory.Space.Device) for s in state]),
+            jax.tree.unflatten(state_def, [to_device(s) for s in state]),
             jax.tree.unflatten(treedef, weights),
         )
         updates = jax.tree.map(lambda u: rate.astype(u.dtype) * u, updates)
