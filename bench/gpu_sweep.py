@@ -14,8 +14,9 @@ JAX starts once and every program compiles once (into the workdir's compilation 
 When a GPU is lent, from the checkout the device tool sends (the wheels and the corpus carried):
     run(command="python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade
         --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 || exit;
-        timeout -s INT 500 python3 bench/gpu_sweep.py --out $OUT", carry=[".whl", ".corpus"], timeout_s=560)
-(an interrupt stops the sweep at its next check and the driver still packs what it has).
+        timeout -s TERM 500 python3 bench/gpu_sweep.py --out $OUT", carry=[".whl", ".corpus"], timeout_s=560)
+(a SIGTERM stops the sweep at its next check and the driver still packs what it has; not SIGINT, which a
+command started in the background ignores).
 
 What comes back under --out (PACKED): results.csv, sessions.jsonl (the sweep's sessions, then the tuning scan's,
 each marked by ``sweep``), tuning.json, prediction.json, fit.json (for ``scaling budget --fit``), REPORT.md, driver.json

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +75,17 @@ def run_main(args, timeout=300, **popen_kwargs):
         timeout=timeout,
         **popen_kwargs,
     )
+
+
+def popen_with_sigint(command, sigint=signal.SIG_DFL, **popen_kwargs) -> subprocess.Popen:
+    """``subprocess.Popen(command)`` of a process that starts with SIGINT's disposition ``sigint``: its default, as
+    from a terminal, for a test of Ctrl-C, whatever started the test run. A test run started in a script's
+    background (``cmd &``) ignores SIGINT, its children inherit that, and a command keeps ignoring it."""
+    previous = signal.signal(signal.SIGINT, sigint)  # a child inherits an ignored signal through exec
+    try:
+        return subprocess.Popen(command, **popen_kwargs)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def tiny_sweep_config(data_dir, schedule="wsd_branches", budgets=(4096.0, 8192.0)):

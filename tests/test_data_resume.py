@@ -27,7 +27,7 @@ from tests.corpora import (
     write_hub_cache,
     write_parquet_files,
 )
-from tests.helpers import REPO
+from tests.helpers import REPO, popen_with_sigint
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 SHARD_TOKENS = 5_000
@@ -54,7 +54,7 @@ def start_prepare(out: Path, cache: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "gpt2jax.cli.prepare", "--source", SOURCE, "--out", str(out)]
     command += ["--hub_cache", str(cache), "--shard_tokens", str(SHARD_TOKENS), "--workers", "2"]
     env = dict(os.environ, PYTHONPATH=python_path, HF_HUB_OFFLINE="1")
-    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return popen_with_sigint(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def published(partial: Path) -> list[Path]:

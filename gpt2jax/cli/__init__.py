@@ -15,7 +15,8 @@ sends first) and SIGINT (Ctrl-C) are recorded by ``errors.request_stop``: traini
 a sweep stop at the next point they choose (between steps, between start-up phases; training
 saves the step it stopped at), commands that only read stop where they are, and ``finally``
 clauses run (locks are released); the command ends in one line, exit 143 or 130, never in a
-KeyboardInterrupt's traceback. A second signal ends the process at once. A warning is one line,
+KeyboardInterrupt's traceback. A second signal ends the process at once. A signal the process was
+started ignoring (SIGINT, for a script's ``cmd &``) stays ignored. A warning is one line,
 ``warning: ...``.
 
 Libraries' logging is quiet unless asked for: absl's (Orbax, TFDS: about 50 INFO lines a
@@ -110,6 +111,19 @@ def install_stop_handlers() -> None:
             signal.signal(signum, request_stop)
 
 
+def _handle_stops() -> dict:
+    """Installs ``request_stop`` for every stop signal the process does not ignore, and returns the handlers
+    it replaced. A signal ignored when the process started (SIGINT, for a script's ``cmd &``) stays
+    ignored for the whole command, as Python leaves it. Installed over it after the imports, it had
+    been dropped while they ran and honoured after them: a Ctrl-C 3.7 s into a loaded start was
+    lost, and the run trained to its end and exited 0."""
+    return {
+        signum: signal.signal(signum, request_stop)
+        for signum in STOP_SIGNALS
+        if signal.getsignal(signum) is not signal.SIG_IGN
+    }
+
+
 install_stop_handlers()
 
 
@@ -143,7 +157,7 @@ def guarded(main, stops_at_checkpoints: bool = False):
 
     def run(*args, **kwargs):
         warnings.formatwarning = _one_line_warning
-        previous = [signal.signal(signum, request_stop) for signum in STOP_SIGNALS]  # see the module docstring
+        previous = _handle_stops()  # see the module docstring
         try:
             check_stop(lambda name: f"stopped by {name} as the command loaded, before it started; nothing was written.")
             with stopping_at_checkpoints() if stops_at_checkpoints else stopping_anywhere():
@@ -159,7 +173,7 @@ def guarded(main, stops_at_checkpoints: bool = False):
             print(f"error: {_one_sentence(error)}", file=sys.stderr)
             sys.exit(USER_ERROR_EXIT)
         finally:
-            for signum, handler in zip(STOP_SIGNALS, previous):
+            for signum, handler in previous.items():
                 signal.signal(signum, handler)
             clear_stop()
 
