@@ -108,11 +108,11 @@ def _shrink_to_a_smoke_test(config: ml_collections.ConfigDict) -> None:
     config.base.model.update(block_size=16, dtype="float32")
     config.base.train.update(eval_batches=2, log_every=10)
     config.shapes = [dict(n_layer=2, n_head=2, n_embd=width) for width in (8, 12, 16)]
-    config.budgets = [1.5e7, 5e7, 1.5e8]
+    config.budgets = [1.5e7, 4e7, 1e8]
     config.rules.update(batch_size=4, min_batch_size=4, max_batch_size=4, min_warmup_steps=2)
     config.limits.update(min_steps=10, min_tokens_per_param=0.2)
     config.lr_tuning = [0.5, 1.0, 2.0]
     config.lr_check = []
-    config.allocations = [dict(label="GPT-2's 6.4 tokens per parameter", n_layer=2, n_head=2, n_embd=12, budget=1.5e8)]
+    config.allocations = [dict(label="GPT-2's 6.4 tokens per parameter", n_layer=2, n_head=2, n_embd=12, budget=1e8)]
     config.evals_per_run = 1
     config.checkpoints_per_run = 1

@@ -227,14 +227,6 @@ def _abstract_trainer(n_layer: int, n_embd: int, optimizer: str, dtype: str, rem
     return build_trainer(_memory_config(n_layer, n_embd, optimizer, dtype, remat), devices=jax.devices()[:1])
 
 
-@functools.cache
-def _traced_bytes(n_layer: int, n_embd: int, dtype: str, remat: str) -> dict:
-    """``memory.traced_bytes`` of the shape's step: the same for every optimizer and offload, so traced once."""
-    from gpt2jax.training import memory
-
-    return memory.traced_bytes(_abstract_trainer(n_layer, n_embd, "adamw", dtype, remat))
-
-
 def training_step_bytes(
     n_layer: int,
     n_embd: int,
@@ -248,7 +240,9 @@ def training_step_bytes(
     from gpt2jax.training import memory
 
     trainer = _abstract_trainer(n_layer, n_embd, optimizer, dtype, remat)
-    return memory.estimate(trainer, offload, traced=_traced_bytes(n_layer, n_embd, dtype, remat))["total"]
+    return memory.estimate(trainer, offload)[
+        "total"
+    ]  # traced once per shape, whatever the optimizer (memory.traced_bytes)
 
 
 def training_offload_bytes(n_layer: int, n_embd: int, optimizer: str, dtype: str, offload: str) -> dict:
