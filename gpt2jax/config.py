@@ -74,6 +74,9 @@ def base_config() -> ml_collections.ConfigDict:
             # train.optimizer=muon: Muon's peak rate on the hidden matrices (learning_rate is then its
             # AdamW branch's), on the same schedule; Jordan's default
             muon_learning_rate=0.02,
+            # train.optimizer=muon: q, k and v each orthogonalised as one D x D matrix (projection) or as
+            # n_head matrices of D x head size (head); optim.MUON_QKV
+            muon_qkv="projection",
             schedule="cosine",  # cosine | wsd | constant, each after a linear warmup
             warmup_steps=100,
             min_lr_ratio=0.1,  # cosine and wsd decay to learning_rate * min_lr_ratio

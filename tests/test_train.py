@@ -533,6 +533,39 @@ def test_a_muon_update_of_q_is_its_gradient_orthogonalised_as_one_matrix_per_lay
     assert not np.asarray(updates["h"]["attn"]["qkv_kernel"])[0].any()
 
 
+def test_with_muon_qkv_head_each_heads_q_is_orthogonalised_as_its_own_matrix():
+    """train.muon_qkv=head: a gradient whose heads' D x K blocks are U_h diag(s) V_h^T gives each head
+    U_h diag(s') V_h^T, s' what Newton-Schulz makes of s / |s|, whatever the head's scale; as one D x H*K matrix
+    (projection, the default) the same gradient's heads come out otherwise."""
+    _, abstract = abstract_model(GPTConfig(n_layer=1, n_head=4, n_embd=32, block_size=16))
+    params = jax.tree.map(lambda leaf: jnp.zeros(leaf.shape, leaf.dtype), nnx.to_pure_dict(abstract))
+    d, h, k = 32, 4, 8
+    rng = np.random.default_rng(1)
+    sigma = np.geomspace(1.0, 0.1, k)
+    blocks = [np.linalg.qr(rng.normal(size=(d, k)))[0] * sigma @ np.linalg.qr(rng.normal(size=(k, k)))[0].T]
+    blocks += [np.linalg.qr(rng.normal(size=(d, k)))[0] * (3.0 * sigma) @ np.eye(k) for _ in range(h - 1)]
+    qkv = np.zeros((1, d, 3, h, k), np.float32)
+    qkv[0, :, 0] = np.stack(blocks, axis=1)
+    grads = jax.tree.map(jnp.zeros_like, params)
+    grads["h"]["attn"]["qkv_kernel"] = jnp.asarray(qkv)
+    q_updates = {}
+    for variant in ("head", "projection"):
+        train = tiny_config("unused", optimizer="muon", schedule="constant", warmup_steps=0).train
+        train.update(muon_learning_rate=0.5, weight_decay=0.0, muon_qkv=variant)
+        optimizer = optim.make_optimizer(train)
+        updates = _at_the_schedules_rate(jax.jit(optimizer.update)(grads, optimizer.init(params), params)[0], train)
+        q_updates[variant] = -np.asarray(updates["h"]["attn"]["qkv_kernel"])[0, :, 0] / 0.5  # D x H x K
+    expected = _newton_schulz(sigma / np.linalg.norm(sigma))
+    for head in range(h):
+        u, _, vt = np.linalg.svd(blocks[head], full_matrices=False)
+        np.testing.assert_allclose(q_updates["head"][:, head], (u * expected) @ vt, atol=2e-3)
+    # As one matrix, the heads' blocks are orthogonalised together: the first head's comes out otherwise.
+    difference = np.abs(q_updates["projection"][:, 0] - q_updates["head"][:, 0]).max()
+    assert difference > 0.05, difference
+    with pytest.raises(ValueError, match=r"^train.muon_qkv='qk' is not one of projection, head\.$"):
+        optim.make_optimizer(tiny_config("unused", optimizer="muon", muon_qkv="qk").train)
+
+
 def test_muon_decays_every_matrix_by_adamws_weight_decay_per_step_whatever_its_rate():
     """With no gradient, each update is the decay alone: wd x train.learning_rate x the weight, on Muon's
     branch (at a rate 50x AdamW's) as on AdamW's; biases and norms are not decayed."""

@@ -26,6 +26,7 @@ lives (on the device, or in host memory: ``train.offload``) is the train step's 
 (``steps.HOST_RESIDENT``), not the optimizer's.
 """
 
+import functools
 import re
 
 import jax
@@ -57,10 +58,15 @@ DECAY_RULES: tuple[tuple[str, bool], ...] = (
 # (its reduction axes, the input it reads, and output axes; every other axis, the stacked blocks'
 # layer axis and qkv's q/k/v axis, is a batch of matrices orthogonalised one by one), or None for
 # AdamW. Axes count from the end, so the layer axis in front changes nothing. q, k and v are each
-# the one D x (H*K) matrix of their projection, not H matrices of D x K (per head: output axis -1).
+# orthogonalised as ``train.muon_qkv`` says: "projection", the one D x (H*K) matrix of each; "head",
+# H matrices of D x K (the head axis a batch too). The shape scale is 1 either way (H*K = D >= K).
 # A path no rule names is refused: a new matrix left to AdamW by accident would bias the comparison.
-MUON_RULES: tuple[tuple[str, MuonDimensionNumbers | None], ...] = (
-    (r"attn/qkv_kernel$", MuonDimensionNumbers(reduction_axis=-4, output_axis=(-2, -1))),  # D x 3 x H x K
+MUON_QKV = {
+    "projection": MuonDimensionNumbers(reduction_axis=-4, output_axis=(-2, -1)),
+    "head": MuonDimensionNumbers(reduction_axis=-4, output_axis=-1),
+}
+MUON_RULES: tuple[tuple[str, MuonDimensionNumbers | dict | None], ...] = (
+    (r"attn/qkv_kernel$", MUON_QKV),  # D x 3 x H x K
     (r"attn/out_kernel$", MuonDimensionNumbers(reduction_axis=(-3, -2), output_axis=-1)),  # H x K x D
     (r"mlp/(fc|proj)_kernel$", MuonDimensionNumbers(reduction_axis=-2, output_axis=-1)),  # D x F, F x D
     (r"(^|/)(wte|wpe)$", None),  # rows looked up, not a matrix applied to an input: wte is the head too
@@ -171,10 +177,12 @@ def decay_mask(params):
     )
 
 
-def muon_dimension_numbers(params):
-    """``MUON_RULES``' dimension numbers of each parameter, None for one AdamW updates; an unknown path is refused."""
+def muon_dimension_numbers(params, qkv: str = "projection"):
+    """``MUON_RULES``' dimension numbers of each parameter (q, k and v's as ``qkv`` names, a key of
+    ``MUON_QKV``), None for one AdamW updates; an unknown path is refused."""
     # A parameter optax.partition gave to the other branch is a MaskedNode, with no leaf to look up.
-    return _by_rule(params, MUON_RULES, "MUON_RULES", "whether Muon or AdamW updates it")
+    rules = tuple((pattern, value[qkv] if isinstance(value, dict) else value) for pattern, value in MUON_RULES)
+    return _by_rule(params, rules, "MUON_RULES", "whether Muon or AdamW updates it")
 
 
 def muon_labels(params):
@@ -248,11 +256,14 @@ def make_optimizer(train_config) -> optax.GradientTransformation:
         # train.muon_learning_rate on the same schedule, so its updates carry the ratio of the two peaks, a
         # constant of this optimizer (``compiled_train_keys``).
         ratio = train_config.muon_learning_rate / train_config.learning_rate
+        if train_config.muon_qkv not in MUON_QKV:
+            raise ValueError(f"train.muon_qkv={train_config.muon_qkv!r} is not one of {', '.join(MUON_QKV)}.")
+        numbers = functools.partial(muon_dimension_numbers, qkv=train_config.muon_qkv)
         muon = optax.chain(
-            scale_by_muon(beta=MUON_MOMENTUM, ns_steps=MUON_NS_STEPS, weight_dimension_numbers=muon_dimension_numbers),
+            scale_by_muon(beta=MUON_MOMENTUM, ns_steps=MUON_NS_STEPS, weight_dimension_numbers=numbers),
             # Jordan's sqrt(max(1, fan_out / fan_in)): twice the update for the MLP's D -> 4D matrix, as the
             # spectral condition for feature learning asks (Yang, Simon and Bernstein 2023).
-            scale_by_shape(weight_dimension_numbers=muon_dimension_numbers),
+            scale_by_shape(weight_dimension_numbers=numbers),
             # Decayed before the ratio scales it: wd / ratio x ratio x the schedule is AdamW's wd x lr.
             optax.add_decayed_weights(train_config.weight_decay / ratio, decay_mask),
             optax.scale_by_learning_rate(ratio),
