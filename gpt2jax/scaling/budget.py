@@ -240,9 +240,8 @@ def training_step_bytes(
     from gpt2jax.training import memory
 
     trainer = _abstract_trainer(n_layer, n_embd, optimizer, dtype, remat)
-    return memory.estimate(trainer, offload)[
-        "total"
-    ]  # traced once per shape, whatever the optimizer (memory.traced_bytes)
+    # The step is traced once per shape, whatever the optimizer or offload (memory.traced_bytes).
+    return memory.estimate(trainer, offload)["total"]
 
 
 def training_offload_bytes(n_layer: int, n_embd: int, optimizer: str, dtype: str, offload: str) -> dict:

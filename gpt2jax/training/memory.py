@@ -429,7 +429,7 @@ def estimate(trainer: Trainer, offload: str | None = None) -> dict:
 
 def traced_bytes(trainer: Trainer) -> dict:
     """The parts of ``estimate`` read from the traced step, which no optimizer or offload changes: the
-    activations the backward pass keeps and the two largest temporaries (the budget reuses them).
+    activations the backward pass keeps and the two largest temporaries.
 
     Traced once per process for what the traces read (the graph, the weights' and a micro-batch's
     shapes, dtypes and shardings): a sweep checks each point's memory twice, and tracing took 0.74 s
